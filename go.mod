@@ -3,6 +3,7 @@ module github.com/artifactstore/artifactstore
 go 1.26.8
 
 require (
+	github.com/alecthomas/kong v1.17.0 // indirect
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/fxamacker/cbor/v2 v2.10.0 // indirect
 	github.com/golang-migrate/migrate/v4 v4.20.1 // indirect

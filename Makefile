@@ -1,0 +1,53 @@
+# artifactstore — run `make help` for the list of targets.
+SHELL := /bin/bash
+GO ?= go
+STATICCHECK_VERSION ?= v0.8.2
+# Test timeout: the whole suite takes a few minutes here; the bound only stops a hung run.
+TEST_TIMEOUT ?= 20m
+BENCH_TIME ?= 1x
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets with what they do.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/artifactstore.
+	$(GO) build -o bin/artifactstore ./cmd/artifactstore
+
+.PHONY: run
+run: ## Run the whole pipeline in one process (embedded NATS, local PostgreSQL).
+	$(GO) run ./cmd/artifactstore run
+
+.PHONY: test
+test: ## Run every test with the race detector (needs PostgreSQL; NATS is embedded).
+	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+
+.PHONY: test-short
+test-short: ## Run the tests without the race detector, skipping the crash and soak tests.
+	$(GO) test -short ./...
+
+.PHONY: lint
+lint: ## gofmt, go vet and staticcheck (installed from the module proxy).
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+.PHONY: migrate
+migrate: ## Apply the schema migrations to ARTIFACTSTORE_DATABASE_URL (default: local PostgreSQL).
+	$(GO) run ./cmd/artifactstore migrate up
+
+.PHONY: bench
+bench: ## Run the benchmarks and print a table with ratios against same-run baselines.
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCH_TIME) -count 1 ./... | tee bench.out
+	$(GO) run ./internal/benchtable < bench.out
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./digest
+	$(GO) test -run '^$$' -fuzz FuzzDecodePayload -fuzztime $${FUZZTIME:-30s} ./events
+
+.PHONY: clean
+clean: ## Remove build output.
+	rm -rf bin bench.out

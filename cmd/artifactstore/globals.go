@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
+)
+
+// Globals are the flags every command accepts.
+type Globals struct {
+	LogLevel  string `help:"Log level: debug, info, warn or error." default:"info" enum:"debug,info,warn,error"`
+	LogFormat string `help:"Log format: json, console, or auto (console on a terminal, else JSON)." default:"auto" enum:"auto,json,console"`
+
+	DatabaseURL string `help:"PostgreSQL URL. The database is created by 'migrate up' and 'run' when it does not exist." default:"postgres://postgres@127.0.0.1:5432/artifactstore?sslmode=disable" placeholder:"URL"`
+
+	NATSURL      string `name:"nats-url" help:"NATS server URL. Empty in 'run' starts an embedded server; other commands then find it through the data directory." placeholder:"URL"`
+	NATSCreds    string `name:"nats-creds" help:"NATS credentials file (JWT + NKey)." type:"path" placeholder:"FILE"`
+	NATSNKey     string `name:"nats-nkey" help:"NATS NKey seed file." type:"path" placeholder:"FILE"`
+	NATSUser     string `name:"nats-user" help:"NATS user name."`
+	NATSPassword string `name:"nats-password" help:"NATS password."`
+	NATSCA       string `name:"nats-tls-ca" help:"CA certificate file that signs the NATS server's certificate." type:"path" placeholder:"FILE"`
+	NATSCert     string `name:"nats-tls-cert" help:"Client certificate file for NATS TLS." type:"path" placeholder:"FILE"`
+	NATSKey      string `name:"nats-tls-key" help:"Client key file for NATS TLS." type:"path" placeholder:"FILE"`
+
+	DataDir  string `help:"Data directory: object storage root and, in 'run', the embedded NATS store." default:"./data" type:"path" placeholder:"DIR"`
+	HTTPAddr string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz)." default:"127.0.0.1:8080" placeholder:"HOST:PORT"`
+}
+
+// logger builds the process logger. It is created once here and injected
+// everywhere else.
+func (g *Globals) logger(w io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(g.LogLevel)
+	if err != nil {
+		return zerolog.Nop(), fmt.Errorf("--log-level: %w", err)
+	}
+	out := w
+	console := g.LogFormat == "console"
+	if g.LogFormat == "auto" {
+		if f, ok := w.(*os.File); ok && isatty.IsTerminal(f.Fd()) {
+			console = true
+		}
+	}
+	if console {
+		out = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(out).Level(level).With().Timestamp().Logger(), nil
+}
+
+// pool connects to PostgreSQL and checks that it answers.
+func (g *Globals) pool(ctx context.Context) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(g.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("--database-url is not a valid PostgreSQL URL: %w", err)
+	}
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.Ping(pingCtx); err != nil {
+		p.Close()
+		return nil, fmt.Errorf("PostgreSQL at %s does not answer (%w); start it (on Debian: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start), run 'artifactstore migrate up', or set --database-url", redactURL(g.DatabaseURL), err)
+	}
+	return p, nil
+}

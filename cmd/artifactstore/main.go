@@ -1,0 +1,108 @@
+// Command artifactstore is the one binary of artifactstore: every worker
+// role (ingest, project, verify, reap, serve), the all-in-one `run`, and the
+// client verbs (put, seal, status, ...). It is the only package that reads
+// flags and environment variables, builds loggers and pools, and wires the
+// roles together.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// cli is the command-line grammar. Every flag also reads an
+// ARTIFACTSTORE_<FLAG_NAME> environment variable (kong.DefaultEnvars).
+type cli struct {
+	Globals
+
+	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show the PostgreSQL schema migrations."`
+	Audit   auditCmd   `cmd:"" help:"Walk the whole event log and check every payload and chain digest."`
+	Version versionCmd `cmd:"" help:"Print the version."`
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// exitError carries a process exit status other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// run parses args and runs the chosen command; it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("artifactstore"),
+		kong.Description("A content-addressed, event-sourced store for build, test and release evidence.\n\n"+
+			"Producers publish blobs and commands on NATS JetStream; ingesters store the bytes under their\n"+
+			"BLAKE3/SHA-256 content address and append events to PostgreSQL; a projector builds the tables;\n"+
+			"a verifier scrubs stored bytes; a reaper applies retention classes.\n\n"+
+			"Every flag can also be set with an ARTIFACTSTORE_* environment variable, shown as ($VAR)."),
+		kong.DefaultEnvars("ARTIFACTSTORE"),
+		kong.Writers(stdout, stderr),
+		// --help calls Exit; unwind to here instead of leaving the process.
+		kong.Exit(func(c int) { panic(kongExit{c}) }),
+		kong.BindTo(ctx, (*context.Context)(nil)),
+		kong.Bind(&ioStreams{out: stdout, err: stderr}),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "artifactstore: %v\n", err)
+		return 2
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			e, ok := r.(kongExit)
+			if !ok {
+				panic(r)
+			}
+			code = e.code
+		}
+	}()
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "artifactstore: %v\nRun 'artifactstore --help' for usage.\n", err)
+		return 2
+	}
+	if err := kctx.Run(&c.Globals); err != nil {
+		fmt.Fprintf(stderr, "artifactstore %s: %v\n", kctx.Command(), err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
+		return 1
+	}
+	return 0
+}
+
+type kongExit struct{ code int }
+
+// ioStreams is where commands print their results.
+type ioStreams struct {
+	out io.Writer
+	err io.Writer
+}
+
+type versionCmd struct{}
+
+func (versionCmd) Run(s *ioStreams) error {
+	_, err := fmt.Fprintln(s.out, "artifactstore", version)
+	return err
+}
