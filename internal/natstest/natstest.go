@@ -1,0 +1,177 @@
+// Package natstest runs a real nats-server with JetStream for tests: an
+// embedded server in-process per test, or a shared external server named by
+// ARTIFACTSTORE_TEST_NATS_URL.
+//
+// Tests must name every stream, consumer, bucket and subject they create
+// with [Prefix], so that they can run in parallel against one shared server.
+package natstest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// EnvURL names the environment variable that points tests at an external
+// NATS server instead of an embedded one. The server must have JetStream
+// enabled and a max_payload of at least [MaxPayload] for the large-message
+// tests.
+const EnvURL = "ARTIFACTSTORE_TEST_NATS_URL"
+
+// MaxPayload is the max_payload of the embedded test server: 8 MiB, the
+// size of the largest command the commands stream accepts, plus headroom
+// for headers.
+const MaxPayload = 8<<20 + 64<<10
+
+// startTimeout bounds how long a test waits for the embedded server.
+const startTimeout = 10 * time.Second
+
+// Server is a running NATS server for one test.
+type Server struct {
+	url      string
+	external bool
+
+	mu       sync.Mutex
+	srv      *server.Server
+	storeDir string
+	port     int
+}
+
+// Start returns a NATS server with JetStream for the test. Without
+// ARTIFACTSTORE_TEST_NATS_URL it starts an embedded server on a random
+// loopback port with its store under t.TempDir(), and shuts it down (and
+// waits for it) when the test ends.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	if url := os.Getenv(EnvURL); url != "" {
+		s := &Server{url: url, external: true}
+		nc, err := nats.Connect(url, nats.Name("natstest probe"), nats.Timeout(5*time.Second))
+		if err != nil {
+			t.Fatalf("natstest: %s=%s is unreachable: %v; start it with `nats-server -js -a 127.0.0.1 -p 4222 --max_payload 9MB` or unset %s to use an embedded server", EnvURL, url, err, EnvURL)
+		}
+		nc.Close()
+		return s
+	}
+	s := &Server{storeDir: t.TempDir(), port: -1}
+	s.start(t)
+	t.Cleanup(func() { s.shutdown() })
+	return s
+}
+
+// Embedded reports whether the server runs in-process (and so can be
+// restarted by [Server.Restart]).
+func (s *Server) Embedded() bool { return !s.external }
+
+// URL is the client URL of the server.
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.url
+}
+
+// Connect opens a client connection that is closed when the test ends. It
+// reconnects forever, so that it survives [Server.Restart].
+func (s *Server) Connect(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(s.URL(),
+		nats.Name(t.Name()),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(50*time.Millisecond),
+	)
+	if err != nil {
+		t.Fatalf("natstest: connect to %s: %v", s.URL(), err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Restart shuts the embedded server down, waits until it is gone, and
+// starts it again on the same port and the same store directory, as after a
+// crash of the NATS process. It fails the test on an external server.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	if s.external {
+		t.Fatalf("natstest: Restart needs the embedded server; unset %s to run this test", EnvURL)
+	}
+	s.shutdown()
+	s.start(t)
+}
+
+// Stop shuts the embedded server down and waits until it is gone; a later
+// [Server.Restart] brings it back. It fails the test on an external server.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	if s.external {
+		t.Fatalf("natstest: Stop needs the embedded server; unset %s to run this test", EnvURL)
+	}
+	s.shutdown()
+}
+
+func (s *Server) start(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	opts := &server.Options{
+		ServerName: "natstest",
+		Host:       "127.0.0.1",
+		Port:       s.port,
+		JetStream:  true,
+		StoreDir:   s.storeDir,
+		MaxPayload: MaxPayload,
+		NoLog:      true,
+		NoSigs:     true,
+		// A restart must not be refused because JetStream's default
+		// limits are computed from the machine's memory and disk.
+		JetStreamMaxMemory: 256 << 20,
+		JetStreamMaxStore:  4 << 30,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("natstest: configure embedded nats-server: %v", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(startTimeout) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		t.Fatalf("natstest: embedded nats-server (store %s, port %d) not ready after %s", s.storeDir, s.port, startTimeout)
+	}
+	s.srv = srv
+	s.url = srv.ClientURL()
+	if s.port == -1 {
+		// Keep the port for restarts, so that clients reconnect to it.
+		if addr, ok := srv.Addr().(*net.TCPAddr); ok {
+			s.port = addr.Port
+		}
+	}
+}
+
+func (s *Server) shutdown() {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv == nil {
+		return
+	}
+	srv.Shutdown()
+	srv.WaitForShutdown()
+}
+
+// Prefix returns a name prefix unique to this test run, made of a letter and
+// hex digits so that it is valid both in stream, consumer and bucket names
+// and as a subject token. Use it for every name a test creates.
+func Prefix(t testing.TB) string {
+	t.Helper()
+	var b [5]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("natstest: random prefix: %v", err)
+	}
+	return "t" + hex.EncodeToString(b[:])
+}
