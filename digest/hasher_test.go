@@ -113,7 +113,7 @@ func BenchmarkHash(b *testing.B) {
 			}
 		})
 	}
-	run("sha256", func() io.Writer { return sha256.New() })
+	run("baseline_sha256", func() io.Writer { return sha256.New() })
 	run("blake3", func() io.Writer { return blake3.New(Size, nil) })
 	run("multiwriter", func() io.Writer { return io.MultiWriter(sha256.New(), blake3.New(Size, nil)) })
 	run("dual", func() io.Writer { return NewDualHasher() })

@@ -1,0 +1,34 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+const sample = `goos: linux
+pkg: github.com/artifactstore/artifactstore/digest
+BenchmarkHash/baseline_sha256-2   20   59703685 ns/op   1000.00 MB/s   128 B/op   1 allocs/op
+BenchmarkHash/dual-2              20   44161184 ns/op    950.00 MB/s   704048 B/op   10760 allocs/op
+pkg: github.com/artifactstore/artifactstore/projector
+BenchmarkCatchUp/baseline_copyfrom-2   1   2000000000 ns/op   500000 rows/s
+BenchmarkCatchUp/project-2             1   4000000000 ns/op   60000 rows/s
+`
+
+func TestRatiosAgainstBaseline(t *testing.T) {
+	rows, err := parse(strings.NewReader(sample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 4 {
+		t.Fatalf("parsed %d rows, want 4", len(rows))
+	}
+	var out strings.Builder
+	if err := render(&out, rows); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"0.95x", "0.12x", "1.00 (baseline)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
