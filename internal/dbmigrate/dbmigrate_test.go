@@ -68,7 +68,7 @@ func TestUpCreatesSchemaAndSeedsRetentionClasses(t *testing.T) {
 	}
 
 	type class struct {
-		days                      *int
+		days                     *int
 		mayShorten, neverExpires bool
 	}
 	days := func(d int) *int { return &d }
