@@ -1,0 +1,563 @@
+// Package local is the storage backend on a local filesystem.
+//
+// Layout under the root:
+//
+//	<root>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>   stored objects (read-only files)
+//	<root>/.tmp/                                     files being written
+//	<root>/.quarantine/                              files no row knows, kept for a reaper
+//
+// Every path is opened through an os.Root at the root, so no file name, and
+// no symbolic link planted under the root, reaches a file outside it; and
+// only a parsed digest.Address becomes an object path.
+//
+// A put writes a temp file in .tmp (same filesystem) while hashing it,
+// checks the caller's claims, fsyncs the file, links it under its content
+// address, and fsyncs the shard directory and the parent of every shard
+// directory it created. A failed fsync fails that put; it is never retried.
+// Linking (rather than renaming) makes "store unless present" atomic: a
+// concurrent or repeated put of the same content finds the existing file
+// and leaves it untouched.
+//
+// Each writer holds an flock on its temp file, so Open can remove the temp
+// files of crashed writers without touching those of a live process that
+// shares the root.
+package local
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/storage"
+)
+
+const (
+	// DefaultID is the backend id unless WithID says otherwise.
+	DefaultID = "local"
+
+	tmpDir        = ".tmp"
+	quarantineDir = ".quarantine"
+	tmpPrefix     = "put-"
+
+	bufSize   = 1 << 20
+	dirPerm   = 0o750
+	filePerm  = 0o440 // objects are immutable
+	linkTries = 8     // attempts when a concurrent delete removes the shard directory
+)
+
+var (
+	_ storage.Backend = (*Backend)(nil)
+	_ storage.Lister  = (*Backend)(nil)
+)
+
+// Option configures Open.
+type Option func(*Backend)
+
+// WithID sets the backend id (default "local").
+func WithID(id string) Option { return func(b *Backend) { b.id = id } }
+
+// WithClock sets the clock used to stamp quarantined files (default
+// time.Now).
+func WithClock(now func() time.Time) Option { return func(b *Backend) { b.now = now } }
+
+// Backend stores objects under a root directory. It is safe for concurrent
+// use, also by several processes sharing one root.
+type Backend struct {
+	id   string
+	path string
+	root *os.Root
+	now  func() time.Time
+	bufs sync.Pool
+
+	cleaned int
+
+	// syncFile fsyncs a file or directory; tests replace it to provoke a
+	// failed fsync.
+	syncFile func(*os.File) error
+}
+
+// Open opens (creating when needed) the store rooted at root and removes
+// temp files left by crashed writers; CleanedTemp says how many.
+func Open(root string, opts ...Option) (*Backend, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("local: resolve root %q: %w", root, err)
+	}
+	if err := os.MkdirAll(abs, dirPerm); err != nil {
+		return nil, fmt.Errorf("local: create root %s: %w; check the data directory setting and its permissions", abs, err)
+	}
+	r, err := os.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("local: open root %s: %w", abs, err)
+	}
+	b := &Backend{
+		id:       DefaultID,
+		path:     abs,
+		root:     r,
+		now:      time.Now,
+		syncFile: (*os.File).Sync,
+	}
+	b.bufs.New = func() any { buf := make([]byte, bufSize); return &buf }
+	for _, o := range opts {
+		o(b)
+	}
+	if b.id == "" {
+		r.Close()
+		return nil, errors.New("local: empty backend id; pass a non-empty id to WithID")
+	}
+	if err := r.Mkdir(tmpDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		r.Close()
+		return nil, fmt.Errorf("local: create %s: %w", filepath.Join(abs, tmpDir), err)
+	}
+	if b.cleaned, err = b.cleanTemp(); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// ID returns the backend id.
+func (b *Backend) ID() string { return b.id }
+
+// Root returns the absolute path of the root directory.
+func (b *Backend) Root() string { return b.path }
+
+// CleanedTemp returns how many leftover temp files Open removed.
+func (b *Backend) CleanedTemp() int { return b.cleaned }
+
+// Close releases the root directory handle. The Backend is unusable after.
+func (b *Backend) Close() error { return b.root.Close() }
+
+// cleanTemp removes every regular file in .tmp that no live writer holds
+// locked.
+func (b *Backend) cleanTemp() (int, error) {
+	d, err := b.root.Open(tmpDir)
+	if err != nil {
+		return 0, fmt.Errorf("local: open temp dir: %w", err)
+	}
+	defer d.Close()
+	n := 0
+	for {
+		ents, err := d.ReadDir(256)
+		for _, e := range ents {
+			if !e.Type().IsRegular() {
+				continue
+			}
+			name := path.Join(tmpDir, e.Name())
+			removed, rerr := b.removeIfUnlocked(name)
+			if rerr != nil {
+				return n, rerr
+			}
+			if removed {
+				n++
+			}
+		}
+		if errors.Is(err, io.EOF) || len(ents) == 0 {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("local: list temp dir: %w", err)
+		}
+	}
+}
+
+func (b *Backend) removeIfUnlocked(name string) (bool, error) {
+	f, err := b.root.OpenFile(name, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("local: open leftover temp file %s: %w", name, err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return false, nil // a live writer's
+		}
+		return false, fmt.Errorf("local: lock leftover temp file %s: %w", name, err)
+	}
+	if err := b.root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("local: remove leftover temp file %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// createTemp creates and locks a new temp file.
+func (b *Backend) createTemp() (*os.File, string, error) {
+	name := path.Join(tmpDir, tmpPrefix+rand.Text())
+	f, err := b.root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
+	if err != nil {
+		return nil, "", fmt.Errorf("local: create temp file in %s: %w", filepath.Join(b.path, tmpDir), err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		b.root.Remove(name)
+		return nil, "", fmt.Errorf("local: lock temp file %s: %w", name, err)
+	}
+	return f, name, nil
+}
+
+// Put implements storage.Backend.
+func (b *Backend) Put(ctx context.Context, r io.Reader, opts storage.PutOptions) (storage.Receipt, error) {
+	primary, err := storage.ValidateOptions(opts)
+	if err != nil {
+		return storage.Receipt{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.Receipt{}, err
+	}
+	f, tmpName, err := b.createTemp()
+	if err != nil {
+		return storage.Receipt{}, err
+	}
+	// The temp name goes in every case: after a successful link the object
+	// keeps the inode under its final name.
+	defer func() {
+		f.Close()
+		b.root.Remove(tmpName)
+	}()
+
+	d, err := b.copyHashed(ctx, f, r, opts.MaxSize)
+	if err != nil {
+		return storage.Receipt{}, err
+	}
+	if err := storage.CheckClaims(opts, d); err != nil {
+		return storage.Receipt{}, err
+	}
+	if err := b.syncFile(f); err != nil {
+		return storage.Receipt{}, fmt.Errorf("local: fsync temp file: %w; the object was not stored, check the disk", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return storage.Receipt{}, fmt.Errorf("local: stat temp file: %w", err)
+	}
+	addr := d.Address(primary)
+	storedAt, dedup, err := b.place(tmpName, addr.RelPath(), fi.ModTime())
+	if err != nil {
+		return storage.Receipt{}, fmt.Errorf("local: store %s: %w", addr, err)
+	}
+	return storage.Receipt{Address: addr, Digests: d, BackendID: b.id, StoredAt: storedAt, Deduplicated: dedup}, nil
+}
+
+// copyHashed copies r into f while hashing, one buffer per chunk: the bytes
+// hashed are exactly the bytes written.
+func (b *Backend) copyHashed(ctx context.Context, f *os.File, r io.Reader, maxSize int64) (digest.Digests, error) {
+	bufp := b.bufs.Get().(*[]byte)
+	defer b.bufs.Put(bufp)
+	buf := *bufp
+	h := digest.NewDualHasher()
+	defer h.Close()
+	if maxSize > 0 {
+		r = io.LimitReader(r, maxSize+1)
+	}
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return digest.Digests{}, err
+		}
+		m, rerr := io.ReadFull(r, buf)
+		if m > 0 {
+			n += int64(m)
+			if maxSize > 0 && n > maxSize {
+				return digest.Digests{}, fmt.Errorf("%w: the stream is longer than the limit of %d bytes; send a smaller object or raise the limit", storage.ErrTooLarge, maxSize)
+			}
+			if _, err := f.Write(buf[:m]); err != nil {
+				return digest.Digests{}, fmt.Errorf("local: write temp file: %w", err)
+			}
+			h.Write(buf[:m])
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, io.EOF), errors.Is(rerr, io.ErrUnexpectedEOF):
+			return h.Sum(), nil
+		default:
+			return digest.Digests{}, fmt.Errorf("local: read the object stream: %w", rerr)
+		}
+	}
+}
+
+// place links the fsynced temp file under rel unless a file is already
+// there, creating shard directories as needed, and makes the new entry
+// durable. It returns the stored time of the object it left at rel and
+// whether that object was already there.
+func (b *Backend) place(tmpName, rel string, mtime time.Time) (time.Time, bool, error) {
+	dir := path.Dir(rel)
+	var created []string
+	for attempt := 1; ; attempt++ {
+		err := b.root.Link(tmpName, rel)
+		switch {
+		case err == nil:
+			if err := b.syncNew(dir, created); err != nil {
+				// Not durable: take the object back so that a retry writes
+				// and syncs it again instead of deduplicating against it.
+				b.root.Remove(rel)
+				return time.Time{}, false, err
+			}
+			return mtime, false, nil
+		case errors.Is(err, fs.ErrExist):
+			fi, serr := b.root.Stat(rel)
+			if serr == nil {
+				if !fi.Mode().IsRegular() {
+					return time.Time{}, false, fmt.Errorf("%s exists but is not a regular file; quarantine it", rel)
+				}
+				// The put that linked it may not have synced its directories
+				// yet; this receipt must not promise more than the disk has.
+				if err := b.syncExisting(dir); err != nil {
+					return time.Time{}, false, err
+				}
+				return fi.ModTime(), true, nil
+			}
+			if !errors.Is(serr, fs.ErrNotExist) {
+				return time.Time{}, false, serr
+			}
+			// Deleted between link and stat: try again.
+		case errors.Is(err, fs.ErrNotExist):
+			if _, serr := b.root.Lstat(tmpName); serr != nil {
+				return time.Time{}, false, fmt.Errorf("temp file %s vanished (did another process open this root and clean it?): %w", tmpName, serr)
+			}
+			c, merr := b.mkdirs(dir)
+			created = append(created, c...)
+			if merr != nil && !errors.Is(merr, fs.ErrNotExist) {
+				return time.Time{}, false, merr
+			}
+			// ErrNotExist: a concurrent delete removed a parent; go again.
+		case isLinkUnsupported(err):
+			return b.placeByRename(tmpName, rel, mtime)
+		default:
+			return time.Time{}, false, err
+		}
+		if attempt >= linkTries {
+			return time.Time{}, false, fmt.Errorf("gave up after %d attempts racing with deletes in %s: %w", attempt, dir, err)
+		}
+	}
+}
+
+func isLinkUnsupported(err error) bool {
+	return errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.ENOTSUP) || errors.Is(err, syscall.EOPNOTSUPP)
+}
+
+// placeByRename is place for filesystems without hard links. Its check for
+// an existing object and the rename are not one atomic step, so two
+// concurrent puts of the same content may both report a new object; the
+// bytes are the same either way.
+func (b *Backend) placeByRename(tmpName, rel string, mtime time.Time) (time.Time, bool, error) {
+	dir := path.Dir(rel)
+	if fi, err := b.root.Stat(rel); err == nil && fi.Mode().IsRegular() {
+		if err := b.syncExisting(dir); err != nil {
+			return time.Time{}, false, err
+		}
+		return fi.ModTime(), true, nil
+	}
+	created, err := b.mkdirs(dir)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	if err := b.root.Rename(tmpName, rel); err != nil {
+		return time.Time{}, false, err
+	}
+	if err := b.syncNew(dir, created); err != nil {
+		b.root.Remove(rel)
+		return time.Time{}, false, err
+	}
+	return mtime, false, nil
+}
+
+// syncNew fsyncs the shard directory dir that just got an entry, then the
+// parent of every directory in created, innermost first.
+func (b *Backend) syncNew(dir string, created []string) error {
+	if err := b.syncDir(dir); err != nil {
+		return err
+	}
+	for i := len(created) - 1; i >= 0; i-- {
+		if err := b.syncDir(path.Dir(created[i])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncExisting fsyncs the shard directory dir and its ancestors up to the
+// root, so that an object found in place is durable whoever linked it.
+func (b *Backend) syncExisting(dir string) error {
+	for {
+		if err := b.syncDir(dir); err != nil {
+			return err
+		}
+		if dir == "." {
+			return nil
+		}
+		dir = path.Dir(dir)
+	}
+}
+
+// mkdirs creates dir and its missing parents one level at a time and
+// returns the ones it created, outermost first.
+func (b *Backend) mkdirs(dir string) ([]string, error) {
+	var created []string
+	for i := 0; i <= len(dir); i++ {
+		if i < len(dir) && dir[i] != '/' {
+			continue
+		}
+		p := dir[:i]
+		err := b.root.Mkdir(p, dirPerm)
+		switch {
+		case err == nil:
+			created = append(created, p)
+		case errors.Is(err, fs.ErrExist):
+		default:
+			return created, fmt.Errorf("create directory %s: %w", p, err)
+		}
+	}
+	return created, nil
+}
+
+// syncDir fsyncs the directory dir under the root.
+func (b *Backend) syncDir(dir string) error {
+	d, err := b.root.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open directory %s for fsync: %w", dir, err)
+	}
+	defer d.Close()
+	if err := b.syncFile(d); err != nil {
+		return fmt.Errorf("fsync directory %s: %w; the write is not durable, check the disk", dir, err)
+	}
+	return nil
+}
+
+// Get implements storage.Backend.
+func (b *Backend) Get(ctx context.Context, addr digest.Address, rng *storage.Range) (io.ReadCloser, error) {
+	if err := storage.ValidateAddress(addr); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f, fi, err := b.openObject(addr)
+	if err != nil {
+		return nil, err
+	}
+	if rng == nil {
+		return f, nil
+	}
+	off, n, err := rng.Resolve(fi.Size())
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("local: get %s: %w", addr, err)
+	}
+	return &sectionCloser{SectionReader: io.NewSectionReader(f, off, n), f: f}, nil
+}
+
+type sectionCloser struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (s *sectionCloser) Close() error { return s.f.Close() }
+
+func (b *Backend) openObject(addr digest.Address) (*os.File, fs.FileInfo, error) {
+	f, err := b.root.Open(addr.RelPath())
+	if err != nil {
+		return nil, nil, b.objectErr("open", addr, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, b.objectErr("stat", addr, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, nil, fmt.Errorf("local: %s is not a regular file (%v); quarantine it", addr, fi.Mode().Type())
+	}
+	return f, fi, nil
+}
+
+func (b *Backend) objectErr(op string, addr digest.Address, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local: %s: %w", addr, storage.ErrNotFound)
+	}
+	return fmt.Errorf("local: %s %s: %w", op, addr, err)
+}
+
+// Head implements storage.Backend.
+func (b *Backend) Head(ctx context.Context, addr digest.Address) (storage.ObjectInfo, error) {
+	if err := storage.ValidateAddress(addr); err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	fi, err := b.root.Stat(addr.RelPath())
+	if err != nil {
+		return storage.ObjectInfo{}, b.objectErr("stat", addr, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return storage.ObjectInfo{}, fmt.Errorf("local: %s is not a regular file (%v); quarantine it", addr, fi.Mode().Type())
+	}
+	return storage.ObjectInfo{Address: addr, Size: fi.Size(), StoredAt: fi.ModTime()}, nil
+}
+
+// Delete implements storage.Backend. It removes shard directories the
+// delete left empty and fsyncs the directory that lost the entry.
+func (b *Backend) Delete(ctx context.Context, addr digest.Address) (bool, error) {
+	if err := storage.ValidateAddress(addr); err != nil {
+		return false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	rel := addr.RelPath()
+	if err := b.root.Remove(rel); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("local: delete %s: %w", addr, err)
+	}
+	// Remove emptied shard directories, never the algorithm directory. A
+	// directory that is not empty (or is being filled by a concurrent put,
+	// which retries) stays.
+	dir := path.Dir(rel)
+	for range 2 {
+		if err := b.root.Remove(dir); err != nil {
+			break
+		}
+		dir = path.Dir(dir)
+	}
+	if err := b.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return true, fmt.Errorf("local: delete %s: %w", addr, err)
+	}
+	return true, nil
+}
+
+// Health implements storage.Backend. The backend is unhealthy when the root
+// directory is gone or was replaced, or when its temp directory is missing.
+func (b *Backend) Health(ctx context.Context) storage.Health {
+	fi, err := os.Stat(b.path)
+	if err != nil {
+		return storage.Health{Detail: fmt.Sprintf("root %s is gone: %v; restore the data directory and restart", b.path, err)}
+	}
+	rfi, err := b.root.Stat(".")
+	if err != nil || !os.SameFile(fi, rfi) {
+		return storage.Health{Detail: fmt.Sprintf("root %s was removed or replaced since it was opened; restart to use the new directory", b.path)}
+	}
+	if _, err := b.root.Stat(tmpDir); err != nil {
+		return storage.Health{Detail: fmt.Sprintf("temp directory %s is missing: %v; restart to recreate it", filepath.Join(b.path, tmpDir), err)}
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(b.path, &st); err != nil {
+		return storage.Health{Detail: fmt.Sprintf("statfs %s: %v", b.path, err)}
+	}
+	bs := uint64(st.Bsize)
+	free := uint64(st.Bavail) * bs
+	used := (uint64(st.Blocks) - uint64(st.Bfree)) * bs
+	return storage.Health{Healthy: true, Detail: "ok", FreeBytes: free, UsedBytes: used}
+}
