@@ -1,0 +1,360 @@
+// Package bus owns everything about NATS JetStream: the topology (streams,
+// durable consumers, the staging object store), publishing commands with
+// their command id as Nats-Msg-Id, waiting for replies, the consume loop
+// that maps a handler's outcome to ack / nak-with-delay / dead-letter+term,
+// the client connection and the embedded server of zero-setup mode.
+//
+// JetStream is the transport of work, never the durable copy of a fact:
+// a command is acknowledged (DoubleAck) only after its handler returned nil,
+// that is after the effects were made durable elsewhere.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Command subjects below [Topology.SubjectRoot] ("artifacts" by default).
+const (
+	// CmdIngest stores a blob (inline or staged) as a file of a package.
+	CmdIngest = "cmd.ingest"
+	// CmdSeal seals a package: no more files.
+	CmdSeal = "cmd.seal"
+	// CmdRetention holds, releases or changes the retention of a package.
+	CmdRetention = "cmd.retention"
+	// CmdVerify asks for an object to be re-read and re-digested.
+	CmdVerify = "cmd.verify"
+)
+
+// Topology is the JetStream configuration of artifactstore: every stream,
+// durable consumer and bucket, created or updated by [EnsureTopology].
+// Start from [DefaultTopology]; the zero value is not usable.
+//
+// Retention of the commands stream is WorkQueue: a command is removed once
+// acknowledged or terminated. JetStream is the transport of work, not its
+// record (the facts live in PostgreSQL), so acked commands, which may carry
+// inline blobs, free their space at once, while unconsumed commands wait for
+// workers however long these are down (no MaxAge). A work-queue stream also
+// makes the server refuse two consumers with overlapping filters, which
+// catches a mis-wired consumer family. Terminated or dead-lettered commands
+// are copied to the dead-letter stream first.
+type Topology struct {
+	// SubjectRoot is the first subject token of every subject: commands on
+	// <root>.cmd.>, dead letters on <root>.deadletter.>, events on
+	// <root>.events.>. Default "artifacts".
+	SubjectRoot string
+
+	// Replicas is the replica count of every stream, consumer and bucket
+	// (1 on a single server, 3 in a cluster). Default 1.
+	Replicas int
+
+	// CommandsStream is the name of the commands stream. Default
+	// "ARTIFACTS_COMMANDS". File storage, WorkQueue retention, DenyDelete
+	// and DenyPurge (nobody removes pending work by hand).
+	CommandsStream string
+	// CommandsDuplicateWindow is how long JetStream remembers a command id
+	// (Nats-Msg-Id) to drop a duplicate publish. Default 2 minutes.
+	// Duplicates outside the window are still harmless: every effect is
+	// idempotent by command id.
+	CommandsDuplicateWindow time.Duration
+	// CommandsMaxBytes caps the stream's size; publishes beyond it are
+	// refused (DiscardNew), never is pending work dropped. Default -1
+	// (unlimited).
+	CommandsMaxBytes int64
+	// MaxMsgSize is the largest command the stream accepts, headers
+	// included. Default 8 MiB. The server's max_payload must be at least as
+	// large for such a command to arrive (nats-server's default max_payload
+	// is 1 MiB; the embedded server uses 8 MiB + 64 KiB).
+	MaxMsgSize int32
+	// InlineBlobMax is the largest blob a producer sends inline in an ingest
+	// command; larger ones go through the staging bucket. Default 1 MiB.
+	// See [InlineLimit] for the limit on a given connection.
+	InlineBlobMax int
+
+	// DeadLetterStream is the name of the dead-letter stream, on
+	// <root>.deadletter.>. Default "ARTIFACTS_DEADLETTER". Limits
+	// retention, file storage; inspect with
+	// `nats stream view ARTIFACTS_DEADLETTER`.
+	DeadLetterStream string
+	// DeadLetterMaxAge is how long dead letters are kept. Default 30 days.
+	DeadLetterMaxAge time.Duration
+
+	// EventsStream is the name of the events stream, on <root>.events.>,
+	// where committed events are published (Nats-Msg-Id = sequence) for
+	// fan-out. Default "ARTIFACTS_EVENTS". Limits retention, file storage.
+	EventsStream string
+	// EventsDuplicateWindow is how long a republished event sequence is
+	// recognised as a duplicate. Default 10 minutes, long enough to cover a
+	// publisher restart.
+	EventsDuplicateWindow time.Duration
+	// EventsMaxAge is how long events stay in the stream; a subscriber that
+	// falls further behind reads PostgreSQL. Default 30 days.
+	EventsMaxAge time.Duration
+
+	// StagingBucket is the object-store bucket where producers stage blobs
+	// too large to ride inline. Default "ARTIFACTS_STAGING".
+	StagingBucket string
+	// StagingTTL is how long a staged object lives: abandoned uploads go
+	// away after it. Default 24 hours.
+	StagingTTL time.Duration
+	// StagingMaxBytes caps the bucket's size. Default -1 (unlimited).
+	StagingMaxBytes int64
+
+	// IngestConsumer is the durable consumer of ingest and seal commands.
+	// Default "ingest".
+	IngestConsumer string
+	// RetentionConsumer is the durable consumer of retention commands.
+	// Default "retention".
+	RetentionConsumer string
+	// VerifyConsumer is the durable consumer of verify commands. Default
+	// "verify".
+	VerifyConsumer string
+	// AckWait is how long the server waits for an ack before redelivering;
+	// the consume loop sends in-progress acks every AckWait/3 while a
+	// handler runs. Default 30 seconds.
+	AckWait time.Duration
+	// MaxDeliver is how many times a command is delivered before the
+	// server gives up; the consume loop dead-letters a command that failed
+	// on its last delivery. Default 5.
+	MaxDeliver int
+	// MaxAckPending bounds the commands delivered and not yet acked across
+	// all processes of a consumer. Default 256.
+	MaxAckPending int
+}
+
+// DefaultTopology returns the topology with every default filled in.
+func DefaultTopology() Topology {
+	return Topology{
+		SubjectRoot: "artifacts",
+		Replicas:    1,
+
+		CommandsStream:          "ARTIFACTS_COMMANDS",
+		CommandsDuplicateWindow: 2 * time.Minute,
+		CommandsMaxBytes:        -1,
+		MaxMsgSize:              8 << 20,
+		InlineBlobMax:           1 << 20,
+
+		DeadLetterStream: "ARTIFACTS_DEADLETTER",
+		DeadLetterMaxAge: 30 * 24 * time.Hour,
+
+		EventsStream:          "ARTIFACTS_EVENTS",
+		EventsDuplicateWindow: 10 * time.Minute,
+		EventsMaxAge:          30 * 24 * time.Hour,
+
+		StagingBucket:   "ARTIFACTS_STAGING",
+		StagingTTL:      24 * time.Hour,
+		StagingMaxBytes: -1,
+
+		IngestConsumer:    "ingest",
+		RetentionConsumer: "retention",
+		VerifyConsumer:    "verify",
+		AckWait:           30 * time.Second,
+		MaxDeliver:        5,
+		MaxAckPending:     256,
+	}
+}
+
+// WithPrefix returns a copy of t whose stream and bucket names start with
+// prefix+"_" and whose subjects live below prefix+"."+SubjectRoot, so that
+// several topologies share one server without overlapping. prefix must be
+// a valid subject token and name (letters, digits, '-', '_').
+func (t Topology) WithPrefix(prefix string) Topology {
+	t.SubjectRoot = prefix + "." + t.SubjectRoot
+	t.CommandsStream = prefix + "_" + t.CommandsStream
+	t.DeadLetterStream = prefix + "_" + t.DeadLetterStream
+	t.EventsStream = prefix + "_" + t.EventsStream
+	t.StagingBucket = prefix + "_" + t.StagingBucket
+	return t
+}
+
+// Subject returns the full subject of a command (one of CmdIngest, CmdSeal,
+// CmdRetention, CmdVerify) below the root.
+func (t Topology) Subject(cmd string) string { return t.SubjectRoot + "." + cmd }
+
+// DeadLetterSubjectPrefix is the subject prefix dead letters are published
+// below: <root>.deadletter.
+func (t Topology) DeadLetterSubjectPrefix() string { return t.SubjectRoot + ".deadletter" }
+
+// EventsSubject returns the subject of an event of the given type below
+// <root>.events.
+func (t Topology) EventsSubject(eventType string) string {
+	return t.SubjectRoot + ".events." + eventType
+}
+
+// ConsumerFamily is one durable consumer of the commands stream.
+type ConsumerFamily struct {
+	// Durable is the durable consumer name.
+	Durable string
+	// Subjects are the command subjects it receives.
+	Subjects []string
+}
+
+// Consumers lists the durable consumers of the commands stream, one per
+// worker role: ingest (ingest and seal commands), retention, and verify.
+// Handlers run concurrently, so no order between commands is promised; a
+// seal that arrives before its package's last ingest must be retried by
+// its handler.
+func (t Topology) Consumers() []ConsumerFamily {
+	return []ConsumerFamily{
+		{Durable: t.IngestConsumer, Subjects: []string{t.Subject(CmdIngest), t.Subject(CmdSeal)}},
+		{Durable: t.RetentionConsumer, Subjects: []string{t.Subject(CmdRetention)}},
+		{Durable: t.VerifyConsumer, Subjects: []string{t.Subject(CmdVerify)}},
+	}
+}
+
+// StreamConfigs returns the configuration of the commands, dead-letter and
+// events streams, in that order.
+func (t Topology) StreamConfigs() []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		{
+			Name:        t.CommandsStream,
+			Description: "artifactstore commands (work queue)",
+			Subjects:    []string{t.SubjectRoot + ".cmd.>"},
+			Retention:   jetstream.WorkQueuePolicy,
+			MaxMsgs:     -1,
+			MaxBytes:    t.CommandsMaxBytes,
+			Discard:     jetstream.DiscardNew,
+			MaxMsgSize:  t.MaxMsgSize,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Duplicates:  t.CommandsDuplicateWindow,
+			DenyDelete:  true,
+			DenyPurge:   true,
+		},
+		{
+			Name:        t.DeadLetterStream,
+			Description: "artifactstore commands that were rejected or failed on every delivery",
+			Subjects:    []string{t.DeadLetterSubjectPrefix() + ".>"},
+			Retention:   jetstream.LimitsPolicy,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+			MaxAge:      t.DeadLetterMaxAge,
+			Discard:     jetstream.DiscardOld,
+			// Dead letters carry a whole command plus diagnostic headers.
+			MaxMsgSize: t.MaxMsgSize + 64<<10,
+			Storage:    jetstream.FileStorage,
+			Replicas:   t.Replicas,
+			Duplicates: t.CommandsDuplicateWindow,
+		},
+		{
+			Name:        t.EventsStream,
+			Description: "artifactstore committed events, for fan-out",
+			Subjects:    []string{t.SubjectRoot + ".events.>"},
+			Retention:   jetstream.LimitsPolicy,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+			MaxAge:      t.EventsMaxAge,
+			Discard:     jetstream.DiscardOld,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Duplicates:  t.EventsDuplicateWindow,
+		},
+	}
+}
+
+// ConsumerConfig returns the configuration of one durable consumer family.
+func (t Topology) ConsumerConfig(f ConsumerFamily) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:        f.Durable,
+		Description:    "artifactstore " + f.Durable + " workers",
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        t.AckWait,
+		MaxDeliver:     t.MaxDeliver,
+		MaxAckPending:  t.MaxAckPending,
+		FilterSubjects: f.Subjects,
+		Replicas:       t.Replicas,
+	}
+}
+
+// StagingConfig returns the configuration of the staging object store.
+func (t Topology) StagingConfig() jetstream.ObjectStoreConfig {
+	return jetstream.ObjectStoreConfig{
+		Bucket:      t.StagingBucket,
+		Description: "artifactstore staging of large blobs before ingest",
+		TTL:         t.StagingTTL,
+		MaxBytes:    t.StagingMaxBytes,
+		Storage:     jetstream.FileStorage,
+		Replicas:    t.Replicas,
+	}
+}
+
+// Validate reports the first field that makes t unusable.
+func (t Topology) Validate() error {
+	var errs []error
+	for name, v := range map[string]string{
+		"SubjectRoot": t.SubjectRoot, "CommandsStream": t.CommandsStream,
+		"DeadLetterStream": t.DeadLetterStream, "EventsStream": t.EventsStream,
+		"StagingBucket": t.StagingBucket, "IngestConsumer": t.IngestConsumer,
+		"RetentionConsumer": t.RetentionConsumer, "VerifyConsumer": t.VerifyConsumer,
+	} {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is empty", name))
+		}
+	}
+	if t.AckWait <= 0 {
+		errs = append(errs, fmt.Errorf("AckWait %s must be positive", t.AckWait))
+	}
+	if t.MaxDeliver < 1 {
+		errs = append(errs, fmt.Errorf("MaxDeliver %d must be at least 1", t.MaxDeliver))
+	}
+	if t.MaxAckPending < 1 {
+		errs = append(errs, fmt.Errorf("MaxAckPending %d must be at least 1", t.MaxAckPending))
+	}
+	if t.InlineBlobMax < 0 || int64(t.InlineBlobMax) >= int64(t.MaxMsgSize) {
+		errs = append(errs, fmt.Errorf("InlineBlobMax %d must be below MaxMsgSize %d", t.InlineBlobMax, t.MaxMsgSize))
+	}
+	if t.StagingTTL <= 0 {
+		errs = append(errs, fmt.Errorf("StagingTTL %s must be positive, or abandoned uploads never go away", t.StagingTTL))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bus: invalid topology (start from DefaultTopology()): %w", err)
+	}
+	return nil
+}
+
+// commandOverhead is what a command's envelope (headers, CBOR fields other
+// than the blob) may take beside the inline blob.
+const commandOverhead = 64 << 10
+
+// InlineLimit returns the largest blob that may ride inline in an ingest
+// command on a connection whose server allows maxPayload bytes per message
+// (nats.Conn.MaxPayload): the smaller of t.InlineBlobMax and what fits with
+// the command's envelope.
+func InlineLimit(t Topology, maxPayload int64) int {
+	limit := int64(t.InlineBlobMax)
+	if room := min(maxPayload, int64(t.MaxMsgSize)) - commandOverhead; room < limit {
+		limit = max(room, 0)
+	}
+	return int(limit)
+}
+
+// EnsureTopology creates every stream, durable consumer and the staging
+// bucket of t, or updates them to t where they exist (create-or-update), so
+// that it is safe to call at every start of every process. A change the
+// server cannot apply in place (e.g. a stream's retention or storage) fails
+// with the server's reason.
+func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	if err := t.Validate(); err != nil {
+		return err
+	}
+	for _, cfg := range t.StreamConfigs() {
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("bus: create or update stream %s on %v: %w", cfg.Name, cfg.Subjects, err)
+		}
+	}
+	for _, f := range t.Consumers() {
+		cfg := t.ConsumerConfig(f)
+		if _, err := js.CreateOrUpdateConsumer(ctx, t.CommandsStream, cfg); err != nil {
+			return fmt.Errorf("bus: create or update consumer %s on stream %s: %w", cfg.Durable, t.CommandsStream, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, t.StagingConfig()); err != nil {
+		return fmt.Errorf("bus: create or update object store %s: %w", t.StagingBucket, err)
+	}
+	return nil
+}
