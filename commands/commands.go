@@ -1,0 +1,361 @@
+package commands
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/events"
+)
+
+// Version is the schema version of the commands and replies of this package.
+const Version = 1
+
+// Limits of a command. They bound what one message can make the ingester
+// hold in memory.
+const (
+	// MaxInline is the largest blob that rides inline in an ingest
+	// command; larger blobs go through the staging object store. It is the
+	// codec's cap on one CBOR byte string.
+	MaxInline = 64 << 10
+	// MaxCommandBytes caps an encoded command (CBOR or JSON). A JSON
+	// command carries inline bytes as base64, a third longer.
+	MaxCommandBytes = 128 << 10
+	// MaxCommandID caps the command id.
+	MaxCommandID = 128
+	// MaxPackageName caps a package name.
+	MaxPackageName = 200
+	// MaxPath caps a path inside a package.
+	MaxPath = 1024
+	// MaxMetadataPairs caps the number of metadata entries.
+	MaxMetadataPairs = 128
+	// MaxMetadataKey and MaxMetadataValue cap one metadata entry.
+	MaxMetadataKey   = 128
+	MaxMetadataValue = 4096
+	// MaxExpect caps the number of claimed addresses.
+	MaxExpect = 4
+	// MaxShortText caps the retention class, media type, producer and
+	// staged-object name.
+	MaxShortText = 256
+)
+
+// DefaultRetentionClass is the class of a new package whose first ingest
+// names none.
+const DefaultRetentionClass = "raw-evidence"
+
+// ContentTypeJSON is the Content-Type header value of a JSON command or reply.
+const ContentTypeJSON = "application/json"
+
+// HeaderContentType is the header that selects JSON.
+const HeaderContentType = "Content-Type"
+
+// Ingest asks the ingester to store one blob as a file of a package. See the
+// package documentation for the meaning of each field.
+type Ingest struct {
+	V              int               `cbor:"v" json:"v"`
+	CommandID      string            `cbor:"command_id" json:"command_id"`
+	Package        string            `cbor:"package" json:"package"`
+	Path           string            `cbor:"path" json:"path"`
+	RetentionClass string            `cbor:"retention_class,omitempty" json:"retention_class,omitempty"`
+	Metadata       map[string]string `cbor:"metadata,omitempty" json:"metadata,omitempty"`
+	MediaType      string            `cbor:"media_type,omitempty" json:"media_type,omitempty"`
+	// ExpectSize is the claimed size; nil means no claim.
+	ExpectSize *int64           `cbor:"expect_size,omitempty" json:"expect_size,omitempty"`
+	Expect     []digest.Address `cbor:"expect,omitempty" json:"expect,omitempty"`
+	// Inline holds the blob; nil means the blob is staged. An empty blob is
+	// a non-nil empty slice.
+	Inline   []byte `cbor:"inline" json:"inline"`
+	Staged   string `cbor:"staged,omitempty" json:"staged,omitempty"`
+	Producer string `cbor:"producer,omitempty" json:"producer,omitempty"`
+}
+
+// Seal asks the ingester to close a package: no file may be added after it.
+type Seal struct {
+	V         int    `cbor:"v" json:"v"`
+	CommandID string `cbor:"command_id" json:"command_id"`
+	Package   string `cbor:"package" json:"package"`
+	Producer  string `cbor:"producer,omitempty" json:"producer,omitempty"`
+}
+
+// Rejection codes: the stable, machine-readable reasons of a rejection.
+const (
+	CodeMalformed          = "malformed"
+	CodeUnsupportedVersion = "unsupported_version"
+	CodeInvalidCommandID   = "invalid_command_id"
+	CodeInvalidPackage     = "invalid_package"
+	CodeInvalidPath        = "invalid_path"
+	CodeInvalidMetadata    = "invalid_metadata"
+	CodeUnknownClass       = "unknown_retention_class"
+	CodeClassConflict      = "retention_class_conflict"
+	CodeMetadataConflict   = "metadata_conflict"
+	CodeDigestMismatch     = "digest_mismatch"
+	CodeSizeMismatch       = "size_mismatch"
+	CodeTooLarge           = "too_large"
+	CodeStagedMissing      = "staged_object_missing"
+	CodeStagedDigest       = "staged_digest_mismatch"
+	CodePackageSealed      = "package_sealed"
+	CodePathConflict       = "path_conflict"
+	CodeSchemaViolation    = "metadata_schema_violation"
+	CodeUnknownPackage     = "unknown_package"
+)
+
+// Error is a command the ingester refuses, with its code and a message for
+// the producer that says what was wrong and what to do.
+type Error struct {
+	Code   string
+	Reason string
+}
+
+// ErrRejected is wrapped by every *Error.
+var ErrRejected = errors.New("command rejected")
+
+func (e *Error) Error() string { return e.Code + ": " + e.Reason }
+
+// Unwrap returns ErrRejected.
+func (e *Error) Unwrap() error { return ErrRejected }
+
+// Rejectf builds an *Error.
+func Rejectf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Reason: fmt.Sprintf(format, args...)}
+}
+
+// IsJSON reports whether a Content-Type header value selects JSON.
+func IsJSON(contentType string) bool {
+	ct, _, _ := strings.Cut(contentType, ";")
+	return strings.EqualFold(strings.TrimSpace(ct), ContentTypeJSON)
+}
+
+// Decoder decodes and validates commands. It is safe for concurrent use.
+type Decoder struct {
+	codec *events.Codec
+}
+
+// NewDecoder returns a decoder that reads CBOR with codec.
+func NewDecoder(codec *events.Codec) *Decoder { return &Decoder{codec: codec} }
+
+// decode reads one command into v from data, as JSON when isJSON.
+func (d *Decoder) decode(data []byte, isJSON bool, v any) error {
+	if len(data) > MaxCommandBytes {
+		return Rejectf(CodeMalformed, "command of %d bytes is larger than the limit of %d; stage large blobs in the object store instead of sending them inline", len(data), MaxCommandBytes)
+	}
+	if isJSON {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(v); err != nil {
+			return Rejectf(CodeMalformed, "the JSON command does not decode: %v; see the command schema in the commands package documentation", err)
+		}
+		if _, err := dec.Token(); err != io.EOF {
+			return Rejectf(CodeMalformed, "the JSON command has data after its object; send exactly one JSON object")
+		}
+		return nil
+	}
+	if err := d.codec.Unmarshal(data, v); err != nil {
+		return Rejectf(CodeMalformed, "the CBOR command does not decode: %v; send deterministic CBOR with the documented fields, or JSON with Content-Type: application/json", err)
+	}
+	return nil
+}
+
+// DecodeIngest decodes and validates an ingest command. Every failure is an
+// *Error with a rejection code.
+func (d *Decoder) DecodeIngest(data []byte, isJSON bool) (Ingest, error) {
+	var c Ingest
+	if err := d.decode(data, isJSON, &c); err != nil {
+		return Ingest{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// DecodeSeal decodes and validates a seal command.
+func (d *Decoder) DecodeSeal(data []byte, isJSON bool) (Seal, error) {
+	var c Seal
+	if err := d.decode(data, isJSON, &c); err != nil {
+		return Seal{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// Encode encodes a command or reply as CBOR with codec, or JSON when isJSON.
+func Encode(codec *events.Codec, v any, isJSON bool) ([]byte, error) {
+	if isJSON {
+		return json.Marshal(v)
+	}
+	return codec.Marshal(v)
+}
+
+// Validate checks every field of an ingest command and returns an *Error.
+func (c Ingest) Validate() error {
+	if c.V != Version {
+		return Rejectf(CodeUnsupportedVersion, "command schema version %d is not supported; this ingester reads version %d (field \"v\")", c.V, Version)
+	}
+	if err := ValidateCommandID(c.CommandID); err != nil {
+		return err
+	}
+	if err := ValidatePackage(c.Package); err != nil {
+		return err
+	}
+	if err := ValidatePath(c.Path); err != nil {
+		return err
+	}
+	if err := validateShort("retention_class", c.RetentionClass); err != nil {
+		return err
+	}
+	if err := validateShort("media_type", c.MediaType); err != nil {
+		return err
+	}
+	if err := validateShort("producer", c.Producer); err != nil {
+		return err
+	}
+	if err := ValidateMetadata(c.Metadata); err != nil {
+		return err
+	}
+	if c.ExpectSize != nil && *c.ExpectSize < 0 {
+		return Rejectf(CodeMalformed, "expect_size %d is negative; leave it out to make no claim", *c.ExpectSize)
+	}
+	if len(c.Expect) > MaxExpect {
+		return Rejectf(CodeMalformed, "%d claimed addresses, more than %d; claim at most one per algorithm", len(c.Expect), MaxExpect)
+	}
+	for i, a := range c.Expect {
+		if a.IsZero() {
+			return Rejectf(CodeMalformed, "claimed address #%d is empty; use <blake3|sha256>:<64 lowercase hex digits>", i)
+		}
+	}
+	switch {
+	case c.Inline != nil && c.Staged != "":
+		return Rejectf(CodeMalformed, "both inline and staged are set; send the blob one way only")
+	case c.Inline == nil && c.Staged == "":
+		return Rejectf(CodeMalformed, "neither inline nor staged is set; put the blob in inline (at most %d bytes) or stage it and name it in staged", MaxInline)
+	case len(c.Inline) > MaxInline:
+		return Rejectf(CodeTooLarge, "inline blob of %d bytes is larger than %d; stage it in the object store instead", len(c.Inline), MaxInline)
+	}
+	return validateShort("staged", c.Staged)
+}
+
+// Validate checks every field of a seal command and returns an *Error.
+func (c Seal) Validate() error {
+	if c.V != Version {
+		return Rejectf(CodeUnsupportedVersion, "command schema version %d is not supported; this ingester reads version %d (field \"v\")", c.V, Version)
+	}
+	if err := ValidateCommandID(c.CommandID); err != nil {
+		return err
+	}
+	if err := ValidatePackage(c.Package); err != nil {
+		return err
+	}
+	return validateShort("producer", c.Producer)
+}
+
+// ValidateCommandID checks a command id: 1..MaxCommandID printable ASCII
+// bytes without spaces (it is also a NATS header value).
+func ValidateCommandID(id string) error {
+	if id == "" {
+		return Rejectf(CodeInvalidCommandID, "command_id is empty; give every command a unique id (a UUID is fine)")
+	}
+	if len(id) > MaxCommandID {
+		return Rejectf(CodeInvalidCommandID, "command_id is %d bytes, more than %d", len(id), MaxCommandID)
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return Rejectf(CodeInvalidCommandID, "command_id has byte 0x%02x at offset %d; use printable ASCII without spaces", id[i], i)
+		}
+	}
+	return nil
+}
+
+// ValidatePackage checks a package name: it starts with a letter or digit
+// and holds only letters, digits and ._:@+/=- ; at most MaxPackageName bytes.
+func ValidatePackage(name string) error {
+	if name == "" {
+		return Rejectf(CodeInvalidPackage, "package name is empty; name the package, e.g. ci/run-42")
+	}
+	if len(name) > MaxPackageName {
+		return Rejectf(CodeInvalidPackage, "package name is %d bytes, more than %d", len(name), MaxPackageName)
+	}
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		alnum := 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9'
+		if i == 0 && !alnum {
+			return Rejectf(CodeInvalidPackage, "package name %q must start with a letter or digit", trunc(name))
+		}
+		if !alnum && !strings.ContainsRune("._:@+/=-", rune(b)) {
+			return Rejectf(CodeInvalidPackage, "package name %q has %q at offset %d; use letters, digits and ._:@+/=-", trunc(name), b, i)
+		}
+	}
+	return nil
+}
+
+// ValidatePath checks a path inside a package: a clean, relative,
+// slash-separated path of valid UTF-8 with no "." or ".." component, no
+// empty component, no NUL, control byte or backslash; at most MaxPath bytes.
+func ValidatePath(p string) error {
+	switch {
+	case p == "":
+		return Rejectf(CodeInvalidPath, "path is empty; give the file's path inside the package, e.g. logs/build.txt")
+	case len(p) > MaxPath:
+		return Rejectf(CodeInvalidPath, "path is %d bytes, more than %d", len(p), MaxPath)
+	case !utf8.ValidString(p):
+		return Rejectf(CodeInvalidPath, "path %q is not valid UTF-8", trunc(p))
+	case strings.HasPrefix(p, "/"):
+		return Rejectf(CodeInvalidPath, "path %q is absolute; give a path relative to the package root", trunc(p))
+	}
+	for i, r := range p {
+		if r < 0x20 || r == 0x7f || r == '\\' {
+			return Rejectf(CodeInvalidPath, "path %q has %q at offset %d; NUL, control characters and backslashes are refused", trunc(p), r, i)
+		}
+	}
+	for _, comp := range strings.Split(p, "/") {
+		if comp == ".." {
+			return Rejectf(CodeInvalidPath, "path %q has a \"..\" component; paths may not leave the package", trunc(p))
+		}
+	}
+	if path.Clean(p) != p || p == "." {
+		return Rejectf(CodeInvalidPath, "path %q is not clean (empty, \".\" or repeated-slash components, or a trailing slash); use %q", trunc(p), path.Clean(p))
+	}
+	return nil
+}
+
+// ValidateMetadata checks the size of package metadata.
+func ValidateMetadata(m map[string]string) error {
+	if len(m) > MaxMetadataPairs {
+		return Rejectf(CodeInvalidMetadata, "%d metadata entries, more than %d", len(m), MaxMetadataPairs)
+	}
+	for k, v := range m {
+		if k == "" || len(k) > MaxMetadataKey || !utf8.ValidString(k) {
+			return Rejectf(CodeInvalidMetadata, "metadata key %q must be 1..%d bytes of UTF-8", trunc(k), MaxMetadataKey)
+		}
+		if len(v) > MaxMetadataValue || !utf8.ValidString(v) {
+			return Rejectf(CodeInvalidMetadata, "metadata value of %q must be at most %d bytes of UTF-8", trunc(k), MaxMetadataValue)
+		}
+	}
+	return nil
+}
+
+func validateShort(field, s string) error {
+	if len(s) > MaxShortText || !utf8.ValidString(s) {
+		return Rejectf(CodeMalformed, "%s must be at most %d bytes of UTF-8", field, MaxShortText)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return Rejectf(CodeMalformed, "%s has control byte 0x%02x at offset %d", field, s[i], i)
+		}
+	}
+	return nil
+}
+
+func trunc(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "…"
+	}
+	return s
+}

@@ -1,0 +1,72 @@
+// Package commands is the wire format of the commands producers send to
+// artifactstore over NATS JetStream, and of the replies they get back.
+//
+// # Commands
+//
+// A command is one message on the commands stream. Its subject says what it
+// is (see package bus: the ingest and seal subjects); its body is one
+// [Ingest] or [Seal] struct, encoded as deterministic CBOR (events.Codec) or,
+// when the message carries the header "Content-Type: application/json", as
+// JSON. The header "Nats-Msg-Id" should carry the command id, so that
+// JetStream drops a duplicate publish inside its window; when both the header
+// and the body carry one they must be equal.
+//
+// Every command has a schema version field "v"; this package reads version
+// [Version] (1). A command of another version is rejected with code
+// "unsupported_version" rather than guessed at.
+//
+// Field names are the same in CBOR and JSON. Unknown fields are refused in
+// both encodings, and in CBOR duplicate map keys too: a command that the
+// ingester does not fully understand is rejected, never half-applied.
+//
+// Ingest (version 1):
+//
+//	field            type                    required  meaning
+//	v                int                     yes       schema version, 1
+//	command_id       text (1..128 bytes)     yes       idempotency key: a redelivery or re-send with the
+//	                                                   same id has exactly one effect
+//	package          text                    yes       package name, [A-Za-z0-9][A-Za-z0-9._:@+/=-]* up to 200 bytes
+//	path             text                    yes       path inside the package: clean, relative, slash-separated,
+//	                                                   no "..", no ".", no NUL or control bytes, no backslash
+//	retention_class  text                    no        class of a new package (default "raw-evidence"); for an
+//	                                                   existing package it must be empty or equal to its class
+//	metadata         map text→text           no        package metadata, recorded when the package is created;
+//	                                                   for an existing package it must be empty or equal
+//	media_type       text                    no        e.g. "text/plain"
+//	expect_size      uint                    no        claimed size in bytes; a wrong claim rejects
+//	expect           [text]                  no        claimed content addresses ("blake3:<hex>", "sha256:<hex>");
+//	                                                   a wrong claim rejects
+//	inline           bytes (JSON: base64)    one of    the blob itself, at most MaxInline bytes
+//	staged           text                    one of    name of the object in the staging object-store bucket
+//	producer         text                    no        who sends it, recorded as the events' actor
+//
+// Exactly one of inline and staged must be present (an empty blob is
+// inline: an empty byte string).
+//
+// JSON example (the blob "hello\n" inline, base64):
+//
+//	{"v":1,"command_id":"0f8e3c1e-cli-demo-1","package":"ci/run-42",
+//	 "path":"logs/hello.txt","retention_class":"raw-evidence",
+//	 "metadata":{"git_commit":"4b825dc"},"expect_size":6,"inline":"aGVsbG8K"}
+//
+// Sent with the nats CLI, waiting for the reply:
+//
+//	nats request artifacts.cmd.ingest \
+//	  -H Content-Type:application/json -H Nats-Msg-Id:0f8e3c1e-cli-demo-1 \
+//	  '{"v":1,"command_id":"0f8e3c1e-cli-demo-1","package":"ci/run-42","path":"logs/hello.txt","inline":"aGVsbG8K"}'
+//
+// (`nats pub` with the same arguments sends it without waiting; the reply
+// then goes nowhere, the effect is the same.)
+//
+// Seal (version 1): {"v":1,"command_id":"...","package":"ci/run-42"}. After
+// a seal no file can be added to the package, except the very same object
+// at a path that already holds it (which changes nothing).
+//
+// # Replies
+//
+// When a command message has a reply subject (a NATS request, or the
+// producer's inbox set by bus.Requester), the ingester answers with one
+// [Reply], encoded like the command (JSON for a JSON command, else CBOR)
+// and only after the outcome is durable: the object fsynced and the events
+// committed, or the rejection event committed.
+package commands

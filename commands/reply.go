@@ -1,0 +1,92 @@
+package commands
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	"github.com/artifactstore/artifactstore/events"
+)
+
+// Reply statuses.
+const (
+	// StatusStored: the blob is durable and the events are committed.
+	StatusStored = "stored"
+	// StatusSealed: the package is sealed (now or before).
+	StatusSealed = "sealed"
+	// StatusRejected: nothing was stored; Code and Reason say why.
+	StatusRejected = "rejected"
+)
+
+// Reply is the ingester's answer to one command, sent only after the
+// outcome is durable. Digests are lowercase hex.
+type Reply struct {
+	V         int    `cbor:"v" json:"v"`
+	CommandID string `cbor:"command_id" json:"command_id"`
+	Status    string `cbor:"status" json:"status"`
+	// Code and Reason are set when Status is StatusRejected.
+	Code   string `cbor:"code,omitempty" json:"code,omitempty"`
+	Reason string `cbor:"reason,omitempty" json:"reason,omitempty"`
+
+	Package string `cbor:"package,omitempty" json:"package,omitempty"`
+	Path    string `cbor:"path,omitempty" json:"path,omitempty"`
+	// Address is the content address under the primary algorithm.
+	Address string `cbor:"address,omitempty" json:"address,omitempty"`
+	BLAKE3  string `cbor:"blake3,omitempty" json:"blake3,omitempty"`
+	SHA256  string `cbor:"sha256,omitempty" json:"sha256,omitempty"`
+	Size    int64  `cbor:"size" json:"size"`
+	// Deduplicated is true when the backend already held the bytes.
+	Deduplicated bool `cbor:"deduplicated,omitempty" json:"deduplicated,omitempty"`
+	// Duplicate is true when the command id had been handled before: the
+	// reply describes the first outcome and nothing new happened.
+	Duplicate bool `cbor:"duplicate,omitempty" json:"duplicate,omitempty"`
+	// Sequence is the sequence of the last event the command appended (or
+	// of its rejection event); wait for a projection to reach it to read
+	// the outcome back.
+	Sequence int64 `cbor:"sequence,omitempty" json:"sequence,omitempty"`
+}
+
+// Err returns the rejection as an *Error, or nil when the command succeeded.
+func (r Reply) Err() error {
+	if r.Status != StatusRejected {
+		return nil
+	}
+	return &Error{Code: r.Code, Reason: r.Reason}
+}
+
+// DecodeReply decodes a reply, as JSON when isJSON. Unknown fields are
+// tolerated so that an older producer reads a newer ingester's replies.
+func DecodeReply(codec *events.Codec, data []byte, isJSON bool) (Reply, error) {
+	var r Reply
+	if isJSON {
+		if err := json.NewDecoder(bytes.NewReader(data)).Decode(&r); err != nil {
+			return Reply{}, fmt.Errorf("decode JSON reply: %w", err)
+		}
+		return r, nil
+	}
+	var loose replyLoose
+	if err := codec.Unmarshal(data, &loose); err != nil {
+		return Reply{}, fmt.Errorf("decode CBOR reply: %w", err)
+	}
+	if err := codec.Unmarshal(data, &r); err != nil {
+		// A newer ingester added a field: keep what this version knows.
+		return replyFromLoose(loose)
+	}
+	return r, nil
+}
+
+// replyLoose accepts any map so that unknown reply fields do not fail a
+// decode under the strict codec.
+type replyLoose map[string]any
+
+func replyFromLoose(m replyLoose) (Reply, error) {
+	b, err := json.Marshal(map[string]any(m))
+	if err != nil {
+		return Reply{}, fmt.Errorf("decode CBOR reply: %w", err)
+	}
+	var r Reply
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Reply{}, fmt.Errorf("decode CBOR reply: %w", err)
+	}
+	return r, nil
+}
