@@ -1,0 +1,170 @@
+package leader_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/pgtest"
+)
+
+const testKey int64 = 0x7e57_0000_0000_0001
+
+func fastConfig(t *testing.T, name string, changes chan<- bool) leader.Config {
+	log := zerolog.New(zerolog.NewTestWriter(t)).With().Str("instance", name).Logger()
+	return leader.Config{
+		Key:           testKey,
+		Name:          name,
+		RetryInterval: 20 * time.Millisecond,
+		CheckInterval: 20 * time.Millisecond,
+		QueryTimeout:  time.Second,
+		TakeoverDelay: 150 * time.Millisecond,
+		Logger:        &log,
+		OnChange:      func(b bool) { changes <- b },
+	}
+}
+
+// lockHolder returns the backend pid that holds the advisory lock in the
+// pool's database, or 0.
+func lockHolder(t *testing.T, pool *pgxpool.Pool) int32 {
+	t.Helper()
+	var pid int32
+	err := pool.QueryRow(context.Background(), `
+		SELECT coalesce(max(pid), 0) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted
+		  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND objsubid = 1
+		  AND ((classid::bigint << 32) | objid::bigint) = $1`, testKey).Scan(&pid)
+	if err != nil {
+		t.Fatalf("query pg_locks: %v", err)
+	}
+	return pid
+}
+
+func waitChange(t *testing.T, ch <-chan bool, want bool) {
+	t.Helper()
+	select {
+	case got := <-ch:
+		if got != want {
+			t.Fatalf("leadership change = %v, want %v", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no leadership change to %v within 10s", want)
+	}
+}
+
+// TestOneLeaderAndFailover runs two candidates: exactly one runs the work;
+// when its lock session is terminated, its work is cancelled with ErrLost and
+// the other one takes over.
+func TestOneLeaderAndFailover(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewDB(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	var running atomic.Int32
+	var overlap atomic.Bool
+	causes := make(chan error, 4)
+	work := func(ctx context.Context) error {
+		if running.Add(1) > 1 {
+			overlap.Store(true)
+		}
+		<-ctx.Done()
+		running.Add(-1)
+		causes <- context.Cause(ctx)
+		return ctx.Err()
+	}
+	chA, chB := make(chan bool, 8), make(chan bool, 8)
+	done := make(chan error, 2)
+	go func() { done <- leader.RunConfig(ctx, pool, fastConfig(t, "a", chA), work) }()
+	waitChange(t, chA, true)
+	go func() { done <- leader.RunConfig(ctx, pool, fastConfig(t, "b", chB), work) }()
+
+	// b stays a standby while a leads: give it many retry intervals.
+	select {
+	case <-chB:
+		t.Fatal("b became leader while a held the lock")
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	pid := lockHolder(t, pool)
+	if pid == 0 {
+		t.Fatal("nobody holds the advisory lock while a leads")
+	}
+	if _, err := pool.Exec(context.Background(), "SELECT pg_terminate_backend($1)", pid); err != nil {
+		t.Fatalf("terminate the leader's session: %v", err)
+	}
+	waitChange(t, chA, false)
+	select {
+	case c := <-causes:
+		if !errors.Is(c, leader.ErrLost) {
+			t.Fatalf("work cancelled with %v, want ErrLost", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a's work was not cancelled")
+	}
+	// Either candidate may win the next election; exactly one must.
+	select {
+	case v := <-chB:
+		if !v {
+			t.Fatal("b reported losing leadership it never had")
+		}
+	case v := <-chA:
+		if !v {
+			t.Fatal("a reported losing leadership twice")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nobody took over after the leader's session ended")
+	}
+	if overlap.Load() {
+		t.Fatal("two instances ran the work at the same time")
+	}
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("Run after cancel = %v, want nil", err)
+		}
+	}
+	if pid := lockHolder(t, pool); pid != 0 {
+		t.Fatalf("lock still held by pid %d after every candidate stopped", pid)
+	}
+}
+
+// TestWorkErrorReleases checks that a failing work ends Run with its error
+// and releases the lock for a standby.
+func TestWorkErrorReleases(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewDB(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	boom := errors.New("boom")
+	ch := make(chan bool, 4)
+	err := leader.RunConfig(ctx, pool, fastConfig(t, "a", ch), func(context.Context) error { return boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("Run = %v, want boom", err)
+	}
+	if pid := lockHolder(t, pool); pid != 0 {
+		t.Fatalf("lock still held by pid %d after the work failed", pid)
+	}
+	// Another candidate gets it at once.
+	ch2 := make(chan bool, 4)
+	err = leader.RunConfig(ctx, pool, fastConfig(t, "b", ch2), func(context.Context) error { return nil })
+	if err != nil {
+		t.Fatalf("second Run = %v", err)
+	}
+	waitChange(t, ch2, true)
+}
+
+func TestZeroKeyRefused(t *testing.T) {
+	t.Parallel()
+	err := leader.RunConfig(context.Background(), nil, leader.Config{}, func(context.Context) error { return nil })
+	if err == nil {
+		t.Fatal("Run with a zero key succeeded")
+	}
+}
