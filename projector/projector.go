@@ -1,0 +1,450 @@
+// Package projector builds the projection tables (artifact_packages,
+// artifact_files, storage_locations, retention_state) from the event log.
+//
+// It tails the log in sequence order, waking on the log's LISTEN/NOTIFY
+// channel and polling as a fallback, and applies events in batches: one
+// transaction locks the projector's checkpoint row, reads the next events
+// after it, checks each payload digest, folds the events in memory over the
+// rows they touch (see state.apply: a pure function of the rows and the
+// event), writes the changed rows with one set-based upsert per table and
+// moves the checkpoint, then commits. Each event is therefore applied
+// exactly once, whatever crashes, and rebuilding from sequence 0 gives the
+// same tables as incremental projection.
+//
+// One projector of a name is active at a time: Run holds a PostgreSQL
+// session advisory lock on a dedicated connection while it leads; standbys
+// retry every ElectInterval and take over when the leader's connection dies.
+// The checkpoint row lock keeps exactly-once even if two ever overlap.
+//
+// # Schema evolution
+//
+// An event whose type or version this binary does not know stops the
+// projector (ErrUnknownEvent) instead of being skipped, because skipping it
+// would make the tables silently wrong. Roll out a new event type or
+// payload version in this order: deploy projectors (and every other reader)
+// that understand it first, then the writers that append it. If a projector
+// stopped on an unknown event, upgrade it; it resumes at its checkpoint.
+// If the effect of a type changes, release the new projector and run
+// `artifactstore project --rebuild`.
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/events"
+)
+
+// ErrLogAltered means an event's payload does not match its digest: the
+// log was changed after it was written. The projector stops at that
+// sequence; run `artifactstore audit` and restore the log from a backup.
+// Errors wrapping it also wrap events.ErrPayloadDigest.
+var ErrLogAltered = errors.New("the event log was altered")
+
+// ErrUnknownEvent means an event has a type or payload version this
+// projector has no effect for; it stops rather than skip it. Upgrade the
+// projector (see the package documentation on schema evolution).
+var ErrUnknownEvent = errors.New("unknown event type or version")
+
+// ErrGap means the log returned events that do not follow the checkpoint
+// without a hole: the log reader broke its contract.
+var ErrGap = errors.New("gap in the event log")
+
+// ErrRebuildRunning means another rebuild of the same projector holds its lock.
+var ErrRebuildRunning = errors.New("another rebuild of this projector is running")
+
+// NotifyChannel is the PostgreSQL channel on which the projector announces
+// each committed batch ("<name>:<checkpoint>"); WaitFor listens on it.
+const NotifyChannel = "artifactstore_projected"
+
+// DefaultName is the projector name of the live tables.
+const DefaultName = "projector"
+
+// Log is the part of the event log the projector reads. *events.Log
+// implements it.
+type Log interface {
+	// Read returns up to limit events with a sequence greater than after,
+	// in ascending order and without gaps.
+	Read(ctx context.Context, after int64, limit int) ([]events.Event, error)
+	// Head returns the sequence of the last committed event.
+	Head(ctx context.Context) (int64, error)
+}
+
+// Decoder checks an event's payload digest and decodes its payload.
+// *events.Codec implements it.
+type Decoder interface {
+	DecodeEvent(e events.Event) (events.Payload, error)
+}
+
+var (
+	_ Log     = (*events.Log)(nil)
+	_ Decoder = (*events.Codec)(nil)
+)
+
+// Config configures a Projector. Zero values take the defaults.
+type Config struct {
+	// BatchSize is the most events applied in one transaction
+	// (default 2000, at most events.MaxReadLimit).
+	BatchSize int
+	// PollInterval is how long the tail waits for a notification before it
+	// looks at the log anyway (default 1s).
+	PollInterval time.Duration
+	// ElectInterval is how often a standby tries to become the leader
+	// (default 1s).
+	ElectInterval time.Duration
+	// Logger receives the projector's log lines (default: none).
+	Logger *zerolog.Logger
+	// Name names the checkpoint and the leader lock (default DefaultName).
+	Name string
+	// Now is the clock for LagSeconds (default time.Now).
+	Now func() time.Time
+}
+
+func (c *Config) fill() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 2000
+	}
+	if c.BatchSize > events.MaxReadLimit {
+		c.BatchSize = events.MaxReadLimit
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	if c.ElectInterval <= 0 {
+		c.ElectInterval = time.Second
+	}
+	if c.Logger == nil {
+		l := zerolog.Nop()
+		c.Logger = &l
+	}
+	if c.Name == "" {
+		c.Name = DefaultName
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Projector applies the event log to the projection tables.
+type Projector struct {
+	pool  *pgxpool.Pool
+	log   Log
+	codec Decoder
+	cfg   Config
+	lg    zerolog.Logger
+}
+
+// New returns a projector over the database of pool, reading log and
+// decoding with codec.
+func New(pool *pgxpool.Pool, log Log, codec Decoder, cfg Config) *Projector {
+	cfg.fill()
+	return &Projector{
+		pool: pool, log: log, codec: codec, cfg: cfg,
+		lg: cfg.Logger.With().Str("service", "projector").Str("projector", cfg.Name).Logger(),
+	}
+}
+
+// RunOnce applies at most one batch to the live tables and returns how many
+// events it applied (0 when caught up).
+func (p *Projector) RunOnce(ctx context.Context) (int, error) {
+	return p.applyBatch(ctx, liveTables, p.cfg.Name, p.cfg.BatchSize)
+}
+
+// CatchUp applies batches until the live tables are at the head of the log
+// as it was when a batch found nothing more; it returns the events applied.
+func (p *Projector) CatchUp(ctx context.Context) (int, error) {
+	return p.catchUp(ctx, liveTables, p.cfg.Name)
+}
+
+func (p *Projector) catchUp(ctx context.Context, t tables, checkpoint string) (int, error) {
+	total := 0
+	for {
+		n, err := p.applyBatch(ctx, t, checkpoint, p.cfg.BatchSize)
+		total += n
+		if err != nil || n < p.cfg.BatchSize {
+			return total, err
+		}
+	}
+}
+
+// applyBatch is one transaction: lock the checkpoint, read, check, fold,
+// write, move the checkpoint.
+func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string, limit int) (applied int, err error) {
+	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+		var err error
+		applied, err = p.applyInTx(ctx, tx, t, checkpoint, limit)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return applied, nil
+}
+
+func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int) (int, error) {
+	if _, err := tx.Exec(ctx, `INSERT INTO projector_checkpoints (projector) VALUES ($1) ON CONFLICT DO NOTHING`, checkpoint); err != nil {
+		return 0, fmt.Errorf("create checkpoint %q: %w", checkpoint, err)
+	}
+	var cp int64
+	if err := tx.QueryRow(ctx, `SELECT sequence FROM projector_checkpoints WHERE projector = $1 FOR UPDATE`, checkpoint).Scan(&cp); err != nil {
+		return 0, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
+	}
+	evs, err := p.log.Read(ctx, cp, limit)
+	if err != nil {
+		return 0, fmt.Errorf("read events after %d: %w", cp, err)
+	}
+	if len(evs) == 0 {
+		return 0, nil
+	}
+	payloads := make([]events.Payload, len(evs))
+	for i, e := range evs {
+		if e.Sequence != cp+int64(i)+1 {
+			return 0, fmt.Errorf("%w: expected sequence %d after checkpoint %d, got %d", ErrGap, cp+int64(i)+1, cp, e.Sequence)
+		}
+		pl, err := p.codec.DecodeEvent(e)
+		switch {
+		case errors.Is(err, events.ErrPayloadDigest):
+			return 0, fmt.Errorf("%w: projection stopped at sequence %d (%s): %w; nothing from it on was applied — run `artifactstore audit` and restore the log",
+				ErrLogAltered, e.Sequence, e.Type, err)
+		case errors.Is(err, events.ErrUnknownType):
+			return 0, fmt.Errorf("%w: projection stopped at sequence %d: %w; upgrade this projector to a release that knows %q v%d, it resumes at checkpoint %d",
+				ErrUnknownEvent, e.Sequence, err, e.Type, e.PayloadVersion, cp)
+		case err != nil:
+			return 0, fmt.Errorf("projection stopped at sequence %d: %w", e.Sequence, err)
+		}
+		payloads[i] = pl
+	}
+	s, err := load(ctx, tx, t, collectKeys(payloads))
+	if err != nil {
+		return 0, err
+	}
+	s.warn = func(seq int64, typ events.Type, msg string) {
+		p.lg.Warn().Int64("sequence", seq).Str("event_type", string(typ)).Msg("event changes nothing: " + msg)
+	}
+	for i, e := range evs {
+		if err := s.apply(e, payloads[i]); err != nil {
+			return 0, err
+		}
+	}
+	last := evs[len(evs)-1].Sequence
+	b := &pgx.Batch{}
+	write(b, t, s)
+	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, checkpoint, last)
+	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("write projection up to sequence %d: %w", last, err)
+	}
+	return len(evs), nil
+}
+
+// Run is the projector process: it waits to be elected leader, catches up,
+// then tails the log until ctx ends (returning nil) or the log cannot be
+// projected (ErrLogAltered, ErrUnknownEvent, ErrGap: returned). A lost
+// database connection makes it step down and stand for election again;
+// other database errors are logged and retried.
+func (p *Projector) Run(ctx context.Context) error {
+	for {
+		conn, err := p.elect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		err = p.lead(ctx, conn)
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = conn.Close(closeCtx) // frees the lock
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case isFatal(err):
+			return err
+		}
+		p.lg.Warn().Err(err).Msg("stepped down; standing for election again")
+		if err := sleep(ctx, p.cfg.ElectInterval); err != nil {
+			return nil
+		}
+	}
+}
+
+func isFatal(err error) bool {
+	return errors.Is(err, ErrLogAltered) || errors.Is(err, ErrUnknownEvent) || errors.Is(err, ErrGap)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// lockKey is the advisory lock key of a projector name.
+const lockKeySQL = `hashtextextended('artifactstore.projector:' || $1, 0)`
+
+// elect opens a dedicated connection and returns it once it holds the
+// leader lock. The lock is a session lock: it lives exactly as long as the
+// connection, so a killed leader frees it.
+func (p *Projector) elect(ctx context.Context) (*pgx.Conn, error) {
+	logged := false
+	for {
+		conn, err := pgx.ConnectConfig(ctx, p.pool.Config().ConnConfig.Copy())
+		if err == nil {
+			var ok bool
+			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+lockKeySQL+`)`, p.cfg.Name).Scan(&ok)
+			if err == nil && ok {
+				if _, err = conn.Exec(ctx, `LISTEN `+pgx.Identifier{events.NotifyChannel}.Sanitize()); err == nil {
+					p.lg.Info().Msg("elected leader")
+					return conn, nil
+				}
+			}
+			_ = conn.Close(context.Background())
+			if err == nil && !logged {
+				p.lg.Info().Msg("standing by: another projector leads")
+				logged = true
+			}
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			p.lg.Warn().Err(err).Msg("leader election failed; retrying")
+		}
+		if err := sleep(ctx, p.cfg.ElectInterval); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// lead projects while conn (holding the lock and listening) is alive.
+func (p *Projector) lead(ctx context.Context, conn *pgx.Conn) error {
+	for {
+		n, err := p.CatchUp(ctx)
+		if err != nil {
+			if isFatal(err) || ctx.Err() != nil {
+				if isFatal(err) {
+					p.lg.Error().Err(err).Msg("projection stopped")
+				}
+				return err
+			}
+			p.lg.Warn().Err(err).Msg("batch failed; retrying")
+		} else if n > 0 {
+			p.lg.Debug().Int("events", n).Msg("applied")
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, p.cfg.PollInterval)
+		_, werr := conn.WaitForNotification(waitCtx)
+		cancel()
+		if werr != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if werr != nil && !errors.Is(werr, context.DeadlineExceeded) && !pgconn.Timeout(werr) {
+			return fmt.Errorf("leader connection lost: %w", werr)
+		}
+		if conn.IsClosed() {
+			return errors.New("leader connection closed")
+		}
+	}
+}
+
+// Status is the projector's position against the log.
+type Status struct {
+	// Checkpoint is the last applied sequence.
+	Checkpoint int64
+	// Head is the last committed sequence of the log.
+	Head int64
+	// LagSeconds is the age of the oldest event not yet applied (0 when
+	// caught up).
+	LagSeconds float64
+}
+
+// Status reports the checkpoint, the head of the log and the lag.
+func (p *Projector) Status(ctx context.Context) (Status, error) {
+	cp, err := Checkpoint(ctx, p.pool, p.cfg.Name)
+	if err != nil {
+		return Status{}, err
+	}
+	head, err := p.log.Head(ctx)
+	if err != nil {
+		return Status{}, fmt.Errorf("read the head of the log: %w", err)
+	}
+	st := Status{Checkpoint: cp, Head: head}
+	if head > cp {
+		evs, err := p.log.Read(ctx, cp, 1)
+		if err != nil {
+			return Status{}, fmt.Errorf("read event %d: %w", cp+1, err)
+		}
+		if len(evs) > 0 {
+			st.LagSeconds = max(0, p.cfg.Now().Sub(evs[0].OccurredAt).Seconds())
+		}
+	}
+	return st, nil
+}
+
+// Checkpoint returns the last sequence the projector name applied (0 if it
+// never ran).
+func Checkpoint(ctx context.Context, pool *pgxpool.Pool, name string) (int64, error) {
+	var cp int64
+	err := pool.QueryRow(ctx, `SELECT sequence FROM projector_checkpoints WHERE projector = $1`, name).Scan(&cp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read checkpoint of projector %q: %w", name, err)
+	}
+	return cp, nil
+}
+
+// WaitFor blocks until the default projector has applied sequence seq
+// (read-your-writes: a producer appends, then waits for the tables to show
+// it), or ctx ends. Pass a context with a deadline: it waits as long as the
+// projector is down.
+func WaitFor(ctx context.Context, pool *pgxpool.Pool, seq int64) error {
+	return WaitForProjector(ctx, pool, DefaultName, seq)
+}
+
+// WaitForProjector is WaitFor for the projector of the given name.
+func WaitForProjector(ctx context.Context, pool *pgxpool.Pool, name string, seq int64) error {
+	if cp, err := Checkpoint(ctx, pool, name); err != nil || cp >= seq {
+		return err
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("wait for projection of %d: %w", seq, err)
+	}
+	// A connection that has LISTENed must not go back to the pool.
+	defer func() { _ = conn.Hijack().Close(context.Background()) }()
+	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
+		return fmt.Errorf("wait for projection of %d: %w", seq, err)
+	}
+	for {
+		var cp int64
+		err := conn.QueryRow(ctx, `SELECT coalesce((SELECT sequence FROM projector_checkpoints WHERE projector = $1), 0)`, name).Scan(&cp)
+		if err != nil {
+			return fmt.Errorf("wait for projection of %d: %w", seq, err)
+		}
+		if cp >= seq {
+			return nil
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = conn.Conn().WaitForNotification(waitCtx)
+		cancel()
+		if ctx.Err() != nil {
+			return fmt.Errorf("wait for projection of %d (projector %q at %d; is it running?): %w", seq, name, cp, ctx.Err())
+		}
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !pgconn.Timeout(err) {
+			return fmt.Errorf("wait for projection of %d: %w", seq, err)
+		}
+	}
+}
