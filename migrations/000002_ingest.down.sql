@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS ingest_files;
+DROP TABLE IF EXISTS ingest_packages;
