@@ -1,0 +1,352 @@
+// Package verifier scrubs stored objects: it re-reads their bytes through
+// the data plane, recomputes BLAKE3, SHA-256 and the size, and appends
+// object.verified, object.corrupt or object.missing to the event log.
+//
+// Two roles live here:
+//
+//   - [Worker]: any number of processes share one durable JetStream consumer
+//     of verify requests ([Request]). Each verification is idempotent by
+//     request id, which is the command id of the appended event: a
+//     redelivered request appends nothing twice and is answered with the
+//     outcome recorded the first time. A [ByteLimiter] caps the bytes per
+//     second one worker reads, so that scrubbing does not starve ingest.
+//   - [Scheduler]: one active instance (elected with internal/leader)
+//     periodically finds objects whose last verification is older than the
+//     scrub interval, never-verified first, and publishes verify requests
+//     for them in bounded batches, remembering in scrub_queue what it queued
+//     when so that nothing is queued twice within one interval.
+//
+// [RequestAll] is the on-demand side: it publishes requests for chosen
+// objects and collects the replies (`artifactstore verify --package P`).
+//
+// The verifier records state; it does not serve bytes. The projector turns
+// the events into storage_locations.state, which the read path checks, so a
+// corrupt object is never served as good.
+package verifier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+)
+
+// DataPlane is what a worker needs of the data plane: a streaming
+// re-read and re-digest of one object.
+type DataPlane interface {
+	Verify(ctx context.Context, backendID string, addr digest.Address, exp dataplane.Expected) (dataplane.VerifyResult, error)
+}
+
+// EventLog is what a worker needs of the event log.
+type EventLog interface {
+	Append(ctx context.Context, batches ...events.Batch) ([]events.Result, error)
+	ByCommand(ctx context.Context, commandID string) ([]events.Event, error)
+}
+
+// Querier reads storage_locations (a *pgxpool.Pool is one).
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Errors of a verification that no retry can fix. Handle rejects the
+// request (dead letter) and replies with OutcomeError.
+var (
+	// ErrUnknownLocation: storage_locations has no row for the address on
+	// that backend (never stored there, or not projected yet).
+	ErrUnknownLocation = errors.New("verifier: no stored object at this address on this backend")
+	// ErrDeleted: the object was deleted by the reaper; there is nothing
+	// to verify.
+	ErrDeleted = errors.New("verifier: the object was deleted")
+)
+
+// Outcome codes of rejected requests, as dead-letter codes.
+const (
+	codeMalformed       = "malformed"
+	codeUnknownLocation = "unknown_location"
+	codeDeleted         = "deleted"
+	codeUnknownBackend  = "unknown_backend"
+)
+
+// WorkerConfig configures a [Worker]. Zero values take the defaults filled
+// in by withDefaults.
+type WorkerConfig struct {
+	// Concurrency is how many verifications one worker runs at once (the
+	// consumer's handler slots). Default 4.
+	Concurrency int
+	// Actor is recorded as the actor of every event. Default "verifier".
+	Actor string
+	// RetryDelay is the redelivery delay after a database failure.
+	// Default 2 seconds.
+	RetryDelay time.Duration
+	// Logger receives the worker's log lines. Default: discard.
+	Logger *zerolog.Logger
+	// Consumer tunes the JetStream consume loop; its Concurrency and
+	// Logger are taken from the fields above.
+	Consumer bus.ConsumerOptions
+}
+
+func (c WorkerConfig) withDefaults() WorkerConfig {
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
+	}
+	if c.Actor == "" {
+		c.Actor = "verifier"
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = 2 * time.Second
+	}
+	if c.Logger == nil {
+		nop := zerolog.Nop()
+		c.Logger = &nop
+	}
+	return c
+}
+
+// Worker verifies objects on request. Handle is its bus.Handler; Verify is
+// the same without the bus. Safe for concurrent use.
+type Worker struct {
+	dp     DataPlane
+	log    EventLog
+	db     Querier
+	codec  *events.Codec
+	nc     *nats.Conn // for replies; nil: no replies
+	cfg    WorkerConfig
+	logger zerolog.Logger
+
+	consumer *bus.Consumer
+}
+
+// NewWorker returns a worker. nc, used for replies only, may be nil.
+func NewWorker(dp DataPlane, log EventLog, db Querier, codec *events.Codec, nc *nats.Conn, cfg WorkerConfig) *Worker {
+	cfg = cfg.withDefaults()
+	return &Worker{
+		dp: dp, log: log, db: db, codec: codec, nc: nc, cfg: cfg,
+		logger: cfg.Logger.With().Str("service", "verifier").Logger(),
+	}
+}
+
+// Start binds the worker to the durable verify consumer of topology t and
+// starts consuming; it returns once running. Stop it with [Worker.Stop].
+func (w *Worker) Start(ctx context.Context, js jetstream.JetStream, t bus.Topology) error {
+	opts := w.cfg.Consumer
+	opts.Concurrency = w.cfg.Concurrency
+	opts.Logger = w.logger
+	if opts.DeadLetterSubjectPrefix == "" {
+		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
+	}
+	c, err := bus.NewConsumer(js, t.CommandsStream, t.VerifyConsumer, w.Handle, opts)
+	if err != nil {
+		return fmt.Errorf("verifier: %w", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		return fmt.Errorf("verifier: %w", err)
+	}
+	w.consumer = c
+	return nil
+}
+
+// Stop stops consuming: in-flight verifications finish until ctx's
+// deadline, then are cancelled and their requests redelivered later. Safe
+// before Start and twice.
+func (w *Worker) Stop(ctx context.Context) error {
+	if w.consumer == nil {
+		return nil
+	}
+	return w.consumer.Stop(ctx)
+}
+
+// Handle is the bus.Handler of verify requests. It replies (when the
+// request names a reply subject) once the outcome is recorded, and maps
+// failures to the bus's outcomes: an undecodable request, an unknown or
+// deleted object or an unknown backend is rejected (dead letter, no
+// retry); anything else is retried with backoff.
+func (w *Worker) Handle(ctx context.Context, m bus.Message) error {
+	asJSON := isJSON(m.ContentType)
+	req, err := DecodeRequest(w.codec, m.Data, asJSON, m.CommandID)
+	replyTo := m.ReplyTo
+	if replyTo == "" {
+		replyTo = req.ReplyTo
+	}
+	if err != nil {
+		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Outcome: OutcomeError, Reason: err.Error()}, asJSON)
+		return bus.Reject(err, codeMalformed)
+	}
+	rep, err := w.Verify(ctx, req)
+	if err != nil {
+		code := ""
+		switch {
+		case errors.Is(err, ErrUnknownLocation):
+			code = codeUnknownLocation
+		case errors.Is(err, ErrDeleted):
+			code = codeDeleted
+		case errors.Is(err, storage.ErrUnknownBackend):
+			code = codeUnknownBackend
+		}
+		if code == "" {
+			if isDatabaseError(err) {
+				return bus.Retry(err, w.cfg.RetryDelay)
+			}
+			return err
+		}
+		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Address: req.Address.String(),
+			BackendID: req.BackendID, Outcome: OutcomeError, Reason: err.Error()}, asJSON)
+		return bus.Reject(err, code)
+	}
+	w.reply(replyTo, rep, asJSON)
+	return nil
+}
+
+// Verify re-reads the object of req and appends the outcome under the
+// request id, unless that id was handled before: then it returns the
+// recorded outcome (Duplicate) without reading anything.
+func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
+	log := w.logger.With().Str("request_id", req.RequestID).Str("address", req.Address.String()).
+		Str("backend_id", req.BackendID).Str("origin", req.Origin).Logger()
+	if prior, err := w.log.ByCommand(ctx, req.RequestID); err == nil {
+		rep, err := w.replyFromEvent(req, prior[0])
+		rep.Duplicate = true
+		log.Debug().Str("outcome", rep.Outcome).Msg("request handled before; replying with the recorded outcome")
+		return rep, err
+	} else if !errors.Is(err, events.ErrCommandNotFound) {
+		return Reply{}, fmt.Errorf("verifier: look up request %s: %w", req.RequestID, err)
+	}
+
+	loc, err := w.location(ctx, req.Address, req.BackendID)
+	if err != nil {
+		return Reply{}, err
+	}
+	res, err := w.dp.Verify(ctx, req.BackendID, req.Address, dataplane.Expected{
+		BLAKE3: &loc.blake3, SHA256: &loc.sha256, Size: loc.size,
+	})
+	if err != nil {
+		return Reply{}, fmt.Errorf("verifier: %w", err)
+	}
+
+	var payload events.Payload
+	switch {
+	case res.Missing:
+		payload = events.ObjectMissingV1{Address: req.Address, BackendID: req.BackendID}
+	case res.Verified:
+		payload = events.ObjectVerifiedV1{Address: req.Address, BackendID: req.BackendID, Size: res.Actual.Size}
+	default:
+		payload = events.ObjectCorruptV1{
+			Address: req.Address, BackendID: req.BackendID,
+			ActualBLAKE3: res.Actual.BLAKE3[:], ActualSHA256: res.Actual.SHA256[:],
+			ActualSize: res.Actual.Size, ExpectedSize: loc.size,
+		}
+	}
+	results, err := w.log.Append(ctx, events.Batch{CommandID: req.RequestID, Events: []events.Draft{{
+		SubjectKind: events.SubjectObject, SubjectID: req.Address.String(), Actor: w.cfg.Actor, Payload: payload,
+	}}})
+	if err != nil {
+		return Reply{}, fmt.Errorf("verifier: append the outcome of %s: %w", req.Address, err)
+	}
+	rep, err := w.replyFromEvent(req, results[0].Events[0])
+	rep.Duplicate = results[0].Duplicate
+	rep.ExpectedSize = loc.size
+	if !rep.Duplicate && !res.Verified {
+		rep.Reason = res.Reason
+	}
+	switch {
+	case rep.Duplicate:
+		log.Debug().Str("outcome", rep.Outcome).Msg("request appended concurrently by another worker")
+	case rep.Outcome == OutcomeVerified:
+		log.Debug().Int64("size", rep.ActualSize).Msg("object verified")
+	default:
+		log.Error().Str("outcome", rep.Outcome).Str("reason", res.Reason).Int64("sequence", rep.Sequence).Msg("object failed verification")
+	}
+	return rep, err
+}
+
+// replyFromEvent builds the reply from the committed event, so that a
+// first answer and a duplicate's say the same.
+func (w *Worker) replyFromEvent(req Request, ev events.Event) (Reply, error) {
+	rep := Reply{V: RequestVersion, RequestID: req.RequestID, Address: req.Address.String(),
+		BackendID: req.BackendID, Sequence: ev.Sequence}
+	p, err := w.codec.DecodeEvent(ev)
+	if err != nil {
+		return rep, fmt.Errorf("verifier: decode recorded outcome of request %s: %w", req.RequestID, err)
+	}
+	switch p := p.(type) {
+	case events.ObjectVerifiedV1:
+		rep.Outcome, rep.ActualSize, rep.ExpectedSize = OutcomeVerified, p.Size, p.Size
+	case events.ObjectCorruptV1:
+		rep.Outcome, rep.ActualSize, rep.ExpectedSize = OutcomeCorrupt, p.ActualSize, p.ExpectedSize
+		rep.ActualBLAKE3, rep.ActualSHA256 = hexOf(p.ActualBLAKE3), hexOf(p.ActualSHA256)
+		rep.Reason = fmt.Sprintf("recorded corrupt: %d bytes (expected %d), blake3 %s", p.ActualSize, p.ExpectedSize, hexOf(p.ActualBLAKE3))
+	case events.ObjectMissingV1:
+		rep.Outcome, rep.Reason = OutcomeMissing, fmt.Sprintf("backend %q does not hold the object", p.BackendID)
+	default:
+		return rep, fmt.Errorf("verifier: request id %s was used by a %s event, not a verification; use a fresh request id", req.RequestID, ev.Type)
+	}
+	return rep, nil
+}
+
+type location struct {
+	blake3, sha256 [32]byte
+	size           int64
+}
+
+func (w *Worker) location(ctx context.Context, addr digest.Address, backendID string) (location, error) {
+	var (
+		loc      location
+		b3, s256 []byte
+		state    string
+	)
+	err := w.db.QueryRow(ctx, `SELECT digest_blake3, digest_sha256, size_bytes, state
+		FROM storage_locations WHERE content_address = $1 AND backend_id = $2`,
+		addr.String(), backendID).Scan(&b3, &s256, &loc.size, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return loc, fmt.Errorf("%w: %s on backend %q; check the address and backend id (artifactstore status), or retry once the projector has caught up", ErrUnknownLocation, addr, backendID)
+	}
+	if err != nil {
+		return loc, fmt.Errorf("verifier: read storage_locations for %s: %w", addr, err)
+	}
+	if state == "deleted" {
+		return loc, fmt.Errorf("%w: %s on backend %q", ErrDeleted, addr, backendID)
+	}
+	if len(b3) != 32 || len(s256) != 32 {
+		return loc, fmt.Errorf("verifier: storage_locations row of %s holds digests of %d and %d bytes", addr, len(b3), len(s256))
+	}
+	copy(loc.blake3[:], b3)
+	copy(loc.sha256[:], s256)
+	return loc, nil
+}
+
+func (w *Worker) reply(replyTo string, rep Reply, asJSON bool) {
+	if replyTo == "" || w.nc == nil {
+		return
+	}
+	body, err := EncodeReply(w.codec, rep, asJSON)
+	if err != nil {
+		w.logger.Error().Err(err).Str("request_id", rep.RequestID).Msg("encode reply")
+		return
+	}
+	ct := ""
+	if asJSON {
+		ct = ContentTypeJSON
+	}
+	if err := bus.Reply(w.nc, replyTo, body, ct); err != nil {
+		// The outcome is recorded; only the waiting client misses it.
+		w.logger.Warn().Err(err).Str("request_id", rep.RequestID).Msg("reply not sent")
+	}
+}
+
+// isDatabaseError reports a failure of PostgreSQL (connection, conflict),
+// worth a plain delayed retry rather than the backoff of other errors.
+func isDatabaseError(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) || pgconn.SafeToRetry(err) || errors.Is(err, events.ErrConflict)
+}
