@@ -42,7 +42,7 @@ func newFixture(t testing.TB) fixture {
 }
 
 func (f fixture) projector(t testing.TB, cfg projector.Config) *projector.Projector {
-	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
 	cfg.Logger = &l
 	return projector.New(f.pool, f.log, f.codec, cfg)
 }
