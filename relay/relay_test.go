@@ -1,0 +1,243 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/natstest"
+	"github.com/artifactstore/artifactstore/internal/pgtest"
+)
+
+// Environment of the helper process that TestRelayCrash runs and kills.
+const (
+	envHelper = "ARTIFACTSTORE_RELAY_HELPER"
+	envDB     = "ARTIFACTSTORE_RELAY_HELPER_DB"
+	envNATS   = "ARTIFACTSTORE_RELAY_HELPER_NATS"
+	envPrefix = "ARTIFACTSTORE_RELAY_HELPER_PREFIX"
+)
+
+func topology(prefix string) bus.Topology {
+	t := bus.DefaultTopology().WithPrefix(prefix)
+	// A tiny duplicate window: only the relay's own resume logic stands
+	// between a crash and a duplicate.
+	t.EventsDuplicateWindow = 100 * time.Millisecond
+	return t
+}
+
+func newRelay(t testing.TB, pool *pgxpool.Pool, js jetstream.JetStream, top bus.Topology, logger zerolog.Logger) *Relay {
+	codec := events.NewCodec()
+	r, err := New(pool, events.NewLog(pool, codec), codec, js, Config{
+		Stream:       top.EventsStream,
+		Subject:      func(e events.Type) string { return top.EventsSubject(string(e)) },
+		BatchSize:    64,
+		PollInterval: 20 * time.Millisecond,
+		Logger:       logger,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestHelperRelayProcess is not a test: it is the relay process that
+// TestRelayCrash starts and kills.
+func TestHelperRelayProcess(t *testing.T) {
+	if os.Getenv(envHelper) != "1" {
+		return
+	}
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv(envDB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(os.Getenv(envNATS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	r := newRelay(t, pool, js, topology(os.Getenv(envPrefix)), zerolog.Nop())
+	_ = r.Run(ctx) // until killed
+}
+
+func appendEvents(t *testing.T, ctx context.Context, log *events.Log, n, batch int) {
+	t.Helper()
+	for i := 0; i < n; i += batch {
+		var b []events.Batch
+		for j := i; j < min(n, i+batch); j++ {
+			b = append(b, events.Batch{Events: []events.Draft{{
+				SubjectKind: events.SubjectPackage, SubjectID: fmt.Sprintf("pkg-%d", j), Actor: "test",
+				Payload: events.PackageSealedV1{Name: fmt.Sprintf("pkg-%d", j)},
+			}}})
+		}
+		if _, err := log.Append(ctx, b...); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRelayCrash kills the relay process at random moments while events are
+// appended; afterwards the stream holds every event exactly once, in order.
+func TestRelayCrash(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, dbURL := pgtest.NewDB(t)
+	ns := natstest.Start(t)
+	nc := ns.Connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := natstest.Prefix(t)
+	top := topology(prefix)
+	if err := bus.EnsureTopology(ctx, js, top); err != nil {
+		t.Fatal(err)
+	}
+	log := events.NewLog(pool, events.NewCodec())
+
+	const kills, perRound = 6, 250
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for k := 0; k < kills; k++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperRelayProcess$")
+		cmd.Env = append(os.Environ(), envHelper+"=1", envDB+"="+dbURL, envNATS+"="+ns.URL(), envPrefix+"="+prefix)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		appendEvents(t, ctx, log, perRound, 1+rng.IntN(40))
+		time.Sleep(time.Duration(rng.IntN(150)) * time.Millisecond) // a random moment to kill at, not a wait
+		if err := cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+	}
+
+	// The killed relays must have published part of the log, or the test
+	// proved nothing about resuming.
+	if n := streamMsgs(t, ctx, js, top.EventsStream); n == 0 {
+		t.Fatal("the killed relay processes published nothing; kill later")
+	}
+
+	// A last relay, in-process, catches up.
+	r := newRelay(t, pool, js, top, zerolog.New(zerolog.NewTestWriter(t)))
+	head, err := log.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head != kills*perRound {
+		t.Fatalf("log head %d, want %d", head, kills*perRound)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cp, err := r.Checkpoint(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cp == head {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay stuck at %d of %d", cp, head)
+		}
+	}
+
+	// A subscriber reads the whole stream.
+	cons, err := js.OrderedConsumer(ctx, top.EventsStream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want int64 = 1
+	for want <= head {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			var msg Message
+			if err := json.Unmarshal(m.Data(), &msg); err != nil {
+				t.Fatalf("message is not JSON: %v", err)
+			}
+			if msg.Sequence != want {
+				t.Fatalf("stream holds event %d where %d was expected (duplicate or gap)", msg.Sequence, want)
+			}
+			if m.Headers().Get(HeaderSequence) != strconv.FormatInt(want, 10) || m.Subject() != top.EventsSubject("package.sealed") {
+				t.Fatalf("event %d: headers %v subject %s", want, m.Headers(), m.Subject())
+			}
+			want++
+		}
+		if got == 0 {
+			t.Fatalf("stream ends after event %d of %d", want-1, head)
+		}
+	}
+	if n := streamMsgs(t, ctx, js, top.EventsStream); n != uint64(head) {
+		t.Fatalf("stream holds %d messages, want exactly %d", n, head)
+	}
+}
+
+func streamMsgs(t *testing.T, ctx context.Context, js jetstream.JetStream, name string) uint64 {
+	t.Helper()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return si.State.Msgs
+}
+
+// TestResumeAfterLostCheckpoint simulates a crash between the stream's ack
+// and the checkpoint's commit, after the duplicate window has passed: the
+// relay resumes from the stream's last sequence and publishes nothing twice.
+func TestResumeAfterLostCheckpoint(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, _ := pgtest.NewDB(t)
+	ns := natstest.Start(t)
+	js, err := jetstream.New(ns.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := topology(natstest.Prefix(t))
+	if err := bus.EnsureTopology(ctx, js, top); err != nil {
+		t.Fatal(err)
+	}
+	log := events.NewLog(pool, events.NewCodec())
+	appendEvents(t, ctx, log, 50, 10)
+	r := newRelay(t, pool, js, top, zerolog.New(zerolog.NewTestWriter(t)))
+	if n, err := r.RunOnce(ctx); err != nil || n != 50 {
+		t.Fatalf("RunOnce = %d, %v; want 50 events", n, err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE relay_checkpoints SET sequence = 0`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * top.EventsDuplicateWindow) // let the window pass: JetStream no longer drops repeats
+	appendEvents(t, ctx, log, 5, 5)
+	if n, err := r.RunOnce(ctx); err != nil || n != 5 {
+		t.Fatalf("RunOnce after a lost checkpoint = %d, %v; want only the 5 new events", n, err)
+	}
+	if n := streamMsgs(t, ctx, js, top.EventsStream); n != 55 {
+		t.Fatalf("stream holds %d messages, want 55", n)
+	}
+	if cp, _ := r.Checkpoint(ctx); cp != 55 {
+		t.Fatalf("checkpoint %d, want 55", cp)
+	}
+}
