@@ -251,6 +251,30 @@ func TestAppendTxRollbackLeavesNoHole(t *testing.T) {
 	}
 }
 
+func TestAppendTxUnderRepeatableReadConflicts(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	log, pool := newLog(t)
+	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM event_log_head`); err != nil { // takes the snapshot
+		t.Fatal(err)
+	}
+	if _, err := log.Append(ctx, events.Batch{CommandID: "c", Events: []events.Draft{pkgCreated("a")}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = log.AppendTx(ctx, tx, events.Batch{CommandID: "c", Events: []events.Draft{pkgCreated("b")}})
+	if !errors.Is(err, events.ErrConflict) {
+		t.Fatalf("AppendTx after a concurrent append under REPEATABLE READ = %v, want ErrConflict", err)
+	}
+	if n := countRows(t, pool, "events"); n != 1 {
+		t.Fatalf("events rows = %d, want 1", n)
+	}
+}
+
 func TestAppendRefusesInvalidBatches(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
@@ -628,4 +652,51 @@ func TestGapFreeCheckerDetectsNaiveSkip(t *testing.T) {
 	if !slices.Contains(problems, want) {
 		t.Fatalf("checker problems = %q, want it to report %q", problems, want)
 	}
+}
+
+// BenchmarkAppend measures append throughput: group commit (64 commands of
+// 4 events per Append) and single-command appends from 16 goroutines.
+func BenchmarkAppend(b *testing.B) {
+	log, _ := newLog(b)
+	ctx := context.Background()
+	var ids atomic.Int64
+	batch := func() events.Batch {
+		id := ids.Add(1)
+		bt := events.Batch{CommandID: "bench-" + strconv.FormatInt(id, 10)}
+		for j := range 4 {
+			bt.Events = append(bt.Events, pkgCreated(fmt.Sprintf("p%d-%d", id, j)))
+		}
+		return bt
+	}
+
+	b.Run("group64x4", func(b *testing.B) {
+		for b.Loop() {
+			batches := make([]events.Batch, 64)
+			for i := range batches {
+				batches[i] = batch()
+			}
+			if _, err := log.Append(ctx, batches...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.N*64*4)/b.Elapsed().Seconds(), "events/s")
+	})
+
+	b.Run("single4x16goroutines", func(b *testing.B) {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		b.ResetTimer()
+		for range 16 {
+			wg.Go(func() {
+				for next.Add(1) <= int64(b.N) {
+					if _, err := log.Append(ctx, batch()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		b.ReportMetric(float64(b.N*4)/b.Elapsed().Seconds(), "events/s")
+	})
 }
