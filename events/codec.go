@@ -107,7 +107,7 @@ func (c *Codec) Unmarshal(b []byte, v any) error {
 	}
 	// The head scan runs first: it refuses long strings before the decoder
 	// allocates them, and it reads no value, so nothing is decoded twice.
-	n, err := scanHeads(b)
+	n, err := scanHeads(b, maxString)
 	if err != nil {
 		return err
 	}
@@ -141,11 +141,11 @@ func (c *Codec) Decode(r io.Reader, limit int64, v any) error {
 // scanHeads reads the heads of the first CBOR item in b and the items
 // nested in it, skipping string contents without looking at them, and
 // returns the item's length. It refuses byte and text strings longer than
-// maxString, indefinite lengths, reserved head values and truncated input.
+// maxStr bytes, indefinite lengths, reserved head values and truncated input.
 // It neither allocates nor recurses: it counts the items still to read.
 // Everything else (nesting, counts, duplicate keys, simple values) is left
 // to the decoder.
-func scanHeads(b []byte) (int, error) {
+func scanHeads(b []byte, maxStr uint64) (int, error) {
 	off := 0
 	for pending := uint64(1); pending > 0; pending-- {
 		if off >= len(b) {
@@ -175,8 +175,8 @@ func scanHeads(b []byte) (int, error) {
 		rest := uint64(len(b) - off)
 		switch major {
 		case 2, 3: // byte string, text string
-			if arg > maxString {
-				return 0, fmt.Errorf("%w: string of %d bytes at offset %d, more than the limit of %d", ErrMalformed, arg, head, maxString)
+			if arg > maxStr {
+				return 0, fmt.Errorf("%w: string of %d bytes at offset %d, more than the limit of %d", ErrMalformed, arg, head, maxStr)
 			}
 			if arg > rest {
 				return 0, fmt.Errorf("%w: string of %d bytes at offset %d runs past the end of input", ErrMalformed, arg, head)
