@@ -631,6 +631,11 @@ func TestStopBeforeStartAndStartWithoutTopology(t *testing.T) {
 	if err := c.Stop(t.Context()); err != nil {
 		t.Fatalf("second Stop before Start: %v", err)
 	}
+	select {
+	case <-c.Done():
+	default:
+		t.Fatal("Done not closed by a Stop before Start")
+	}
 	if err := c.Start(t.Context()); !errors.Is(err, bus.ErrConsumerStarted) {
 		t.Fatalf("Start after Stop: %v", err)
 	}
@@ -714,4 +719,38 @@ func TestRequesterWaitTimesOut(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "worker") {
 		t.Fatalf("Request with no worker: %v", err)
 	}
+}
+
+// TestConsumerSurvivesServerRestart crashes and restarts the server under a
+// running consumer: a command published before the crash and one after it
+// are both handled, and nothing stays pending.
+func TestConsumerSurvivesServerRestart(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	handled := make(chan string, 4)
+	e.consumer(t, e.top.IngestConsumer, func(ctx context.Context, m bus.Message) error {
+		handled <- m.CommandID
+		return nil
+	}, bus.ConsumerOptions{FetchWait: 300 * time.Millisecond})
+	e.publish(t, bus.CmdIngest, "before", nil)
+	if id := <-handled; id != "before" {
+		t.Fatalf("handled %s", id)
+	}
+	eventually(t, 5*time.Second, "acked before restart", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
+	e.ns.Restart(t)
+	eventually(t, 10*time.Second, "publish after restart", func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		_, err := bus.PublishCommand(ctx, e.js, e.top.Subject(bus.CmdIngest), "after", nil, "", "")
+		return err == nil
+	})
+	select {
+	case id := <-handled:
+		if id != "after" {
+			t.Fatalf("handled %s after restart", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("consumer handled nothing after the server restarted")
+	}
+	eventually(t, 5*time.Second, "acked after restart", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
 }

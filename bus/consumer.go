@@ -247,7 +247,10 @@ func (c *Consumer) Start(ctx context.Context) error {
 func (c *Consumer) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	if !c.started {
-		c.stopping = true
+		if !c.stopping {
+			c.stopping = true
+			close(c.done)
+		}
 		c.mu.Unlock()
 		return nil
 	}
@@ -274,8 +277,8 @@ func (c *Consumer) Stop(ctx context.Context) error {
 	return fmt.Errorf("consumer %s on %s: %w", c.durable, c.stream, ErrStopDeadline)
 }
 
-// Done is closed once the consumer has stopped: no fetch in flight, no
-// handler running.
+// Done is closed once the consumer has stopped (or was stopped before it
+// started): no fetch in flight, no handler running.
 func (c *Consumer) Done() <-chan struct{} { return c.done }
 
 func (c *Consumer) stopRequested() bool {
