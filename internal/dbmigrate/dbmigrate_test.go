@@ -3,7 +3,9 @@ package dbmigrate_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +15,46 @@ import (
 
 	"github.com/artifactstore/artifactstore/internal/dbmigrate"
 	"github.com/artifactstore/artifactstore/internal/pgtest"
+	"github.com/artifactstore/artifactstore/migrations"
 )
 
+// latestVersion is the highest version among the embedded migrations.
+func latestVersion(t *testing.T) uint {
+	t.Helper()
+	entries, err := fs.ReadDir(migrations.FS, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var latest uint
+	for _, e := range entries {
+		prefix, _, ok := strings.Cut(e.Name(), "_")
+		if !ok || !strings.HasSuffix(e.Name(), ".up.sql") {
+			continue
+		}
+		v, err := strconv.ParseUint(prefix, 10, 32)
+		if err != nil {
+			t.Fatalf("migration %s: version prefix: %v", e.Name(), err)
+		}
+		latest = max(latest, uint(v))
+	}
+	if latest == 0 {
+		t.Fatal("no embedded up migration")
+	}
+	return latest
+}
+
+// missingTables reports the tables of wantTables missing from got.
+func missingTables(got []string) []string {
+	var missing []string
+	for _, w := range wantTables {
+		if !slices.Contains(got, w) {
+			missing = append(missing, w)
+		}
+	}
+	return missing
+}
+
+// wantTables are the tables of 000001_init; later migrations add more.
 var wantTables = []string{
 	"artifact_files", "artifact_packages", "commands", "event_log_head", "events",
 	"metadata_schemas", "projector_checkpoints", "retention_classes", "retention_state",
@@ -62,9 +102,9 @@ func TestUpCreatesSchemaAndSeedsRetentionClasses(t *testing.T) {
 	if err := dbmigrate.Up(ctx, dbURL); err != nil {
 		t.Fatal(err)
 	}
-	wantVersion(t, dbURL, 1)
-	if got := tables(t, pool); !slices.Equal(got, wantTables) {
-		t.Fatalf("tables = %v, want %v", got, wantTables)
+	wantVersion(t, dbURL, latestVersion(t))
+	if got := tables(t, pool); len(missingTables(got)) > 0 {
+		t.Fatalf("tables = %v, missing %v", got, missingTables(got))
 	}
 
 	type class struct {
@@ -141,7 +181,7 @@ func TestUpTwiceIsNoOp(t *testing.T) {
 	if err := dbmigrate.Up(ctx, dbURL); err != nil {
 		t.Fatalf("second Up: %v", err)
 	}
-	wantVersion(t, dbURL, 1)
+	wantVersion(t, dbURL, latestVersion(t))
 	var seq int64
 	if err := pool.QueryRow(ctx, `SELECT sequence FROM projector_checkpoints WHERE projector = 'p'`).Scan(&seq); err != nil || seq != 42 {
 		t.Fatalf("data after second Up: seq=%d err=%v, want 42", seq, err)
@@ -174,9 +214,9 @@ func TestDownDropsEverythingThenUpAgain(t *testing.T) {
 	if err := dbmigrate.Up(ctx, dbURL); err != nil {
 		t.Fatalf("Up after Down: %v", err)
 	}
-	wantVersion(t, dbURL, 1)
-	if got := tables(t, pool); !slices.Equal(got, wantTables) {
-		t.Fatalf("tables = %v, want %v", got, wantTables)
+	wantVersion(t, dbURL, latestVersion(t))
+	if got := tables(t, pool); len(missingTables(got)) > 0 {
+		t.Fatalf("tables = %v, missing %v", got, missingTables(got))
 	}
 }
 
@@ -225,17 +265,17 @@ func TestDirtyStateSaysWhatToDo(t *testing.T) {
 		t.Fatal(err)
 	}
 	v, dirty, err := dbmigrate.Version(ctx, dbURL)
-	if err != nil || v != 1 || !dirty {
-		t.Fatalf("Version = %d, %v, %v; want 1, dirty", v, dirty, err)
+	if err != nil || v != latestVersion(t) || !dirty {
+		t.Fatalf("Version = %d, %v, %v; want %d, dirty", v, dirty, err, latestVersion(t))
 	}
 	err = dbmigrate.Up(ctx, dbURL)
 	if !errors.Is(err, dbmigrate.ErrDirty) || !strings.Contains(err.Error(), "force") {
 		t.Fatalf("Up on a dirty schema: %v, want ErrDirty naming force", err)
 	}
-	if err := dbmigrate.Force(ctx, dbURL, 1); err != nil {
+	if err := dbmigrate.Force(ctx, dbURL, int(latestVersion(t))); err != nil {
 		t.Fatalf("Force: %v", err)
 	}
-	wantVersion(t, dbURL, 1)
+	wantVersion(t, dbURL, latestVersion(t))
 	if err := dbmigrate.Up(ctx, dbURL); err != nil {
 		t.Fatalf("Up after Force: %v", err)
 	}
@@ -266,5 +306,30 @@ func TestPostgresqlSchemeIsAccepted(t *testing.T) {
 	if err := dbmigrate.Up(context.Background(), alt); err != nil {
 		t.Fatalf("Up(%s): %v", alt, err)
 	}
-	wantVersion(t, dbURL, 1)
+	wantVersion(t, dbURL, latestVersion(t))
+}
+
+func TestEveryMigrationHasUpAndDown(t *testing.T) {
+	t.Parallel()
+	entries, err := fs.ReadDir(migrations.FS, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	for name := range names {
+		base, ok := strings.CutSuffix(name, ".up.sql")
+		if !ok {
+			base, ok = strings.CutSuffix(name, ".down.sql")
+		}
+		if !ok {
+			t.Errorf("embedded file %s is not NNNNNN_name.up.sql or .down.sql", name)
+			continue
+		}
+		if !names[base+".up.sql"] || !names[base+".down.sql"] {
+			t.Errorf("migration %s lacks its up or down file", base)
+		}
+	}
 }
