@@ -257,7 +257,8 @@ func (c Seal) Validate() error {
 }
 
 // ValidateCommandID checks a command id: 1..MaxCommandID printable ASCII
-// bytes without spaces (it is also a NATS header value).
+// bytes without spaces, '.', '*' or '>' (it is also a NATS header value
+// and the last token of the reply subject).
 func ValidateCommandID(id string) error {
 	if id == "" {
 		return Rejectf(CodeInvalidCommandID, "command_id is empty; give every command a unique id (a UUID is fine)")
@@ -266,8 +267,8 @@ func ValidateCommandID(id string) error {
 		return Rejectf(CodeInvalidCommandID, "command_id is %d bytes, more than %d", len(id), MaxCommandID)
 	}
 	for i := 0; i < len(id); i++ {
-		if id[i] <= ' ' || id[i] > '~' {
-			return Rejectf(CodeInvalidCommandID, "command_id has byte 0x%02x at offset %d; use printable ASCII without spaces", id[i], i)
+		if id[i] <= ' ' || id[i] > '~' || id[i] == '.' || id[i] == '*' || id[i] == '>' {
+			return Rejectf(CodeInvalidCommandID, "command_id has %q at offset %d; use printable ASCII without spaces, '.', '*' or '>' (a UUID is fine)", id[i], i)
 		}
 	}
 	return nil

@@ -91,6 +91,7 @@ func TestRejections(t *testing.T) {
 		"version":        {func(c *Ingest) { c.V = 2 }, CodeUnsupportedVersion},
 		"no id":          {func(c *Ingest) { c.CommandID = "" }, CodeInvalidCommandID},
 		"id with space":  {func(c *Ingest) { c.CommandID = "a b" }, CodeInvalidCommandID},
+		"id with dot":    {func(c *Ingest) { c.CommandID = "a.b" }, CodeInvalidCommandID},
 		"no package":     {func(c *Ingest) { c.Package = "" }, CodeInvalidPackage},
 		"package dotdot": {func(c *Ingest) { c.Package = "../x" }, CodeInvalidPackage},
 		"empty path":     {func(c *Ingest) { c.Path = "" }, CodeInvalidPath},

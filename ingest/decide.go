@@ -1,0 +1,402 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+)
+
+// jobKind says what a job asks the committer to decide.
+type jobKind int
+
+const (
+	jobIngest jobKind = iota + 1
+	jobSeal
+	jobReject
+)
+
+// job is one command waiting for its commit.
+type job struct {
+	kind      jobKind
+	commandID string
+	actor     string
+
+	ingest commands.Ingest       // jobIngest
+	stored dataplane.IngestResult // jobIngest: the durable object
+	seal   commands.Seal          // jobSeal
+	reject *commands.Error        // jobReject
+	pkg    string                 // package of any job (for the rejection event)
+	path   string                 // path of an ingest (for the rejection event)
+
+	done chan outcome
+}
+
+// outcome is a committed decision, or a failure to commit.
+type outcome struct {
+	reply    commands.Reply
+	rejected *commands.Error // set when reply.Status is StatusRejected
+	err      error           // the commit failed; nothing was decided
+}
+
+// pkgState is the command-side state of one package.
+type pkgState struct {
+	class     string
+	metadata  map[string]string
+	sealed    bool
+	sealedSeq int64
+	isNew     bool // created in the group being decided
+	created   *events.Batch
+}
+
+type fileKey struct{ pkg, path string }
+
+// state is what a group's decisions read and change.
+type state struct {
+	cfg      *config
+	now      time.Time
+	pkgs     map[string]*pkgState
+	files    map[fileKey]string
+	missing  map[string]bool // package names known not to exist
+	newFiles map[fileKey]bool
+}
+
+// loadState reads the state of every package and path the jobs name.
+func loadState(ctx context.Context, q querier, cfg *config, now time.Time, jobs []*job) (*state, error) {
+	st := &state{cfg: cfg, now: now, pkgs: map[string]*pkgState{}, files: map[fileKey]string{}, missing: map[string]bool{}, newFiles: map[fileKey]bool{}}
+	var names, fpkgs, fpaths []string
+	seen := map[string]bool{}
+	for _, j := range jobs {
+		if j.pkg != "" && !seen[j.pkg] {
+			seen[j.pkg] = true
+			names = append(names, j.pkg)
+		}
+		if j.kind == jobIngest {
+			fpkgs = append(fpkgs, j.pkg)
+			fpaths = append(fpaths, j.path)
+		}
+	}
+	if len(names) == 0 {
+		return st, nil
+	}
+	rows, err := q.Query(ctx, `SELECT name, retention_class, metadata, sealed_seq FROM ingest_packages WHERE name = ANY($1)`, names)
+	if err != nil {
+		return nil, fmt.Errorf("read package state: %w", err)
+	}
+	for rows.Next() {
+		var (
+			name, class string
+			md          []byte
+			sealedSeq   *int64
+		)
+		if err := rows.Scan(&name, &class, &md, &sealedSeq); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read package state: %w", err)
+		}
+		ps := &pkgState{class: class}
+		if err := json.Unmarshal(md, &ps.metadata); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("read package %q metadata: %w", name, err)
+		}
+		if sealedSeq != nil {
+			ps.sealed, ps.sealedSeq = true, *sealedSeq
+		}
+		st.pkgs[name] = ps
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read package state: %w", err)
+	}
+	for _, n := range names {
+		if st.pkgs[n] == nil {
+			st.missing[n] = true
+		}
+	}
+	if len(fpkgs) > 0 {
+		rows, err = q.Query(ctx, `SELECT f.package, f.path, f.content_address FROM ingest_files f
+			JOIN unnest($1::text[], $2::text[]) AS u(p, pa) ON f.package = u.p AND f.path = u.pa`, fpkgs, fpaths)
+		if err != nil {
+			return nil, fmt.Errorf("read file state: %w", err)
+		}
+		for rows.Next() {
+			var k fileKey
+			var addr string
+			if err := rows.Scan(&k.pkg, &k.path, &addr); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("read file state: %w", err)
+			}
+			st.files[k] = addr
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("read file state: %w", err)
+		}
+	}
+	return st, nil
+}
+
+// precheck refuses, before any byte is stored, an ingest that the commit
+// would refuse anyway. The commit decides again under the lock.
+func (st *state) precheck(c commands.Ingest) *commands.Error {
+	ps := st.pkgs[c.Package]
+	if ps == nil {
+		class := classOrDefault(c.RetentionClass)
+		if _, rej := st.cfg.checkClass(class); rej != nil {
+			return rej
+		}
+		return st.cfg.checkMetadata(class, c.Metadata)
+	}
+	if rej := ps.conflicts(c); rej != nil {
+		return rej
+	}
+	if _, has := st.files[fileKey{c.Package, c.Path}]; ps.sealed && !has {
+		return sealedRejection(c.Package, c.Path)
+	}
+	return nil
+}
+
+func classOrDefault(c string) string {
+	if c == "" {
+		return commands.DefaultRetentionClass
+	}
+	return c
+}
+
+func (ps *pkgState) conflicts(c commands.Ingest) *commands.Error {
+	if c.RetentionClass != "" && c.RetentionClass != ps.class {
+		return commands.Rejectf(commands.CodeClassConflict,
+			"package %q has retention class %q, the command says %q; leave the class out or use %q (change a package's retention with a retention command)",
+			c.Package, ps.class, c.RetentionClass, ps.class)
+	}
+	if len(c.Metadata) > 0 && !maps.Equal(c.Metadata, ps.metadata) && !(len(ps.metadata) == 0 && len(c.Metadata) == 0) {
+		return commands.Rejectf(commands.CodeMetadataConflict,
+			"package %q already exists with other metadata; metadata is set when a package is created: send the same metadata or none",
+			c.Package)
+	}
+	return nil
+}
+
+func sealedRejection(pkg, path string) *commands.Error {
+	return commands.Rejectf(commands.CodePackageSealed,
+		"package %q is sealed; no file can be added (path %q); ingest into a new package", pkg, path)
+}
+
+// decided is the effect of one job on the log and on the state tables.
+type decided struct {
+	events   []events.Draft
+	rejected *commands.Error
+	reply    commands.Reply
+	// state writes, applied after the append with the batch's sequences
+	newPkg   *newPackage
+	file     *fileKey
+	address  string
+	sealPkg  string
+	noEvents bool // nothing to append (a seal of a sealed package)
+}
+
+type newPackage struct {
+	name, class string
+	metadata    map[string]string
+	retainUntil *time.Time
+}
+
+// decide takes the decision of one job against st and updates st as if it
+// were committed, so that later jobs of the group see its effects.
+func (st *state) decide(j *job) decided {
+	switch j.kind {
+	case jobReject:
+		return st.rejection(j, j.reject)
+	case jobSeal:
+		return st.decideSeal(j)
+	default:
+		return st.decideIngest(j)
+	}
+}
+
+func (st *state) rejection(j *job, rej *commands.Error) decided {
+	return decided{
+		rejected: rej,
+		events: []events.Draft{{
+			SubjectKind: events.SubjectCommand, SubjectID: j.commandID, Actor: j.actor,
+			Payload: events.IngestRejectedV1{CommandID: j.commandID, Package: j.pkg, Path: j.path, Code: rej.Code, Reason: rej.Reason},
+		}},
+		reply: commands.Reply{V: commands.Version, CommandID: j.commandID, Status: commands.StatusRejected,
+			Code: rej.Code, Reason: rej.Reason, Package: j.pkg, Path: j.path},
+	}
+}
+
+func (st *state) decideSeal(j *job) decided {
+	ps := st.pkgs[j.pkg]
+	if ps == nil {
+		return st.rejection(j, commands.Rejectf(commands.CodeUnknownPackage,
+			"package %q does not exist; seal a package after the replies to its ingests arrived", j.pkg))
+	}
+	reply := commands.Reply{V: commands.Version, CommandID: j.commandID, Status: commands.StatusSealed, Package: j.pkg}
+	if ps.sealed {
+		reply.Sequence = ps.sealedSeq
+		return decided{noEvents: true, reply: reply}
+	}
+	ps.sealed = true
+	return decided{
+		events: []events.Draft{{SubjectKind: events.SubjectPackage, SubjectID: j.pkg, Actor: j.actor,
+			Payload: events.PackageSealedV1{Name: j.pkg}}},
+		reply:   reply,
+		sealPkg: j.pkg,
+	}
+}
+
+func (st *state) decideIngest(j *job) decided {
+	c := j.ingest
+	res := j.stored
+	var d decided
+	ps := st.pkgs[c.Package]
+	if ps == nil {
+		class := classOrDefault(c.RetentionClass)
+		rc, rej := st.cfg.checkClass(class)
+		if rej != nil {
+			return st.rejection(j, rej)
+		}
+		if rej := st.cfg.checkMetadata(class, c.Metadata); rej != nil {
+			return st.rejection(j, rej)
+		}
+		until := rc.retainUntil(st.now)
+		d.newPkg = &newPackage{name: c.Package, class: class, metadata: c.Metadata, retainUntil: until}
+		d.events = append(d.events,
+			events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
+				Payload: events.PackageCreatedV1{Name: c.Package, RetentionClass: class, Metadata: c.Metadata}},
+			events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
+				Payload: events.RetentionAssignedV1{Package: c.Package, Class: class, RetainUntil: until}},
+		)
+		ps = &pkgState{class: class, metadata: c.Metadata, isNew: true}
+	} else if rej := ps.conflicts(c); rej != nil {
+		return st.rejection(j, rej)
+	}
+
+	addr := res.Address.String()
+	key := fileKey{c.Package, c.Path}
+	cur, has := st.files[key]
+	if ps.sealed {
+		if !has {
+			return st.rejection(j, sealedRejection(c.Package, c.Path))
+		}
+		if cur != addr {
+			return st.rejection(j, commands.Rejectf(commands.CodePathConflict,
+				"package %q is sealed and its path %q holds %s, not %s; a sealed package's files never change",
+				c.Package, c.Path, cur, addr))
+		}
+	}
+	dg := res.Digests
+	d.events = append(d.events, events.Draft{SubjectKind: events.SubjectObject, SubjectID: addr, Actor: j.actor,
+		Payload: events.ObjectStoredV1{Address: res.Address, BLAKE3: dg.BLAKE3[:], SHA256: dg.SHA256[:], Size: dg.Size,
+			BackendID: res.Receipt.BackendID, Deduplicated: res.Receipt.Deduplicated}})
+	if !has || cur != addr {
+		d.events = append(d.events, events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
+			Payload: events.FileAddedV1{Package: c.Package, Path: c.Path, Address: res.Address, BLAKE3: dg.BLAKE3[:],
+				SHA256: dg.SHA256[:], Size: dg.Size, MediaType: c.MediaType}})
+		d.file, d.address = &key, addr
+		st.files[key] = addr
+	}
+	st.pkgs[c.Package] = ps
+	delete(st.missing, c.Package)
+	d.reply = storedReply(j.commandID, c.Package, c.Path, res.Address, dg, res.Receipt.Deduplicated)
+	return d
+}
+
+func storedReply(cmdID, pkg, path string, addr digest.Address, dg digest.Digests, dedup bool) commands.Reply {
+	return commands.Reply{
+		V: commands.Version, CommandID: cmdID, Status: commands.StatusStored, Package: pkg, Path: path,
+		Address: addr.String(),
+		BLAKE3:  digest.New(digest.BLAKE3, dg.BLAKE3).Hex(), SHA256: digest.New(digest.SHA256, dg.SHA256).Hex(),
+		Size: dg.Size, Deduplicated: dedup,
+	}
+}
+
+// writeState applies the state changes of the decided jobs; seqs holds the
+// last sequence of each job's batch.
+func writeState(ctx context.Context, tx pgx.Tx, ds []decided, seqs []int64, now time.Time) error {
+	b := &pgx.Batch{}
+	for i, d := range ds {
+		if d.rejected != nil || d.noEvents {
+			continue
+		}
+		if p := d.newPkg; p != nil {
+			md := p.metadata
+			if md == nil {
+				md = map[string]string{}
+			}
+			mdJSON, err := json.Marshal(md)
+			if err != nil {
+				return err
+			}
+			b.Queue(`INSERT INTO ingest_packages (name, retention_class, metadata, retain_until, created_seq) VALUES ($1, $2, $3, $4, $5)`,
+				p.name, p.class, mdJSON, p.retainUntil, seqs[i])
+		}
+		if d.file != nil {
+			b.Queue(`INSERT INTO ingest_files (package, path, content_address, added_seq) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (package, path) DO UPDATE SET content_address = excluded.content_address, added_seq = excluded.added_seq`,
+				d.file.pkg, d.file.path, d.address, seqs[i])
+		}
+		if d.sealPkg != "" {
+			b.Queue(`UPDATE ingest_packages SET sealed_at = $2, sealed_seq = $3 WHERE name = $1`, d.sealPkg, now, seqs[i])
+		}
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write ingest state: %w", err)
+	}
+	return nil
+}
+
+// replyFromEvents rebuilds the reply of a command from the events it
+// appended the first time (a redelivery or a re-send of the command id).
+func replyFromEvents(codec *events.Codec, cmdID string, evs []events.Event) (commands.Reply, *commands.Error, error) {
+	r := commands.Reply{V: commands.Version, CommandID: cmdID, Duplicate: true}
+	if len(evs) == 0 {
+		return r, nil, fmt.Errorf("command %s has no events", cmdID)
+	}
+	r.Sequence = evs[len(evs)-1].Sequence
+	var stored *events.ObjectStoredV1
+	for _, e := range evs {
+		p, err := codec.DecodeEvent(e)
+		if err != nil {
+			return r, nil, err
+		}
+		switch p := p.(type) {
+		case events.IngestRejectedV1:
+			r.Status, r.Code, r.Reason, r.Package, r.Path = commands.StatusRejected, p.Code, p.Reason, p.Package, p.Path
+			return r, &commands.Error{Code: p.Code, Reason: p.Reason}, nil
+		case events.PackageSealedV1:
+			r.Status, r.Package = commands.StatusSealed, p.Name
+		case events.ObjectStoredV1:
+			stored = &p
+		case events.FileAddedV1:
+			r.Package, r.Path = p.Package, p.Path
+		case events.PackageCreatedV1:
+			r.Package = p.Name
+		}
+	}
+	if stored != nil {
+		var dg digest.Digests
+		copy(dg.BLAKE3[:], stored.BLAKE3)
+		copy(dg.SHA256[:], stored.SHA256)
+		dg.Size = stored.Size
+		rep := storedReply(cmdID, r.Package, r.Path, stored.Address, dg, stored.Deduplicated)
+		rep.Duplicate, rep.Sequence = true, r.Sequence
+		return rep, nil, nil
+	}
+	return r, nil, nil
+}
+
+func sorted(s []string) []string {
+	slices.Sort(s)
+	return s
+}

@@ -1,0 +1,560 @@
+// Package ingest is the ingester worker: it pulls ingest and seal commands
+// from the durable JetStream consumer, streams each blob through the data
+// plane (both digests computed over exactly the bytes written, written
+// once, memory bounded), checks the producer's claims and the staging
+// store's SHA-256 against its own, commits the events idempotently by
+// command id, replies to the producer, and deletes the staged object.
+//
+// # Order of effects
+//
+// For an ingest: decode and validate the command; if its command id is
+// already in the log, reply with the first outcome and stop; pre-check
+// the package (retention class, metadata schema, sealed) so that a refused
+// ingest stores no bytes; stream the blob into the data plane, which
+// returns only when the object and its directory are fsynced; hand the
+// decision to the committer, which takes it again under a PostgreSQL
+// advisory lock (so that two ingesters never both create a package) and
+// commits the events with the command-side state in one transaction;
+// delete the staged object; reply; return, and the consume loop
+// double-acks. Nothing is acknowledged or reported before the fsync and
+// the commit. (The reply goes out just before the ack because the consume
+// loop acks after the handler returns; a reply followed by a lost ack only
+// leads to a redelivery, which finds the command id in the log and replies
+// the same outcome again.)
+//
+// # Rejections
+//
+// A malformed or oversized command, an invalid path or package name, an
+// unknown retention class, metadata a schema refuses, a wrong size or
+// digest claim, a staged object whose SHA-256 differs, a blob over the
+// size limit, a package that is sealed: the ingester commits an
+// ingest.rejected event (under the command id, or "nats-<stream>-<seq>"
+// when the command has none), replies with the code and reason, and the
+// message is dead-lettered and terminated, never redelivered. A mismatch
+// is caught before the object becomes visible, so no bytes are stored.
+// Only a race (the package sealed between pre-check and commit) can leave
+// a stored object that no event references; such bytes are the reaper's
+// to collect.
+//
+// # Open and sealed packages
+//
+// In an open package, ingesting a different object at an existing path
+// replaces the path's object: a new file.added event names the new object
+// (the old object stays in the log's history and on disk until retention
+// removes it). Ingesting the same object at the same path appends only an
+// object.stored event (deduplicated). In a sealed package, a new path or a
+// different object at an existing path is refused (package_sealed,
+// path_conflict); the same object at its existing path is accepted as a
+// no-op, so that a retried upload of a sealed package succeeds.
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+)
+
+// DataPlane is the part of the data plane the ingester uses.
+type DataPlane interface {
+	Ingest(ctx context.Context, r io.Reader, h dataplane.IngestHints) (dataplane.IngestResult, error)
+}
+
+var _ DataPlane = (*dataplane.DataPlane)(nil)
+
+// Config configures an Ingester. Pool, Log, Codec, DataPlane, NATS and
+// JetStream are required; every other field has a default.
+type Config struct {
+	// Pool is the PostgreSQL pool of the log and the ingest state.
+	Pool *pgxpool.Pool
+	// Log is the event log.
+	Log *events.Log
+	// Codec decodes CBOR commands and encodes replies.
+	Codec *events.Codec
+	// DataPlane stores blobs.
+	DataPlane DataPlane
+	// NATS is the connection replies are published on.
+	NATS *nats.Conn
+	// JetStream is the JetStream context of the consumer and the staging
+	// bucket.
+	JetStream jetstream.JetStream
+	// Topology names the streams, consumer and bucket. Default
+	// bus.DefaultTopology().
+	Topology bus.Topology
+	// EnsureTopology creates or updates the topology at Start.
+	EnsureTopology bool
+
+	// Concurrency is how many commands are handled at once by this
+	// process. Default 8.
+	Concurrency int
+	// MaxBlobSize caps one blob; a larger one is rejected (too_large).
+	// Default 16 GiB; < 0 means unlimited.
+	MaxBlobSize int64
+	// Primary is the algorithm of content addresses. Default BLAKE3.
+	Primary digest.Algorithm
+	// BackendID names the backend blobs go to; "" is the data plane's
+	// default.
+	BackendID string
+	// CommitWindow is how long the committer gathers jobs before it
+	// commits them in one transaction. Default 2 ms.
+	CommitWindow time.Duration
+	// MaxCommitBatch caps the jobs of one commit. Default 256.
+	MaxCommitBatch int
+	// CommitTimeout bounds one commit transaction. Default 30 s.
+	CommitTimeout time.Duration
+	// ConfigMaxAge is how old the cached retention classes and metadata
+	// schemas used by the pre-check may be (the commit always reads them
+	// afresh). Default 2 s.
+	ConfigMaxAge time.Duration
+	// RetryDelay is the redelivery delay after a transient failure
+	// (database or disk). Default 2 s.
+	RetryDelay time.Duration
+	// Actor is the actor of events when a command names no producer.
+	// Default "ingest".
+	Actor string
+	// Consumer tunes the consume loop; Concurrency and Logger are set from
+	// this config.
+	Consumer bus.ConsumerOptions
+	// Logger receives the ingester's log lines.
+	Logger zerolog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Pool == nil || c.Log == nil || c.Codec == nil || c.DataPlane == nil || c.NATS == nil || c.JetStream == nil {
+		return c, errors.New("ingest: Config needs Pool, Log, Codec, DataPlane, NATS and JetStream")
+	}
+	if c.Topology.CommandsStream == "" {
+		c.Topology = bus.DefaultTopology()
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 8
+	}
+	if c.MaxBlobSize == 0 {
+		c.MaxBlobSize = 16 << 30
+	}
+	if c.Primary == 0 {
+		c.Primary = digest.BLAKE3
+	}
+	if c.CommitWindow <= 0 {
+		c.CommitWindow = 2 * time.Millisecond
+	}
+	if c.MaxCommitBatch <= 0 {
+		c.MaxCommitBatch = 256
+	}
+	if c.CommitTimeout <= 0 {
+		c.CommitTimeout = 30 * time.Second
+	}
+	if c.ConfigMaxAge <= 0 {
+		c.ConfigMaxAge = 2 * time.Second
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = 2 * time.Second
+	}
+	if c.Actor == "" {
+		c.Actor = "ingest"
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
+}
+
+// Ingester is the ingest worker. Start it once; Stop is safe twice and
+// before Start.
+type Ingester struct {
+	cfg     Config
+	log     zerolog.Logger
+	dec     *commands.Decoder
+	config  *configCache
+	commit  *committer
+	staging jetstream.ObjectStore
+
+	mu       sync.Mutex
+	consumer *bus.Consumer
+	stop     chan struct{}
+	stopped  bool
+}
+
+// New returns an ingester; nothing runs until Start.
+func New(cfg Config) (*Ingester, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ing := &Ingester{
+		cfg:    cfg,
+		log:    cfg.Logger.With().Str("service", "ingest").Logger(),
+		dec:    commands.NewDecoder(cfg.Codec),
+		config: newConfigCache(cfg.ConfigMaxAge, cfg.Now),
+		stop:   make(chan struct{}),
+	}
+	ing.commit = newCommitter(ing)
+	return ing, nil
+}
+
+// Start creates the topology (when configured), binds the staging bucket
+// and the durable consumer, and returns once commands are being pulled.
+func (ing *Ingester) Start(ctx context.Context) error {
+	ing.mu.Lock()
+	defer ing.mu.Unlock()
+	if ing.consumer != nil || ing.stopped {
+		return errors.New("ingest: Start called twice or after Stop")
+	}
+	t := ing.cfg.Topology
+	if ing.cfg.EnsureTopology {
+		if err := bus.EnsureTopology(ctx, ing.cfg.JetStream, t); err != nil {
+			return err
+		}
+	}
+	obs, err := ing.cfg.JetStream.ObjectStore(ctx, t.StagingBucket)
+	if err != nil {
+		return fmt.Errorf("ingest: open staging bucket %s (create the topology first): %w", t.StagingBucket, err)
+	}
+	ing.staging = obs
+	opts := ing.cfg.Consumer
+	opts.Concurrency = ing.cfg.Concurrency
+	opts.Logger = ing.cfg.Logger
+	if opts.DeadLetterSubjectPrefix == "" {
+		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
+	}
+	cons, err := bus.NewConsumer(ing.cfg.JetStream, t.CommandsStream, t.IngestConsumer, ing.handle, opts)
+	if err != nil {
+		return err
+	}
+	go ing.commit.run(ing.stop)
+	if err := cons.Start(ctx); err != nil {
+		close(ing.stop)
+		<-ing.commit.done
+		ing.stopped = true
+		return err
+	}
+	ing.consumer = cons
+	ing.log.Info().Int("concurrency", ing.cfg.Concurrency).Int64("max_blob_size", ing.cfg.MaxBlobSize).Msg("ingester started")
+	return nil
+}
+
+// Stop stops pulling, lets in-flight commands finish until ctx is done
+// (then cancels them; their messages are nak'd and redelivered), and stops
+// the committer. Safe to call twice and before Start.
+func (ing *Ingester) Stop(ctx context.Context) error {
+	ing.mu.Lock()
+	cons := ing.consumer
+	first := !ing.stopped
+	ing.stopped = true
+	ing.mu.Unlock()
+	var err error
+	if cons != nil {
+		err = cons.Stop(ctx)
+	}
+	if first && cons != nil {
+		close(ing.stop)
+		<-ing.commit.done
+		ing.log.Info().Msg("ingester stopped")
+	}
+	return err
+}
+
+// handle is the consume loop's handler: it dispatches on the subject.
+func (ing *Ingester) handle(ctx context.Context, m bus.Message) error {
+	t := ing.cfg.Topology
+	switch m.Subject {
+	case t.Subject(bus.CmdIngest):
+		return ing.handleIngest(ctx, m)
+	case t.Subject(bus.CmdSeal):
+		return ing.handleSeal(ctx, m)
+	default:
+		return ing.rejectCommand(ctx, m, fallbackID(m), "", "", "", commands.Rejectf(commands.CodeMalformed,
+			"subject %s is not a command this ingester handles; publish on %s or %s", m.Subject, t.Subject(bus.CmdIngest), t.Subject(bus.CmdSeal)))
+	}
+}
+
+// fallbackID names a command that carries no usable id of its own.
+func fallbackID(m bus.Message) string {
+	if commands.ValidateCommandID(m.CommandID) == nil {
+		return m.CommandID
+	}
+	return fmt.Sprintf("nats-%s-%d", m.Stream, m.StreamSequence)
+}
+
+// commandID picks the command's id: the body's, which must agree with the
+// Nats-Msg-Id header when that is set.
+func commandID(m bus.Message, bodyID string) (string, *commands.Error) {
+	if m.CommandID != "" && m.CommandID != bodyID {
+		return "", commands.Rejectf(commands.CodeInvalidCommandID,
+			"header Nats-Msg-Id %q differs from command_id %q; send the command id in both or only in the body", m.CommandID, bodyID)
+	}
+	return bodyID, nil
+}
+
+func (ing *Ingester) actor(producer string) string {
+	if producer != "" {
+		return producer
+	}
+	return ing.cfg.Actor
+}
+
+func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
+	isJSON := commands.IsJSON(m.ContentType)
+	c, err := ing.dec.DecodeIngest(m.Data, isJSON)
+	var rej *commands.Error
+	if errors.As(err, &rej) {
+		id := c.CommandID
+		if commands.ValidateCommandID(id) != nil || (m.CommandID != "" && m.CommandID != id) {
+			id = fallbackID(m)
+		}
+		return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
+	}
+	if err != nil {
+		return bus.Reject(err, commands.CodeMalformed)
+	}
+	id, rej := commandID(m, c.CommandID)
+	if rej != nil {
+		return ing.rejectCommand(ctx, m, fallbackID(m), c.Package, c.Path, c.Staged, rej)
+	}
+	log := ing.log.With().Str("command_id", id).Str("package", c.Package).Str("path", c.Path).Logger()
+
+	// A command id already in the log: reply with its first outcome.
+	if done, err := ing.replyIfDone(ctx, m, id, c.Staged); done || err != nil {
+		return err
+	}
+	// Refuse before storing bytes what the commit would refuse.
+	if rej, err := ing.precheck(ctx, id, c); err != nil {
+		return ing.transient(ctx, "pre-check", err)
+	} else if rej != nil {
+		return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
+	}
+
+	hints := dataplane.IngestHints{
+		Primary: ing.cfg.Primary, BackendID: ing.cfg.BackendID,
+		Expect: append([]digest.Address(nil), c.Expect...), ExpectSize: storage.NoSizeClaim,
+	}
+	if ing.cfg.MaxBlobSize > 0 {
+		hints.MaxSize = ing.cfg.MaxBlobSize
+	}
+	if c.ExpectSize != nil {
+		hints.ExpectSize = *c.ExpectSize
+	}
+	var (
+		r         io.Reader
+		stagedSHA digest.Address
+	)
+	if c.Inline != nil {
+		r = bytes.NewReader(c.Inline)
+	} else {
+		obj, err := ing.staging.Get(ctx, c.Staged)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, commands.Rejectf(commands.CodeStagedMissing,
+				"staged object %q is not in bucket %s (expired after %s, deleted, or never put); stage the blob again and send a new command",
+				c.Staged, ing.cfg.Topology.StagingBucket, ing.cfg.Topology.StagingTTL))
+		}
+		if err != nil {
+			return ing.transient(ctx, "open staged object", err)
+		}
+		defer obj.Close()
+		info, err := obj.Info()
+		if err != nil {
+			return ing.transient(ctx, "staged object info", err)
+		}
+		stagedSHA, err = parseStagedDigest(info.Digest)
+		if err != nil {
+			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, commands.Rejectf(commands.CodeStagedDigest,
+				"staged object %q has no usable SHA-256 digest (%v); stage it again with the JetStream object store", c.Staged, err))
+		}
+		if hints.MaxSize > 0 && int64(info.Size) > hints.MaxSize {
+			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, tooLarge(int64(info.Size), hints.MaxSize))
+		}
+		hints.Expect = append(hints.Expect, stagedSHA)
+		r = obj
+	}
+
+	res, err := ing.cfg.DataPlane.Ingest(ctx, r, hints)
+	if err != nil {
+		if rej := ing.classifyStoreError(err, c, stagedSHA, hints.MaxSize); rej != nil {
+			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
+		}
+		return ing.transient(ctx, "store blob", err)
+	}
+	log.Debug().Str("address", res.Address.String()).Int64("size", res.Digests.Size).Bool("deduplicated", res.Receipt.Deduplicated).Msg("blob durable")
+
+	out := ing.commit.submit(ctx, &job{kind: jobIngest, commandID: id, actor: ing.actor(c.Producer),
+		ingest: c, stored: res, pkg: c.Package, path: c.Path})
+	return ing.finish(ctx, m, out, c.Staged, isJSON)
+}
+
+// parseStagedDigest turns the object store's "SHA-256=<base64url>" into an
+// address.
+func parseStagedDigest(s string) (digest.Address, error) {
+	alg, b64, ok := strings.Cut(s, "=")
+	if !ok || !strings.EqualFold(alg, "SHA-256") {
+		return digest.Address{}, fmt.Errorf("digest %q is not SHA-256=<base64url>", s)
+	}
+	raw, err := base64.URLEncoding.DecodeString(b64)
+	if err != nil || len(raw) != digest.Size {
+		return digest.Address{}, fmt.Errorf("digest %q is not 32 bytes of base64url", s)
+	}
+	return digest.New(digest.SHA256, [digest.Size]byte(raw)), nil
+}
+
+func tooLarge(size, limit int64) *commands.Error {
+	return commands.Rejectf(commands.CodeTooLarge, "blob of %d bytes is larger than this ingester's limit of %d bytes; split it or ask the operator to raise --max-blob-size", size, limit)
+}
+
+// classifyStoreError turns a data-plane failure caused by the command into
+// a rejection; nil means the failure is transient.
+func (ing *Ingester) classifyStoreError(err error, c commands.Ingest, stagedSHA digest.Address, maxSize int64) *commands.Error {
+	var mm *storage.MismatchError
+	switch {
+	case errors.As(err, &mm):
+		claimed := func(a digest.Address) bool {
+			for _, e := range c.Expect {
+				if e == a {
+					return true
+				}
+			}
+			return false
+		}
+		for _, w := range mm.WrongDigests {
+			if w == stagedSHA && !claimed(w) {
+				return commands.Rejectf(commands.CodeStagedDigest,
+					"the staging store recorded %s for object %q but its bytes are %s; nothing was stored — stage the blob again",
+					stagedSHA, c.Staged, mm.Actual.Address(digest.SHA256))
+			}
+		}
+		code := commands.CodeDigestMismatch
+		if len(mm.WrongDigests) == 0 {
+			code = commands.CodeSizeMismatch
+		}
+		return &commands.Error{Code: code, Reason: mm.Error()}
+	case errors.Is(err, storage.ErrDigestMismatch):
+		return commands.Rejectf(commands.CodeDigestMismatch, "%v", err)
+	case errors.Is(err, storage.ErrSizeMismatch):
+		return commands.Rejectf(commands.CodeSizeMismatch, "%v", err)
+	case errors.Is(err, storage.ErrTooLarge):
+		return tooLarge(maxSize+1, maxSize)
+	case errors.Is(err, jetstream.ErrDigestMismatch):
+		return commands.Rejectf(commands.CodeStagedDigest,
+			"staged object %q does not match the SHA-256 the staging store recorded; nothing was stored — stage the blob again", c.Staged)
+	}
+	return nil
+}
+
+func (ing *Ingester) handleSeal(ctx context.Context, m bus.Message) error {
+	isJSON := commands.IsJSON(m.ContentType)
+	c, err := ing.dec.DecodeSeal(m.Data, isJSON)
+	var rej *commands.Error
+	if errors.As(err, &rej) {
+		id := c.CommandID
+		if commands.ValidateCommandID(id) != nil || (m.CommandID != "" && m.CommandID != id) {
+			id = fallbackID(m)
+		}
+		return ing.rejectCommand(ctx, m, id, c.Package, "", "", rej)
+	}
+	if err != nil {
+		return bus.Reject(err, commands.CodeMalformed)
+	}
+	id, rej := commandID(m, c.CommandID)
+	if rej != nil {
+		return ing.rejectCommand(ctx, m, fallbackID(m), c.Package, "", "", rej)
+	}
+	out := ing.commit.submit(ctx, &job{kind: jobSeal, commandID: id, actor: ing.actor(c.Producer), seal: c, pkg: c.Package})
+	return ing.finish(ctx, m, out, "", isJSON)
+}
+
+// replyIfDone replies with the first outcome when id is in the log.
+func (ing *Ingester) replyIfDone(ctx context.Context, m bus.Message, id, staged string) (bool, error) {
+	evs, err := ing.cfg.Log.ByCommand(ctx, id)
+	if errors.Is(err, events.ErrCommandNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return true, ing.transient(ctx, "look up command", err)
+	}
+	rep, rej, err := replyFromEvents(ing.cfg.Codec, id, evs)
+	if err != nil {
+		return true, ing.transient(ctx, "rebuild reply", err)
+	}
+	return true, ing.finish(ctx, m, outcome{reply: rep, rejected: rej}, staged, commands.IsJSON(m.ContentType))
+}
+
+// precheck reads the package's state and the configuration outside the
+// commit lock.
+func (ing *Ingester) precheck(ctx context.Context, id string, c commands.Ingest) (*commands.Error, error) {
+	cfg, err := ing.config.recent(ctx, ing.cfg.Pool)
+	if err != nil {
+		return nil, err
+	}
+	st, err := loadState(ctx, ing.cfg.Pool, cfg, ing.cfg.Now(), []*job{{kind: jobIngest, commandID: id, pkg: c.Package, path: c.Path}})
+	if err != nil {
+		return nil, err
+	}
+	return st.precheck(c), nil
+}
+
+// rejectCommand commits the rejection event, replies, and returns the
+// error that dead-letters and terminates the message.
+func (ing *Ingester) rejectCommand(ctx context.Context, m bus.Message, id, pkg, path, staged string, rej *commands.Error) error {
+	ing.log.Info().Str("command_id", id).Str("code", rej.Code).Str("reason", rej.Reason).Msg("rejecting command")
+	out := ing.commit.submit(ctx, &job{kind: jobReject, commandID: id, actor: ing.cfg.Actor, reject: rej, pkg: pkg, path: path})
+	return ing.finish(ctx, m, out, staged, commands.IsJSON(m.ContentType))
+}
+
+// finish deletes the staged object of a committed outcome (whatever the
+// outcome: a rejected blob must be staged again anyway), replies, and
+// returns the handler's verdict. The staged object goes first so that a
+// producer holding a reply knows the staging space is free.
+func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, staged string, isJSON bool) error {
+	if out.err != nil {
+		return ing.transient(ctx, "commit", out.err)
+	}
+	body, err := commands.Encode(ing.cfg.Codec, out.reply, isJSON)
+	if err != nil {
+		return ing.transient(ctx, "encode reply", err)
+	}
+	ct := ""
+	if isJSON {
+		ct = commands.ContentTypeJSON
+	}
+	if staged != "" {
+		if err := ing.staging.Delete(ctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; its TTL removes it")
+		}
+	}
+	if err := bus.Reply(ing.cfg.NATS, m.ReplyTo, body, ct); err != nil {
+		// The outcome is committed; a producer that missed the reply
+		// can re-send the command id and gets the same outcome.
+		ing.log.Warn().Err(err).Str("command_id", out.reply.CommandID).Msg("reply failed")
+	}
+	if out.rejected != nil {
+		return bus.Reject(out.rejected, out.rejected.Code)
+	}
+	return nil
+}
+
+// transient maps a failure that is not the command's fault to a
+// redelivery after RetryDelay (or the context's error when stopping).
+func (ing *Ingester) transient(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("ingest: %s: %w", what, err)
+	}
+	ing.log.Warn().Err(err).Str("step", what).Msg("transient failure; the command will be redelivered")
+	return bus.Retry(fmt.Errorf("ingest: %s: %w", what, err), ing.cfg.RetryDelay)
+}

@@ -1,0 +1,241 @@
+// Package producer is the client side of ingest: it sends ingest and seal
+// commands over NATS JetStream, stages blobs too large to ride inline in
+// the staging object store, and waits for the ingester's replies. One
+// Client carries any number of outstanding commands.
+//
+// A put is done only when its reply says "stored": the reply is sent after
+// the ingester fsynced the bytes and committed the events. JetStream's own
+// acknowledgement of the publish is not durability.
+package producer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/events"
+)
+
+// Config configures a Client. NATS and JetStream are required.
+type Config struct {
+	// NATS is the connection replies arrive on.
+	NATS *nats.Conn
+	// JetStream publishes commands and stages blobs (on the same
+	// connection).
+	JetStream jetstream.JetStream
+	// Topology names subjects and the staging bucket. Default
+	// bus.DefaultTopology().
+	Topology bus.Topology
+	// Codec encodes CBOR commands. Default events.NewCodec().
+	Codec *events.Codec
+	// InlineMax is the largest blob sent inline. Default: the smallest of
+	// commands.MaxInline and what the connection and topology allow.
+	InlineMax int
+	// Producer names the sender in the events (their actor).
+	Producer string
+	// JSON sends JSON commands instead of CBOR.
+	JSON bool
+}
+
+// Client sends commands and waits for replies. Safe for concurrent use.
+type Client struct {
+	cfg Config
+	req *bus.Requester
+
+	mu  sync.Mutex
+	obs jetstream.ObjectStore
+}
+
+// New returns a client; Close it when done.
+func New(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.NATS == nil || cfg.JetStream == nil {
+		return nil, errors.New("producer: Config needs NATS and JetStream")
+	}
+	if cfg.Topology.CommandsStream == "" {
+		cfg.Topology = bus.DefaultTopology()
+	}
+	if cfg.Codec == nil {
+		cfg.Codec = events.NewCodec()
+	}
+	limit := min(commands.MaxInline, bus.InlineLimit(cfg.Topology, cfg.NATS.MaxPayload()))
+	if cfg.InlineMax <= 0 || cfg.InlineMax > limit {
+		cfg.InlineMax = limit
+	}
+	req, err := bus.NewRequester(cfg.NATS, cfg.JetStream)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{cfg: cfg, req: req}, nil
+}
+
+// Close stops waiting for replies.
+func (c *Client) Close() error { return c.req.Close() }
+
+// InlineMax is the largest blob the client sends inline.
+func (c *Client) InlineMax() int { return c.cfg.InlineMax }
+
+// staging opens the staging bucket on first use.
+func (c *Client) staging(ctx context.Context) (jetstream.ObjectStore, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.obs != nil {
+		return c.obs, nil
+	}
+	obs, err := c.cfg.JetStream.ObjectStore(ctx, c.cfg.Topology.StagingBucket)
+	if err != nil {
+		return nil, fmt.Errorf("producer: open staging bucket %s (is an ingester running? it creates the topology): %w", c.cfg.Topology.StagingBucket, err)
+	}
+	c.obs = obs
+	return obs, nil
+}
+
+// Put is one file to store.
+type Put struct {
+	// CommandID is the idempotency key; empty makes a fresh UUID. Re-send
+	// a command with the same id to learn its outcome again.
+	CommandID string
+	Package   string
+	Path      string
+	// Class is the retention class of a new package ("" = the default).
+	Class     string
+	Metadata  map[string]string
+	MediaType string
+	// Body is the blob. Size is its length when known (< 0 unknown); a
+	// known size is claimed in the command, so a short read is rejected,
+	// and decides inline versus staged without buffering.
+	Body io.Reader
+	Size int64
+	// Expect holds addresses the producer claims for the blob.
+	Expect []digest.Address
+}
+
+// Pending is a command whose reply has not been read yet.
+type Pending struct {
+	// CommandID is the command's id.
+	CommandID string
+	// Staged is true when the blob went through the staging bucket.
+	Staged bool
+	// Duplicate reports that JetStream had seen this command id inside its
+	// duplicate window: the reply may have gone to an earlier sender.
+	Duplicate bool
+
+	c *Client
+	p *bus.Pending
+}
+
+// Put sends one file: inline when it is at most InlineMax bytes, else
+// staged first (streaming, memory bounded). It returns once the command is
+// in JetStream; Wait for the reply.
+func (c *Client) Put(ctx context.Context, p Put) (*Pending, error) {
+	id := p.CommandID
+	if id == "" {
+		id = uuid.NewString()
+	}
+	if err := commands.ValidateCommandID(id); err != nil {
+		return nil, err
+	}
+	cmd := commands.Ingest{
+		V: commands.Version, CommandID: id, Package: p.Package, Path: p.Path,
+		RetentionClass: p.Class, Metadata: p.Metadata, MediaType: p.MediaType,
+		Expect: p.Expect, Producer: c.cfg.Producer,
+	}
+	if p.Size >= 0 {
+		size := p.Size
+		cmd.ExpectSize = &size
+	}
+	// Validate before anything is staged: a refusal costs no upload.
+	probe := cmd
+	probe.Inline = []byte{}
+	if err := probe.Validate(); err != nil {
+		return nil, err
+	}
+
+	inline, body, err := c.readInline(p)
+	if err != nil {
+		return nil, err
+	}
+	staged := !inline
+	if inline {
+		cmd.Inline = body
+		if cmd.Inline == nil {
+			cmd.Inline = []byte{}
+		}
+	} else {
+		obs, err := c.staging(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r := p.Body
+		if body != nil {
+			r = io.MultiReader(bytes.NewReader(body), p.Body)
+		}
+		if _, err := obs.Put(ctx, jetstream.ObjectMeta{Name: id, Description: p.Package + ":" + p.Path}, r); err != nil {
+			return nil, fmt.Errorf("producer: stage %s in %s: %w", p.Path, c.cfg.Topology.StagingBucket, err)
+		}
+		cmd.Staged = id
+	}
+	return c.send(ctx, bus.CmdIngest, id, cmd, staged)
+}
+
+// readInline reads the body when it fits inline. It returns inline=false
+// and the bytes read so far when the body is larger.
+func (c *Client) readInline(p Put) (bool, []byte, error) {
+	if p.Size > int64(c.cfg.InlineMax) {
+		return false, nil, nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(p.Body, int64(c.cfg.InlineMax)+1))
+	if err != nil {
+		return false, nil, fmt.Errorf("producer: read %s: %w", p.Path, err)
+	}
+	return len(buf) <= c.cfg.InlineMax, buf, nil
+}
+
+// Seal sends a seal command for pkg.
+func (c *Client) Seal(ctx context.Context, pkg string) (*Pending, error) {
+	id := uuid.NewString()
+	cmd := commands.Seal{V: commands.Version, CommandID: id, Package: pkg, Producer: c.cfg.Producer}
+	if err := cmd.Validate(); err != nil {
+		return nil, err
+	}
+	return c.send(ctx, bus.CmdSeal, id, cmd, false)
+}
+
+func (c *Client) send(ctx context.Context, cmdSubject, id string, cmd any, staged bool) (*Pending, error) {
+	body, err := commands.Encode(c.cfg.Codec, cmd, c.cfg.JSON)
+	if err != nil {
+		return nil, fmt.Errorf("producer: encode command: %w", err)
+	}
+	ct := ""
+	if c.cfg.JSON {
+		ct = commands.ContentTypeJSON
+	}
+	bp, err := c.req.Send(ctx, c.cfg.Topology.Subject(cmdSubject), id, body, ct)
+	if err != nil {
+		return nil, err
+	}
+	return &Pending{CommandID: id, Staged: staged, Duplicate: bp.PubAck != nil && bp.PubAck.Duplicate, c: c, p: bp}, nil
+}
+
+// Wait waits for the reply until ctx is done. A rejection is a reply (see
+// Reply.Err), not an error; an error means no reply could be read.
+func (p *Pending) Wait(ctx context.Context) (commands.Reply, error) {
+	m, err := p.p.Wait(ctx)
+	if err != nil {
+		return commands.Reply{}, err
+	}
+	p.p.Cancel()
+	return commands.DecodeReply(p.c.cfg.Codec, m.Data, commands.IsJSON(m.Header.Get(commands.HeaderContentType)))
+}
+
+// Cancel stops waiting for the reply.
+func (p *Pending) Cancel() { p.p.Cancel() }
