@@ -1,0 +1,93 @@
+package status
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Render writes the report as one human-readable screen.
+func Render(w io.Writer, r Report) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	verdict := "HEALTHY"
+	if !r.Healthy {
+		verdict = "NEEDS ATTENTION"
+	}
+	fmt.Fprintf(tw, "artifactstore status at %s: %s\n", r.At.Format(time.RFC3339), verdict)
+	for _, p := range r.Problems {
+		fmt.Fprintf(tw, "  ! %s\n", p)
+	}
+	fmt.Fprintln(tw)
+
+	fmt.Fprintln(tw, "COMMANDS\tpending\tin flight\tredelivered\t")
+	if r.NATSError != "" {
+		fmt.Fprintf(tw, "  NATS unreachable: %s\t\t\t\t\n", r.NATSError)
+	}
+	for _, c := range r.Consumers {
+		if c.Error != "" {
+			fmt.Fprintf(tw, "  %s\t?\t?\t?\t(%s)\n", c.Name, c.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t\n", c.Name, c.Pending, c.AckPending, c.Redelivered)
+	}
+	fmt.Fprintf(tw, "  dead letters\t%d\t\t\t\n\n", r.DeadLetters)
+
+	fmt.Fprintln(tw, "EVENT LOG\tsequence\tlag\t\t")
+	fmt.Fprintf(tw, "  head\t%d\t\t\t\n", r.LogHead)
+	fmt.Fprintf(tw, "  projector\t%d\t%d events, %.1fs\t\t\n", r.ProjectorCheckpt, r.ProjectorLagEvents, r.ProjectorLagSecs)
+	fmt.Fprintf(tw, "  events relay\t%d\t%d events\t\t\n\n", r.RelayCheckpoint, r.LogHead-r.RelayCheckpoint)
+
+	fmt.Fprintf(tw, "OBJECTS\t%s stored\t\t\t\n", humanBytes(r.BytesStored))
+	for _, k := range sortedKeys(r.ObjectsByState) {
+		fmt.Fprintf(tw, "  %s\t%d\t\t\t\n", k, r.ObjectsByState[k])
+	}
+	fmt.Fprintln(tw, "PACKAGES\t\t\t\t")
+	for _, k := range sortedKeys(r.PackagesByState) {
+		fmt.Fprintf(tw, "  %s\t%d\t\t\t\n", k, r.PackagesByState[k])
+	}
+	fmt.Fprintf(tw, "  on legal hold\t%d\t\t\t\n\n", r.LegalHolds)
+
+	fmt.Fprintln(tw, "NEXT EXPIRIES\tclass\tretain until\t\t")
+	if len(r.NextExpiries) == 0 {
+		fmt.Fprintln(tw, "  (none due)\t\t\t\t")
+	}
+	for _, e := range r.NextExpiries {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t\t\n", e.Package, e.Class, e.RetainUntil.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintln(tw)
+
+	last := "never"
+	if r.LastVerification != nil {
+		last = r.LastVerification.UTC().Format(time.RFC3339)
+	}
+	fmt.Fprintf(tw, "SCRUB\tinterval %s\t\t\t\n", r.ScrubInterval)
+	fmt.Fprintf(tw, "  verified within interval\t%d (%.1f%%)\t\t\t\n", r.ScrubbedInInterval, r.ScrubCoveragePct)
+	fmt.Fprintf(tw, "  never verified\t%d\t\t\t\n", r.NeverVerified)
+	fmt.Fprintf(tw, "  last verification\t%s\t\t\t\n", last)
+	return tw.Flush()
+}
+
+func sortedKeys(m map[string]int64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), strings.ToUpper("kmgtpe")[exp])
+}

@@ -1,0 +1,248 @@
+// Package status answers "is the pipeline healthy?" on one screen: work
+// waiting in each JetStream consumer, dead letters, projector and relay lag,
+// objects by state, bytes stored, the next expiries and scrub coverage.
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Consumer is the backlog of one durable consumer.
+type Consumer struct {
+	Name        string `json:"name"`
+	Pending     uint64 `json:"pending"`
+	AckPending  int    `json:"ack_pending"`
+	Redelivered int    `json:"redelivered"`
+	Error       string `json:"error,omitempty"`
+}
+
+// Expiry is a package that will expire next.
+type Expiry struct {
+	Package     string    `json:"package"`
+	Class       string    `json:"class"`
+	RetainUntil time.Time `json:"retain_until"`
+}
+
+// Report is everything status shows.
+type Report struct {
+	At          time.Time  `json:"at"`
+	Healthy     bool       `json:"healthy"`
+	Problems    []string   `json:"problems,omitempty"`
+	NATSError   string     `json:"nats_error,omitempty"`
+	Consumers   []Consumer `json:"consumers,omitempty"`
+	DeadLetters uint64     `json:"dead_letters"`
+
+	LogHead            int64   `json:"log_head"`
+	ProjectorCheckpt   int64   `json:"projector_checkpoint"`
+	ProjectorLagEvents int64   `json:"projector_lag_events"`
+	ProjectorLagSecs   float64 `json:"projector_lag_seconds"`
+	RelayCheckpoint    int64   `json:"relay_checkpoint"`
+
+	ObjectsByState  map[string]int64 `json:"objects_by_state"`
+	BytesStored     int64            `json:"bytes_stored"`
+	PackagesByState map[string]int64 `json:"packages_by_state"`
+	LegalHolds      int64            `json:"legal_holds"`
+	NextExpiries    []Expiry         `json:"next_expiries"`
+
+	ScrubInterval      time.Duration `json:"scrub_interval"`
+	ScrubbedInInterval int64         `json:"scrubbed_in_interval"`
+	NeverVerified      int64         `json:"never_verified"`
+	LastVerification   *time.Time    `json:"last_verification,omitempty"`
+	ScrubCoveragePct   float64       `json:"scrub_coverage_percent"`
+}
+
+// Sources are what status reads. JS may be nil when NATS is unreachable;
+// NATSErr then says why.
+type Sources struct {
+	Pool           *pgxpool.Pool
+	JS             jetstream.JetStream
+	NATSErr        error
+	CommandsStream string
+	Consumers      []string
+	DeadLetters    string
+	Projector      string
+	Relay          string
+	ScrubInterval  time.Duration
+	// MaxLag is the projector lag in events above which the pipeline is
+	// reported unhealthy.
+	MaxLag int64
+	Now    func() time.Time
+}
+
+// Gather builds the report. It fails only when PostgreSQL cannot be read;
+// NATS problems are reported inside the report.
+func Gather(ctx context.Context, src Sources) (Report, error) {
+	now := time.Now
+	if src.Now != nil {
+		now = src.Now
+	}
+	r := Report{At: now().UTC(), ScrubInterval: src.ScrubInterval, ObjectsByState: map[string]int64{}, PackagesByState: map[string]int64{}}
+	if src.JS == nil {
+		msg := "unreachable"
+		if src.NATSErr != nil {
+			msg = src.NATSErr.Error()
+		}
+		r.NATSError = msg
+		r.Problems = append(r.Problems, "NATS: "+msg)
+	} else {
+		gatherNATS(ctx, src, &r)
+	}
+	if err := gatherDB(ctx, src, &r); err != nil {
+		return r, err
+	}
+	if c := r.ObjectsByState["corrupt"]; c > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("%d corrupt objects: run 'artifactstore explain ADDR' and restore them", c))
+	}
+	if m := r.ObjectsByState["missing"]; m > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("%d missing objects", m))
+	}
+	if r.DeadLetters > 0 {
+		r.Problems = append(r.Problems, fmt.Sprintf("%d dead letters: inspect with 'nats stream view %s'", r.DeadLetters, src.DeadLetters))
+	}
+	if src.MaxLag > 0 && r.ProjectorLagEvents > src.MaxLag {
+		r.Problems = append(r.Problems, fmt.Sprintf("projector is %d events behind: is 'artifactstore project' running?", r.ProjectorLagEvents))
+	}
+	r.Healthy = len(r.Problems) == 0
+	return r, nil
+}
+
+func gatherNATS(ctx context.Context, src Sources, r *Report) {
+	for _, name := range src.Consumers {
+		c := Consumer{Name: name}
+		cons, err := src.JS.Consumer(ctx, src.CommandsStream, name)
+		if err == nil {
+			var info *jetstream.ConsumerInfo
+			info, err = cons.Info(ctx)
+			if err == nil {
+				c.Pending, c.AckPending, c.Redelivered = info.NumPending, info.NumAckPending, info.NumRedelivered
+			}
+		}
+		if err != nil {
+			c.Error = err.Error()
+			r.Problems = append(r.Problems, fmt.Sprintf("consumer %s: %v (has its worker role ever started?)", name, err))
+		}
+		r.Consumers = append(r.Consumers, c)
+	}
+	if src.DeadLetters != "" {
+		s, err := src.JS.Stream(ctx, src.DeadLetters)
+		if err == nil {
+			var info *jetstream.StreamInfo
+			if info, err = s.Info(ctx); err == nil {
+				r.DeadLetters = info.State.Msgs
+			}
+		}
+		if err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("dead-letter stream %s: %v", src.DeadLetters, err))
+		}
+	}
+}
+
+func gatherDB(ctx context.Context, src Sources, r *Report) error {
+	q := src.Pool
+	if err := q.QueryRow(ctx, `SELECT last_sequence FROM event_log_head`).Scan(&r.LogHead); err != nil {
+		return fmt.Errorf("read the log head (has 'artifactstore migrate up' run?): %w", err)
+	}
+	if err := optionalInt(ctx, q, `SELECT sequence FROM projector_checkpoints WHERE projector = $1`, src.Projector, &r.ProjectorCheckpt); err != nil {
+		return err
+	}
+	r.ProjectorLagEvents = r.LogHead - r.ProjectorCheckpt
+	if r.ProjectorLagEvents > 0 {
+		var oldest time.Time
+		if err := q.QueryRow(ctx, `SELECT occurred_at FROM events WHERE sequence = $1`, r.ProjectorCheckpt+1).Scan(&oldest); err == nil {
+			r.ProjectorLagSecs = r.At.Sub(oldest).Seconds()
+		}
+	}
+	if err := optionalInt(ctx, q, `SELECT sequence FROM relay_checkpoints WHERE relay = $1`, src.Relay, &r.RelayCheckpoint); err != nil {
+		return err
+	}
+
+	rows, err := q.Query(ctx, `SELECT state, count(*), coalesce(sum(size_bytes), 0) FROM storage_locations GROUP BY state`)
+	if err != nil {
+		return fmt.Errorf("count objects: %w", err)
+	}
+	for rows.Next() {
+		var state string
+		var n, bytes int64
+		if err := rows.Scan(&state, &n, &bytes); err != nil {
+			return err
+		}
+		r.ObjectsByState[state] = n
+		if state != "deleted" {
+			r.BytesStored += bytes
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("count objects: %w", err)
+	}
+
+	rows, err = q.Query(ctx, `SELECT state, count(*) FROM artifact_packages GROUP BY state`)
+	if err != nil {
+		return fmt.Errorf("count packages: %w", err)
+	}
+	for rows.Next() {
+		var state string
+		var n int64
+		if err := rows.Scan(&state, &n); err != nil {
+			return err
+		}
+		r.PackagesByState[state] = n
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("count packages: %w", err)
+	}
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM retention_state WHERE legal_hold`).Scan(&r.LegalHolds); err != nil {
+		return fmt.Errorf("count legal holds: %w", err)
+	}
+
+	rows, err = q.Query(ctx, `
+		SELECT package, retention_class, retain_until FROM retention_state
+		WHERE retain_until IS NOT NULL AND expired_at IS NULL AND NOT legal_hold
+		ORDER BY retain_until, package LIMIT 5`)
+	if err != nil {
+		return fmt.Errorf("list next expiries: %w", err)
+	}
+	for rows.Next() {
+		var e Expiry
+		if err := rows.Scan(&e.Package, &e.Class, &e.RetainUntil); err != nil {
+			return err
+		}
+		r.NextExpiries = append(r.NextExpiries, e)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("list next expiries: %w", err)
+	}
+
+	var live int64
+	err = q.QueryRow(ctx, `
+		SELECT count(*) FILTER (WHERE state <> 'deleted'),
+		       count(*) FILTER (WHERE state <> 'deleted' AND last_verified_at >= $1),
+		       count(*) FILTER (WHERE state <> 'deleted' AND last_verified_at IS NULL),
+		       max(last_verified_at)
+		FROM storage_locations`, r.At.Add(-src.ScrubInterval)).Scan(&live, &r.ScrubbedInInterval, &r.NeverVerified, &r.LastVerification)
+	if err != nil {
+		return fmt.Errorf("scrub coverage: %w", err)
+	}
+	if live > 0 {
+		r.ScrubCoveragePct = 100 * float64(r.ScrubbedInInterval) / float64(live)
+	}
+	return nil
+}
+
+func optionalInt(ctx context.Context, q *pgxpool.Pool, sql, arg string, dst *int64) error {
+	err := q.QueryRow(ctx, sql, arg).Scan(dst)
+	if errors.Is(err, pgx.ErrNoRows) {
+		*dst = 0
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", sql, err)
+	}
+	return nil
+}
