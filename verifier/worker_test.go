@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
