@@ -25,6 +25,7 @@ type cli struct {
 	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show the PostgreSQL schema migrations."`
 	Audit   auditCmd   `cmd:"" help:"Walk the whole event log and check every payload and chain digest."`
 	Project projectCmd `cmd:"" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`
+	Verify  verifyCmd  `cmd:"" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }
 

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+	"github.com/artifactstore/artifactstore/storage/local"
+	"github.com/artifactstore/artifactstore/verifier"
+)
+
+// verifyCmd is the verifier: without a selection it runs the worker role
+// (verify consumer + scrub scheduler under leader election); with
+// --package, --object or --all it verifies those on demand and prints a
+// table.
+type verifyCmd struct {
+	Package string        `help:"Verify every stored file of this package, wait for the results and print them." placeholder:"NAME" xor:"sel"`
+	Object  string        `help:"Verify every stored copy of this object, wait and print." placeholder:"ADDR" xor:"sel"`
+	All     bool          `help:"Verify every stored object, wait and print." xor:"sel"`
+	Timeout time.Duration `help:"How long an on-demand verification waits for all replies." default:"10m"`
+
+	Concurrency   int           `help:"Worker: verifications run at once by this process." default:"4" placeholder:"N"`
+	ScrubInterval time.Duration `help:"Worker: re-verify each object once per this interval (never-verified first)." default:"168h"`
+	ScrubTick     time.Duration `help:"Worker: pause between two scrub passes of the scheduler." default:"1m"`
+	RateLimit     string        `help:"Worker: bytes per second this process reads to verify, 0 for unlimited; suffixes KiB, MiB, GiB (or kB, MB, GB) accepted, e.g. 50MiB." default:"0" placeholder:"BYTES"`
+	BatchSize     int           `help:"Worker: objects the scrub scheduler queues per batch." default:"500" placeholder:"N"`
+}
+
+func (c verifyCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	if c.Package != "" || c.Object != "" || c.All {
+		return c.onDemand(ctx, g, s, lg)
+	}
+	return c.worker(ctx, g, lg)
+}
+
+func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) error {
+	rateLimit, err := verifier.ParseBytes(c.RateLimit)
+	if err != nil {
+		return fmt.Errorf("--rate-limit: %w", err)
+	}
+	switch {
+	case c.Concurrency < 1:
+		return fmt.Errorf("--concurrency %d must be at least 1", c.Concurrency)
+	case c.BatchSize < 1 || c.BatchSize > 10000:
+		return fmt.Errorf("--batch-size %d is out of range; use 1..10000", c.BatchSize)
+	case c.ScrubInterval <= 0 || c.ScrubTick <= 0:
+		return fmt.Errorf("--scrub-interval (%s) and --scrub-tick (%s) must be positive, e.g. 168h and 1m", c.ScrubInterval, c.ScrubTick)
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	nc, js, err := g.natsConn(ctx, "verify", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	topo := bus.DefaultTopology()
+	if err := bus.EnsureTopology(ctx, js, topo); err != nil {
+		return err
+	}
+	lim := verifier.NewByteLimiter(rateLimit)
+	defer lim.Close()
+	dp, err := g.verifyDataPlane(lim)
+	if err != nil {
+		return err
+	}
+	codec := events.NewCodec()
+	w := verifier.NewWorker(dp, events.NewLog(pool, codec), pool, codec, nc, verifier.WorkerConfig{
+		Concurrency: c.Concurrency, Logger: &lg,
+		Consumer: bus.ConsumerOptions{DeadLetterSubjectPrefix: topo.DeadLetterSubjectPrefix()},
+	})
+	if err := w.Start(ctx, js, topo); err != nil {
+		return err
+	}
+	sched := verifier.NewScheduler(pool, js, codec, verifier.SchedulerConfig{
+		Interval: c.ScrubInterval, Tick: c.ScrubTick, BatchSize: c.BatchSize,
+		Subject: topo.Subject(bus.CmdVerify), Logger: &lg,
+	})
+	schedDone := make(chan error, 1)
+	go func() {
+		schedDone <- leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)
+	}()
+	lg.Info().Int("concurrency", c.Concurrency).Int64("rate_limit_bytes_per_s", rateLimit).Msg("verifier running")
+
+	var schedErr error
+	select {
+	case <-ctx.Done():
+		schedErr = <-schedDone
+	case schedErr = <-schedDone:
+	}
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	return errors.Join(schedErr, w.Stop(stopCtx))
+}
+
+// verifyDataPlane is g.dataPlane with the verify reads going through lim.
+// TODO(wiring): fold into g.dataPlane once it takes dataplane options.
+func (g *Globals) verifyDataPlane(lim *verifier.ByteLimiter) (*dataplane.DataPlane, error) {
+	b, err := local.Open(g.objectsDir())
+	if err != nil {
+		return nil, fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
+	}
+	reg := storage.NewRegistry()
+	if err := reg.Register(b); err != nil {
+		return nil, err
+	}
+	return dataplane.New(reg, b.ID(), dataplane.WithVerifyReader(lim.Reader))
+}
+
+func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg zerolog.Logger) error {
+	sel := verifier.Selector{Package: c.Package, All: c.All}
+	if c.Object != "" {
+		a, err := digest.Parse(c.Object)
+		if err != nil {
+			return fmt.Errorf("--object: %w", err)
+		}
+		sel.Object = a
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	targets, err := verifier.FindTargets(ctx, pool, sel)
+	if err != nil {
+		return err
+	}
+	nc, js, err := g.natsConn(ctx, "verify-client", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	req, err := bus.NewRequester(nc, js)
+	if err != nil {
+		return err
+	}
+	defer req.Close()
+	wctx, cancel := context.WithTimeoutCause(ctx, c.Timeout,
+		fmt.Errorf("no reply within --timeout %s; is an 'artifactstore verify' worker (or 'run') running?", c.Timeout))
+	defer cancel()
+	results := verifier.RequestAll(wctx, req, events.NewCodec(), bus.DefaultTopology().Subject(bus.CmdVerify), targets, 64)
+
+	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PATH\tADDRESS\tBACKEND\tOUTCOME\tSIZE\tDETAIL")
+	counts := map[string]int{}
+	for _, r := range results {
+		path := r.Target.Path
+		if path == "" {
+			path = "-"
+		}
+		outcome, detail := r.Reply.Outcome, r.Reply.Reason
+		if r.Err != nil {
+			outcome, detail = verifier.OutcomeError, r.Err.Error()
+		}
+		counts[outcome]++
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", path, r.Target.Address, r.Target.BackendID, outcome, r.Reply.ActualSize, detail)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(s.out, "%d verified, %d corrupt, %d missing, %d errors\n",
+		counts[verifier.OutcomeVerified], counts[verifier.OutcomeCorrupt], counts[verifier.OutcomeMissing], counts[verifier.OutcomeError])
+	if bad := counts[verifier.OutcomeCorrupt] + counts[verifier.OutcomeMissing]; bad > 0 {
+		return &exitError{code: 3, err: fmt.Errorf("%d of %d objects are corrupt or missing; they are recorded as such and will not be served", bad, len(results))}
+	}
+	if counts[verifier.OutcomeError] > 0 {
+		return fmt.Errorf("%d of %d objects could not be verified (see DETAIL)", counts[verifier.OutcomeError], len(results))
+	}
+	return nil
+}
