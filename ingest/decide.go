@@ -31,7 +31,7 @@ type job struct {
 	commandID string
 	actor     string
 
-	ingest commands.Ingest       // jobIngest
+	ingest commands.Ingest        // jobIngest
 	stored dataplane.IngestResult // jobIngest: the durable object
 	seal   commands.Seal          // jobSeal
 	reject *commands.Error        // jobReject

@@ -26,6 +26,9 @@ type cli struct {
 	Audit   auditCmd   `cmd:"" help:"Walk the whole event log and check every payload and chain digest."`
 	Project projectCmd `cmd:"" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`
 	Verify  verifyCmd  `cmd:"" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
+	Ingest  ingestCmd  `cmd:"" help:"Run an ingester: pull ingest and seal commands, store blobs, commit events, reply (several processes share the work)."`
+	Put     putCmd     `cmd:"" help:"Store files in a package through the ingesters and print each file's address and digests."`
+	Seal    sealCmd    `cmd:"" help:"Seal a package: no file can be added after it."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }
 

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/ingest"
+	"github.com/artifactstore/artifactstore/internal/ops"
+)
+
+// ingestCmd runs the ingester role.
+type ingestCmd struct {
+	Concurrency  int           `help:"Commands handled at once by this process (more processes share the work)." default:"8" placeholder:"N"`
+	MaxBlobSize  int64         `name:"max-blob-size" help:"Largest blob accepted, in bytes; larger ones are rejected. 0 means unlimited." default:"17179869184" placeholder:"BYTES"`
+	CommitWindow time.Duration `help:"How long the committer gathers concurrent ingests into one transaction (group commit)." default:"2ms"`
+	StopTimeout  time.Duration `help:"How long a SIGINT/SIGTERM waits for in-flight ingests before cancelling them (they are redelivered)." default:"30s"`
+	NoOps        bool          `name:"no-ops" help:"Do not serve /metrics, /healthz and /readyz on --http-addr."`
+}
+
+func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	if c.Concurrency < 1 {
+		return fmt.Errorf("--concurrency %d must be at least 1", c.Concurrency)
+	}
+	if c.MaxBlobSize < 0 {
+		return fmt.Errorf("--max-blob-size %d is negative; use 0 for unlimited", c.MaxBlobSize)
+	}
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	nc, js, err := g.natsConn(ctx, "ingest", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	dp, err := g.dataPlane(lg)
+	if err != nil {
+		return err
+	}
+	maxBlob := c.MaxBlobSize
+	if maxBlob == 0 {
+		maxBlob = -1
+	}
+	codec := events.NewCodec()
+	ing, err := ingest.New(ingest.Config{
+		Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, DataPlane: dp, NATS: nc, JetStream: js,
+		Topology: bus.DefaultTopology(), EnsureTopology: true,
+		Concurrency: c.Concurrency, MaxBlobSize: maxBlob, CommitWindow: c.CommitWindow,
+		Logger: lg,
+	})
+	if err != nil {
+		return err
+	}
+	if !c.NoOps {
+		srv := ops.New(lg)
+		srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+		srv.AddCheck("nats", func(context.Context) error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("NATS connection is %s", nc.Status())
+			}
+			return nil
+		})
+		if err := srv.Start(g.HTTPAddr); err != nil {
+			return fmt.Errorf("serve --http-addr %s (another process on it? pass another address or --no-ops): %w", g.HTTPAddr, err)
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = srv.Stop(sctx)
+		}()
+	}
+	if err := ing.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	lg.Info().Msg("signal received; stopping the ingester")
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.StopTimeout)
+	defer cancel()
+	return ing.Stop(sctx)
+}

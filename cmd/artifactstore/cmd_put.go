@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/schollz/progressbar/v3"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/producer"
+)
+
+// putCmd stores files: one ingest command per file, waits for every reply.
+type putCmd struct {
+	Package     string            `short:"p" help:"Package to add the files to. Default: a new package named put/<UTC time>-<random>."`
+	Class       string            `short:"c" help:"Retention class of a new package (default on the server: raw-evidence): transient, raw-evidence, summary-evidence, release-evidence, permanent-record."`
+	Meta        map[string]string `short:"m" help:"Package metadata entry KEY=VALUE (repeatable); recorded when the package is created." placeholder:"KEY=VALUE"`
+	MediaType   string            `help:"Media type recorded for every file."`
+	JSON        bool              `name:"json" help:"Print one JSON reply per line instead of text."`
+	SendJSON    bool              `name:"send-json" help:"Send JSON commands instead of CBOR (for debugging)." hidden:""`
+	Concurrency int               `help:"Files uploaded at once." default:"4" placeholder:"N"`
+	Timeout     time.Duration     `help:"How long to wait for all replies." default:"30m"`
+	Progress    string            `help:"Progress bar for large uploads: auto (on a terminal), always or never." default:"auto" enum:"auto,always,never"`
+	Paths       []string          `arg:"" name:"FILE|DIR" help:"Files to store; a directory stores every regular file below it as <dir name>/<relative path>." type:"existingpath"`
+}
+
+// putFile is one file found on the command line.
+type putFile struct {
+	local string // path on this machine
+	path  string // path inside the package
+	size  int64
+}
+
+// putResult is the outcome of one file.
+type putResult struct {
+	file  putFile
+	reply commands.Reply
+	err   error
+}
+
+// progressThreshold is the total staged size above which a progress bar is
+// shown on a terminal.
+const progressThreshold = 8 << 20
+
+func (c putCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	if c.Concurrency < 1 {
+		return fmt.Errorf("--concurrency %d must be at least 1", c.Concurrency)
+	}
+	files, err := collectFiles(c.Paths)
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return errors.New("no regular file found in the given paths; name files or directories that hold some")
+	}
+	pkg := c.Package
+	if pkg == "" {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		pkg = "put/" + time.Now().UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
+	}
+	if err := commands.ValidatePackage(pkg); err != nil {
+		return fmt.Errorf("--package: %w", err)
+	}
+	for _, f := range files {
+		if err := commands.ValidatePath(f.path); err != nil {
+			return fmt.Errorf("%s: %w", f.local, err)
+		}
+	}
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	nc, js, err := g.natsConn(ctx, "put", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	host, _ := os.Hostname()
+	client, err := producer.New(ctx, producer.Config{NATS: nc, JetStream: js, Topology: bus.DefaultTopology(), Producer: "put@" + host, JSON: c.SendJSON})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	var staged int64
+	for _, f := range files {
+		if f.size > int64(client.InlineMax()) {
+			staged += f.size
+		}
+	}
+	var bar *progressbar.ProgressBar
+	if c.Progress == "always" || c.Progress == "auto" && staged >= progressThreshold && isTerminal(s.err) {
+		bar = progressbar.NewOptions64(staged,
+			progressbar.OptionSetWriter(s.err), progressbar.OptionShowBytes(true), progressbar.OptionShowCount(),
+			progressbar.OptionSetDescription(fmt.Sprintf("staging %d file(s)", len(files))),
+			progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	results := make([]putResult, len(files))
+	pendings := make([]*producer.Pending, len(files))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, c.Concurrency)
+	for i, f := range files {
+		results[i].file = f
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			pendings[i], results[i].err = c.send(wctx, client, pkg, f, bar)
+		}()
+	}
+	wg.Wait()
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	for i, p := range pendings {
+		if p == nil {
+			continue
+		}
+		results[i].reply, results[i].err = p.Wait(wctx)
+	}
+	return c.report(s, pkg, results)
+}
+
+func (c putCmd) send(ctx context.Context, client *producer.Client, pkg string, f putFile, bar *progressbar.ProgressBar) (*producer.Pending, error) {
+	fh, err := os.Open(f.local)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	var body io.Reader = fh
+	if bar != nil && f.size > int64(client.InlineMax()) {
+		body = io.TeeReader(fh, bar)
+	}
+	return client.Put(ctx, producer.Put{
+		Package: pkg, Path: f.path, Class: c.Class, Metadata: c.Meta, MediaType: c.MediaType,
+		Body: body, Size: f.size,
+	})
+}
+
+// report prints one line per file and fails when any file was not stored.
+func (c putCmd) report(s *ioStreams, pkg string, results []putResult) error {
+	failed := 0
+	for _, r := range results {
+		if r.err == nil {
+			r.err = r.reply.Err()
+		}
+		if c.JSON {
+			out := struct {
+				File string `json:"file"`
+				commands.Reply
+				Error string `json:"error,omitempty"`
+			}{File: r.file.local, Reply: r.reply}
+			if r.err != nil {
+				out.Error = r.err.Error()
+			}
+			b, _ := json.Marshal(out)
+			fmt.Fprintln(s.out, string(b))
+		}
+		if r.err != nil {
+			failed++
+			fmt.Fprintf(s.err, "%s: not stored: %v\n", r.file.local, r.err)
+			continue
+		}
+		if !c.JSON {
+			fmt.Fprintf(s.out, "%s  %s  %d bytes  blake3:%s  sha256:%s\n", r.file.path, r.reply.Address, r.reply.Size, r.reply.BLAKE3, r.reply.SHA256)
+		}
+	}
+	if !c.JSON {
+		fmt.Fprintf(s.err, "package %s: %d of %d file(s) stored\n", pkg, len(results)-failed, len(results))
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d file(s) were not stored (reasons above)", failed, len(results))
+	}
+	return nil
+}
+
+// collectFiles expands the command line into regular files with their
+// paths inside the package.
+func collectFiles(args []string) ([]putFile, error) {
+	var files []putFile
+	seen := map[string]string{}
+	add := func(local, inPkg string, size int64) error {
+		if prev, ok := seen[inPkg]; ok {
+			return fmt.Errorf("%s and %s would both be stored as %q; put them in separate runs or packages", prev, local, inPkg)
+		}
+		seen[inPkg] = local
+		files = append(files, putFile{local: local, path: inPkg, size: size})
+		return nil
+	}
+	for _, a := range args {
+		st, err := os.Stat(a)
+		if err != nil {
+			return nil, err
+		}
+		if !st.IsDir() {
+			if !st.Mode().IsRegular() {
+				return nil, fmt.Errorf("%s is not a regular file", a)
+			}
+			if err := add(a, filepath.Base(a), st.Size()); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		base := filepath.Base(filepath.Clean(a))
+		if base == "." || base == ".." || base == string(filepath.Separator) {
+			base = ""
+		}
+		err = filepath.WalkDir(a, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.Type().IsRegular() {
+				return nil // directories recurse; links and devices are skipped
+			}
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(a, p)
+			if err != nil {
+				return err
+			}
+			return add(p, path.Join(base, filepath.ToSlash(rel)), info.Size())
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return files, nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+}
+
+// sealCmd seals a package: no file can be added after it.
+type sealCmd struct {
+	Package string        `short:"p" required:"" help:"Package to seal."`
+	Timeout time.Duration `help:"How long to wait for the reply." default:"1m"`
+	JSON    bool          `name:"json" help:"Print the reply as JSON."`
+}
+
+func (c sealCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	if err := commands.ValidatePackage(c.Package); err != nil {
+		return fmt.Errorf("--package: %w", err)
+	}
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	nc, js, err := g.natsConn(ctx, "seal", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	host, _ := os.Hostname()
+	client, err := producer.New(ctx, producer.Config{NATS: nc, JetStream: js, Topology: bus.DefaultTopology(), Producer: "seal@" + host})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	wctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	p, err := client.Seal(wctx, c.Package)
+	if err != nil {
+		return err
+	}
+	r, err := p.Wait(wctx)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		b, _ := json.Marshal(r)
+		fmt.Fprintln(s.out, string(b))
+	}
+	if err := r.Err(); err != nil {
+		return err
+	}
+	if !c.JSON {
+		fmt.Fprintf(s.out, "sealed %s (event sequence %d)\n", c.Package, r.Sequence)
+	}
+	return nil
+}
