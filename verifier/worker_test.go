@@ -287,3 +287,48 @@ func types(evs []events.Event) []events.Type {
 	}
 	return out
 }
+
+// TestOnDemandPackage selects a package's files, damages one, and checks
+// the results of RequestAll through a running worker.
+func TestOnDemandPackage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t).withNATS()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	good, bad := e.store([]byte("good bytes")), e.store([]byte("bad bytes"))
+	for path, a := range map[string]digest.Address{"a/good.txt": good, "b/bad.txt": bad} {
+		var b3, s256 []byte
+		if err := e.pool.QueryRow(ctx, `SELECT digest_blake3, digest_sha256 FROM storage_locations WHERE content_address = $1`, a.String()).Scan(&b3, &s256); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.pool.Exec(ctx, `INSERT INTO artifact_files (package, path, content_address, digest_algorithm, digest_primary, digest_blake3, digest_sha256, size_bytes, added_at)
+			VALUES ('ci/run-1', $1, $2, 'blake3', $3, $3, $4, 9, now())`, path, a.String(), b3, s256); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rewrite(t, e.path(bad), []byte("BAD bytes"))
+	if _, err := verifier.FindTargets(ctx, e.pool, verifier.Selector{Package: "nope"}); !errors.Is(err, verifier.ErrNothingSelected) {
+		t.Fatalf("unknown package: %v, want ErrNothingSelected", err)
+	}
+	targets, err := verifier.FindTargets(ctx, e.pool, verifier.Selector{Package: "ci/run-1"})
+	if err != nil || len(targets) != 2 || targets[0].Path != "a/good.txt" {
+		t.Fatalf("targets %+v, %v", targets, err)
+	}
+	w := e.worker("w")
+	if err := w.Start(ctx, e.js, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Stop(context.Background()) }()
+	req, err := bus.NewRequester(e.nc, e.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer req.Close()
+	res := verifier.RequestAll(ctx, req, e.codec, e.topo.Subject(bus.CmdVerify), targets, 4)
+	if res[0].Failed() || res[0].Reply.Outcome != verifier.OutcomeVerified {
+		t.Errorf("good file: %+v", res[0])
+	}
+	if !res[1].Failed() || res[1].Reply.Outcome != verifier.OutcomeCorrupt || res[1].Reply.ActualSHA256 == "" {
+		t.Errorf("bad file: %+v", res[1])
+	}
+}
