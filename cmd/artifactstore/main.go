@@ -28,6 +28,8 @@ type cli struct {
 	Verify  verifyCmd  `cmd:"" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
 	Ingest  ingestCmd  `cmd:"" help:"Run an ingester: pull ingest and seal commands, store blobs, commit events, reply (several processes share the work)."`
 	Put     putCmd     `cmd:"" help:"Store files in a package through the ingesters and print each file's address and digests."`
+	Status  statusCmd  `cmd:"" help:"One screen: is the pipeline healthy? Pending commands, dead letters, projector lag, objects by state, next expiries, scrub coverage. Exits 3 when it needs attention."`
+	Relay   relayCmd   `cmd:"" help:"Run the events relay: publish every committed event to the JetStream events stream (artifacts.events.<type>, Nats-Msg-Id = sequence)."`
 	Seal    sealCmd    `cmd:"" help:"Seal a package: no file can be added after it."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }

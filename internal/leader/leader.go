@@ -44,6 +44,7 @@ const (
 	KeyProjector      int64 = 0x4153_0000_0000_0001
 	KeyScrubScheduler int64 = 0x4153_0000_0000_0002
 	KeyReaper         int64 = 0x4153_0000_0000_0003
+	KeyRelay          int64 = 0x4153_0000_0000_0004
 )
 
 // ErrLost is the cause of the work context's cancellation when the lock

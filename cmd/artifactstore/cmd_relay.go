@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/relay"
+)
+
+// relayCmd runs the events relay role: one active instance (advisory lock),
+// others stand by.
+type relayCmd struct {
+	BatchSize    int           `help:"Events published per round." default:"256" placeholder:"N"`
+	PollInterval time.Duration `help:"How often to look for new events." default:"500ms"`
+}
+
+func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	nc, js, err := g.natsConn(ctx, "relay", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	top := bus.DefaultTopology()
+	if err := bus.EnsureTopology(ctx, js, top); err != nil {
+		return err
+	}
+	codec := events.NewCodec()
+	r, err := relay.New(pool, events.NewLog(pool, codec), codec, js, relay.Config{
+		Stream:       top.EventsStream,
+		Subject:      func(t events.Type) string { return top.EventsSubject(string(t)) },
+		BatchSize:    c.BatchSize,
+		PollInterval: c.PollInterval,
+		Logger:       lg,
+	})
+	if err != nil {
+		return err
+	}
+	err = leader.Run(ctx, pool, leader.KeyRelay, lg, r.Run)
+	if errors.Is(err, context.Canceled) || errors.Is(err, leader.ErrResigned) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/status"
+)
+
+// statusCmd prints one screen about the health of the whole pipeline.
+type statusCmd struct {
+	JSON          bool          `name:"json" help:"Print the report as JSON."`
+	ScrubInterval time.Duration `help:"The scrub interval the coverage figure is measured against (as the verifier's --scrub-interval)." default:"168h"`
+	MaxLag        int64         `help:"Projector lag, in events, above which the pipeline is reported unhealthy." default:"10000"`
+}
+
+func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	top := bus.DefaultTopology()
+	src := status.Sources{
+		Pool: pool, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream,
+		Projector: "projector", Relay: "events", ScrubInterval: c.ScrubInterval, MaxLag: c.MaxLag,
+	}
+	for _, f := range top.Consumers() {
+		src.Consumers = append(src.Consumers, f.Durable)
+	}
+	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	nc, js, err := g.natsConn(nctx, "status", lg.Level(zerolog.WarnLevel))
+	if err != nil {
+		src.NATSErr = err
+	} else {
+		defer nc.Close()
+		src.JS = js
+	}
+	r, err := status.Gather(ctx, src)
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(s.out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+	} else if err := status.Render(s.out, r); err != nil {
+		return err
+	}
+	if !r.Healthy {
+		return &exitError{code: 3, err: errUnhealthy}
+	}
+	return nil
+}
+
+// errUnhealthy makes status exit with 3 when the pipeline needs attention,
+// so scripts and probes can act on it.
+var errUnhealthy = errors.New("the pipeline needs attention (see above)")
