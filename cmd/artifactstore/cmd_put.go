@@ -12,10 +12,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/rs/zerolog"
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/artifactstore/artifactstore/bus"
@@ -80,7 +82,7 @@ func (c putCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 			return fmt.Errorf("%s: %w", f.local, err)
 		}
 	}
-	lg, err := g.logger(s.err)
+	lg, err := clientLogger(g, s)
 	if err != nil {
 		return err
 	}
@@ -180,7 +182,12 @@ func (c putCmd) report(s *ioStreams, pkg string, results []putResult) error {
 			continue
 		}
 		if !c.JSON {
-			fmt.Fprintf(s.out, "%s  %s  %d bytes  blake3:%s  sha256:%s\n", r.file.path, r.reply.Address, r.reply.Size, r.reply.BLAKE3, r.reply.SHA256)
+			// The address is one digest; print the other beside it.
+			other := "sha256:" + r.reply.SHA256
+			if strings.HasPrefix(r.reply.Address, "sha256:") {
+				other = "blake3:" + r.reply.BLAKE3
+			}
+			fmt.Fprintf(s.out, "%s  %s  %s  %d bytes\n", r.file.path, r.reply.Address, other, r.reply.Size)
 		}
 	}
 	if !c.JSON {
@@ -247,6 +254,19 @@ func collectFiles(args []string) ([]putFile, error) {
 	return files, nil
 }
 
+// clientLogger is the logger of a client verb: its output is the result,
+// so connection chatter is shown only when --log-level asks for it.
+func clientLogger(g *Globals, s *ioStreams) (zerolog.Logger, error) {
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return lg, err
+	}
+	if g.LogLevel == "info" {
+		lg = lg.Level(zerolog.ErrorLevel)
+	}
+	return lg, nil
+}
+
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
@@ -263,7 +283,7 @@ func (c sealCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err := commands.ValidatePackage(c.Package); err != nil {
 		return fmt.Errorf("--package: %w", err)
 	}
-	lg, err := g.logger(s.err)
+	lg, err := clientLogger(g, s)
 	if err != nil {
 		return err
 	}
