@@ -104,18 +104,50 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route strin
 	if r.Method == http.MethodHead {
 		return
 	}
-	var sum hash.Hash
+	var written int64
 	if rng == nil {
-		sum = sha256.New()
+		written, err = s.copyVerified(w, rc, n, o.SHA256)
+	} else {
+		written, err = s.copyBody(w, rc, n, nil)
 	}
-	written, err := s.copyBody(w, rc, n, sum)
 	s.bytes.WithLabelValues(route).Add(float64(written))
-	if err == nil && sum != nil && [32]byte(sum.Sum(nil)) != o.SHA256 {
-		err = fmt.Errorf("%w: the bytes read do not have the recorded SHA-256 %x", storage.ErrDigestMismatch, o.SHA256)
-	}
 	if err != nil {
 		s.abort(r.Context(), err, what)
 	}
+}
+
+// copyVerified copies the whole object of n bytes from rc to w and checks
+// its SHA-256 against want. The last byte is held back until the digest
+// matches, so that a client never receives all the bytes of a corrupt
+// object: on a mismatch the caller aborts a response that is one byte
+// short of its Content-Length.
+func (s *Server) copyVerified(w io.Writer, rc io.Reader, n int64, want [32]byte) (int64, error) {
+	sum := sha256.New()
+	if n == 0 {
+		return 0, checkSum(sum, want)
+	}
+	written, err := s.copyBody(w, rc, n-1, sum)
+	if err != nil {
+		return written, err
+	}
+	var last [1]byte
+	if _, err := io.ReadFull(rc, last[:]); err != nil {
+		return written, fmt.Errorf("read the last byte: %w", err)
+	}
+	sum.Write(last[:])
+	if err := checkSum(sum, want); err != nil {
+		return written, err
+	}
+	m, err := w.Write(last[:])
+	return written + int64(m), err
+}
+
+func checkSum(sum hash.Hash, want [32]byte) error {
+	if [32]byte(sum.Sum(nil)) != want {
+		return fmt.Errorf("%w: the bytes read do not have the recorded SHA-256 %x; the verifier will mark the object corrupt when it scrubs it",
+			storage.ErrDigestMismatch, want)
+	}
+	return nil
 }
 
 // copyBody copies exactly n bytes of rc to w, feeding them to sum when it

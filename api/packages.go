@@ -2,7 +2,6 @@ package api
 
 import (
 	"archive/tar"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -17,7 +16,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/artifactstore/artifactstore/digest"
-	"github.com/artifactstore/artifactstore/storage"
 )
 
 // Page sizes of GET /v1/packages.
@@ -428,16 +426,9 @@ func (s *Server) copyObject(r *http.Request, w io.Writer, o object) error {
 		return err
 	}
 	defer rc.Close()
-	sum := sha256.New()
-	n, err := s.copyBody(w, rc, o.Size, sum)
+	n, err := s.copyVerified(w, rc, o.Size, o.SHA256)
 	s.bytes.WithLabelValues("tar").Add(float64(n))
-	if err != nil {
-		return err
-	}
-	if [32]byte(sum.Sum(nil)) != o.SHA256 {
-		return fmt.Errorf("%w: the bytes read do not have the recorded SHA-256 %x", storage.ErrDigestMismatch, o.SHA256)
-	}
-	return nil
+	return err
 }
 
 func countOK(files []fileRow) int {
