@@ -1,0 +1,581 @@
+// Package retention handles the commands that change a package's
+// retention: a legal hold (hold), its release (release) and a change of
+// retention class or retain-until (retain). Any number of processes share
+// the durable JetStream consumer "retention" on the retention subject
+// (bus.CmdRetention); each command is decided and committed in one
+// PostgreSQL transaction together with its event, under the same
+// transaction-level advisory lock the ingesters and the reaper take, so
+// that a hold set while the reaper decides is never missed.
+//
+// # Rules
+//
+//   - Every change appends one event with the command's actor:
+//     legal_hold.set, legal_hold.released or retention.changed.
+//   - A retain-until may be lengthened, never shortened, for a package whose
+//     class says so (may_shorten false in retention_classes:
+//     release-evidence, permanent-record). A refused change is replied to
+//     with code retention_shorten_refused and recorded as an
+//     ingest.rejected event under the command id (the v1 log's event for a
+//     refused command).
+//   - A legal hold blocks expiry whatever the class and retain-until. A hold
+//     on a package that already expired is accepted: it keeps the bytes the
+//     reaper has not deleted yet (deleted bytes are gone).
+//   - An expired package's retention can no longer be changed
+//     (package_expired).
+//   - A command that would change nothing (hold of a package held for the
+//     same reason, release of a package without hold, retain to the same
+//     class and date) appends nothing and is answered "unchanged".
+//
+// Every effect is idempotent by command id: a redelivered command appends
+// nothing a second time and is answered with the recorded outcome.
+package retention
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/events"
+)
+
+// ingestLockKey is the key of the transaction-level advisory lock under
+// which the ingesters decide (ingest.lockKey, "artifact"). Retention
+// decisions take it too, so that they serialise with ingests and with the
+// reaper's decisions on the same command-side state.
+const ingestLockKey int64 = 0x6172746966616374
+
+// EventLog is what the handler needs of the event log (*events.Log).
+type EventLog interface {
+	AppendTx(ctx context.Context, tx pgx.Tx, batches ...events.Batch) ([]events.Result, error)
+	ByCommand(ctx context.Context, commandID string) ([]events.Event, error)
+}
+
+var _ EventLog = (*events.Log)(nil)
+
+// Config configures a [Handler]. Pool, Log and Codec are required; every
+// other field has a default filled in by withDefaults.
+type Config struct {
+	// Pool is the PostgreSQL pool of the log and the command-side state.
+	Pool *pgxpool.Pool
+	// Log is the event log.
+	Log EventLog
+	// Codec decodes CBOR commands and encodes replies and payloads.
+	Codec *events.Codec
+	// NATS is the connection replies are published on; nil sends none.
+	NATS *nats.Conn
+	// Concurrency is how many commands one process handles at once.
+	// Default 4.
+	Concurrency int
+	// RetryDelay is the redelivery delay after a transient failure.
+	// Default 2 s.
+	RetryDelay time.Duration
+	// Consumer tunes the consume loop; Concurrency and Logger are set from
+	// this config.
+	Consumer bus.ConsumerOptions
+	// Logger receives the handler's log lines. The zero value logs nothing.
+	Logger zerolog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Pool == nil || c.Log == nil || c.Codec == nil {
+		return c, errors.New("retention: Config needs Pool, Log and Codec")
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 4
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = 2 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c, nil
+}
+
+// Handler decides retention commands. Apply decides one command without
+// the bus; Handle is its bus.Handler; Start and Stop run it on the durable
+// consumer. Safe for concurrent use.
+type Handler struct {
+	cfg      Config
+	log      zerolog.Logger
+	consumer *bus.Consumer
+}
+
+// New returns a handler; nothing runs until Start.
+func New(cfg Config) (*Handler, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{cfg: cfg, log: cfg.Logger.With().Str("service", "retention").Logger()}, nil
+}
+
+// Start binds the handler to the durable retention consumer of topology t
+// (which must exist: bus.EnsureTopology) and returns once commands are
+// being pulled.
+func (h *Handler) Start(ctx context.Context, js jetstream.JetStream, t bus.Topology) error {
+	if h.consumer != nil {
+		return errors.New("retention: Start called twice")
+	}
+	opts := h.cfg.Consumer
+	opts.Concurrency = h.cfg.Concurrency
+	opts.Logger = h.log
+	if opts.DeadLetterSubjectPrefix == "" {
+		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
+	}
+	c, err := bus.NewConsumer(js, t.CommandsStream, t.RetentionConsumer, h.Handle, opts)
+	if err != nil {
+		return fmt.Errorf("retention: %w", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		return fmt.Errorf("retention: %w", err)
+	}
+	h.consumer = c
+	return nil
+}
+
+// Stop stops pulling; in-flight commands finish until ctx's deadline. Safe
+// before Start and twice.
+func (h *Handler) Stop(ctx context.Context) error {
+	if h.consumer == nil {
+		return nil
+	}
+	return h.consumer.Stop(ctx)
+}
+
+// Handle is the bus.Handler of retention commands. It replies (when the
+// command names a reply subject) once the outcome is committed. A
+// malformed or refused command is recorded as an ingest.rejected event,
+// answered, and dead-lettered; a database failure is retried.
+func (h *Handler) Handle(ctx context.Context, m bus.Message) error {
+	isJSON := commands.IsJSON(m.ContentType)
+	c, err := DecodeCommand(h.cfg.Codec, m.Data, isJSON)
+	var rej *commands.Error
+	switch {
+	case errors.As(err, &rej):
+		id := c.CommandID
+		if commands.ValidateCommandID(id) != nil || (m.CommandID != "" && m.CommandID != id) {
+			id = fallbackID(m)
+		}
+		c.CommandID = id
+		rep, err := h.Refuse(ctx, c, rej)
+		if err != nil {
+			return h.transient(ctx, err)
+		}
+		return h.finish(m, rep, isJSON)
+	case err != nil:
+		return bus.Reject(err, commands.CodeMalformed)
+	}
+	if m.CommandID != "" && m.CommandID != c.CommandID {
+		rej := commands.Rejectf(commands.CodeInvalidCommandID,
+			"header Nats-Msg-Id %q differs from command_id %q; send the command id in both or only in the body", m.CommandID, c.CommandID)
+		c.CommandID = fallbackID(m)
+		rep, err := h.Refuse(ctx, c, rej)
+		if err != nil {
+			return h.transient(ctx, err)
+		}
+		return h.finish(m, rep, isJSON)
+	}
+	rep, err := h.Apply(ctx, c)
+	if err != nil {
+		return h.transient(ctx, err)
+	}
+	return h.finish(m, rep, isJSON)
+}
+
+func fallbackID(m bus.Message) string {
+	if commands.ValidateCommandID(m.CommandID) == nil {
+		return m.CommandID
+	}
+	return fmt.Sprintf("nats-%s-%d", m.Stream, m.StreamSequence)
+}
+
+func (h *Handler) transient(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
+	h.log.Warn().Err(err).Msg("transient failure; the command will be redelivered")
+	return bus.Retry(err, h.cfg.RetryDelay)
+}
+
+// finish replies and returns the consume loop's verdict.
+func (h *Handler) finish(m bus.Message, rep Reply, isJSON bool) error {
+	if h.cfg.NATS != nil && m.ReplyTo != "" {
+		body, err := EncodeReply(h.cfg.Codec, rep, isJSON)
+		if err == nil {
+			ct := ""
+			if isJSON {
+				ct = commands.ContentTypeJSON
+			}
+			err = bus.Reply(h.cfg.NATS, m.ReplyTo, body, ct)
+		}
+		if err != nil {
+			// The outcome is committed: a re-send of the command id gets it.
+			h.log.Warn().Err(err).Str("command_id", rep.CommandID).Msg("reply failed")
+		}
+	}
+	if rep.Status == StatusRejected {
+		return bus.Reject(rep.Err(), rep.Code)
+	}
+	return nil
+}
+
+// pkgRow is the command-side retention state of one package.
+type pkgRow struct {
+	class       string
+	retainUntil *time.Time
+	hold        bool
+	holdReason  *string
+	expiredAt   *time.Time
+	createdAt   time.Time
+}
+
+// classRow is one row of retention_classes.
+type classRow struct {
+	duration     pgtype.Interval
+	mayShorten   bool
+	neverExpires bool
+}
+
+// until is created + the class's default duration, or nil when the class
+// never expires (the same arithmetic as the ingester's).
+func (c classRow) until(created time.Time) *time.Time {
+	if c.neverExpires || !c.duration.Valid {
+		return nil
+	}
+	t := created.UTC().AddDate(0, int(c.duration.Months), int(c.duration.Days)).
+		Add(time.Duration(c.duration.Microseconds) * time.Microsecond).Truncate(time.Microsecond)
+	return &t
+}
+
+// decision is the outcome of one command against the package's state.
+type decision struct {
+	reply  Reply
+	draft  *events.Draft // nil: nothing to append
+	update func(ctx context.Context, tx pgx.Tx) error
+}
+
+// Apply decides c (which must be valid) and commits its event and the
+// state change in one transaction. A refusal is a reply with
+// StatusRejected (and its event), not an error; an error means nothing
+// was decided and the command may be retried.
+func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
+	if err := c.Validate(); err != nil {
+		var rej *commands.Error
+		if errors.As(err, &rej) {
+			return h.Refuse(ctx, c, rej)
+		}
+		return Reply{}, err
+	}
+	var (
+		rep Reply
+		dup bool
+	)
+	err := pgx.BeginFunc(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, ingestLockKey); err != nil {
+			return fmt.Errorf("take the ingest lock: %w", err)
+		}
+		var known bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM commands WHERE command_id = $1)`, c.CommandID).Scan(&known); err != nil {
+			return fmt.Errorf("look up command id: %w", err)
+		}
+		if known {
+			dup = true
+			return nil
+		}
+		d, err := h.decide(ctx, tx, c)
+		if err != nil {
+			return err
+		}
+		rep = d.reply
+		if d.draft == nil {
+			return nil
+		}
+		res, err := h.cfg.Log.AppendTx(ctx, tx, events.Batch{CommandID: c.CommandID, Events: []events.Draft{*d.draft}})
+		if err != nil {
+			return err
+		}
+		if res[0].Duplicate {
+			return fmt.Errorf("command %s was appended concurrently despite the ingest lock", c.CommandID)
+		}
+		rep.Sequence = res[0].Events[len(res[0].Events)-1].Sequence
+		if d.update != nil {
+			return d.update(ctx, tx)
+		}
+		return nil
+	})
+	if err != nil {
+		return Reply{}, fmt.Errorf("retention: %s %q: %w", c.Action, c.Package, err)
+	}
+	if dup {
+		return h.recorded(ctx, c)
+	}
+	h.log.Info().Str("command_id", c.CommandID).Str("action", c.Action).Str("package", c.Package).
+		Str("actor", c.Actor).Str("status", rep.Status).Str("code", rep.Code).Msg("retention command decided")
+	return rep, nil
+}
+
+// Refuse records rej as the outcome of c (an ingest.rejected event under
+// c.CommandID, which must be a valid command id) and returns the reply.
+func (h *Handler) Refuse(ctx context.Context, c Command, rej *commands.Error) (Reply, error) {
+	var dup bool
+	var seq int64
+	err := pgx.BeginFunc(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
+		res, err := h.cfg.Log.AppendTx(ctx, tx, events.Batch{CommandID: c.CommandID, Events: []events.Draft{rejection(c, rej)}})
+		if err != nil {
+			return err
+		}
+		dup = res[0].Duplicate
+		seq = res[0].Events[len(res[0].Events)-1].Sequence
+		return nil
+	})
+	if err != nil {
+		return Reply{}, fmt.Errorf("retention: record refusal of %s: %w", c.CommandID, err)
+	}
+	if dup {
+		return h.recorded(ctx, c)
+	}
+	h.log.Info().Str("command_id", c.CommandID).Str("code", rej.Code).Str("reason", rej.Reason).Msg("refusing retention command")
+	return Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
+		Status: StatusRejected, Code: rej.Code, Reason: rej.Reason, Sequence: seq}, nil
+}
+
+func rejection(c Command, rej *commands.Error) events.Draft {
+	actor := c.Actor
+	if actor == "" {
+		actor = "retention"
+	}
+	return events.Draft{SubjectKind: events.SubjectCommand, SubjectID: c.CommandID, Actor: actor,
+		Payload: events.IngestRejectedV1{CommandID: c.CommandID, Package: c.Package, Code: rej.Code, Reason: rej.Reason}}
+}
+
+func (h *Handler) reject(c Command, rej *commands.Error) decision {
+	d := rejection(c, rej)
+	return decision{
+		reply: Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
+			Status: StatusRejected, Code: rej.Code, Reason: rej.Reason},
+		draft: &d,
+	}
+}
+
+// recorded rebuilds the reply of a command id already in the log.
+func (h *Handler) recorded(ctx context.Context, c Command) (Reply, error) {
+	evs, err := h.cfg.Log.ByCommand(ctx, c.CommandID)
+	if err != nil {
+		return Reply{}, fmt.Errorf("retention: read the events of command %s: %w", c.CommandID, err)
+	}
+	r := Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Duplicate: true}
+	if len(evs) == 0 {
+		return r, fmt.Errorf("retention: command %s has no events", c.CommandID)
+	}
+	r.Sequence = evs[len(evs)-1].Sequence
+	for _, e := range evs {
+		p, err := h.cfg.Codec.DecodeEvent(e)
+		if err != nil {
+			return r, fmt.Errorf("retention: decode event %d: %w", e.Sequence, err)
+		}
+		switch p := p.(type) {
+		case events.IngestRejectedV1:
+			r.Status, r.Code, r.Reason = StatusRejected, p.Code, p.Reason
+		case events.LegalHoldSetV1:
+			r.Status, r.Action, r.Package, r.LegalHold = StatusApplied, ActionHold, p.Package, true
+		case events.LegalHoldReleasedV1:
+			r.Status, r.Action, r.Package = StatusApplied, ActionRelease, p.Package
+		case events.RetentionChangedV1:
+			r.Status, r.Action, r.Package, r.Class, r.RetainUntil = StatusApplied, ActionRetain, p.Package, p.Class, p.RetainUntil
+		default:
+			return r, fmt.Errorf("retention: command id %s belongs to a %s event, not to a retention command; use a fresh command id", c.CommandID, e.Type)
+		}
+	}
+	return r, nil
+}
+
+// decide reads the package under the lock and decides c.
+func (h *Handler) decide(ctx context.Context, tx pgx.Tx, c Command) (decision, error) {
+	var p pkgRow
+	err := tx.QueryRow(ctx, `SELECT p.retention_class, p.retain_until, p.legal_hold, p.legal_hold_reason, p.expired_at, e.occurred_at
+		FROM ingest_packages p JOIN events e ON e.sequence = p.created_seq
+		WHERE p.name = $1 FOR UPDATE OF p`, c.Package).
+		Scan(&p.class, &p.retainUntil, &p.hold, &p.holdReason, &p.expiredAt, &p.createdAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return h.reject(c, commands.Rejectf(commands.CodeUnknownPackage,
+			"package %q does not exist; check the name (artifactstore status lists packages) and wait for the ingest replies before changing retention", c.Package)), nil
+	}
+	if err != nil {
+		return decision{}, fmt.Errorf("read package state: %w", err)
+	}
+	switch c.Action {
+	case ActionHold:
+		return h.decideHold(c, p), nil
+	case ActionRelease:
+		return h.decideRelease(c, p), nil
+	default:
+		return h.decideRetain(ctx, tx, c, p)
+	}
+}
+
+func (p pkgRow) reply(c Command, status string) Reply {
+	return Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Status: status,
+		Class: p.class, RetainUntil: p.retainUntil, LegalHold: p.hold}
+}
+
+func (h *Handler) decideHold(c Command, p pkgRow) decision {
+	if p.hold && p.holdReason != nil && *p.holdReason == c.Reason {
+		return decision{reply: p.reply(c, StatusUnchanged)}
+	}
+	p.hold = true
+	rep := p.reply(c, StatusApplied)
+	if p.expiredAt != nil {
+		rep.Note = fmt.Sprintf("package %q expired at %s: the hold keeps the bytes the reaper has not deleted yet; deleted bytes are gone",
+			c.Package, p.expiredAt.UTC().Format(time.RFC3339))
+	}
+	return decision{
+		reply: rep,
+		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
+			Payload: events.LegalHoldSetV1{Package: c.Package, Reason: c.Reason}},
+		update: func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE ingest_packages SET legal_hold = true, legal_hold_reason = $2 WHERE name = $1`, c.Package, c.Reason)
+			return err
+		},
+	}
+}
+
+func (h *Handler) decideRelease(c Command, p pkgRow) decision {
+	if !p.hold {
+		return decision{reply: p.reply(c, StatusUnchanged)}
+	}
+	p.hold = false
+	return decision{
+		reply: p.reply(c, StatusApplied),
+		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
+			Payload: events.LegalHoldReleasedV1{Package: c.Package, Reason: c.Reason}},
+		update: func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE ingest_packages SET legal_hold = false, legal_hold_reason = NULL WHERE name = $1`, c.Package)
+			return err
+		},
+	}
+}
+
+func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c Command, p pkgRow) (decision, error) {
+	if p.expiredAt != nil {
+		return h.reject(c, commands.Rejectf(CodePackageExpired,
+			"package %q expired at %s; its retention can no longer be changed (a legal hold still keeps the bytes not yet deleted: artifactstore hold)",
+			c.Package, p.expiredAt.UTC().Format(time.RFC3339))), nil
+	}
+	classes, err := loadClasses(ctx, tx, p.class, c.Class)
+	if err != nil {
+		return decision{}, err
+	}
+	cur, ok := classes[p.class]
+	if !ok {
+		return decision{}, fmt.Errorf("package %q has retention class %q, which retention_classes does not hold; restore the class row", c.Package, p.class)
+	}
+	target := p.class
+	if c.Class != "" {
+		target = c.Class
+	}
+	tc, ok := classes[target]
+	if !ok {
+		return h.reject(c, commands.Rejectf(commands.CodeUnknownClass,
+			"retention class %q does not exist; use one of the rows of retention_classes (transient, raw-evidence, summary-evidence, release-evidence, permanent-record)", target)), nil
+	}
+	var until *time.Time
+	switch {
+	case tc.neverExpires && c.RetainUntil != nil:
+		return h.reject(c, commands.Rejectf(commands.CodeMalformed,
+			"class %q never expires; leave retain_until out", target)), nil
+	case tc.neverExpires:
+	case c.RetainUntil != nil:
+		t := c.RetainUntil.UTC().Truncate(time.Microsecond)
+		until = &t
+		if min := tc.until(p.createdAt); !tc.mayShorten && min != nil && t.Before(*min) {
+			return h.reject(c, commands.Rejectf(CodeShortenRefused,
+				"class %q keeps a package created at %s at least until %s; retain_until %s is earlier — choose a later date or another class",
+				target, p.createdAt.UTC().Format(time.RFC3339), min.Format(time.RFC3339), t.Format(time.RFC3339))), nil
+		}
+	default:
+		until = tc.until(p.createdAt)
+	}
+	if !cur.mayShorten && earlier(until, p.retainUntil) {
+		return h.reject(c, commands.Rejectf(CodeShortenRefused,
+			"package %q is %s and retained until %s; its retention may be lengthened, never shortened, and the change to %s until %s would end it earlier",
+			c.Package, p.class, fmtUntil(p.retainUntil), target, fmtUntil(until))), nil
+	}
+	if target == p.class && sameUntil(until, p.retainUntil) {
+		return decision{reply: p.reply(c, StatusUnchanged)}, nil
+	}
+	prev := p.retainUntil
+	from := p.class
+	p.class, p.retainUntil = target, until
+	return decision{
+		reply: p.reply(c, StatusApplied),
+		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
+			Payload: events.RetentionChangedV1{Package: c.Package, FromClass: from, Class: target,
+				RetainUntil: until, PrevRetainTill: prev, Reason: c.Reason}},
+		update: func(ctx context.Context, tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `UPDATE ingest_packages SET retention_class = $2, retain_until = $3 WHERE name = $1`, c.Package, target, until)
+			return err
+		},
+	}, nil
+}
+
+func loadClasses(ctx context.Context, tx pgx.Tx, names ...string) (map[string]classRow, error) {
+	rows, err := tx.Query(ctx, `SELECT name, default_duration, may_shorten, never_expires FROM retention_classes WHERE name = ANY($1)`, names)
+	if err != nil {
+		return nil, fmt.Errorf("read retention classes: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]classRow{}
+	for rows.Next() {
+		var (
+			name string
+			c    classRow
+		)
+		if err := rows.Scan(&name, &c.duration, &c.mayShorten, &c.neverExpires); err != nil {
+			return nil, fmt.Errorf("read retention classes: %w", err)
+		}
+		out[name] = c
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read retention classes: %w", err)
+	}
+	return out, nil
+}
+
+// earlier reports whether retain-until a ends before b (nil: never).
+func earlier(a, b *time.Time) bool {
+	switch {
+	case a == nil:
+		return false
+	case b == nil:
+		return true
+	default:
+		return a.Before(*b)
+	}
+}
+
+func sameUntil(a, b *time.Time) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return a.Equal(*b)
+}
+
+func fmtUntil(t *time.Time) string {
+	if t == nil {
+		return "never (no expiry)"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
