@@ -26,7 +26,7 @@ import (
 
 // env is one API over its own database and object directory.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	pool  *pgxpool.Pool
 	dp    *dataplane.DataPlane
 	local *local.Backend
@@ -37,7 +37,7 @@ type env struct {
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func newEnv(t *testing.T, token string) *env {
+func newEnv(t testing.TB, token string) *env {
 	t.Helper()
 	pool, _ := pgtest.NewDB(t)
 	b, err := local.Open(t.TempDir())
@@ -229,7 +229,7 @@ func pattern(n int) []byte {
 	return b
 }
 
-func damage(t *testing.T, path string) {
+func damage(t testing.TB, path string) {
 	t.Helper()
 	if err := os.Chmod(path, 0o640); err != nil {
 		t.Fatal(err)
