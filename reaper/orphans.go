@@ -1,0 +1,133 @@
+package reaper
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/artifactstore/artifactstore/storage"
+)
+
+// Orphan is a file on a backend that no gc_objects row, no file of a
+// package and no stored location knows.
+type Orphan struct {
+	Object
+	// StoredAt is the backend's store time of the file.
+	StoredAt time.Time
+	// QuarantinedAs is where the file was moved (relative to the backend's
+	// root); empty in a dry run or when the store has no Quarantiner.
+	QuarantinedAs string
+}
+
+// orphans walks every store. Files are classified in batches of BatchSize:
+// known (a row exists), adopted (no row but referenced: a live row is
+// inserted), orphan (neither, and older than OrphanMinAge: quarantined),
+// or too young to judge. In a dry run nothing is written and visit
+// receives each orphan.
+func (r *Reaper) orphans(ctx context.Context, rep *Report, dryRun bool, visit func(Orphan)) error {
+	for _, s := range r.cfg.Stores {
+		batch := make([]storage.ObjectInfo, 0, r.cfg.BatchSize)
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := r.classify(ctx, s, batch, rep, dryRun, visit)
+			batch = batch[:0]
+			return err
+		}
+		err := s.Lister.Walk(ctx, func(oi storage.ObjectInfo) error {
+			batch = append(batch, oi)
+			if len(batch) < r.cfg.BatchSize {
+				return nil
+			}
+			return flush()
+		})
+		if err == nil {
+			err = flush()
+		}
+		if err != nil {
+			return fmt.Errorf("backend %q: %w", s.BackendID, err)
+		}
+	}
+	return nil
+}
+
+func (r *Reaper) classify(ctx context.Context, s Store, batch []storage.ObjectInfo, rep *Report, dryRun bool, visit func(Orphan)) error {
+	addrs := make([]string, len(batch))
+	for i, oi := range batch {
+		addrs[i] = oi.Address.String()
+	}
+	work := func(tx pgx.Tx) error {
+		known, err := addressSet(ctx, tx, `SELECT content_address FROM gc_objects WHERE backend_id = $1 AND content_address = ANY($2)`, s.BackendID, addrs)
+		if err != nil {
+			return err
+		}
+		referenced, err := addressSet(ctx, tx, `SELECT content_address FROM ingest_files WHERE content_address = ANY($2)
+			UNION SELECT content_address FROM storage_locations WHERE backend_id = $1 AND state <> 'deleted' AND content_address = ANY($2)`, s.BackendID, addrs)
+		if err != nil {
+			return err
+		}
+		now := r.cfg.Now().UTC()
+		for _, oi := range batch {
+			a := oi.Address.String()
+			switch {
+			case known[a]:
+			case referenced[a]:
+				if dryRun {
+					continue
+				}
+				tag, err := tx.Exec(ctx, `INSERT INTO gc_objects (content_address, backend_id, size_bytes, state, updated_at)
+					VALUES ($1, $2, $3, 'live', $4) ON CONFLICT DO NOTHING`, a, s.BackendID, oi.Size, now)
+				if err != nil {
+					return err
+				}
+				if tag.RowsAffected() == 1 {
+					rep.Adopted++
+					r.log.Info().Str("address", a).Str("backend", s.BackendID).Msg("referenced object had no gc row; adopted")
+				}
+			case now.Sub(oi.StoredAt) >= r.cfg.OrphanMinAge:
+				o := Orphan{Object: Object{Address: oi.Address, BackendID: s.BackendID, Size: oi.Size}, StoredAt: oi.StoredAt}
+				rep.Orphans++
+				if !dryRun && s.Quarantiner != nil {
+					dest, err := s.Quarantiner.Quarantine(ctx, oi.Address.RelPath())
+					if err != nil {
+						return fmt.Errorf("quarantine orphan %s: %w", a, err)
+					}
+					o.QuarantinedAs = dest
+					rep.Quarantined++
+					r.cfg.Hook(ctx, PointAfterQuarantine, &o.Object)
+				}
+				r.log.Warn().Str("address", a).Str("backend", s.BackendID).Int64("size", oi.Size).Time("stored_at", oi.StoredAt).
+					Str("quarantined_as", o.QuarantinedAs).Bool("dry_run", dryRun).
+					Msg("orphan: a stored file that no row knows; moved to quarantine for an operator to inspect (never deleted by the reaper)")
+				if visit != nil {
+					visit(o)
+				}
+			}
+		}
+		return nil
+	}
+	if dryRun {
+		return pgx.BeginTxFunc(ctx, r.cfg.Pool, pgx.TxOptions{AccessMode: pgx.ReadOnly}, work)
+	}
+	return r.lockedTx(ctx, work)
+}
+
+func addressSet(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			return nil, err
+		}
+		out[a] = true
+	}
+	return out, rows.Err()
+}
