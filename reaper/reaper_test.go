@@ -148,7 +148,6 @@ func TestDeleteByReference(t *testing.T) {
 	e.checkLiveBytes(context.Background())
 }
 
-
 // TestSweepRechecks: a marked object that became referenced again before
 // the sweep (a hold on the expired package) is kept and set live.
 func TestSweepRechecks(t *testing.T) {
