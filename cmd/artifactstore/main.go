@@ -33,6 +33,10 @@ type cli struct {
 	Seal    sealCmd    `cmd:"" help:"Seal a package: no file can be added after it."`
 	Serve   serveCmd   `cmd:"" help:"Run the HTTP read API: objects by address (with ranges), packages, files, and packages as tar streams (stateless; run as many as needed)."`
 	Explain explainCmd `cmd:"" help:"Tell from the event log why an object or package is still there or why it was deleted: references, classes, holds, retain-until dates, verifications."`
+	Reap    reapCmd    `cmd:"" help:"Run the reaper: expire packages whose retention passed and delete bytes no live package references (one active instance), and handle hold/release/retain commands. --dry-run prints what would go."`
+	Hold    holdCmd    `cmd:"" help:"Set a legal hold on a package: it does not expire until released."`
+	Release releaseCmd `cmd:"" help:"Release a package's legal hold."`
+	Retain  retainCmd  `cmd:"" help:"Change a package's retention class or retain-until (release-evidence and permanent-record may be lengthened, never shortened)."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }
 

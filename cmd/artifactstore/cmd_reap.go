@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/reaper"
+	"github.com/artifactstore/artifactstore/retention"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+	"github.com/artifactstore/artifactstore/storage/local"
+)
+
+// reapCmd runs the reaper role (one active instance under leader
+// election, plus this process's share of the retention commands), or one
+// pass, or a dry run.
+type reapCmd struct {
+	DryRun bool      `name:"dry-run" help:"Print which packages would expire, which bytes would be freed and which orphans would be quarantined; change nothing."`
+	At     time.Time `help:"With --dry-run: plan as if the clock said this time (RFC 3339), e.g. to see what expires by the end of the year. Never accepted for a real pass: nobody deletes early." placeholder:"TIME"`
+	Once   bool      `help:"Run one pass (as the leader) and exit, printing what it did."`
+
+	Interval       time.Duration `help:"Pause between two passes." default:"5m"`
+	Grace          time.Duration `help:"How long an object stays marked before its bytes may be deleted; an ingest of the same content inside it keeps them." default:"1h"`
+	BatchSize      int           `help:"Packages or objects per transaction (the ingest lock is held for each)." default:"500" placeholder:"N"`
+	OrphanInterval time.Duration `help:"How often a pass also walks the object store for orphans (files no row knows); 0 disables the scan." default:"24h"`
+	OrphanMinAge   time.Duration `help:"How old a file without a row must be to count as an orphan (younger ones may be ingests about to commit)." default:"24h"`
+	NoOrphans      bool          `help:"With --dry-run: skip the walk of the object store."`
+	NoRetention    bool          `help:"Do not handle retention commands (hold, release, retain) in this process."`
+	Concurrency    int           `help:"Retention commands handled at once by this process." default:"4" placeholder:"N"`
+}
+
+func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
+	switch {
+	case c.BatchSize < 1 || c.BatchSize > 10000:
+		return fmt.Errorf("--batch-size %d is out of range; use 1..10000", c.BatchSize)
+	case c.Interval <= 0:
+		return fmt.Errorf("--interval %s must be positive, e.g. 5m", c.Interval)
+	case c.Grace < 0 || c.OrphanInterval < 0 || c.OrphanMinAge < 0:
+		return errors.New("--grace, --orphan-interval and --orphan-min-age must not be negative")
+	case !c.At.IsZero() && !c.DryRun:
+		return errors.New("--at is only for --dry-run: a real pass always uses the real clock, so that nothing is deleted early")
+	case c.Concurrency < 1:
+		return fmt.Errorf("--concurrency %d must be at least 1", c.Concurrency)
+	}
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	be, err := local.Open(g.objectsDir())
+	if err != nil {
+		return fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
+	}
+	defer be.Close()
+	reg := storage.NewRegistry()
+	if err := reg.Register(be); err != nil {
+		return err
+	}
+	dp, err := dataplane.New(reg, be.ID())
+	if err != nil {
+		return err
+	}
+	codec := events.NewCodec()
+	cfg := reaper.Config{
+		Pool: pool, Log: events.NewLog(pool, codec), DataPlane: dp,
+		Stores:   []reaper.Store{{BackendID: be.ID(), Lister: be, Quarantiner: be}},
+		Interval: c.Interval, BatchSize: c.BatchSize, OrphanMinAge: c.OrphanMinAge,
+		Grace: c.Grace, OrphanInterval: c.OrphanInterval, Logger: lg,
+	}
+	if c.Grace == 0 {
+		cfg.Grace = -1 // the reaper's "no grace"; 0 there means its default
+	}
+	if c.OrphanInterval == 0 {
+		cfg.OrphanInterval = -1
+	}
+	if !c.At.IsZero() {
+		at := c.At
+		cfg.Now = func() time.Time { return at }
+	}
+	r, err := reaper.New(cfg)
+	if err != nil {
+		return err
+	}
+	switch {
+	case c.DryRun:
+		return c.dryRun(ctx, r, s)
+	case c.Once:
+		var rep reaper.Report
+		err := leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, func(ctx context.Context) error {
+			var err error
+			rep, err = r.RunOnce(ctx)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(s.out, "expired %d packages; marked %d objects, kept %d marked ones that are referenced again; deleted %d objects (%d bytes); adopted %d files; %d orphans, %d quarantined\n",
+			rep.Expired, rep.Marked, rep.Unmarked, rep.Deleted, rep.BytesFreed, rep.Adopted, rep.Orphans, rep.Quarantined)
+		return err
+	default:
+		return c.worker(ctx, g, lg, r, codec, pool)
+	}
+}
+
+func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *reaper.Reaper, codec *events.Codec, pool *pgxpool.Pool) error {
+	var h *retention.Handler
+	if !c.NoRetention {
+		nc, js, err := g.natsConn(ctx, "reap", lg)
+		if err != nil {
+			return err
+		}
+		defer nc.Close()
+		topo := bus.DefaultTopology()
+		if err := bus.EnsureTopology(ctx, js, topo); err != nil {
+			return err
+		}
+		h, err = retention.New(retention.Config{Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, NATS: nc,
+			Concurrency: c.Concurrency, Logger: lg})
+		if err != nil {
+			return err
+		}
+		if err := h.Start(ctx, js, topo); err != nil {
+			return err
+		}
+	}
+	lg.Info().Bool("retention_commands", h != nil).Msg("reaper role running")
+	err := leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)
+	if h != nil {
+		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		err = errors.Join(err, h.Stop(stopCtx))
+	}
+	return err
+}
+
+func (c reapCmd) dryRun(ctx context.Context, r *reaper.Reaper, s *ioStreams) error {
+	plan, err := r.Plan(ctx, !c.NoOrphans)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(s.out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Packages that would expire at %s:\n", plan.Now.Format(time.RFC3339))
+	fmt.Fprintln(tw, "PACKAGE\tCLASS\tRETAIN UNTIL")
+	for _, p := range plan.Packages {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.Name, p.Class, p.RetainUntil.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintln(tw, "\nObjects whose bytes would be freed (nothing live references them):")
+	fmt.Fprintln(tw, "ADDRESS\tBACKEND\tSIZE\tSTATE\tDELETABLE AFTER")
+	for _, o := range plan.Objects {
+		state := "would be marked"
+		if o.Marked {
+			state = "marked " + o.MarkedAt.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", o.Address, o.BackendID, o.Size, state, o.DeletableAt.Format(time.RFC3339))
+	}
+	if !c.NoOrphans {
+		fmt.Fprintln(tw, "\nOrphans that would be quarantined (files no row knows):")
+		fmt.Fprintln(tw, "ADDRESS\tBACKEND\tSIZE\tSTORED AT")
+		for _, o := range plan.Orphans {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", o.Address, o.BackendID, o.Size, o.StoredAt.UTC().Format(time.RFC3339))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(s.out, "\n%d packages would expire; %d objects (%d bytes) would be freed; %d orphans would be quarantined. Dry run: nothing was changed.\n",
+		len(plan.Packages), len(plan.Objects), plan.BytesFreed, len(plan.Orphans))
+	return err
+}
