@@ -360,17 +360,12 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 	if c.Inline != nil {
 		r = bytes.NewReader(c.Inline)
 	} else {
-		obj, err := ing.staging.Get(ctx, c.Staged)
+		info, err := ing.staging.GetInfo(ctx, c.Staged)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, commands.Rejectf(commands.CodeStagedMissing,
 				"staged object %q is not in bucket %s (expired after %s, deleted, or never put); stage the blob again and send a new command",
 				c.Staged, ing.cfg.Topology.StagingBucket, ing.cfg.Topology.StagingTTL))
 		}
-		if err != nil {
-			return ing.transient(ctx, "open staged object", err)
-		}
-		defer obj.Close()
-		info, err := obj.Info()
 		if err != nil {
 			return ing.transient(ctx, "staged object info", err)
 		}
@@ -383,6 +378,11 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, tooLarge(int64(info.Size), hints.MaxSize))
 		}
 		hints.Expect = append(hints.Expect, stagedSHA)
+		obj, err := openStaged(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, info)
+		if err != nil {
+			return ing.transient(ctx, "open staged object", err)
+		}
+		defer obj.Close()
 		r = obj
 	}
 
@@ -450,9 +450,9 @@ func (ing *Ingester) classifyStoreError(err error, c commands.Ingest, stagedSHA 
 		return commands.Rejectf(commands.CodeSizeMismatch, "%v", err)
 	case errors.Is(err, storage.ErrTooLarge):
 		return tooLarge(maxSize+1, maxSize)
-	case errors.Is(err, jetstream.ErrDigestMismatch):
+	case errors.Is(err, errStagedCorrupt):
 		return commands.Rejectf(commands.CodeStagedDigest,
-			"staged object %q does not match the SHA-256 the staging store recorded; nothing was stored — stage the blob again", c.Staged)
+			"staged object %q is corrupt (%v); nothing was stored — stage the blob again", c.Staged, err)
 	}
 	return nil
 }
