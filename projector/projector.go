@@ -166,13 +166,83 @@ func (p *Projector) CatchUp(ctx context.Context) (int, error) {
 
 func (p *Projector) catchUp(ctx context.Context, t tables, checkpoint string) (int, error) {
 	total := 0
+	var pre *fetch
 	for {
-		n, err := p.applyBatch(ctx, t, checkpoint, p.cfg.BatchSize)
+		var n int
+		var next *fetch
+		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
+			var err error
+			n, _, err = p.applyInTx(ctx, tx, t, checkpoint, p.cfg.BatchSize, pre, &next)
+			return err
+		})
+		if pre != nil {
+			pre.stop()
+		}
+		pre = next
 		total += n
 		if err != nil || n < p.cfg.BatchSize {
+			if pre != nil {
+				pre.stop()
+			}
 			return total, err
 		}
 	}
+}
+
+// fetch is a read of the log (and the decoding of its payloads) running
+// ahead of the transaction that will apply it.
+type fetch struct {
+	after  int64
+	done   chan struct{}
+	cancel context.CancelFunc
+	evs    []events.Event
+	pls    []events.Payload
+	err    error
+}
+
+// stop cancels the read if it still runs and waits for it to end.
+func (f *fetch) stop() {
+	f.cancel()
+	<-f.done
+}
+
+func (p *Projector) startFetch(ctx context.Context, after int64, limit int) *fetch {
+	ctx, cancel := context.WithCancel(ctx)
+	f := &fetch{after: after, done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(f.done)
+		f.evs, f.pls, f.err = p.read(ctx, after, limit)
+	}()
+	return f
+}
+
+// read returns the events after the sequence after, with their decoded
+// payloads. A payload that does not match its digest, or has a type or
+// version without an effect, stops the projection there.
+func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.Event, []events.Payload, error) {
+	evs, err := p.log.Read(ctx, after, limit)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read events after %d: %w", after, err)
+	}
+	payloads := make([]events.Payload, len(evs))
+	for i, e := range evs {
+		if e.Sequence != after+int64(i)+1 {
+			return nil, nil, fmt.Errorf("%w: expected sequence %d after checkpoint %d, got %d", ErrGap, after+int64(i)+1, after, e.Sequence)
+		}
+		pl, err := p.codec.DecodeEvent(e)
+		switch {
+		case errors.Is(err, events.ErrPayloadDigest):
+			return nil, nil, fmt.Errorf("%w: projection stopped at sequence %d (%s): %w; the checkpoint stays at %d — run `artifactstore audit` and restore the log",
+				ErrLogAltered, e.Sequence, e.Type, err, after)
+		case errors.Is(err, events.ErrUnknownType):
+			return nil, nil, fmt.Errorf("%w: projection stopped at sequence %d: %w; upgrade this projector to a release that knows %q v%d, it resumes at checkpoint %d",
+				ErrUnknownEvent, e.Sequence, err, e.Type, e.PayloadVersion, after)
+		case err != nil:
+			return nil, nil, fmt.Errorf("projection stopped at sequence %d: %w; the checkpoint stays at %d", e.Sequence, err, after)
+		}
+		payloads[i] = pl
+	}
+	return evs, payloads, nil
 }
 
 // applyBatch is one transaction: lock the checkpoint, read, check, fold,
@@ -180,7 +250,7 @@ func (p *Projector) catchUp(ctx context.Context, t tables, checkpoint string) (i
 func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string, limit int) (applied int, err error) {
 	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
-		applied, err = p.applyInTx(ctx, tx, t, checkpoint, limit)
+		applied, _, err = p.applyInTx(ctx, tx, t, checkpoint, limit, nil, nil)
 		return err
 	})
 	if err != nil {
@@ -189,60 +259,85 @@ func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string,
 	return applied, nil
 }
 
-func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int) (int, error) {
-	if _, err := tx.Exec(ctx, `INSERT INTO projector_checkpoints (projector) VALUES ($1) ON CONFLICT DO NOTHING`, checkpoint); err != nil {
-		return 0, fmt.Errorf("create checkpoint %q: %w", checkpoint, err)
-	}
+// applyInTx applies the events after the checkpoint in tx and returns how
+// many it applied and the new checkpoint. pre, if not nil, is a read
+// started earlier; it is used when it starts at the checkpoint. If next is
+// not nil and the batch is full, the read of the following batch is
+// started and stored there.
+func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int, pre *fetch, next **fetch) (int, int64, error) {
 	var cp int64
-	if err := tx.QueryRow(ctx, `SELECT sequence FROM projector_checkpoints WHERE projector = $1 FOR UPDATE`, checkpoint).Scan(&cp); err != nil {
-		return 0, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
+	b := &pgx.Batch{}
+	// Every read of a batch is a lookup of at most a few thousand keys, for
+	// which index nested loops are right at any table size. The planner
+	// thinks otherwise: pgx caches prepared statements, and after a few
+	// executions PostgreSQL may switch to a generic plan, which cannot see
+	// how many keys an `= ANY($1)` array holds; and while a catch-up grows
+	// the tables faster than autovacuum analyzes them it picks hash joins
+	// over sequential scans. Either costs up to seconds per batch.
+	b.Queue(`SET LOCAL plan_cache_mode = force_custom_plan`)
+	b.Queue(`SET LOCAL enable_hashjoin = off`)
+	b.Queue(`SET LOCAL enable_mergejoin = off`)
+	// Key lookups over large tables get costs above jit_above_cost; JIT
+	// compiling them takes longer than running them.
+	b.Queue(`SET LOCAL jit = off`)
+	// The rows are derived from the log and commit atomically with their
+	// checkpoint: a commit lost in a crash is applied again from the log,
+	// so the projector need not wait for the WAL flush.
+	b.Queue(`SET LOCAL synchronous_commit = off`)
+	b.Queue(`INSERT INTO projector_checkpoints (projector) VALUES ($1) ON CONFLICT DO NOTHING`, checkpoint)
+	b.Queue(`SELECT sequence FROM projector_checkpoints WHERE projector = $1 FOR UPDATE`, checkpoint).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&cp)
+	})
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return 0, 0, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
 	}
-	evs, err := p.log.Read(ctx, cp, limit)
+	var (
+		evs      []events.Event
+		payloads []events.Payload
+		err      error
+	)
+	if pre != nil && pre.after == cp {
+		select {
+		case <-pre.done:
+		case <-ctx.Done():
+			return 0, 0, ctx.Err()
+		}
+		evs, payloads, err = pre.evs, pre.pls, pre.err
+	} else {
+		evs, payloads, err = p.read(ctx, cp, limit)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("read events after %d: %w", cp, err)
+		return 0, 0, err
 	}
 	if len(evs) == 0 {
-		return 0, nil
+		return 0, cp, nil
 	}
-	payloads := make([]events.Payload, len(evs))
-	for i, e := range evs {
-		if e.Sequence != cp+int64(i)+1 {
-			return 0, fmt.Errorf("%w: expected sequence %d after checkpoint %d, got %d", ErrGap, cp+int64(i)+1, cp, e.Sequence)
-		}
-		pl, err := p.codec.DecodeEvent(e)
-		switch {
-		case errors.Is(err, events.ErrPayloadDigest):
-			return 0, fmt.Errorf("%w: projection stopped at sequence %d (%s): %w; nothing from it on was applied — run `artifactstore audit` and restore the log",
-				ErrLogAltered, e.Sequence, e.Type, err)
-		case errors.Is(err, events.ErrUnknownType):
-			return 0, fmt.Errorf("%w: projection stopped at sequence %d: %w; upgrade this projector to a release that knows %q v%d, it resumes at checkpoint %d",
-				ErrUnknownEvent, e.Sequence, err, e.Type, e.PayloadVersion, cp)
-		case err != nil:
-			return 0, fmt.Errorf("projection stopped at sequence %d: %w", e.Sequence, err)
-		}
-		payloads[i] = pl
+	last := evs[len(evs)-1].Sequence
+	if next != nil && len(evs) == limit {
+		// Read and decode the next batch while this one is applied; it is
+		// used only if the checkpoint is still where this batch leaves it.
+		*next = p.startFetch(ctx, last, limit)
 	}
 	s, err := load(ctx, tx, t, collectKeys(payloads))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s.warn = func(seq int64, typ events.Type, msg string) {
 		p.lg.Warn().Int64("sequence", seq).Str("event_type", string(typ)).Msg("event changes nothing: " + msg)
 	}
 	for i, e := range evs {
 		if err := s.apply(e, payloads[i]); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
-	last := evs[len(evs)-1].Sequence
-	b := &pgx.Batch{}
+	b = &pgx.Batch{}
 	write(b, t, s)
 	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, checkpoint, last)
 	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, fmt.Errorf("write projection up to sequence %d: %w", last, err)
+		return 0, 0, fmt.Errorf("write projection up to sequence %d: %w", last, err)
 	}
-	return len(evs), nil
+	return len(evs), last, nil
 }
 
 // Run is the projector process: it waits to be elected leader, catches up,

@@ -88,7 +88,7 @@ func (p *Projector) swap(ctx context.Context, rt tables, cp string) error {
 			return err
 		}
 		for {
-			n, err := p.applyInTx(ctx, tx, rt, cp, p.cfg.BatchSize)
+			n, _, err := p.applyInTx(ctx, tx, rt, cp, p.cfg.BatchSize, nil, nil)
 			if err != nil {
 				return err
 			}

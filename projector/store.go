@@ -45,14 +45,14 @@ type keys struct {
 	locs          map[locKey]bool
 	deletedAddrs  map[string]bool
 	expiredPkgs   map[string]bool
-	addedAddrs    map[string]bool
+	addedAddrs    map[string]map[string]bool // package → addresses of its files added
 	needReapCheck bool
 }
 
 func collectKeys(ps []events.Payload) keys {
 	k := keys{
 		pkgs: map[string]bool{}, files: map[fileKey]bool{}, locs: map[locKey]bool{},
-		deletedAddrs: map[string]bool{}, expiredPkgs: map[string]bool{}, addedAddrs: map[string]bool{},
+		deletedAddrs: map[string]bool{}, expiredPkgs: map[string]bool{}, addedAddrs: map[string]map[string]bool{},
 	}
 	for _, p := range ps {
 		switch p := p.(type) {
@@ -63,7 +63,7 @@ func collectKeys(ps []events.Payload) keys {
 		case events.FileAddedV1:
 			k.pkgs[p.Package] = true
 			k.files[fileKey{p.Package, p.Path}] = true
-			k.addedAddrs[p.Address.String()] = true
+			addIndex(k.addedAddrs, p.Package, p.Address.String())
 		case events.ObjectStoredV1:
 			k.locs[locKey{p.Address.String(), p.BackendID}] = true
 		case events.RetentionAssignedV1:
@@ -300,8 +300,10 @@ func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state) er
 		return fmt.Errorf("load files of reapable packages: %w", err)
 	}
 	addrs := map[string]bool{}
-	for a := range k.addedAddrs {
-		addrs[a] = true
+	for _, n := range names {
+		for a := range k.addedAddrs[n] {
+			addrs[a] = true
+		}
 	}
 	for _, f := range files {
 		if _, ok := s.files[fileKey{f.Package, f.Path}]; !ok {
