@@ -58,7 +58,7 @@ var ErrUnknownEvent = errors.New("unknown event type or version")
 // without a hole: the log reader broke its contract.
 var ErrGap = errors.New("gap in the event log")
 
-// ErrRebuildRunning means another rebuild of the same projector holds its lock.
+// ErrRebuildRunning means another rebuild holds the rebuild lock.
 var ErrRebuildRunning = errors.New("another rebuild of this projector is running")
 
 // NotifyChannel is the PostgreSQL channel on which the projector announces
@@ -103,6 +103,9 @@ type Config struct {
 	// Logger receives the projector's log lines (default: none).
 	Logger *zerolog.Logger
 	// Name names the checkpoint and the leader lock (default DefaultName).
+	// Every name writes the same tables, so only one name may project
+	// into a database; other names are for tests and tools that keep
+	// their own checkpoint.
 	Name string
 	// Now is the clock for LagSeconds (default time.Now).
 	Now func() time.Time

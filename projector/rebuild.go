@@ -31,11 +31,12 @@ func (p *Projector) Rebuild(ctx context.Context) error {
 	}
 	defer func() { _ = conn.Close(context.Background()) }()
 	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended('artifactstore.projector.rebuild:' || $1, 0))`, p.cfg.Name).Scan(&ok); err != nil {
+	// One lock for every name: all names share the *_rebuild tables.
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended('artifactstore.projector.rebuild', 0))`).Scan(&ok); err != nil {
 		return fmt.Errorf("rebuild: take the rebuild lock: %w", err)
 	}
 	if !ok {
-		return fmt.Errorf("rebuild of projector %q: %w; wait for it to finish", p.cfg.Name, ErrRebuildRunning)
+		return fmt.Errorf("rebuild: %w; wait for it to finish", ErrRebuildRunning)
 	}
 	rt := liveTables.suffixed(rebuildSuffix)
 	cp := p.cfg.Name + ":rebuild"
