@@ -378,3 +378,103 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 }
+
+// TestInterruptedBatches cancels the projector at random moments, in the
+// middle of reading, folding or writing a batch, until it has caught up:
+// the result equals a rebuild.
+func TestInterruptedBatches(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	g := newGen(12, coverageMix)
+	appendAll(ctx, t, f.log, g.drafts(2500), 1000)
+	head, _ := f.log.Head(ctx)
+	r := rand.New(rand.NewPCG(12, 12))
+	interrupted := 0
+	for attempt := 0; ; attempt++ {
+		if attempt > 5000 {
+			t.Fatal("never caught up")
+		}
+		if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp == head {
+			break
+		}
+		p := f.projector(t, projector.Config{BatchSize: 50 + r.IntN(400)})
+		cctx, cancel := context.WithTimeout(ctx, time.Duration(1+r.IntN(40))*time.Millisecond)
+		_, err := p.CatchUp(cctx)
+		cancel()
+		if err != nil {
+			if cctx.Err() == nil {
+				t.Fatalf("CatchUp: %v", err)
+			}
+			interrupted++
+		}
+	}
+	t.Logf("%d interrupted catch-ups", interrupted)
+	if interrupted == 0 {
+		t.Error("no catch-up was interrupted; the test proves nothing")
+	}
+	live := snapshot(ctx, t, f.pool, "")
+	if err := f.projector(t, projector.Config{}).Rebuild(ctx); err != nil {
+		t.Fatalf("Rebuild: %v", err)
+	}
+	compareSnapshots(t, "interrupted vs rebuild", live, snapshot(ctx, t, f.pool, ""))
+}
+
+// TestRebuildSwapIsAtomic damages the live tables, then rebuilds while a
+// reader counts rows: it sees the damaged count or the full one, never a
+// table being filled.
+func TestRebuildSwapIsAtomic(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t)
+	appendAll(ctx, t, f.log, newGen(13, coverageMix).drafts(3000), 1000)
+	p := f.projector(t, projector.Config{BatchSize: 100})
+	if _, err := p.CatchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	full := count(ctx, t, f.pool, `SELECT count(*) FROM artifact_files`)
+	if _, err := f.pool.Exec(ctx, `DELETE FROM artifact_files WHERE path <> 'dir/file-0.txt'`); err != nil {
+		t.Fatal(err)
+	}
+	damaged := count(ctx, t, f.pool, `SELECT count(*) FROM artifact_files`)
+	if damaged == full || damaged == 0 {
+		t.Fatalf("damage left %d of %d rows; want some but not all", damaged, full)
+	}
+	seen := map[int64]int{}
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			var n int64
+			if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM artifact_files`).Scan(&n); err != nil {
+				done <- err
+				return
+			}
+			seen[n]++
+		}
+	}()
+	if err := p.Rebuild(ctx); err != nil {
+		t.Fatalf("Rebuild: %v", err)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("reader: %v", err)
+	}
+	for n, k := range seen {
+		if n != full && n != damaged {
+			t.Errorf("a reader saw %d rows %d times; only %d (before) or %d (after) are allowed", n, k, damaged, full)
+		}
+	}
+	if seen[damaged] == 0 {
+		t.Error("the reader never ran before the swap; the test proves nothing")
+	}
+	if n := count(ctx, t, f.pool, `SELECT count(*) FROM artifact_files`); n != full {
+		t.Errorf("after the rebuild artifact_files has %d rows, want %d", n, full)
+	}
+}
