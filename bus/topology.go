@@ -21,9 +21,11 @@ import (
 // Command subjects below [Topology.SubjectRoot] ("artifacts" by default).
 const (
 	// CmdIngest stores a blob (inline or staged) as a file of a package.
-	CmdIngest = "cmd.ingest"
-	// CmdSeal seals a package: no more files.
-	CmdSeal = "cmd.seal"
+	CmdIngest = "cmd.ingest.file"
+	// CmdSeal seals a package: no more files. It shares the ingest
+	// consumer (filter <root>.cmd.ingest.>) with CmdIngest, because a
+	// consumer has one filter subject on NATS servers before 2.10.
+	CmdSeal = "cmd.ingest.seal"
 	// CmdRetention holds, releases or changes the retention of a package.
 	CmdRetention = "cmd.retention"
 	// CmdVerify asks for an object to be re-read and re-digested.
@@ -189,8 +191,10 @@ func (t Topology) EventsSubject(eventType string) string {
 type ConsumerFamily struct {
 	// Durable is the durable consumer name.
 	Durable string
-	// Subjects are the command subjects it receives.
-	Subjects []string
+	// Filter is the one subject filter of the consumer (a single filter
+	// works on every JetStream server; several filters need nats-server
+	// 2.10 or later).
+	Filter string
 }
 
 // Consumers lists the durable consumers of the commands stream, one per
@@ -200,9 +204,9 @@ type ConsumerFamily struct {
 // its handler.
 func (t Topology) Consumers() []ConsumerFamily {
 	return []ConsumerFamily{
-		{Durable: t.IngestConsumer, Subjects: []string{t.Subject(CmdIngest), t.Subject(CmdSeal)}},
-		{Durable: t.RetentionConsumer, Subjects: []string{t.Subject(CmdRetention)}},
-		{Durable: t.VerifyConsumer, Subjects: []string{t.Subject(CmdVerify)}},
+		{Durable: t.IngestConsumer, Filter: t.Subject("cmd.ingest.>")},
+		{Durable: t.RetentionConsumer, Filter: t.Subject(CmdRetention)},
+		{Durable: t.VerifyConsumer, Filter: t.Subject(CmdVerify)},
 	}
 }
 
@@ -259,15 +263,15 @@ func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 // ConsumerConfig returns the configuration of one durable consumer family.
 func (t Topology) ConsumerConfig(f ConsumerFamily) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable:        f.Durable,
-		Description:    "artifactstore " + f.Durable + " workers",
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        t.AckWait,
-		MaxDeliver:     t.MaxDeliver,
-		MaxAckPending:  t.MaxAckPending,
-		FilterSubjects: f.Subjects,
-		Replicas:       t.Replicas,
+		Durable:       f.Durable,
+		Description:   "artifactstore " + f.Durable + " workers",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       t.AckWait,
+		MaxDeliver:    t.MaxDeliver,
+		MaxAckPending: t.MaxAckPending,
+		FilterSubject: f.Filter,
+		Replicas:      t.Replicas,
 	}
 }
 

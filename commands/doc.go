@@ -49,14 +49,18 @@
 //	 "path":"logs/hello.txt","retention_class":"raw-evidence",
 //	 "metadata":{"git_commit":"4b825dc"},"expect_size":6,"inline":"aGVsbG8K"}
 //
-// Sent with the nats CLI, waiting for the reply:
+// Sent with the nats CLI: JetStream does not hand a publisher's reply
+// subject to consumers, so the reply subject travels in the
+// Artifactstore-Reply-To header; subscribe to it first:
 //
-//	nats request artifacts.cmd.ingest \
+//	nats sub demo.replies &
+//	nats pub artifacts.cmd.ingest.file \
 //	  -H Content-Type:application/json -H Nats-Msg-Id:0f8e3c1e-cli-demo-1 \
+//	  -H Artifactstore-Reply-To:demo.replies \
 //	  '{"v":1,"command_id":"0f8e3c1e-cli-demo-1","package":"ci/run-42","path":"logs/hello.txt","inline":"aGVsbG8K"}'
 //
-// (`nats pub` with the same arguments sends it without waiting; the reply
-// then goes nowhere, the effect is the same.)
+// (`nats request` instead of `nats pub` prints JetStream's publish
+// acknowledgement: the command is queued, not yet stored.)
 //
 // Seal (version 1): {"v":1,"command_id":"...","package":"ci/run-42"}. After
 // a seal no file can be added to the package, except the very same object
