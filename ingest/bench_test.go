@@ -1,0 +1,178 @@
+package ingest_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/ingest"
+	"github.com/artifactstore/artifactstore/producer"
+)
+
+var benchSizes = []struct {
+	name string
+	size int
+}{{"4KiB", 4 << 10}, {"1MiB", 1 << 20}, {"256MiB", 256 << 20}}
+
+// uniqueBlob returns data with i written into its first bytes, so that
+// every iteration stores new content (no deduplication).
+func uniqueBlob(data []byte, i int) []byte {
+	if len(data) >= 8 {
+		binary.LittleEndian.PutUint64(data, uint64(i)+uint64(time.Now().UnixNano()))
+	}
+	return data
+}
+
+func benchEnv(b *testing.B) *env {
+	e := newEnv(b)
+	e.startIngester(func(c *ingest.Config) {
+		c.Concurrency = benchConcurrency()
+		c.Logger = zerolog.Nop()
+	})
+	return e
+}
+
+// BenchmarkIngestEndToEnd measures one producer putting one blob and
+// waiting for the reply (staging included for blobs over the inline
+// limit): the latency a `put` sees.
+func BenchmarkIngestEndToEnd(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(sz.name, func(b *testing.B) {
+			e := benchEnv(b)
+			data := randomBytes(b, sz.size)
+			b.SetBytes(int64(sz.size))
+			b.ResetTimer()
+			for i := range b.N {
+				r := e.put(e.client, blob(producer.Put{Package: "bench", Path: fmt.Sprintf("f-%d", i)}, uniqueBlob(data, i)))
+				if r.Status != commands.StatusStored {
+					b.Fatalf("reply %+v", r)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkBaselineObjectStore is the JetStream object store's own put
+// followed by a get of the same bytes, on the same server: the transport
+// cost an ingest of a staged blob cannot avoid.
+func BenchmarkBaselineObjectStore(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(sz.name, func(b *testing.B) {
+			e := newEnv(b)
+			ctx := context.Background()
+			obs, err := e.js.ObjectStore(ctx, e.topo.StagingBucket)
+			if err != nil {
+				b.Fatal(err)
+			}
+			data := randomBytes(b, sz.size)
+			b.SetBytes(int64(sz.size))
+			b.ResetTimer()
+			for i := range b.N {
+				name := fmt.Sprintf("o-%d", i)
+				if _, err := obs.Put(ctx, jetstreamMeta(name), bytes.NewReader(uniqueBlob(data, i))); err != nil {
+					b.Fatal(err)
+				}
+				r, err := obs.Get(ctx, name)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.Copy(io.Discard, r); err != nil {
+					b.Fatal(err)
+				}
+				_ = r.Close()
+				b.StopTimer()
+				_ = obs.Delete(ctx, name)
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkBaselineDualHash is BLAKE3 + SHA-256 over the bytes in memory:
+// the floor of any ingest.
+func BenchmarkBaselineDualHash(b *testing.B) {
+	for _, sz := range benchSizes {
+		b.Run(sz.name, func(b *testing.B) {
+			data := randomBytes(b, sz.size)
+			buf := make([]byte, 1<<20)
+			b.SetBytes(int64(sz.size))
+			b.ResetTimer()
+			for range b.N {
+				if _, err := digest.Compute(bytes.NewReader(data), buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkIngestConcurrent4KiB runs 16 producers putting 4 KiB blobs
+// (inline) and waiting for each reply; it reports ingests per second.
+func BenchmarkIngestConcurrent4KiB(b *testing.B) {
+	const producers = 16
+	e := benchEnv(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, producers)
+	b.SetBytes(4 << 10)
+	b.ResetTimer()
+	start := time.Now()
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data := randomBytes(b, 4<<10)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				pend, err := e.client.Put(ctx, blob(producer.Put{Package: fmt.Sprintf("bench-%d", p), Path: fmt.Sprintf("f-%d", i)}, uniqueBlob(data, i)))
+				if err != nil {
+					errs <- err
+					return
+				}
+				r, err := pend.Wait(ctx)
+				if err != nil || r.Status != commands.StatusStored {
+					errs <- fmt.Errorf("reply %+v: %v", r, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ingests/s")
+}
+
+func jetstreamMeta(name string) jetstream.ObjectMeta { return jetstream.ObjectMeta{Name: name} }
+
+// benchConcurrency is the ingester's concurrency in the benchmarks
+// (ARTIFACTSTORE_BENCH_INGEST_CONCURRENCY, default 32): more handlers than
+// producers let fsyncs of different objects overlap.
+func benchConcurrency() int {
+	if n, err := strconv.Atoi(os.Getenv("ARTIFACTSTORE_BENCH_INGEST_CONCURRENCY")); err == nil && n > 0 {
+		return n
+	}
+	return 32
+}
