@@ -26,6 +26,7 @@
 //	command_id       text (1..128 bytes)     yes       idempotency key: a redelivery or re-send with the
 //	                                                   same id has exactly one effect
 //	package          text                    yes       package name, [A-Za-z0-9][A-Za-z0-9._:@+/=-]* up to 200 bytes
+//	                                                   (command_id: printable ASCII without space, '.', '*', '>')
 //	path             text                    yes       path inside the package: clean, relative, slash-separated,
 //	                                                   no "..", no ".", no NUL or control bytes, no backslash
 //	retention_class  text                    no        class of a new package (default "raw-evidence"); for an
@@ -68,8 +69,9 @@
 //
 // # Replies
 //
-// When a command message has a reply subject (a NATS request, or the
-// producer's inbox set by bus.Requester), the ingester answers with one
+// When a command carries the Artifactstore-Reply-To header (package
+// producer and bus.Requester set it), the ingester answers on that subject
+// with one
 // [Reply], encoded like the command (JSON for a JSON command, else CBOR)
 // and only after the outcome is durable: the object fsynced and the events
 // committed, or the rejection event committed.
