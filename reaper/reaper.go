@@ -24,8 +24,9 @@
 //
 //  1. Expire: packages that are due get a retention.expired event and
 //     expired_at, in one transaction per batch.
-//  2. Mark: gc_objects rows (one per object on a backend) that are live
-//     and that no live package references become marked at now.
+//  2. Mark: gc_objects (one row per object on a backend) is walked in
+//     key order, BatchSize rows per transaction; the live rows that no live
+//     package references become marked at now.
 //  3. Sweep: rows marked at least Config.Grace ago are taken one by one,
 //     in one transaction each: the advisory lock, then the row FOR UPDATE;
 //     the reference check again; the file deleted through the data plane;
@@ -447,18 +448,44 @@ func (r *Reaper) expire(ctx context.Context, rep *Report) error {
 const liveRefSQL = `EXISTS (SELECT 1 FROM ingest_files f JOIN ingest_packages p ON p.name = f.package
 	WHERE f.content_address = g.content_address AND (p.expired_at IS NULL OR p.legal_hold))`
 
+// mark walks gc_objects in key order, BatchSize rows per transaction
+// (so the ingest lock is held for a bounded amount of work), and marks the
+// live rows of each chunk that no live package references.
 func (r *Reaper) mark(ctx context.Context, rep *Report) error {
+	var afterAddr, afterBackend string
 	for {
 		now := r.cfg.Now().UTC()
-		n := 0
+		var chunk, marked int
 		err := r.lockedTx(ctx, func(tx pgx.Tx) error {
-			rows, err := tx.Query(ctx, `WITH c AS (
-					SELECT g.content_address, g.backend_id FROM gc_objects g
-					WHERE g.state = 'live' AND NOT `+liveRefSQL+`
-					ORDER BY g.content_address, g.backend_id LIMIT $2 FOR UPDATE OF g)
-				UPDATE gc_objects g SET state = 'marked', marked_at = $1, updated_at = $1
-				FROM c WHERE g.content_address = c.content_address AND g.backend_id = c.backend_id
-				RETURNING g.content_address, g.backend_id, g.size_bytes`, now, r.cfg.BatchSize)
+			marked = 0
+			rows, err := tx.Query(ctx, `SELECT content_address, backend_id FROM gc_objects
+				WHERE (content_address, backend_id) > ($1, $2) ORDER BY content_address, backend_id LIMIT $3`,
+				afterAddr, afterBackend, r.cfg.BatchSize)
+			if err != nil {
+				return err
+			}
+			var addrs, backends []string
+			for rows.Next() {
+				var a, b string
+				if err := rows.Scan(&a, &b); err != nil {
+					rows.Close()
+					return err
+				}
+				addrs, backends = append(addrs, a), append(backends, b)
+			}
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			chunk = len(addrs)
+			if chunk == 0 {
+				return nil
+			}
+			afterAddr, afterBackend = addrs[chunk-1], backends[chunk-1]
+			rows, err = tx.Query(ctx, `UPDATE gc_objects g SET state = 'marked', marked_at = $3, updated_at = $3
+				FROM unnest($1::text[], $2::text[]) AS k(content_address, backend_id)
+				WHERE g.content_address = k.content_address AND g.backend_id = k.backend_id
+				  AND g.state = 'live' AND NOT `+liveRefSQL+`
+				RETURNING g.content_address, g.backend_id, g.size_bytes`, addrs, backends, now)
 			if err != nil {
 				return err
 			}
@@ -471,7 +498,7 @@ func (r *Reaper) mark(ctx context.Context, rep *Report) error {
 				if err := rows.Scan(&addr, &backend, &size); err != nil {
 					return err
 				}
-				n++
+				marked++
 				r.log.Debug().Str("address", addr).Str("backend", backend).Int64("size", size).Msg("object marked")
 			}
 			if err := rows.Err(); err != nil {
@@ -483,8 +510,8 @@ func (r *Reaper) mark(ctx context.Context, rep *Report) error {
 		if err != nil {
 			return err
 		}
-		rep.Marked += n
-		if n < r.cfg.BatchSize {
+		rep.Marked += marked
+		if chunk < r.cfg.BatchSize {
 			return nil
 		}
 		if err := r.pause(ctx); err != nil {
