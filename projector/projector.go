@@ -345,9 +345,11 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 
 // Run is the projector process: it waits to be elected leader, catches up,
 // then tails the log until ctx ends (returning nil) or the log cannot be
-// projected (ErrLogAltered, ErrUnknownEvent, ErrGap: returned). A lost
-// database connection makes it step down and stand for election again;
-// other database errors are logged and retried.
+// projected (ErrLogAltered, ErrUnknownEvent, ErrGap, or a payload that
+// matches its digest but does not decode, events.ErrMalformed: returned,
+// after an error log line). A lost database connection makes it step down
+// and stand for election again; other database errors are logged and
+// retried every PollInterval.
 func (p *Projector) Run(ctx context.Context) error {
 	for {
 		conn, err := p.elect(ctx)
@@ -374,8 +376,11 @@ func (p *Projector) Run(ctx context.Context) error {
 	}
 }
 
+// isFatal reports whether err stops the projector for good: retrying
+// cannot help, a person must act (the log is immutable).
 func isFatal(err error) bool {
-	return errors.Is(err, ErrLogAltered) || errors.Is(err, ErrUnknownEvent) || errors.Is(err, ErrGap)
+	return errors.Is(err, ErrLogAltered) || errors.Is(err, ErrUnknownEvent) || errors.Is(err, ErrGap) ||
+		errors.Is(err, events.ErrMalformed)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -73,7 +73,8 @@ func (c projectCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 // projectErr gives the stops that need a person a distinct exit status (3),
 // as 'audit' does for an altered log.
 func projectErr(err error) error {
-	if errors.Is(err, projector.ErrLogAltered) || errors.Is(err, projector.ErrUnknownEvent) || errors.Is(err, projector.ErrGap) {
+	if errors.Is(err, projector.ErrLogAltered) || errors.Is(err, projector.ErrUnknownEvent) || errors.Is(err, projector.ErrGap) ||
+		errors.Is(err, events.ErrMalformed) {
 		return &exitError{code: 3, err: err}
 	}
 	return err
