@@ -314,30 +314,58 @@ func TestAlteredPayloadStops(t *testing.T) {
 	}
 }
 
-// TestUnknownEventStops appends an event type this projector does not know.
-func TestUnknownEventStops(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	f := newFixture(t)
-	appendAll(ctx, t, f.log, newGen(8, coverageMix).drafts(5), 5)
-	head, _ := f.log.Head(ctx)
-	payload := []byte{0xa0} // an empty CBOR map
+// insertRaw appends an event behind the log's back (the log refuses
+// unknown types and invalid payloads), with a correct payload digest.
+func insertRaw(ctx context.Context, t *testing.T, f fixture, typ string, payload []byte) int64 {
+	t.Helper()
+	head, err := f.log.Head(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	sum := events.PayloadDigest(payload)
 	seq := head + 1
 	if _, err := f.pool.Exec(ctx, `INSERT INTO events (sequence, event_id, occurred_at, event_type, payload_version, subject_kind, subject_id, actor, payload, payload_digest, chain_digest)
-		VALUES ($1, gen_random_uuid(), now(), 'package.renamed', 1, 'package', 'x', 'test', $2, $3, $4)`, seq, payload, sum[:], make([]byte, 32)); err != nil {
+		VALUES ($1, gen_random_uuid(), now(), $2, 1, 'package', 'x', 'test', $3, $4, $5)`, seq, typ, payload, sum[:], make([]byte, 32)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.pool.Exec(ctx, `UPDATE event_log_head SET last_sequence = $1`, seq); err != nil {
 		t.Fatal(err)
 	}
-	_, err := f.projector(t, projector.Config{BatchSize: 100}).CatchUp(ctx)
-	if !errors.Is(err, projector.ErrUnknownEvent) || !strings.Contains(err.Error(), "package.renamed") ||
-		!strings.Contains(err.Error(), fmt.Sprintf("sequence %d", seq)) {
-		t.Fatalf("CatchUp error = %v, want ErrUnknownEvent naming package.renamed and sequence %d", err, seq)
-	}
-	if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp != 0 {
-		t.Errorf("checkpoint = %d, want 0: the batch with the unknown event must not commit", cp)
+	return seq
+}
+
+// TestUnknownEventStops appends an event type this projector does not
+// know, and one of a known type whose payload does not decode: each stops
+// the projector before the batch holding it commits.
+func TestUnknownEventStops(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, typ string
+		want      error
+	}{
+		{"unknown type", "package.renamed", projector.ErrUnknownEvent},
+		{"malformed payload", "package.sealed", events.ErrMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			f := newFixture(t)
+			appendAll(ctx, t, f.log, newGen(8, coverageMix).drafts(5), 5)
+			seq := insertRaw(ctx, t, f, tc.typ, []byte{0xa0}) // an empty CBOR map
+			_, err := f.projector(t, projector.Config{BatchSize: 100}).CatchUp(ctx)
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.typ) ||
+				!strings.Contains(err.Error(), fmt.Sprintf("sequence %d", seq)) {
+				t.Fatalf("CatchUp error = %v, want %v naming %s and sequence %d", err, tc.want, tc.typ, seq)
+			}
+			if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp != 0 {
+				t.Errorf("checkpoint = %d, want 0: the batch with the bad event must not commit", cp)
+			}
+			runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			if err := f.projector(t, projector.Config{}).Run(runCtx); !errors.Is(err, tc.want) {
+				t.Errorf("Run = %v, want %v (stop, not retry)", err, tc.want)
+			}
+		})
 	}
 }
 
