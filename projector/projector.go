@@ -276,10 +276,12 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	// executions PostgreSQL may switch to a generic plan, which cannot see
 	// how many keys an `= ANY($1)` array holds; and while a catch-up grows
 	// the tables faster than autovacuum analyzes them it picks hash joins
-	// over sequential scans. Either costs up to seconds per batch.
+	// and sequential scans, whose cost grows with the tables. Either costs
+	// up to seconds per batch.
 	b.Queue(`SET LOCAL plan_cache_mode = force_custom_plan`)
 	b.Queue(`SET LOCAL enable_hashjoin = off`)
 	b.Queue(`SET LOCAL enable_mergejoin = off`)
+	b.Queue(`SET LOCAL enable_seqscan = off`)
 	// Key lookups over large tables get costs above jit_above_cost; JIT
 	// compiling them takes longer than running them.
 	b.Queue(`SET LOCAL jit = off`)

@@ -254,9 +254,13 @@ func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state) er
 		}
 	}
 	if len(k.deletedAddrs) > 0 {
-		rows, err := tx.Query(ctx, `SELECT DISTINCT f.package FROM `+t.files+` f
-			JOIN `+t.retention+` r ON r.package = f.package
-			WHERE f.content_address = ANY($1) AND r.expired_at IS NOT NULL AND r.reaped_at IS NULL`, setKeys(k.deletedAddrs))
+		// Driven by the deleted addresses (MATERIALIZED fixes the join
+		// order): starting from the expired packages instead visits every
+		// expired package that is not reaped yet, a set that only grows.
+		rows, err := tx.Query(ctx, `WITH f AS MATERIALIZED (
+				SELECT DISTINCT package FROM `+t.files+` WHERE content_address = ANY($1))
+			SELECT f.package FROM f JOIN `+t.retention+` r ON r.package = f.package
+			WHERE r.expired_at IS NOT NULL AND r.reaped_at IS NULL`, setKeys(k.deletedAddrs))
 		if err != nil {
 			return fmt.Errorf("find reapable packages: %w", err)
 		}
