@@ -13,9 +13,7 @@ import (
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
-	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
-	"github.com/artifactstore/artifactstore/storage/local"
 	"github.com/artifactstore/artifactstore/verifier"
 )
 
@@ -76,7 +74,7 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	}
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	dp, err := g.verifyDataPlane(lim)
+	dp, err := g.dataPlane(lg, dataplane.WithVerifyReader(lim.Reader))
 	if err != nil {
 		return err
 	}
@@ -107,20 +105,6 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	return errors.Join(schedErr, w.Stop(stopCtx))
-}
-
-// verifyDataPlane is g.dataPlane with the verify reads going through lim.
-// TODO(wiring): fold into g.dataPlane once it takes dataplane options.
-func (g *Globals) verifyDataPlane(lim *verifier.ByteLimiter) (*dataplane.DataPlane, error) {
-	b, err := local.Open(g.objectsDir())
-	if err != nil {
-		return nil, fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
-	}
-	reg := storage.NewRegistry()
-	if err := reg.Register(b); err != nil {
-		return nil, err
-	}
-	return dataplane.New(reg, b.ID(), dataplane.WithVerifyReader(lim.Reader))
 }
 
 func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg zerolog.Logger) error {

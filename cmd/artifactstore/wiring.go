@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+	"github.com/artifactstore/artifactstore/storage/local"
+)
+
+// objectsDir is where the local backend keeps object bytes.
+func (g *Globals) objectsDir() string { return filepath.Join(g.DataDir, "objects") }
+
+// embeddedURLFile is where 'run' writes the URL of its embedded NATS server
+// so that client commands using the same data directory find it.
+func (g *Globals) embeddedURLFile() string { return filepath.Join(g.DataDir, "nats.url") }
+
+// natsURL is --nats-url, or the embedded server's URL that 'run' recorded
+// in the data directory, or the default local server.
+func (g *Globals) natsURL() string {
+	if g.NATSURL != "" {
+		return g.NATSURL
+	}
+	if b, err := os.ReadFile(g.embeddedURLFile()); err == nil {
+		if u := strings.TrimSpace(string(b)); u != "" {
+			return u
+		}
+	}
+	return nats.DefaultURL
+}
+
+// natsConn connects to NATS with the credentials and TLS flags.
+func (g *Globals) natsConn(ctx context.Context, name string, logger zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := bus.Connect(ctx, bus.ConnConfig{
+		URL:          g.natsURL(),
+		Name:         "artifactstore-" + name,
+		CredsFile:    g.NATSCreds,
+		NKeySeedFile: g.NATSNKey,
+		User:         g.NATSUser,
+		Password:     g.NATSPassword,
+		TLSCAFile:    g.NATSCA,
+		TLSCertFile:  g.NATSCert,
+		TLSKeyFile:   g.NATSKey,
+	}, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("JetStream client: %w", err)
+	}
+	return nc, js, nil
+}
+
+// dataPlane opens the local backend under the data directory and returns the
+// data plane over it. This is the only place that knows a concrete backend.
+func (g *Globals) dataPlane(logger zerolog.Logger, opts ...dataplane.Option) (*dataplane.DataPlane, error) {
+	b, err := local.Open(g.objectsDir())
+	if err != nil {
+		return nil, fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
+	}
+	reg := storage.NewRegistry()
+	if err := reg.Register(b); err != nil {
+		return nil, err
+	}
+	if n := b.CleanedTemp(); n > 0 {
+		logger.Info().Int("files", n).Str("dir", g.objectsDir()).Msg("removed temp files of interrupted writes")
+	}
+	return dataplane.New(reg, b.ID(), opts...)
+}
