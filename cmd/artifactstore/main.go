@@ -31,6 +31,7 @@ type cli struct {
 	Status  statusCmd  `cmd:"" help:"One screen: is the pipeline healthy? Pending commands, dead letters, projector lag, objects by state, next expiries, scrub coverage. Exits 3 when it needs attention."`
 	Relay   relayCmd   `cmd:"" help:"Run the events relay: publish every committed event to the JetStream events stream (artifacts.events.<type>, Nats-Msg-Id = sequence)."`
 	Seal    sealCmd    `cmd:"" help:"Seal a package: no file can be added after it."`
+	Schema  schemaCmd  `cmd:"" help:"Set or list the JSON Schemas that package metadata must satisfy (per retention class)."`
 	Serve   serveCmd   `cmd:"" help:"Run the HTTP read API: objects by address (with ranges), packages, files, and packages as tar streams (stateless; run as many as needed)."`
 	Explain explainCmd `cmd:"" help:"Tell from the event log why an object or package is still there or why it was deleted: references, classes, holds, retain-until dates, verifications."`
 	Reap    reapCmd    `cmd:"" help:"Run the reaper: expire packages whose retention passed and delete bytes no live package references (one active instance), and handle hold/release/retain commands. --dry-run prints what would go."`
