@@ -54,8 +54,6 @@ type pkgState struct {
 	metadata  map[string]string
 	sealed    bool
 	sealedSeq int64
-	isNew     bool // created in the group being decided
-	created   *events.Batch
 }
 
 type fileKey struct{ pkg, path string }
@@ -274,7 +272,7 @@ func (st *state) decideIngest(j *job) decided {
 			events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
 				Payload: events.RetentionAssignedV1{Package: c.Package, Class: class, RetainUntil: until}},
 		)
-		ps = &pkgState{class: class, metadata: c.Metadata, isNew: true}
+		ps = &pkgState{class: class, metadata: c.Metadata}
 	} else if rej := ps.conflicts(c); rej != nil {
 		return st.rejection(j, rej)
 	}

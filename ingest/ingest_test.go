@@ -79,7 +79,7 @@ func TestPutInlineAndStaged(t *testing.T) {
 		t.Fatal(err)
 	}
 	ra := p.(events.RetentionAssignedV1)
-	if ra.Class != "raw-evidence" || ra.RetainUntil == nil || ra.RetainUntil.Sub(time.Now()) < 89*24*time.Hour {
+	if ra.Class != "raw-evidence" || ra.RetainUntil == nil || time.Until(*ra.RetainUntil) < 89*24*time.Hour {
 		t.Fatalf("retention assigned %+v", ra)
 	}
 	e.waitSettled()
