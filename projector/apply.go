@@ -33,6 +33,7 @@ type pkgRow struct {
 	TotalBytes int64
 	State      string
 	dirty      bool
+	existed    bool // loaded from the table (else created in this batch)
 }
 
 type fileKey struct{ Package, Path string }
@@ -49,6 +50,7 @@ type fileRow struct {
 	MediaType *string
 	AddedAt   time.Time
 	dirty     bool
+	existed   bool
 }
 
 type locKey struct{ Address, Backend string }
@@ -67,6 +69,7 @@ type locRow struct {
 	Tier         string
 	Restore      *string
 	dirty        bool
+	existed      bool
 }
 
 type retRow struct {
@@ -78,6 +81,7 @@ type retRow struct {
 	ExpiredAt   *time.Time
 	ReapedAt    *time.Time
 	dirty       bool
+	existed     bool
 }
 
 // state is the working set of one batch: every row the batch's events can
@@ -224,6 +228,7 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 			mt := p.MediaType
 			f.MediaType = &mt
 		}
+		f.existed = old != nil && old.existed
 		s.putFile(f)
 		if pr := s.pkgs[p.Package]; pr != nil {
 			if old == nil {

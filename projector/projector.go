@@ -336,7 +336,9 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 		}
 	}
 	b = &pgx.Batch{}
-	write(b, t, s)
+	if err := write(ctx, tx, b, t, s); err != nil {
+		return 0, 0, fmt.Errorf("write projection up to sequence %d: %w", last, err)
+	}
 	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, checkpoint, last)
 	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {

@@ -132,6 +132,7 @@ func scanPkg(row pgx.CollectableRow) (*pkgRow, error) {
 	}
 	r.CreatedAt = r.CreatedAt.UTC()
 	r.SealedAt = nullTime(sealed)
+	r.existed = true
 	return &r, nil
 }
 
@@ -143,6 +144,7 @@ func scanFile(row pgx.CollectableRow) (*fileRow, error) {
 	}
 	r.AddedAt = r.AddedAt.UTC()
 	r.MediaType = nullText(mt)
+	r.existed = true
 	return &r, nil
 }
 
@@ -156,6 +158,7 @@ func scanLoc(row pgx.CollectableRow) (*locRow, error) {
 	r.StoredAt = r.StoredAt.UTC()
 	r.LastVerified = nullTime(lv)
 	r.Restore = nullText(rs)
+	r.existed = true
 	return &r, nil
 }
 
@@ -168,6 +171,7 @@ func scanRet(row pgx.CollectableRow) (*retRow, error) {
 	}
 	r.RetainUntil, r.ExpiredAt, r.ReapedAt = nullTime(until), nullTime(exp), nullTime(reaped)
 	r.HoldReason = nullText(reason)
+	r.existed = true
 	return &r, nil
 }
 
@@ -358,9 +362,13 @@ func txt(s *string) pgtype.Text {
 	return pgtype.Text{String: *s, Valid: true}
 }
 
-// write upserts every dirty row of s, one set-based statement per table,
-// queued on b.
-func write(b *pgx.Batch, t tables, s *state) {
+// write stores every dirty row of s: the rows this batch created go in
+// with COPY (multi-row inserts, the cheapest path), the rows it changed
+// with one set-based upsert per table, queued on b.
+func write(ctx context.Context, tx pgx.Tx, b *pgx.Batch, t tables, s *state) error {
+	if err := copyNew(ctx, tx, t, s); err != nil {
+		return err
+	}
 	var (
 		pn, pc, pm, ps []string
 		pca            []time.Time
@@ -368,7 +376,7 @@ func write(b *pgx.Batch, t tables, s *state) {
 		pfc, ptb       []int64
 	)
 	for _, r := range s.pkgs {
-		if !r.dirty {
+		if !r.dirty || !r.existed {
 			continue
 		}
 		pn, pc, pm, ps = append(pn, r.Name), append(pc, r.Class), append(pm, r.Metadata), append(ps, r.State)
@@ -394,7 +402,7 @@ func write(b *pgx.Batch, t tables, s *state) {
 		fat               []time.Time
 	)
 	for _, r := range s.files {
-		if !r.dirty {
+		if !r.dirty || !r.existed {
 			continue
 		}
 		fp, fpa, fa, falg = append(fp, r.Package), append(fpa, r.Path), append(fa, r.Address), append(falg, r.Algorithm)
@@ -421,7 +429,7 @@ func write(b *pgx.Batch, t tables, s *state) {
 		lrs                      []pgtype.Text
 	)
 	for _, r := range s.locs {
-		if !r.dirty {
+		if !r.dirty || !r.existed {
 			continue
 		}
 		la, lb, lalg, lst, ltier = append(la, r.Address), append(lb, r.Backend), append(lalg, r.Algorithm), append(lst, r.State), append(ltier, r.Tier)
@@ -446,7 +454,7 @@ func write(b *pgx.Batch, t tables, s *state) {
 		rr           []pgtype.Text
 	)
 	for _, r := range s.ret {
-		if !r.dirty {
+		if !r.dirty || !r.existed {
 			continue
 		}
 		rp, rc, rh, rr = append(rp, r.Package), append(rc, r.Class), append(rh, r.Hold), append(rr, txt(r.HoldReason))
@@ -461,4 +469,53 @@ func write(b *pgx.Batch, t tables, s *state) {
 			  reaped_at = EXCLUDED.reaped_at`,
 			rp, rc, ru, rh, rr, rea, rra)
 	}
+	return nil
+}
+
+// copyNew inserts the rows created in this batch with one COPY per table.
+func copyNew(ctx context.Context, tx pgx.Tx, t tables, s *state) error {
+	var rows [][]any
+	for _, r := range s.pkgs {
+		if r.dirty && !r.existed {
+			rows = append(rows, []any{r.Name, r.Class, []byte(r.Metadata), r.CreatedAt, ts(r.SealedAt), r.FileCount, r.TotalBytes, r.State})
+		}
+	}
+	if err := copyRows(ctx, tx, t.packages, []string{"name", "retention_class", "metadata", "created_at", "sealed_at", "file_count", "total_bytes", "state"}, rows); err != nil {
+		return err
+	}
+	rows = rows[:0]
+	for _, r := range s.files {
+		if r.dirty && !r.existed {
+			rows = append(rows, []any{r.Package, r.Path, r.Address, r.Algorithm, r.Primary, r.BLAKE3, r.SHA256, r.Size, txt(r.MediaType), r.AddedAt})
+		}
+	}
+	if err := copyRows(ctx, tx, t.files, []string{"package", "path", "content_address", "digest_algorithm", "digest_primary", "digest_blake3", "digest_sha256", "size_bytes", "media_type", "added_at"}, rows); err != nil {
+		return err
+	}
+	rows = rows[:0]
+	for _, r := range s.locs {
+		if r.dirty && !r.existed {
+			rows = append(rows, []any{r.Address, r.Backend, r.Algorithm, r.BLAKE3, r.SHA256, r.Size, r.State, r.StoredAt, ts(r.LastVerified), r.Verified, r.Tier, txt(r.Restore)})
+		}
+	}
+	if err := copyRows(ctx, tx, t.locations, []string{"content_address", "backend_id", "digest_algorithm", "digest_blake3", "digest_sha256", "size_bytes", "state", "stored_at", "last_verified_at", "verification_count", "retrieval_tier", "restore_status"}, rows); err != nil {
+		return err
+	}
+	rows = rows[:0]
+	for _, r := range s.ret {
+		if r.dirty && !r.existed {
+			rows = append(rows, []any{r.Package, r.Class, ts(r.RetainUntil), r.Hold, txt(r.HoldReason), ts(r.ExpiredAt), ts(r.ReapedAt)})
+		}
+	}
+	return copyRows(ctx, tx, t.retention, []string{"package", "retention_class", "retain_until", "legal_hold", "legal_hold_reason", "expired_at", "reaped_at"}, rows)
+}
+
+func copyRows(ctx context.Context, tx pgx.Tx, table string, cols []string, rows [][]any) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{table}, cols, pgx.CopyFromRows(rows)); err != nil {
+		return fmt.Errorf("copy %d new rows into %s: %w", len(rows), table, err)
+	}
+	return nil
 }
