@@ -51,6 +51,9 @@ type fileRow struct {
 	AddedAt   time.Time
 	dirty     bool
 	existed   bool
+	// partial rows hold only Package, Path and Address (read by the reap
+	// rule, never written).
+	partial bool
 }
 
 type locKey struct{ Address, Backend string }
@@ -70,6 +73,9 @@ type locRow struct {
 	Restore      *string
 	dirty        bool
 	existed      bool
+	// partial rows hold only Address, Backend and State (read by the reap
+	// rule, never written).
+	partial bool
 }
 
 type retRow struct {

@@ -162,6 +162,16 @@ func scanLoc(row pgx.CollectableRow) (*locRow, error) {
 	return &r, nil
 }
 
+func scanPartialFile(row pgx.CollectableRow) (*fileRow, error) {
+	r := fileRow{existed: true, partial: true}
+	return &r, row.Scan(&r.Package, &r.Path, &r.Address)
+}
+
+func scanPartialLoc(row pgx.CollectableRow) (*locRow, error) {
+	r := locRow{existed: true, partial: true}
+	return &r, row.Scan(&r.Address, &r.Backend, &r.State)
+}
+
 func scanRet(row pgx.CollectableRow) (*retRow, error) {
 	var r retRow
 	var until, exp, reaped pgtype.Timestamptz
@@ -303,7 +313,10 @@ func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state) er
 			s.ret[r.Package] = r
 		}
 	}
-	files, err := queryRows(ctx, tx, scanFile, `SELECT `+fileCols+` FROM `+t.files+` WHERE package = ANY($1)`, names)
+	// The reap rule reads only the address of a file and the state of a
+	// location, and every row an event of the batch writes was loaded in
+	// full above (rows loaded here are never written: see partial).
+	files, err := queryRows(ctx, tx, scanPartialFile, `SELECT package, path, content_address FROM `+t.files+` WHERE package = ANY($1)`, names)
 	if err != nil {
 		return fmt.Errorf("load files of reapable packages: %w", err)
 	}
@@ -319,7 +332,7 @@ func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state) er
 		}
 		addrs[f.Address] = true
 	}
-	locs, err := queryRows(ctx, tx, scanLoc, `SELECT `+locCols+` FROM `+t.locations+` WHERE content_address = ANY($1)`, setKeys(addrs))
+	locs, err := queryRows(ctx, tx, scanPartialLoc, `SELECT content_address, backend_id, state FROM `+t.locations+` WHERE content_address = ANY($1)`, setKeys(addrs))
 	if err != nil {
 		return fmt.Errorf("load locations of reapable packages: %w", err)
 	}
@@ -366,6 +379,16 @@ func txt(s *string) pgtype.Text {
 // with COPY (multi-row inserts, the cheapest path), the rows it changed
 // with one set-based upsert per table, queued on b.
 func write(ctx context.Context, tx pgx.Tx, b *pgx.Batch, t tables, s *state) error {
+	for _, r := range s.files {
+		if r.dirty && r.partial {
+			return fmt.Errorf("projector bug: file %s/%s was loaded in part and then changed", r.Package, r.Path)
+		}
+	}
+	for _, r := range s.locs {
+		if r.dirty && r.partial {
+			return fmt.Errorf("projector bug: location %s on %s was loaded in part and then changed", r.Address, r.Backend)
+		}
+	}
 	if err := copyNew(ctx, tx, t, s); err != nil {
 		return err
 	}
