@@ -64,6 +64,9 @@ func Connect(ctx context.Context, cfg ConnConfig, logger zerolog.Logger) (*nats.
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if err == nil || nc.IsClosed() {
+				return // closed on purpose
+			}
 			log.Warn().Err(err).Msg("NATS disconnected; reconnecting")
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
@@ -135,6 +138,6 @@ func Connect(ctx context.Context, cfg ConnConfig, logger zerolog.Logger) (*nats.
 		}
 		return nil, fmt.Errorf("bus: connect to NATS at %s: %w", cfg.URL, res.err)
 	}
-	log.Info().Str("url", res.nc.ConnectedUrlRedacted()).Int64("max_payload", res.nc.MaxPayload()).Msg("NATS connected")
+	log.Debug().Str("url", res.nc.ConnectedUrlRedacted()).Int64("max_payload", res.nc.MaxPayload()).Msg("NATS connected")
 	return res.nc, nil
 }

@@ -86,7 +86,9 @@ func (e *Embedded) Shutdown() {
 // serverLogger sends nats-server log lines to zerolog.
 type serverLogger struct{ log zerolog.Logger }
 
-func (l serverLogger) Noticef(format string, v ...any) { l.log.Info().Msgf(format, v...) }
+// Noticef logs at debug level: the server's notices (its start banner,
+// JetStream's settings) are noise in the log of an embedding process.
+func (l serverLogger) Noticef(format string, v ...any) { l.log.Debug().Msgf(format, v...) }
 func (l serverLogger) Warnf(format string, v ...any)   { l.log.Warn().Msgf(format, v...) }
 func (l serverLogger) Fatalf(format string, v ...any)  { l.log.Error().Msgf(format, v...) }
 func (l serverLogger) Errorf(format string, v ...any)  { l.log.Error().Msgf(format, v...) }

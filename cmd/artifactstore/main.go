@@ -22,6 +22,7 @@ import (
 type cli struct {
 	Globals
 
+	Run     runCmd     `cmd:"" help:"Run the whole pipeline in one process: every role, the API, and an embedded NATS server when --nats-url is empty. Creates and migrates the database at start."`
 	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show the PostgreSQL schema migrations."`
 	Audit   auditCmd   `cmd:"" help:"Walk the whole event log and check every payload and chain digest."`
 	Project projectCmd `cmd:"" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`

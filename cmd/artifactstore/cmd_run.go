@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go"
+
+	"github.com/artifactstore/artifactstore/api"
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/ingest"
+	"github.com/artifactstore/artifactstore/internal/dbmigrate"
+	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/projector"
+	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+	"github.com/artifactstore/artifactstore/verifier"
+)
+
+// runCmd runs every role in one process: the zero-setup way to use
+// artifactstore, and the README's first command.
+type runCmd struct {
+	NoMigrate         bool          `name:"no-migrate" help:"Do not create the database and apply migrations at start."`
+	EmbeddedNATSPort  int           `name:"embedded-nats-port" help:"Port of the embedded NATS server (started when --nats-url is empty), on 127.0.0.1; chosen so as not to collide with a NATS server on 4222." default:"4223"`
+	IngestConcurrency int           `help:"Commands the ingester handles at once." default:"8"`
+	VerifyConcurrency int           `help:"Verifications run at once." default:"2"`
+	ScrubInterval     time.Duration `help:"Re-verify each stored object once per this interval." default:"168h"`
+	VerifyRateLimit   string        `help:"Bytes per second scrub may read, 0 for unlimited (e.g. 50MiB)." default:"0"`
+	StopTimeout       time.Duration `help:"How long SIGINT/SIGTERM waits for in-flight work before cancelling it (cancelled work is redelivered)." default:"30s"`
+
+	APIToken       string `name:"api-token" help:"Bearer token every API request must carry." placeholder:"TOKEN"`
+	InsecureNoAuth bool   `name:"insecure-no-auth" help:"Serve the API without a token on an address other hosts can reach."`
+}
+
+func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
+	if err := api.CheckExposure(g.HTTPAddr, c.APIToken, c.InsecureNoAuth); err != nil {
+		return fmt.Errorf("--http-addr: %w", err)
+	}
+	rateLimit, err := verifier.ParseBytes(c.VerifyRateLimit)
+	if err != nil {
+		return fmt.Errorf("--verify-rate-limit: %w", err)
+	}
+	lg, err := g.logger(s.err)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(g.DataDir, 0o750); err != nil {
+		return fmt.Errorf("create --data-dir: %w", err)
+	}
+	if !c.NoMigrate {
+		if err := ensureDatabase(ctx, g.DatabaseURL); err != nil {
+			return err
+		}
+		if err := dbmigrate.Up(ctx, g.DatabaseURL); err != nil {
+			return err
+		}
+	}
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	if g.NATSURL == "" {
+		emb, err := bus.StartEmbedded(ctx, filepath.Join(g.DataDir, "nats"), "127.0.0.1", c.EmbeddedNATSPort, lg)
+		if err != nil {
+			return fmt.Errorf("start the embedded NATS server on 127.0.0.1:%d (port taken? pass --embedded-nats-port or --nats-url): %w", c.EmbeddedNATSPort, err)
+		}
+		defer emb.Shutdown()
+		g.NATSURL = emb.ClientURL()
+		if err := os.WriteFile(g.embeddedURLFile(), []byte(g.NATSURL+"\n"), 0o640); err != nil {
+			return fmt.Errorf("record the embedded NATS URL for client commands: %w", err)
+		}
+		defer os.Remove(g.embeddedURLFile())
+		lg.Info().Str("url", g.NATSURL).Str("store", filepath.Join(g.DataDir, "nats")).Msg("embedded NATS server with JetStream started")
+	}
+	nc, js, err := g.natsConn(ctx, "run", lg)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	top := bus.DefaultTopology()
+	if err := bus.EnsureTopology(ctx, js, top); err != nil {
+		return err
+	}
+
+	lim := verifier.NewByteLimiter(rateLimit)
+	defer lim.Close()
+	dp, err := g.dataPlane(lg, dataplane.WithVerifyReader(lim.Reader))
+	if err != nil {
+		return err
+	}
+	codec := events.NewCodec()
+	evlog := events.NewLog(pool, codec)
+
+	srv := ops.New(lg)
+	addReadyChecks(srv, pool, nc, dp)
+	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
+	if err != nil {
+		return err
+	}
+	a.Mount(srv.Mux)
+	if err := srv.Start(g.HTTPAddr); err != nil {
+		return fmt.Errorf("serve --http-addr %s (another process on it? pass another address): %w", g.HTTPAddr, err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Stop(sctx)
+	}()
+
+	// Consumers: started here, stopped gracefully below.
+	ing, err := ingest.New(ingest.Config{
+		Pool: pool, Log: evlog, Codec: codec, DataPlane: dp, NATS: nc, JetStream: js, Topology: top,
+		Concurrency: c.IngestConcurrency, Logger: lg,
+	})
+	if err != nil {
+		return err
+	}
+	if err := ing.Start(ctx); err != nil {
+		return err
+	}
+	vw := verifier.NewWorker(dp, evlog, pool, codec, nc, verifier.WorkerConfig{
+		Concurrency: c.VerifyConcurrency, Logger: &lg,
+		Consumer: bus.ConsumerOptions{DeadLetterSubjectPrefix: top.DeadLetterSubjectPrefix()},
+	})
+	if err := vw.Start(ctx, js, top); err != nil {
+		_ = ing.Stop(context.WithoutCancel(ctx))
+		return err
+	}
+
+	// Single-active loops: each elects itself through its advisory lock,
+	// so several 'run' processes on one database cooperate.
+	loops, cancelLoops := context.WithCancel(ctx)
+	defer cancelLoops()
+	var wg sync.WaitGroup
+	fatal := make(chan error, 4)
+	goLoop := func(name string, f func(context.Context) error) {
+		wg.Go(func() {
+			if err := f(loops); err != nil && loops.Err() == nil {
+				fatal <- fmt.Errorf("%s: %w", name, err)
+			}
+		})
+	}
+	proj := projector.New(pool, evlog, codec, projector.Config{Logger: &lg})
+	goLoop("projector", proj.Run)
+	sched := verifier.NewScheduler(pool, js, codec, verifier.SchedulerConfig{
+		Interval: c.ScrubInterval, Subject: top.Subject(bus.CmdVerify), Logger: &lg,
+	})
+	goLoop("scrub scheduler", func(ctx context.Context) error {
+		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)
+	})
+	rel, err := relay.New(pool, evlog, codec, js, relay.Config{
+		Stream: top.EventsStream, Subject: func(t events.Type) string { return top.EventsSubject(string(t)) }, Logger: lg,
+	})
+	if err != nil {
+		return err
+	}
+	goLoop("events relay", func(ctx context.Context) error { return leader.Run(ctx, pool, leader.KeyRelay, lg, rel.Run) })
+
+	lg.Info().Str("http", srv.Addr()).Str("nats", g.NATSURL).Str("data_dir", g.DataDir).
+		Msg("artifactstore running: ingest, project, verify, scrub, relay, API; stop with Ctrl-C")
+
+	select {
+	case <-ctx.Done():
+		lg.Info().Msg("signal received; stopping")
+	case err = <-fatal:
+		lg.Error().Err(err).Msg("a role failed; stopping")
+	}
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.StopTimeout)
+	defer cancel()
+	// The consumers drain in parallel: in-flight work finishes or is
+	// nak'd (and redelivered to the next process) at the deadline.
+	stopErrs := make([]error, 2)
+	var sw sync.WaitGroup
+	for i, stop := range []func(context.Context) error{ing.Stop, vw.Stop} {
+		sw.Go(func() { stopErrs[i] = stop(stopCtx) })
+	}
+	sw.Wait()
+	cancelLoops()
+	wg.Wait()
+	return errors.Join(append([]error{err}, stopErrs...)...)
+}
+
+// addReadyChecks registers the dependencies every role needs for /readyz.
+func addReadyChecks(srv *ops.Server, pool *pgxpool.Pool, nc *nats.Conn, dp *dataplane.DataPlane) {
+	srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
+	if nc != nil {
+		srv.AddCheck("nats", func(context.Context) error {
+			if !nc.IsConnected() {
+				return fmt.Errorf("NATS connection is %s", nc.Status())
+			}
+			return nil
+		})
+	}
+	if dp != nil {
+		srv.AddCheck("storage", func(ctx context.Context) error {
+			var errs []error
+			for id, h := range dp.Health(ctx) {
+				if !h.Healthy {
+					errs = append(errs, fmt.Errorf("backend %s: %s", id, h.Detail))
+				}
+			}
+			return errors.Join(errs...)
+		})
+	}
+}
