@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/internal/pgtest"
+	"github.com/artifactstore/artifactstore/producer"
+)
+
+// envMain makes the test binary act as the artifactstore binary, so that
+// tests run real processes (and send them real signals) without a build.
+const envMain = "ARTIFACTSTORE_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envMain) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// binary starts the test binary as `artifactstore args...`.
+func binary(t *testing.T, logFile string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), envMain+"=1")
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_, _ = cmd.Process.Wait()
+		}
+	})
+	return cmd
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitFile waits until path exists and returns its content.
+func waitFile(t *testing.T, path string, within time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(path); err == nil && len(b) > 0 {
+			return strings.TrimSpace(string(b))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s did not appear within %s", path, within)
+	return ""
+}
+
+// TestRunGracefulStop sends SIGTERM to `artifactstore run` in the middle of
+// a stream of ingests: the process exits within its stop deadline with
+// status 0, and after a restart every command sent is stored exactly once
+// (invariant 9: nothing half-done is acked, nothing is lost).
+func TestRunGracefulStop(t *testing.T) {
+	t.Parallel()
+	pool, dbURL := pgtest.NewDB(t)
+	dataDir := t.TempDir()
+	logFile := filepath.Join(t.TempDir(), "run.log")
+	natsPort := freePort(t)
+	args := []string{"run", "--database-url", dbURL, "--data-dir", dataDir, "--http-addr", "127.0.0.1:0",
+		"--embedded-nats-port", fmt.Sprint(natsPort), "--stop-timeout", "10s", "--log-format", "json"}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile)
+			t.Logf("run log:\n%s", b)
+		}
+	})
+
+	proc := binary(t, logFile, args...)
+	url := waitFile(t, filepath.Join(dataDir, "nats.url"), 60*time.Second)
+	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	client, err := producer.New(ctx, producer.Config{NATS: nc, JetStream: js, Producer: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	const n = 150
+	ids := make([]string, n)
+	pending := make([]*producer.Pending, n)
+	for i := range n {
+		body := bytes.Repeat([]byte{byte(i)}, 2048+i)
+		ids[i] = fmt.Sprintf("graceful-%03d", i)
+		p, err := client.Put(ctx, producer.Put{CommandID: ids[i], Package: "graceful", Path: fmt.Sprintf("f/%03d", i), Body: bytes.NewReader(body), Size: int64(len(body))})
+		if err != nil {
+			t.Fatalf("put %d: %v", i, err)
+		}
+		pending[i] = p
+		if i == n/3 {
+			// Mid-stream: wait for one reply so ingests are in flight, then stop.
+			wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			if _, err := pending[0].Wait(wctx); err != nil {
+				t.Fatalf("first reply: %v", err)
+			}
+			cancel()
+			if err := proc.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			err := proc.Wait()
+			if err != nil {
+				t.Fatalf("run exited with %v after SIGTERM, want status 0", err)
+			}
+			if d := time.Since(start); d > 15*time.Second {
+				t.Fatalf("run took %s to stop, more than its 10s deadline", d)
+			}
+			t.Logf("stopped in %s", time.Since(start))
+			proc = binary(t, logFile, args...)
+		}
+	}
+
+	// Every command ends stored, exactly once.
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		var done int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM commands WHERE command_id LIKE 'graceful-%'`).Scan(&done); err != nil {
+			t.Fatal(err)
+		}
+		if done == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d commands committed after the restart", done, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var files, stored, rejected int
+	if err := pool.QueryRow(ctx, `SELECT
+		count(*) FILTER (WHERE event_type = 'file.added'),
+		count(*) FILTER (WHERE event_type = 'object.stored'),
+		count(*) FILTER (WHERE event_type = 'ingest.rejected')
+		FROM events WHERE command_id LIKE 'graceful-%'`).Scan(&files, &stored, &rejected); err != nil {
+		t.Fatal(err)
+	}
+	if files != n || stored != n || rejected != 0 {
+		t.Fatalf("events: %d file.added, %d object.stored, %d rejected; want %d, %d, 0", files, stored, rejected, n, n)
+	}
+	if err := proc.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.Wait(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Fatalf("second run exited with %v", err)
+	}
+}
