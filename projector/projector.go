@@ -11,6 +11,11 @@
 // exactly once, whatever crashes, and rebuilding from sequence 0 gives the
 // same tables as incremental projection.
 //
+// Throughput comes from the batch shape: rows are loaded with one query per
+// table for all keys of the batch, rows the batch creates go in with COPY
+// and rows it changes with one unnest upsert per table; the next batch is
+// read and decoded while the current one is written.
+//
 // One projector of a name is active at a time: Run holds a PostgreSQL
 // session advisory lock on a dedicated connection while it leads; standbys
 // retry every ElectInterval and take over when the leader's connection dies.
