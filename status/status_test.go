@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
@@ -105,5 +107,35 @@ func TestGatherAndRender(t *testing.T) {
 	}
 	if r.Healthy || r.NATSError == "" {
 		t.Errorf("NATS down: healthy=%v natsError=%q", r.Healthy, r.NATSError)
+	}
+}
+
+func TestCollectorExportsTheReport(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, _ := pgtest.NewDB(t)
+	log := events.NewLog(pool, events.NewCodec())
+	if _, err := log.Append(ctx, events.Batch{Events: []events.Draft{{SubjectKind: events.SubjectPackage, SubjectID: "p", Actor: "t", Payload: events.PackageSealedV1{Name: "p"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO storage_locations (content_address, backend_id, digest_algorithm, digest_blake3, digest_sha256, size_bytes, state, stored_at)
+		VALUES ($1, 'local', 'blake3', $2, $2, 4096, 'ok', now())`, "blake3:"+strings.Repeat("a", 64), make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(Sources{Pool: pool, Projector: "projector", Relay: "events", ScrubInterval: time.Hour}))
+	want := `
+# HELP artifactstore_projector_lag_events Events committed but not yet projected.
+# TYPE artifactstore_projector_lag_events gauge
+artifactstore_projector_lag_events 1
+# HELP artifactstore_stored_bytes Bytes of object locations not deleted.
+# TYPE artifactstore_stored_bytes gauge
+artifactstore_stored_bytes 4096
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "artifactstore_projector_lag_events", "artifactstore_stored_bytes"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "artifactstore_consumer_pending_commands"); err != nil || n != 0 {
+		t.Fatalf("consumer gauges without NATS: %d, %v; want none", n, err)
 	}
 }

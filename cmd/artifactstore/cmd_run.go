@@ -21,6 +21,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/status"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/verifier"
 )
@@ -103,6 +104,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
+	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0)))
 	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err

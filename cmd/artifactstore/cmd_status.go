@@ -6,9 +6,13 @@ import (
 	"errors"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/status"
 )
 
@@ -29,14 +33,7 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	top := bus.DefaultTopology()
-	src := status.Sources{
-		Pool: pool, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream,
-		Projector: "projector", Relay: "events", ScrubInterval: c.ScrubInterval, MaxLag: c.MaxLag,
-	}
-	for _, f := range top.Consumers() {
-		src.Consumers = append(src.Consumers, f.Durable)
-	}
+	src := statusSources(pool, nil, c.ScrubInterval, c.MaxLag)
 	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	nc, js, err := g.natsConn(nctx, "status", lg.Level(zerolog.WarnLevel))
@@ -68,3 +65,18 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 // errUnhealthy makes status exit with 3 when the pipeline needs attention,
 // so scripts and probes can act on it.
 var errUnhealthy = errors.New("the pipeline needs attention (see above)")
+
+// statusSources names what status (and the status metrics) read: the
+// default topology's consumers and streams, the projector and relay
+// checkpoints.
+func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval time.Duration, maxLag int64) status.Sources {
+	top := bus.DefaultTopology()
+	src := status.Sources{
+		Pool: pool, JS: js, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream,
+		Projector: projector.DefaultName, Relay: "events", ScrubInterval: scrubInterval, MaxLag: maxLag,
+	}
+	for _, f := range top.Consumers() {
+		src.Consumers = append(src.Consumers, f.Durable)
+	}
+	return src
+}
