@@ -39,6 +39,7 @@ type cli struct {
 	Hold    holdCmd    `cmd:"" help:"Set a legal hold on a package: it does not expire until released."`
 	Release releaseCmd `cmd:"" help:"Release a package's legal hold."`
 	Retain  retainCmd  `cmd:"" help:"Change a package's retention class or retain-until (release-evidence and permanent-record may be lengthened, never shortened)."`
+	Docs    docsCmd    `cmd:"" hidden:"" help:"Print the configuration reference as Markdown."`
 	Version versionCmd `cmd:"" help:"Print the version."`
 }
 
