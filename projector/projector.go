@@ -64,7 +64,7 @@ var ErrUnknownEvent = errors.New("unknown event type or version")
 var ErrGap = errors.New("gap in the event log")
 
 // ErrRebuildRunning means another rebuild holds the rebuild lock.
-var ErrRebuildRunning = errors.New("another rebuild of this projector is running")
+var ErrRebuildRunning = errors.New("another rebuild is running")
 
 // NotifyChannel is the PostgreSQL channel on which the projector announces
 // each committed batch ("<name>:<checkpoint>"); WaitFor listens on it.
