@@ -172,6 +172,9 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 			batchOf[i] = len(batches)
 			batches = append(batches, events.Batch{CommandID: j.commandID, Events: ds[i].events})
 		}
+		if err := c.keepObjects(ctx, tx, group, ds, dupOf); err != nil {
+			return err
+		}
 		lastSeq := make([]int64, len(group))
 		firstSeq := make([]int64, len(group))
 		if len(batches) > 0 {

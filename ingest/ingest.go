@@ -14,8 +14,10 @@
 // returns only when the object and its directory are fsynced; hand the
 // decision to the committer, which takes it again under a PostgreSQL
 // advisory lock (so that two ingesters never both create a package) and
-// commits the events with the command-side state in one transaction;
-// delete the staged object; reply; return, and the consume loop
+// commits the events with the command-side state in one transaction
+// (taking each stored object's gc_objects row FOR UPDATE and writing the
+// bytes again when the reaper deleted them after the put; see
+// keepObjects); delete the staged object; reply; return, and the consume loop
 // double-acks. Nothing is acknowledged or reported before the fsync and
 // the commit. (The reply goes out just before the ack because the consume
 // loop acks after the handler returns; a reply followed by a lost ack only
@@ -72,9 +74,12 @@ import (
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
-// DataPlane is the part of the data plane the ingester uses.
+// DataPlane is the part of the data plane the ingester uses: storing a
+// blob, and opening an object to see whether its bytes are still there
+// (see keepObjects).
 type DataPlane interface {
 	Ingest(ctx context.Context, r io.Reader, h dataplane.IngestHints) (dataplane.IngestResult, error)
+	Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range) (io.ReadCloser, error)
 }
 
 var _ DataPlane = (*dataplane.DataPlane)(nil)
