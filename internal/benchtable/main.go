@@ -2,10 +2,13 @@
 // prints one table per benchmark group, with each row's throughput as a
 // ratio against the group's baseline measured in the same run.
 //
-// Convention: within a benchmark (BenchmarkX/...), a sub-benchmark whose
-// name starts with "baseline" is the baseline of its siblings. Throughput is
-// MB/s when the benchmark sets bytes, else the first custom metric ending in
-// "/s", else operations per second from ns/op.
+// Convention: a sub-benchmark whose last name element starts with
+// "baseline" is a baseline of its siblings (the rows with the same parent,
+// e.g. BenchmarkIngest/256MiB/baseline_objectstore for
+// BenchmarkIngest/256MiB/put_reply); every other sibling gets its ratio
+// against each baseline. Throughput is MB/s when the benchmark sets bytes,
+// else the first custom metric ending in "/s", else operations per second
+// from ns/op.
 package main
 
 import (
@@ -66,7 +69,7 @@ func parse(in io.Reader) ([]row, error) {
 			}
 		}
 		group, name := full, ""
-		if i := strings.Index(full, "/"); i > 0 {
+		if i := strings.LastIndex(full, "/"); i > 0 {
 			group, name = full[:i], full[i+1:]
 		}
 		r := row{pkg: pkg, group: strings.TrimPrefix(group, "Benchmark"), name: name, metrics: map[string]float64{}}
@@ -96,25 +99,31 @@ func render(w io.Writer, rows []row) error {
 		for j < len(rows) && rows[j].pkg == rows[i].pkg && rows[j].group == rows[i].group {
 			j++
 		}
-		var base float64
-		var baseUnit, baseName string
+		type baseline struct {
+			name string
+			v    float64
+			unit string
+		}
+		var bases []baseline
 		for _, r := range rows[i:j] {
 			if strings.HasPrefix(r.name, "baseline") {
-				base, baseUnit = r.throughput()
-				baseName = r.name
-				break
+				v, unit := r.throughput()
+				bases = append(bases, baseline{r.name, v, unit})
 			}
 		}
 		for _, r := range rows[i:j] {
 			v, unit := r.throughput()
-			ratio := ""
-			switch {
-			case r.name == baseName && base > 0:
-				ratio = "1.00 (baseline)"
-			case base > 0 && unit == baseUnit:
-				ratio = fmt.Sprintf("%.2fx", v/base)
+			var ratios []string
+			if strings.HasPrefix(r.name, "baseline") {
+				ratios = append(ratios, "(baseline)")
+			} else {
+				for _, bl := range bases {
+					if bl.v > 0 && bl.unit == unit {
+						ratios = append(ratios, fmt.Sprintf("%.2fx %s", v/bl.v, strings.TrimPrefix(strings.TrimPrefix(bl.name, "baseline"), "_")))
+					}
+				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%.4g\t%s\t%s\t\n", r.group, r.name, v, unit, ratio)
+			fmt.Fprintf(tw, "%s\t%s\t%.4g\t%s\t%s\t\n", r.group, r.name, v, unit, strings.Join(ratios, ", "))
 		}
 		i = j
 	}

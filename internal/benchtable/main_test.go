@@ -12,6 +12,10 @@ BenchmarkHash/dual-2              20   44161184 ns/op    950.00 MB/s   704048 B/
 pkg: github.com/artifactstore/artifactstore/projector
 BenchmarkCatchUp/baseline_copyfrom-2   1   2000000000 ns/op   500000 rows/s
 BenchmarkCatchUp/project-2             1   4000000000 ns/op   60000 rows/s
+pkg: github.com/artifactstore/artifactstore/ingest
+BenchmarkIngest/256MiB/baseline_objectstore-2   1   100 ns/op   200.00 MB/s
+BenchmarkIngest/256MiB/baseline_dualhash-2      1   100 ns/op   800.00 MB/s
+BenchmarkIngest/256MiB/put_reply-2              1   100 ns/op   160.00 MB/s
 `
 
 func TestRatiosAgainstBaseline(t *testing.T) {
@@ -19,14 +23,14 @@ func TestRatiosAgainstBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 4 {
-		t.Fatalf("parsed %d rows, want 4", len(rows))
+	if len(rows) != 7 {
+		t.Fatalf("parsed %d rows, want 7", len(rows))
 	}
 	var out strings.Builder
 	if err := render(&out, rows); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"0.95x", "0.12x", "1.00 (baseline)"} {
+	for _, want := range []string{"0.95x sha256", "0.12x copyfrom", "(baseline)", "0.80x objectstore, 0.20x dualhash", "Ingest/256MiB"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
