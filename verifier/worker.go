@@ -95,6 +95,8 @@ type WorkerConfig struct {
 	// Consumer tunes the JetStream consume loop; its Concurrency and
 	// Logger are taken from the fields above.
 	Consumer bus.ConsumerOptions
+	// Metrics counts verified bytes and outcomes; nil counts nothing.
+	Metrics *Metrics
 }
 
 func (c WorkerConfig) withDefaults() WorkerConfig {
@@ -258,6 +260,9 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 	rep.ExpectedSize = loc.size
 	if !rep.Duplicate && !res.Verified {
 		rep.Reason = res.Reason
+	}
+	if !rep.Duplicate {
+		w.cfg.Metrics.observe(rep.Outcome, res.Actual.Size)
 	}
 	switch {
 	case rep.Duplicate:

@@ -6,8 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/digest"
@@ -330,5 +334,41 @@ func TestOnDemandPackage(t *testing.T) {
 	}
 	if !res[1].Failed() || res[1].Reply.Outcome != verifier.OutcomeCorrupt || res[1].Reply.ActualSHA256 == "" {
 		t.Errorf("bad file: %+v", res[1])
+	}
+}
+
+// TestMetricsCountOutcomes checks the Prometheus counters: one verified,
+// one corrupt, one missing, the bytes re-read, and nothing for a duplicate.
+func TestMetricsCountOutcomes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	m := verifier.NewMetrics(reg)
+	w := verifier.NewWorker(e.dp, e.log, e.pool, e.codec, e.nc, verifier.WorkerConfig{Metrics: m})
+	ctx := context.Background()
+	good, bad, gone := randomBytes(t, 1000), randomBytes(t, 2000), randomBytes(t, 3000)
+	ga, ba, na := e.store(good), e.store(bad), e.store(gone)
+	rewrite(t, e.path(ba), append(bytes.Clone(bad), 'x'))
+	if err := os.Remove(e.path(na)); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range []digest.Address{ga, ba, na, ga} {
+		id := fmt.Sprintf("metrics-%d", i%3) // the last one repeats request 0
+		if _, err := w.Verify(ctx, request(id, a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := `
+# HELP artifactstore_verify_outcomes_total Verifications by outcome: verified, corrupt (found damaged) or missing (found gone).
+# TYPE artifactstore_verify_outcomes_total counter
+artifactstore_verify_outcomes_total{outcome="corrupt"} 1
+artifactstore_verify_outcomes_total{outcome="missing"} 1
+artifactstore_verify_outcomes_total{outcome="verified"} 1
+# HELP artifactstore_verify_bytes_total Bytes re-read and re-digested by verifications.
+# TYPE artifactstore_verify_bytes_total counter
+artifactstore_verify_bytes_total 3001
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
 	}
 }
