@@ -15,7 +15,6 @@ import (
 	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/retention"
-	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/storage/local"
 )
@@ -60,37 +59,13 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	be, err := local.Open(g.objectsDir())
+	dp, be, err := g.storage(lg)
 	if err != nil {
-		return fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
+		return err
 	}
 	defer be.Close()
-	reg := storage.NewRegistry()
-	if err := reg.Register(be); err != nil {
-		return err
-	}
-	dp, err := dataplane.New(reg, be.ID())
-	if err != nil {
-		return err
-	}
 	codec := events.NewCodec()
-	cfg := reaper.Config{
-		Pool: pool, Log: events.NewLog(pool, codec), DataPlane: dp,
-		Stores:   []reaper.Store{{BackendID: be.ID(), Lister: be, Quarantiner: be}},
-		Interval: c.Interval, BatchSize: c.BatchSize, OrphanMinAge: c.OrphanMinAge,
-		Grace: c.Grace, OrphanInterval: c.OrphanInterval, Logger: lg,
-	}
-	if c.Grace == 0 {
-		cfg.Grace = -1 // the reaper's "no grace"; 0 there means its default
-	}
-	if c.OrphanInterval == 0 {
-		cfg.OrphanInterval = -1
-	}
-	if !c.At.IsZero() {
-		at := c.At
-		cfg.Now = func() time.Time { return at }
-	}
-	r, err := reaper.New(cfg)
+	r, err := c.newReaper(pool, codec, dp, be, lg)
 	if err != nil {
 		return err
 	}
@@ -113,6 +88,28 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	default:
 		return c.worker(ctx, g, lg, r, codec, pool)
 	}
+}
+
+// newReaper builds the reaper from the flags (run uses it with the flags'
+// defaults).
+func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, be *local.Backend, lg zerolog.Logger) (*reaper.Reaper, error) {
+	cfg := reaper.Config{
+		Pool: pool, Log: events.NewLog(pool, codec), DataPlane: dp,
+		Stores:   []reaper.Store{{BackendID: be.ID(), Lister: be, Quarantiner: be}},
+		Interval: c.Interval, BatchSize: c.BatchSize, OrphanMinAge: c.OrphanMinAge,
+		Grace: c.Grace, OrphanInterval: c.OrphanInterval, Logger: lg,
+	}
+	if c.Grace == 0 {
+		cfg.Grace = -1 // the reaper's "no grace"; 0 there means its default
+	}
+	if c.OrphanInterval == 0 {
+		cfg.OrphanInterval = -1
+	}
+	if !c.At.IsZero() {
+		at := c.At
+		cfg.Now = func() time.Time { return at }
+	}
+	return reaper.New(cfg)
 }
 
 func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *reaper.Reaper, codec *events.Codec, pool *pgxpool.Pool) error {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/retention"
 	"github.com/artifactstore/artifactstore/status"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/verifier"
@@ -95,10 +97,11 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	dp, err := g.dataPlane(lg, dataplane.WithVerifyReader(lim.Reader))
+	dp, be, err := g.storage(lg, dataplane.WithVerifyReader(lim.Reader))
 	if err != nil {
 		return err
 	}
+	defer be.Close()
 	codec := events.NewCodec()
 	evlog := events.NewLog(pool, codec)
 
@@ -131,11 +134,20 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		return err
 	}
 	vw := verifier.NewWorker(dp, evlog, pool, codec, nc, verifier.WorkerConfig{
-		Concurrency: c.VerifyConcurrency, Logger: &lg,
+		Concurrency: c.VerifyConcurrency, Logger: &lg, Metrics: verifier.NewMetrics(srv.Registry),
 		Consumer: bus.ConsumerOptions{DeadLetterSubjectPrefix: top.DeadLetterSubjectPrefix()},
 	})
 	if err := vw.Start(ctx, js, top); err != nil {
 		_ = ing.Stop(context.WithoutCancel(ctx))
+		return err
+	}
+	rh, err := retention.New(retention.Config{Pool: pool, Log: evlog, Codec: codec, NATS: nc, Logger: lg})
+	if err == nil {
+		err = rh.Start(ctx, js, top)
+	}
+	if err != nil {
+		_ = ing.Stop(context.WithoutCancel(ctx))
+		_ = vw.Stop(context.WithoutCancel(ctx))
 		return err
 	}
 
@@ -144,7 +156,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	loops, cancelLoops := context.WithCancel(ctx)
 	defer cancelLoops()
 	var wg sync.WaitGroup
-	fatal := make(chan error, 4)
+	fatal := make(chan error, 8)
 	goLoop := func(name string, f func(context.Context) error) {
 		wg.Go(func() {
 			if err := f(loops); err != nil && loops.Err() == nil {
@@ -167,9 +179,20 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		return err
 	}
 	goLoop("events relay", func(ctx context.Context) error { return leader.Run(ctx, pool, leader.KeyRelay, lg, rel.Run) })
+	var rc reapCmd
+	if err := kong.ApplyDefaults(&rc); err != nil {
+		return err
+	}
+	reap, err := rc.newReaper(pool, codec, dp, be, lg)
+	if err != nil {
+		return err
+	}
+	goLoop("reaper", func(ctx context.Context) error {
+		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, reap.Run)
+	})
 
 	lg.Info().Str("http", srv.Addr()).Str("nats", g.NATSURL).Str("data_dir", g.DataDir).
-		Msg("artifactstore running: ingest, project, verify, scrub, relay, API; stop with Ctrl-C")
+		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, API; stop with Ctrl-C")
 
 	select {
 	case <-ctx.Done():
@@ -181,9 +204,10 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	defer cancel()
 	// The consumers drain in parallel: in-flight work finishes or is
 	// nak'd (and redelivered to the next process) at the deadline.
-	stopErrs := make([]error, 2)
+	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop}
+	stopErrs := make([]error, len(stops))
 	var sw sync.WaitGroup
-	for i, stop := range []func(context.Context) error{ing.Stop, vw.Stop} {
+	for i, stop := range stops {
 		sw.Go(func() { stopErrs[i] = stop(stopCtx) })
 	}
 	sw.Wait()

@@ -63,18 +63,31 @@ func (g *Globals) natsConn(ctx context.Context, name string, logger zerolog.Logg
 }
 
 // dataPlane opens the local backend under the data directory and returns the
-// data plane over it. This is the only place that knows a concrete backend.
+// data plane over it.
 func (g *Globals) dataPlane(logger zerolog.Logger, opts ...dataplane.Option) (*dataplane.DataPlane, error) {
+	dp, _, err := g.storage(logger, opts...)
+	return dp, err
+}
+
+// storage opens the local backend under the data directory and returns the
+// data plane over it and the backend itself (the reaper walks and
+// quarantines through it). This is the only place that knows a concrete
+// backend.
+func (g *Globals) storage(logger zerolog.Logger, opts ...dataplane.Option) (*dataplane.DataPlane, *local.Backend, error) {
 	b, err := local.Open(g.objectsDir())
 	if err != nil {
-		return nil, fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
+		return nil, nil, fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
 	}
 	reg := storage.NewRegistry()
 	if err := reg.Register(b); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if n := b.CleanedTemp(); n > 0 {
 		logger.Info().Int("files", n).Str("dir", g.objectsDir()).Msg("removed temp files of interrupted writes")
 	}
-	return dataplane.New(reg, b.ID(), opts...)
+	dp, err := dataplane.New(reg, b.ID(), opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return dp, b, nil
 }

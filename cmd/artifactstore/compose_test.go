@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/alecthomas/kong"
+	"go.yaml.in/yaml/v3"
+)
+
+// composeFile is the part of docker-compose.yml the test checks.
+type composeFile struct {
+	Services map[string]struct {
+		Image       string            `yaml:"image"`
+		Build       any               `yaml:"build"`
+		Command     []string          `yaml:"command"`
+		Environment map[string]string `yaml:"environment"`
+		Volumes     []string          `yaml:"volumes"`
+		Profiles    []string          `yaml:"profiles"`
+		DependsOn   map[string]struct {
+			Condition string `yaml:"condition"`
+		} `yaml:"depends_on"`
+		Deploy struct {
+			Replicas int `yaml:"replicas"`
+		} `yaml:"deploy"`
+		Healthcheck *struct {
+			Test []string `yaml:"test"`
+		} `yaml:"healthcheck"`
+	} `yaml:"services"`
+	Volumes map[string]any `yaml:"volumes"`
+}
+
+// cliModel returns the command paths and environment variables the binary
+// understands.
+func cliModel(t *testing.T) (commands map[string]bool, envs map[string]bool) {
+	t.Helper()
+	var c cli
+	parser, err := kong.New(&c, kong.DefaultEnvars("ARTIFACTSTORE"), kong.BindTo(context.Background(), (*context.Context)(nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	commands, envs = map[string]bool{}, map[string]bool{}
+	var walk func(n *kong.Node, prefix string)
+	walk = func(n *kong.Node, prefix string) {
+		for _, f := range n.Flags {
+			for _, e := range f.Envs {
+				envs[e] = true
+			}
+		}
+		for _, ch := range n.Children {
+			if ch.Type != kong.CommandNode {
+				continue
+			}
+			path := strings.TrimSpace(prefix + " " + ch.Name)
+			commands[path] = true
+			walk(ch, path)
+		}
+	}
+	walk(parser.Model.Node, "")
+	return commands, envs
+}
+
+// TestComposeFile parses docker-compose.yml (no Docker engine runs here)
+// and checks it against the binary: every service runs a real verb with
+// environment variables the binary reads, the roles are all there, the
+// scaled roles are scaled, and the schema is migrated before any worker
+// starts.
+func TestComposeFile(t *testing.T) {
+	t.Parallel()
+	root := filepath.Join("..", "..")
+	b, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f composeFile
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatalf("docker-compose.yml does not parse: %v", err)
+	}
+	commands, envs := cliModel(t)
+
+	for _, want := range []string{"nats", "postgres", "migrate", "ingest", "project", "verify", "reap", "serve", "relay"} {
+		if _, ok := f.Services[want]; !ok {
+			t.Errorf("service %q is missing", want)
+		}
+	}
+	for name, s := range f.Services {
+		if s.Image != "artifactstore:latest" {
+			continue
+		}
+		if s.Build == nil {
+			t.Errorf("service %s uses the artifactstore image but does not build it", name)
+		}
+		if len(s.Command) > 0 {
+			verb := s.Command[0]
+			if len(s.Command) > 1 && !strings.HasPrefix(s.Command[1], "-") {
+				verb += " " + s.Command[1]
+			}
+			if !commands[verb] {
+				t.Errorf("service %s runs %q, which is not an artifactstore command", name, verb)
+			}
+		}
+		for k := range s.Environment {
+			if strings.HasPrefix(k, "ARTIFACTSTORE_") && !envs[k] {
+				t.Errorf("service %s sets %s, which no flag reads", name, k)
+			}
+		}
+		if name != "migrate" && len(s.Profiles) == 0 {
+			if s.DependsOn["migrate"].Condition != "service_completed_successfully" {
+				t.Errorf("service %s does not wait for the migration to complete", name)
+			}
+		}
+		for _, v := range s.Volumes {
+			vol := strings.SplitN(v, ":", 2)[0]
+			if !strings.HasPrefix(vol, ".") {
+				if _, ok := f.Volumes[vol]; !ok {
+					t.Errorf("service %s mounts undeclared volume %q", name, vol)
+				}
+			} else if _, err := os.Stat(filepath.Join(root, vol)); err != nil {
+				t.Errorf("service %s mounts %s: %v", name, vol, err)
+			}
+		}
+	}
+	if f.Services["migrate"].Command == nil || strings.Join(f.Services["migrate"].Command, " ") != "migrate up" {
+		t.Errorf("migrate service runs %v, want [migrate up]", f.Services["migrate"].Command)
+	}
+	for _, scaled := range []string{"ingest", "verify"} {
+		if f.Services[scaled].Deploy.Replicas < 2 {
+			t.Errorf("service %s is not scaled out (deploy.replicas = %d)", scaled, f.Services[scaled].Deploy.Replicas)
+		}
+	}
+	for _, dep := range []string{"nats", "postgres"} {
+		if f.Services[dep].Healthcheck == nil {
+			t.Errorf("service %s has no healthcheck, so depends_on cannot wait for it", dep)
+		}
+	}
+}
