@@ -100,6 +100,7 @@ const (
 	CodeStagedMissing      = "staged_object_missing"
 	CodeStagedDigest       = "staged_digest_mismatch"
 	CodePackageSealed      = "package_sealed"
+	CodePackageExpired     = "package_expired"
 	CodePathConflict       = "path_conflict"
 	CodeSchemaViolation    = "metadata_schema_violation"
 	CodeUnknownPackage     = "unknown_package"

@@ -8,13 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
 )
-
-// lockKey is the key of the transaction-level advisory lock every ingest
-// commit takes before it reads the state it decides on: two ingesters
-// never decide on the same package at once (two package.created events),
-// and the decision commits together with the events it appends.
-const lockKey int64 = 0x6172746966616374 // "artifact"
 
 // committer gathers the jobs of concurrent handlers for a short window and
 // commits them in one transaction (group commit): appends are serialised
@@ -113,7 +108,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 	dupOf := make([]int, len(group))
 	var dupIDs []string
 	err := pgx.BeginFunc(ctx, ing.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, lockKey); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
 			return fmt.Errorf("take the ingest lock: %w", err)
 		}
 		ids := make([]string, len(group))

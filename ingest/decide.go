@@ -54,6 +54,9 @@ type pkgState struct {
 	metadata  map[string]string
 	sealed    bool
 	sealedSeq int64
+	// expired is true once the reaper expired the package: its bytes
+	// are on their way out, so nothing may be added to it.
+	expired bool
 }
 
 type fileKey struct{ pkg, path string }
@@ -86,7 +89,7 @@ func loadState(ctx context.Context, q querier, cfg *config, now time.Time, jobs 
 	if len(names) == 0 {
 		return st, nil
 	}
-	rows, err := q.Query(ctx, `SELECT name, retention_class, metadata, sealed_seq FROM ingest_packages WHERE name = ANY($1)`, names)
+	rows, err := q.Query(ctx, `SELECT name, retention_class, metadata, sealed_seq, expired_at IS NOT NULL FROM ingest_packages WHERE name = ANY($1)`, names)
 	if err != nil {
 		return nil, fmt.Errorf("read package state: %w", err)
 	}
@@ -95,12 +98,13 @@ func loadState(ctx context.Context, q querier, cfg *config, now time.Time, jobs 
 			name, class string
 			md          []byte
 			sealedSeq   *int64
+			expired     bool
 		)
-		if err := rows.Scan(&name, &class, &md, &sealedSeq); err != nil {
+		if err := rows.Scan(&name, &class, &md, &sealedSeq, &expired); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read package state: %w", err)
 		}
-		ps := &pkgState{class: class}
+		ps := &pkgState{class: class, expired: expired}
 		if err := json.Unmarshal(md, &ps.metadata); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read package %q metadata: %w", name, err)
@@ -154,6 +158,9 @@ func (st *state) precheck(c commands.Ingest) *commands.Error {
 	if rej := ps.conflicts(c); rej != nil {
 		return rej
 	}
+	if ps.expired {
+		return expiredRejection(c.Package)
+	}
 	if _, has := st.files[fileKey{c.Package, c.Path}]; ps.sealed && !has {
 		return sealedRejection(c.Package, c.Path)
 	}
@@ -179,6 +186,14 @@ func (ps *pkgState) conflicts(c commands.Ingest) *commands.Error {
 			c.Package)
 	}
 	return nil
+}
+
+// expiredRejection refuses an ingest into a package whose retention
+// expired: the reaper is deleting what only it references, so a "stored"
+// reply would be a promise nobody keeps.
+func expiredRejection(pkg string) *commands.Error {
+	return commands.Rejectf(commands.CodePackageExpired,
+		"package %q has expired under its retention class; its bytes are being reaped: ingest into a new package", pkg)
 }
 
 func sealedRejection(pkg, path string) *commands.Error {
@@ -275,6 +290,8 @@ func (st *state) decideIngest(j *job) decided {
 		ps = &pkgState{class: class, metadata: c.Metadata}
 	} else if rej := ps.conflicts(c); rej != nil {
 		return st.rejection(j, rej)
+	} else if ps.expired {
+		return st.rejection(j, expiredRejection(c.Package))
 	}
 
 	addr := res.Address.String()

@@ -12,11 +12,9 @@ import (
 
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/producer"
 )
-
-// ingestLockKey is ingest.lockKey, which the reaper takes too.
-const ingestLockKey int64 = 0x6172746966616374
 
 // TestDedupRewritesReapedBytes: an ingest deduplicates against stored
 // bytes, and before it commits the reaper deletes them (simulated: the
@@ -54,7 +52,7 @@ func TestDedupRewritesReapedBytes(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = tx.Rollback(context.Background()) }()
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, ingestLockKey); err != nil {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
 				t.Fatal(err)
 			}
 			pend, err := e.client.Put(ctx, blob(producer.Put{Package: "p2", Path: "g"}, data))
@@ -128,7 +126,7 @@ func waitForLockWaiter(ctx context.Context, t *testing.T, e *env) {
 		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
 			AND classid = $1 AND objid = $2 AND objsubid = 1
 			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
-			uint32(ingestLockKey>>32), uint32(ingestLockKey&0xffffffff)).Scan(&n); err != nil {
+			uint32(leader.KeyPackageState>>32), uint32(leader.KeyPackageState&0xffffffff)).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n > 0 {

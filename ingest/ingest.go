@@ -137,6 +137,9 @@ type Config struct {
 	// Consumer tunes the consume loop; Concurrency and Logger are set from
 	// this config.
 	Consumer bus.ConsumerOptions
+	// Metrics counts ingested bytes and objects, rejections and handling
+	// time; nil counts nothing.
+	Metrics *Metrics
 	// Logger receives the ingester's log lines.
 	Logger zerolog.Logger
 	// Now is the clock. Default time.Now.
@@ -280,6 +283,7 @@ func (ing *Ingester) Stop(ctx context.Context) error {
 
 // handle is the consume loop's handler: it dispatches on the subject.
 func (ing *Ingester) handle(ctx context.Context, m bus.Message) error {
+	defer func(start time.Time) { ing.cfg.Metrics.handled(time.Since(start)) }(time.Now())
 	t := ing.cfg.Topology
 	switch m.Subject {
 	case t.Subject(bus.CmdIngest):
@@ -530,6 +534,7 @@ func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, sta
 	if out.err != nil {
 		return ing.transient(ctx, "commit", out.err)
 	}
+	ing.cfg.Metrics.outcome(out.reply)
 	body, err := commands.Encode(ing.cfg.Codec, out.reply, isJSON)
 	if err != nil {
 		return ing.transient(ctx, "encode reply", err)

@@ -6,6 +6,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"slices"
 	"strings"
 	"sync"
@@ -326,6 +328,33 @@ func TestSealedAndOpenPackages(t *testing.T) {
 	}
 }
 
+// TestExpiredPackageRefusesFiles: once the reaper expired a package, an
+// ingest into it is refused (its bytes are being reaped), and nothing is
+// stored for it.
+func TestExpiredPackageRefusesFiles(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.startIngester(nil)
+	ctx := context.Background()
+	if r := e.put(e.client, blob(producer.Put{Package: "old", Path: "a", Class: "transient"}, []byte("first"))); r.Status != commands.StatusStored {
+		t.Fatalf("first put: %+v", r)
+	}
+	if _, err := e.pool.Exec(ctx, `UPDATE ingest_packages SET expired_at = now() WHERE name = 'old'`); err != nil {
+		t.Fatal(err)
+	}
+	before := len(e.objectFiles())
+	r := e.put(e.client, blob(producer.Put{Package: "old", Path: "b"}, []byte("a new file, never stored")))
+	if r.Code != commands.CodePackageExpired || !strings.Contains(r.Reason, "new package") {
+		t.Fatalf("put into an expired package: %+v", r)
+	}
+	if got := types(e.eventsOf(r.CommandID)); !slices.Equal(got, []string{"ingest.rejected"}) {
+		t.Fatalf("rejection appended %v", got)
+	}
+	if after := len(e.objectFiles()); after != before {
+		t.Fatalf("%d object files after the refused put, %d before", after, before)
+	}
+}
+
 func TestConcurrentIngestsCreateAPackageOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -436,5 +465,38 @@ func TestMetadataSchema(t *testing.T) {
 	p, _ := e.codec.DecodeEvent(evs[1])
 	if ra := p.(events.RetentionAssignedV1); ra.RetainUntil != nil {
 		t.Fatalf("permanent-record got retain-until %v", ra.RetainUntil)
+	}
+}
+
+// TestMetricsCountOutcomes checks the ingester's Prometheus counters: a
+// stored file, a deduplicated one, a rejection by code, and one handling
+// time per command.
+func TestMetricsCountOutcomes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	reg := prometheus.NewRegistry()
+	e.startIngester(func(c *ingest.Config) { c.Metrics = ingest.NewMetrics(reg) })
+	data := []byte("counted bytes")
+	e.put(e.client, blob(producer.Put{Package: "m", Path: "a"}, data))
+	e.put(e.client, blob(producer.Put{Package: "m", Path: "b"}, data))
+	e.put(e.client, blob(producer.Put{Package: "m2", Path: "a", Class: "no-such-class"}, data))
+	want := `
+# HELP artifactstore_ingest_bytes_total Bytes of blobs ingested (deduplicated ones included).
+# TYPE artifactstore_ingest_bytes_total counter
+artifactstore_ingest_bytes_total 26
+# HELP artifactstore_ingest_objects_total Files ingested, by whether the backend already held their bytes.
+# TYPE artifactstore_ingest_objects_total counter
+artifactstore_ingest_objects_total{deduplicated="false"} 1
+artifactstore_ingest_objects_total{deduplicated="true"} 1
+# HELP artifactstore_ingest_rejections_total Commands rejected, by reason code.
+# TYPE artifactstore_ingest_rejections_total counter
+artifactstore_ingest_rejections_total{code="unknown_retention_class"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want),
+		"artifactstore_ingest_bytes_total", "artifactstore_ingest_objects_total", "artifactstore_ingest_rejections_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(reg, "artifactstore_ingest_duration_seconds"); n != 1 {
+		t.Fatalf("duration histogram series: %d", n)
 	}
 }

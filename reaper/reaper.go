@@ -72,16 +72,10 @@ import (
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
-
-// ingestLockKey is the key of the transaction-level advisory lock under
-// which the ingesters decide (ingest.lockKey, "artifact"). Every decision
-// of the reaper takes it, so that it serialises with ingest commits and
-// retention commands. Lock order everywhere: this lock, then gc_objects
-// rows, then the event log head.
-const ingestLockKey int64 = 0x6172746966616374
 
 // DataPlane is what the reaper needs of the data plane: deleting bytes.
 type DataPlane interface {
@@ -366,7 +360,7 @@ func (r *Reaper) pause(ctx context.Context) error {
 // lockedTx runs fn in a transaction that holds the ingest lock.
 func (r *Reaper) lockedTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	return pgx.BeginFunc(ctx, r.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, ingestLockKey); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
 			return fmt.Errorf("take the ingest lock: %w", err)
 		}
 		return fn(tx)

@@ -46,13 +46,8 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
 )
-
-// ingestLockKey is the key of the transaction-level advisory lock under
-// which the ingesters decide (ingest.lockKey, "artifact"). Retention
-// decisions take it too, so that they serialise with ingests and with the
-// reaper's decisions on the same command-side state.
-const ingestLockKey int64 = 0x6172746966616374
 
 // EventLog is what the handler needs of the event log (*events.Log).
 type EventLog interface {
@@ -284,7 +279,7 @@ func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
 		dup bool
 	)
 	err := pgx.BeginFunc(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, ingestLockKey); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
 			return fmt.Errorf("take the ingest lock: %w", err)
 		}
 		var known bool

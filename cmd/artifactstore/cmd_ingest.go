@@ -8,7 +8,6 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/ingest"
-	"github.com/artifactstore/artifactstore/internal/ops"
 )
 
 // ingestCmd runs the ingester role.
@@ -17,7 +16,7 @@ type ingestCmd struct {
 	MaxBlobSize  int64         `name:"max-blob-size" help:"Largest blob accepted, in bytes; larger ones are rejected. 0 means unlimited." default:"17179869184" placeholder:"BYTES"`
 	CommitWindow time.Duration `help:"How long the committer gathers concurrent ingests into one transaction (group commit)." default:"2ms"`
 	StopTimeout  time.Duration `help:"How long a SIGINT/SIGTERM waits for in-flight ingests before cancelling them (they are redelivered)." default:"30s"`
-	NoOps        bool          `name:"no-ops" help:"Do not serve /metrics, /healthz and /readyz on --http-addr."`
+	opsFlags     `embed:""`
 }
 
 func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -49,33 +48,20 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if maxBlob == 0 {
 		maxBlob = -1
 	}
+	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp)
+	if err != nil {
+		return err
+	}
+	defer stopOps()
 	codec := events.NewCodec()
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, DataPlane: dp, NATS: nc, JetStream: js,
 		Topology: bus.DefaultTopology(), EnsureTopology: true,
 		Concurrency: c.Concurrency, MaxBlobSize: maxBlob, CommitWindow: c.CommitWindow,
-		Logger: lg,
+		Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
 		return err
-	}
-	if !c.NoOps {
-		srv := ops.New(lg)
-		srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
-		srv.AddCheck("nats", func(context.Context) error {
-			if !nc.IsConnected() {
-				return fmt.Errorf("NATS connection is %s", nc.Status())
-			}
-			return nil
-		})
-		if err := srv.Start(g.HTTPAddr); err != nil {
-			return fmt.Errorf("serve --http-addr %s (another process on it? pass another address or --no-ops): %w", g.HTTPAddr, err)
-		}
-		defer func() {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			defer cancel()
-			_ = srv.Stop(sctx)
-		}()
 	}
 	if err := ing.Start(ctx); err != nil {
 		return err

@@ -18,6 +18,7 @@ type projectCmd struct {
 	Rebuild      bool          `help:"Build fresh tables from sequence 0 beside the live ones, swap them in atomically, and exit. A running projector may keep running."`
 	Once         bool          `help:"Catch up with the head of the log and exit, without leader election (for scripts)."`
 	Status       bool          `help:"Print the checkpoint, the head of the log and the lag, and exit."`
+	opsFlags     `embed:""`
 }
 
 func (c projectCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -66,6 +67,11 @@ func (c projectCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		_, err = fmt.Fprintf(s.out, "applied %d events\n", n)
 		return err
 	default:
+		_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, nil)
+		if err != nil {
+			return err
+		}
+		defer stopOps()
 		return projectErr(p.Run(ctx))
 	}
 }

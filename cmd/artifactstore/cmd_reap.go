@@ -35,6 +35,7 @@ type reapCmd struct {
 	NoOrphans      bool          `help:"With --dry-run: skip the walk of the object store."`
 	NoRetention    bool          `help:"Do not handle retention commands (hold, release, retain) in this process."`
 	Concurrency    int           `help:"Retention commands handled at once by this process." default:"4" placeholder:"N"`
+	opsFlags       `embed:""`
 }
 
 func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -133,8 +134,13 @@ func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *r
 			return err
 		}
 	}
+	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, nil)
+	if err != nil {
+		return err
+	}
+	defer stopOps()
 	lg.Info().Bool("retention_commands", h != nil).Msg("reaper role running")
-	err := leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)
+	err = leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)
 	if h != nil {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()

@@ -16,6 +16,7 @@ import (
 type relayCmd struct {
 	BatchSize    int           `help:"Events published per round." default:"256" placeholder:"N"`
 	PollInterval time.Duration `help:"How often to look for new events." default:"500ms"`
+	opsFlags     `embed:""`
 }
 
 func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -48,6 +49,11 @@ func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
+	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, nil)
+	if err != nil {
+		return err
+	}
+	defer stopOps()
 	err = leader.Run(ctx, pool, leader.KeyRelay, lg, r.Run)
 	if errors.Is(err, context.Canceled) || errors.Is(err, leader.ErrResigned) {
 		return nil

@@ -125,7 +125,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	// Consumers: started here, stopped gracefully below.
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: evlog, Codec: codec, DataPlane: dp, NATS: nc, JetStream: js, Topology: top,
-		Concurrency: c.IngestConcurrency, Logger: lg,
+		Concurrency: c.IngestConcurrency, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
 		return err

@@ -32,6 +32,7 @@ type verifyCmd struct {
 	ScrubTick     time.Duration `help:"Worker: pause between two scrub passes of the scheduler." default:"1m"`
 	RateLimit     string        `help:"Worker: bytes per second this process reads to verify, 0 for unlimited; suffixes KiB, MiB, GiB (or kB, MB, GB) accepted, e.g. 50MiB." default:"0" placeholder:"BYTES"`
 	BatchSize     int           `help:"Worker: objects the scrub scheduler queues per batch." default:"500" placeholder:"N"`
+	opsFlags      `embed:""`
 }
 
 func (c verifyCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -78,9 +79,14 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	if err != nil {
 		return err
 	}
+	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp)
+	if err != nil {
+		return err
+	}
+	defer stopOps()
 	codec := events.NewCodec()
 	w := verifier.NewWorker(dp, events.NewLog(pool, codec), pool, codec, nc, verifier.WorkerConfig{
-		Concurrency: c.Concurrency, Logger: &lg,
+		Concurrency: c.Concurrency, Logger: &lg, Metrics: verifier.NewMetrics(srv.Registry),
 		Consumer: bus.ConsumerOptions{DeadLetterSubjectPrefix: topo.DeadLetterSubjectPrefix()},
 	})
 	if err := w.Start(ctx, js, topo); err != nil {

@@ -6,12 +6,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/status"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/storage/local"
@@ -90,4 +95,29 @@ func (g *Globals) storage(logger zerolog.Logger, opts ...dataplane.Option) (*dat
 		return nil, nil, err
 	}
 	return dp, b, nil
+}
+
+// opsFlags are the flags of a role's operator endpoints.
+type opsFlags struct {
+	NoOps bool `name:"no-ops" help:"Do not serve /metrics, /healthz and /readyz on --http-addr (e.g. several roles on one host without distinct addresses)."`
+}
+
+// serveOps builds the operator server of a role (readiness checks of what
+// it uses, the status metrics) and, unless --no-ops, starts it on
+// --http-addr. The returned stop function is safe to defer.
+func (g *Globals) serveOps(ctx context.Context, f opsFlags, lg zerolog.Logger, pool *pgxpool.Pool, nc *nats.Conn, js jetstream.JetStream, dp *dataplane.DataPlane) (*ops.Server, func(), error) {
+	srv := ops.New(lg)
+	addReadyChecks(srv, pool, nc, dp)
+	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, 7*24*time.Hour, 0)))
+	if f.NoOps {
+		return srv, func() {}, nil
+	}
+	if err := srv.Start(g.HTTPAddr); err != nil {
+		return nil, nil, fmt.Errorf("serve --http-addr %s (another process on it? pass another address or --no-ops): %w", g.HTTPAddr, err)
+	}
+	return srv, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Stop(sctx)
+	}, nil
 }

@@ -47,6 +47,14 @@ const (
 	KeyRelay          int64 = 0x4153_0000_0000_0004
 )
 
+// KeyPackageState is not a leader lock: it is the transaction-level
+// advisory lock (pg_advisory_xact_lock) under which the ingesters, the
+// retention handler and the reaper take every decision about package and
+// object state (the ingest_* and gc_objects tables), so that the decisions
+// and the events they append commit in one order. It lives here so that
+// every advisory lock key of the database is declared in one place.
+const KeyPackageState int64 = 0x6172746966616374 // "artifact"
+
 // ErrLost is the cause of the work context's cancellation when the lock
 // connection stopped answering: another instance may be the leader now.
 var ErrLost = errors.New("leader: lost the advisory lock connection; another instance may now be the leader")

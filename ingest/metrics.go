@@ -1,0 +1,70 @@
+package ingest
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/artifactstore/artifactstore/commands"
+)
+
+// Metrics counts what an ingester does. A nil *Metrics counts nothing.
+type Metrics struct {
+	bytes      prometheus.Counter
+	objects    *prometheus.CounterVec
+	rejections *prometheus.CounterVec
+	duration   prometheus.Histogram
+}
+
+// NewMetrics registers the ingester's metrics on reg:
+// artifactstore_ingest_bytes_total, artifactstore_ingest_objects_total
+// {deduplicated}, artifactstore_ingest_rejections_total{code} and the
+// histogram artifactstore_ingest_duration_seconds (a command's handling,
+// from delivery to commit and reply).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "artifactstore_ingest_bytes_total",
+			Help: "Bytes of blobs ingested (deduplicated ones included).",
+		}),
+		objects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "artifactstore_ingest_objects_total",
+			Help: "Files ingested, by whether the backend already held their bytes.",
+		}, []string{"deduplicated"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "artifactstore_ingest_rejections_total",
+			Help: "Commands rejected, by reason code.",
+		}, []string{"code"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "artifactstore_ingest_duration_seconds",
+			Help:    "Time to handle one command, from delivery to commit and reply.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16), // 1 ms .. 33 s
+		}),
+	}
+	m.objects.WithLabelValues("false")
+	m.objects.WithLabelValues("true")
+	reg.MustRegister(m.bytes, m.objects, m.rejections, m.duration)
+	return m
+}
+
+// outcome counts one committed outcome.
+func (m *Metrics) outcome(r commands.Reply) {
+	if m == nil {
+		return
+	}
+	switch r.Status {
+	case commands.StatusRejected:
+		m.rejections.WithLabelValues(r.Code).Inc()
+	case commands.StatusStored:
+		m.bytes.Add(float64(r.Size))
+		m.objects.WithLabelValues(strconv.FormatBool(r.Deduplicated)).Inc()
+	}
+}
+
+func (m *Metrics) handled(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.duration.Observe(d.Seconds())
+}
