@@ -192,6 +192,9 @@ type Config struct {
 	// Now is the clock of every retention decision. Default time.Now;
 	// tests move it forward instead of sleeping.
 	Now func() time.Time
+	// Metrics counts expired packages, deleted objects and freed bytes;
+	// nil counts nothing.
+	Metrics *Metrics
 	// Hook, when set, is called at each Point of a pass (obj is set at
 	// the per-object points), synchronously: tests pause or stop the
 	// reaper there. It must not take the ingest lock.
@@ -310,6 +313,7 @@ func (r *Reaper) Run(ctx context.Context) error {
 // is due (always on the first pass of a Reaper with stores).
 func (r *Reaper) RunOnce(ctx context.Context) (Report, error) {
 	var rep Report
+	defer func() { r.cfg.Metrics.pass(rep) }()
 	start := time.Now()
 	if err := r.expire(ctx, &rep); err != nil {
 		return rep, fmt.Errorf("reaper: expire: %w", err)

@@ -2,6 +2,9 @@ package reaper_test
 
 import (
 	"context"
+	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -85,7 +88,8 @@ func TestDeleteByReference(t *testing.T) {
 	e := newEnv(t)
 	tr := e.ingest("ci/transient", "transient", map[string][]byte{"shared.txt": []byte("shared"), "own.txt": []byte("only transient")})
 	pr := e.ingest("rel/permanent", "permanent-record", map[string][]byte{"shared.txt": []byte("shared"), "mine.txt": []byte("permanent only")})
-	r := e.reaper(nil) // grace: 1 hour
+	reg := prometheus.NewRegistry()
+	r := e.reaper(func(c *reaper.Config) { c.Metrics = reaper.NewMetrics(reg) }) // grace: 1 hour
 
 	e.clock.Advance(8 * day)
 	plan, err := r.Plan(context.Background(), true)
@@ -128,6 +132,21 @@ func TestDeleteByReference(t *testing.T) {
 	}
 	if e.gcState(tr["own.txt"]) != "absent" {
 		t.Fatalf("gc row of a deleted object is %s", e.gcState(tr["own.txt"]))
+	}
+	wantMetrics := fmt.Sprintf(`
+# HELP artifactstore_reaper_deleted_objects_total Objects whose bytes were deleted because nothing live referenced them.
+# TYPE artifactstore_reaper_deleted_objects_total counter
+artifactstore_reaper_deleted_objects_total 1
+# HELP artifactstore_reaper_expired_packages_total Packages whose retention expired.
+# TYPE artifactstore_reaper_expired_packages_total counter
+artifactstore_reaper_expired_packages_total 1
+# HELP artifactstore_reaper_freed_bytes_total Bytes freed by deleted objects.
+# TYPE artifactstore_reaper_freed_bytes_total counter
+artifactstore_reaper_freed_bytes_total %d
+`, len("only transient"))
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(wantMetrics), "artifactstore_reaper_deleted_objects_total",
+		"artifactstore_reaper_expired_packages_total", "artifactstore_reaper_freed_bytes_total"); err != nil {
+		t.Fatal(err)
 	}
 	evs, err := e.log.ByCommand(context.Background(), "reaper-delete:"+tr["own.txt"].String()+"@local:"+strconv.FormatInt(e.clock.Now().Add(-61*time.Minute).UnixMicro(), 10))
 	if err != nil || len(evs) != 1 || evs[0].Type != events.TypeObjectDeleted || evs[0].Actor != "reaper" {

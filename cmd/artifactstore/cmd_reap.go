@@ -65,8 +65,17 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer be.Close()
+	var metrics *reaper.Metrics
+	if !c.DryRun && !c.Once {
+		srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, dp)
+		if err != nil {
+			return err
+		}
+		defer stopOps()
+		metrics = reaper.NewMetrics(srv.Registry)
+	}
 	codec := events.NewCodec()
-	r, err := c.newReaper(pool, codec, dp, be, lg)
+	r, err := c.newReaper(pool, codec, dp, be, lg, metrics)
 	if err != nil {
 		return err
 	}
@@ -93,8 +102,8 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 
 // newReaper builds the reaper from the flags (run uses it with the flags'
 // defaults).
-func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, be *local.Backend, lg zerolog.Logger) (*reaper.Reaper, error) {
-	cfg := reaper.Config{
+func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, be *local.Backend, lg zerolog.Logger, m *reaper.Metrics) (*reaper.Reaper, error) {
+	cfg := reaper.Config{Metrics: m,
 		Pool: pool, Log: events.NewLog(pool, codec), DataPlane: dp,
 		Stores:   []reaper.Store{{BackendID: be.ID(), Lister: be, Quarantiner: be}},
 		Interval: c.Interval, BatchSize: c.BatchSize, OrphanMinAge: c.OrphanMinAge,
@@ -134,13 +143,8 @@ func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *r
 			return err
 		}
 	}
-	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, nil)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
 	lg.Info().Bool("retention_commands", h != nil).Msg("reaper role running")
-	err = leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)
+	err := leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)
 	if h != nil {
 		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()

@@ -21,6 +21,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/projector"
+	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/relay"
 	"github.com/artifactstore/artifactstore/retention"
 	"github.com/artifactstore/artifactstore/status"
@@ -183,7 +184,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	if err := kong.ApplyDefaults(&rc); err != nil {
 		return err
 	}
-	reap, err := rc.newReaper(pool, codec, dp, be, lg)
+	reap, err := rc.newReaper(pool, codec, dp, be, lg, reaper.NewMetrics(srv.Registry))
 	if err != nil {
 		return err
 	}

@@ -22,25 +22,27 @@ import (
 type cli struct {
 	Globals
 
-	Run     runCmd     `cmd:"" help:"Run the whole pipeline in one process: every role, the API, and an embedded NATS server when --nats-url is empty. Creates and migrates the database at start."`
-	Migrate migrateCmd `cmd:"" help:"Apply, roll back or show the PostgreSQL schema migrations."`
-	Audit   auditCmd   `cmd:"" help:"Walk the whole event log and check every payload and chain digest."`
-	Project projectCmd `cmd:"" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`
-	Verify  verifyCmd  `cmd:"" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
-	Ingest  ingestCmd  `cmd:"" help:"Run an ingester: pull ingest and seal commands, store blobs, commit events, reply (several processes share the work)."`
-	Put     putCmd     `cmd:"" help:"Store files in a package through the ingesters and print each file's address and digests."`
-	Status  statusCmd  `cmd:"" help:"One screen: is the pipeline healthy? Pending commands, dead letters, projector lag, objects by state, next expiries, scrub coverage. Exits 3 when it needs attention."`
-	Relay   relayCmd   `cmd:"" help:"Run the events relay: publish every committed event to the JetStream events stream (artifacts.events.<type>, Nats-Msg-Id = sequence)."`
-	Seal    sealCmd    `cmd:"" help:"Seal a package: no file can be added after it."`
-	Schema  schemaCmd  `cmd:"" help:"Set or list the JSON Schemas that package metadata must satisfy (per retention class)."`
-	Serve   serveCmd   `cmd:"" help:"Run the HTTP read API: objects by address (with ranges), packages, files, and packages as tar streams (stateless; run as many as needed)."`
-	Explain explainCmd `cmd:"" help:"Tell from the event log why an object or package is still there or why it was deleted: references, classes, holds, retain-until dates, verifications."`
-	Reap    reapCmd    `cmd:"" help:"Run the reaper: expire packages whose retention passed and delete bytes no live package references (one active instance), and handle hold/release/retain commands. --dry-run prints what would go."`
-	Hold    holdCmd    `cmd:"" help:"Set a legal hold on a package: it does not expire until released."`
-	Release releaseCmd `cmd:"" help:"Release a package's legal hold."`
-	Retain  retainCmd  `cmd:"" help:"Change a package's retention class or retain-until (release-evidence and permanent-record may be lengthened, never shortened)."`
-	Docs    docsCmd    `cmd:"" hidden:"" help:"Print the configuration reference as Markdown."`
-	Version versionCmd `cmd:"" help:"Print the version."`
+	Run     runCmd     `cmd:"" group:"pipeline" help:"Run the whole pipeline in one process: every role, the API, and an embedded NATS server when --nats-url is empty. Creates and migrates the database at start."`
+	Ingest  ingestCmd  `cmd:"" group:"pipeline" help:"Run an ingester: pull ingest and seal commands, store blobs, commit events, reply (several processes share the work)."`
+	Project projectCmd `cmd:"" group:"pipeline" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`
+	Verify  verifyCmd  `cmd:"" group:"pipeline" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
+	Reap    reapCmd    `cmd:"" group:"pipeline" help:"Run the reaper: expire packages whose retention passed and delete bytes no live package references (one active instance), and handle hold/release/retain commands. --dry-run prints what would go."`
+	Relay   relayCmd   `cmd:"" group:"pipeline" help:"Run the events relay: publish every committed event to the JetStream events stream (artifacts.events.<type>, Nats-Msg-Id = sequence)."`
+	Serve   serveCmd   `cmd:"" group:"pipeline" help:"Run the HTTP read API: objects by address (with ranges), packages, files, and packages as tar streams (stateless; run as many as needed)."`
+
+	Put     putCmd     `cmd:"" group:"client" help:"Store files in a package through the ingesters and print each file's address and digests."`
+	Seal    sealCmd    `cmd:"" group:"client" help:"Seal a package: no file can be added after it."`
+	Hold    holdCmd    `cmd:"" group:"client" help:"Set a legal hold on a package: it does not expire until released."`
+	Release releaseCmd `cmd:"" group:"client" help:"Release a package's legal hold."`
+	Retain  retainCmd  `cmd:"" group:"client" help:"Change a package's retention class or retain-until (release-evidence and permanent-record may be lengthened, never shortened)."`
+	Status  statusCmd  `cmd:"" group:"client" help:"One screen: is the pipeline healthy? Pending commands, dead letters, projector lag, objects by state, next expiries, scrub coverage. Exits 3 when it needs attention."`
+	Explain explainCmd `cmd:"" group:"client" help:"Tell from the event log why an object or package is still there or why it was deleted: references, classes, holds, retain-until dates, verifications."`
+
+	Migrate migrateCmd `cmd:"" group:"admin" help:"Apply, roll back or show the PostgreSQL schema migrations."`
+	Audit   auditCmd   `cmd:"" group:"admin" help:"Walk the whole event log and check every payload and chain digest."`
+	Schema  schemaCmd  `cmd:"" group:"admin" help:"Set or list the JSON Schemas that package metadata must satisfy (per retention class)."`
+	Docs    docsCmd    `cmd:"" group:"admin" hidden:"" help:"Print the configuration reference as Markdown."`
+	Version versionCmd `cmd:"" group:"admin" help:"Print the version."`
 }
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -73,6 +75,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 			"a verifier scrubs stored bytes; a reaper applies retention classes.\n\n"+
 			"Every flag can also be set with an ARTIFACTSTORE_* environment variable, shown as ($VAR)."),
 		kong.DefaultEnvars("ARTIFACTSTORE"),
+		kong.ExplicitGroups([]kong.Group{
+			{Key: "pipeline", Title: "Pipeline roles (each also runs alone; 'run' runs them all):"},
+			{Key: "client", Title: "Client commands:"},
+			{Key: "admin", Title: "Administration:"},
+		}),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true, Summary: true}),
 		kong.Writers(stdout, stderr),
 		// --help calls Exit; unwind to here instead of leaving the process.
 		kong.Exit(func(c int) { panic(kongExit{c}) }),
