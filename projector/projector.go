@@ -38,6 +38,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -148,6 +149,10 @@ type Projector struct {
 	codec Decoder
 	cfg   Config
 	lg    zerolog.Logger
+
+	mu          sync.Mutex
+	reapIdx     map[string]*reapIndex // by retention table name
+	noReapIndex bool                  // tests: the reference path
 }
 
 // New returns a projector over the database of pool, reading log and
@@ -155,7 +160,7 @@ type Projector struct {
 func New(pool *pgxpool.Pool, log Log, codec Decoder, cfg Config) *Projector {
 	cfg.fill()
 	return &Projector{
-		pool: pool, log: log, codec: codec, cfg: cfg,
+		pool: pool, log: log, codec: codec, cfg: cfg, reapIdx: map[string]*reapIndex{},
 		lg: cfg.Logger.With().Str("service", "projector").Str("projector", cfg.Name).Logger(),
 	}
 }
@@ -178,11 +183,15 @@ func (p *Projector) catchUp(ctx context.Context, t tables, checkpoint string) (i
 	for {
 		var n int
 		var next *fetch
+		var idx *reapIndex
 		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			var err error
-			n, _, err = p.applyInTx(ctx, tx, t, checkpoint, p.cfg.BatchSize, pre, &next)
+			n, _, idx, err = p.applyInTx(ctx, tx, t, checkpoint, p.cfg.BatchSize, pre, &next, true)
 			return err
 		})
+		if err == nil {
+			p.putReapIndex(t, idx)
+		}
 		if pre != nil {
 			pre.stop()
 		}
@@ -256,14 +265,16 @@ func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.
 // applyBatch is one transaction: lock the checkpoint, read, check, fold,
 // write, move the checkpoint.
 func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string, limit int) (applied int, err error) {
+	var idx *reapIndex
 	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
-		applied, _, err = p.applyInTx(ctx, tx, t, checkpoint, limit, nil, nil)
+		applied, _, idx, err = p.applyInTx(ctx, tx, t, checkpoint, limit, nil, nil, true)
 		return err
 	})
 	if err != nil {
 		return 0, err
 	}
+	p.putReapIndex(t, idx)
 	return applied, nil
 }
 
@@ -271,9 +282,14 @@ func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string,
 // many it applied and the new checkpoint. pre, if not nil, is a read
 // started earlier; it is used when it starts at the checkpoint. If next is
 // not nil and the batch is full, the read of the following batch is
-// started and stored there.
-func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int, pre *fetch, next **fetch) (int, int64, error) {
-	var cp int64
+// started and stored there. With useIdx, the batch uses the projector's
+// reap index (see reapIndex) and returns it updated; the caller must put it
+// back with putReapIndex only once tx committed.
+func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int, pre *fetch, next **fetch, useIdx bool) (int, int64, *reapIndex, error) {
+	var (
+		cp  int64
+		oid uint32
+	)
 	b := &pgx.Batch{}
 	// Every read of a batch is a lookup of at most a few thousand keys, for
 	// which index nested loops are right at any table size. The planner
@@ -298,8 +314,18 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	b.Queue(`SELECT sequence FROM projector_checkpoints WHERE projector = $1 FOR UPDATE`, checkpoint).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&cp)
 	})
+	useIdx = useIdx && !p.noReapIndex
+	if useIdx {
+		b.Queue(`SELECT to_regclass($1)::oid`, t.retention).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&oid)
+		})
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, 0, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
+		return 0, 0, nil, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
+	}
+	var idx *reapIndex
+	if useIdx {
+		idx = p.takeReapIndex(t, cp, oid)
 	}
 	var (
 		evs      []events.Event
@@ -310,17 +336,17 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 		select {
 		case <-pre.done:
 		case <-ctx.Done():
-			return 0, 0, ctx.Err()
+			return 0, 0, nil, ctx.Err()
 		}
 		evs, payloads, err = pre.evs, pre.pls, pre.err
 	} else {
 		evs, payloads, err = p.read(ctx, cp, limit)
 	}
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	if len(evs) == 0 {
-		return 0, cp, nil
+		return 0, cp, idx, nil
 	}
 	last := evs[len(evs)-1].Sequence
 	if next != nil && len(evs) == limit {
@@ -328,28 +354,36 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 		// used only if the checkpoint is still where this batch leaves it.
 		*next = p.startFetch(ctx, last, limit)
 	}
-	s, err := load(ctx, tx, t, collectKeys(payloads))
+	if useIdx && idx == nil {
+		if idx, err = loadReapIndex(ctx, tx, t, cp, oid); err != nil {
+			return 0, 0, nil, err
+		}
+	}
+	s, err := load(ctx, tx, t, collectKeys(payloads), idx)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	s.warn = func(seq int64, typ events.Type, msg string) {
 		p.lg.Warn().Int64("sequence", seq).Str("event_type", string(typ)).Msg("event changes nothing: " + msg)
 	}
 	for i, e := range evs {
 		if err := s.apply(e, payloads[i]); err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 	}
 	b = &pgx.Batch{}
 	if err := write(ctx, tx, b, t, s); err != nil {
-		return 0, 0, fmt.Errorf("write projection up to sequence %d: %w", last, err)
+		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
 	}
 	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, checkpoint, last)
 	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return 0, 0, fmt.Errorf("write projection up to sequence %d: %w", last, err)
+		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
 	}
-	return len(evs), last, nil
+	if idx != nil {
+		idx.update(s, last)
+	}
+	return len(evs), last, idx, nil
 }
 
 // Run is the projector process: it waits to be elected leader, catches up,

@@ -89,7 +89,7 @@ func (p *Projector) swap(ctx context.Context, rt tables, cp string) error {
 			return err
 		}
 		for {
-			n, _, err := p.applyInTx(ctx, tx, rt, cp, p.cfg.BatchSize, nil, nil)
+			n, _, _, err := p.applyInTx(ctx, tx, rt, cp, p.cfg.BatchSize, nil, nil, false)
 			if err != nil {
 				return err
 			}

@@ -44,6 +44,7 @@ type keys struct {
 	files         map[fileKey]bool
 	locs          map[locKey]bool
 	deletedAddrs  map[string]bool
+	deletedLocs   map[locKey]bool
 	expiredPkgs   map[string]bool
 	addedAddrs    map[string]map[string]bool // package → addresses of its files added
 	needReapCheck bool
@@ -52,7 +53,7 @@ type keys struct {
 func collectKeys(ps []events.Payload) keys {
 	k := keys{
 		pkgs: map[string]bool{}, files: map[fileKey]bool{}, locs: map[locKey]bool{},
-		deletedAddrs: map[string]bool{}, expiredPkgs: map[string]bool{}, addedAddrs: map[string]map[string]bool{},
+		deletedAddrs: map[string]bool{}, deletedLocs: map[locKey]bool{}, expiredPkgs: map[string]bool{}, addedAddrs: map[string]map[string]bool{},
 	}
 	for _, p := range ps {
 		switch p := p.(type) {
@@ -87,6 +88,7 @@ func collectKeys(ps []events.Payload) keys {
 		case events.ObjectDeletedV1:
 			k.locs[locKey{p.Address.String(), p.BackendID}] = true
 			k.deletedAddrs[p.Address.String()] = true
+			k.deletedLocs[locKey{p.Address.String(), p.BackendID}] = true
 			k.needReapCheck = true
 		}
 	}
@@ -195,8 +197,9 @@ func queryRows[T any](ctx context.Context, tx pgx.Tx, scan pgx.RowToFunc[T], sql
 
 // load reads every row the batch can touch into a fresh state. It runs in
 // the batch's transaction, after the checkpoint row is locked, so the rows
-// are those the previous batch committed.
-func load(ctx context.Context, tx pgx.Tx, t tables, k keys) (*state, error) {
+// are those the previous batch committed. idx, if not nil, is the reap
+// index at that checkpoint.
+func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *reapIndex) (*state, error) {
 	s := newState()
 	if len(k.pkgs) > 0 {
 		names := setKeys(k.pkgs)
@@ -243,8 +246,10 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys) (*state, error) {
 			s.putLoc(r)
 		}
 	}
-	if k.needReapCheck {
-		if err := loadReapable(ctx, tx, t, k, s); err != nil {
+	// With an index, a batch that only adds files to an expired package
+	// must still recompute its witness.
+	if k.needReapCheck || idx != nil {
+		if err := loadReapable(ctx, tx, t, k, s, idx); err != nil {
 			return nil, err
 		}
 	}
@@ -256,8 +261,10 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys) (*state, error) {
 // package can be reaped in this batch only if it is expired (before or
 // during the batch) and not reaped: the ones expiring in the batch, the
 // expired ones with a file at an address deleted in the batch, and the
-// expired ones the batch adds files to.
-func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state) error {
+// expired ones the batch adds files to. With the reap index idx, the second
+// set narrows to the packages whose witness the batch deletes (see
+// reapIndex), and no query is needed to find them.
+func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state, idx *reapIndex) error {
 	cands := map[string]bool{}
 	for name := range k.expiredPkgs {
 		cands[name] = true
@@ -267,7 +274,9 @@ func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state) er
 			cands[name] = true
 		}
 	}
-	if len(k.deletedAddrs) > 0 {
+	if idx != nil {
+		idx.candidates(k, cands)
+	} else if len(k.deletedAddrs) > 0 {
 		// Driven by the deleted addresses (MATERIALIZED fixes the join
 		// order): starting from the expired packages instead visits every
 		// expired package that is not reaped yet, a set that only grows.
