@@ -30,6 +30,7 @@ func newCommitter(ing *Ingester) *committer {
 // late one); only the wait is.
 func (c *committer) submit(ctx context.Context, j *job) outcome {
 	j.done = make(chan outcome, 1)
+	j.submitted = time.Now()
 	select {
 	case c.jobs <- j:
 	case <-ctx.Done():
@@ -44,9 +45,17 @@ func (c *committer) submit(ctx context.Context, j *job) outcome {
 }
 
 // run commits groups until stop is closed and no job is waiting.
+//
+// A group is the first waiting job and every job that arrives until that
+// first job has waited CommitWindow. Under load, jobs queue while a commit
+// runs, so the next group is taken at once, without waiting the window
+// again: the window only gathers companions for a job that would otherwise
+// commit alone.
 func (c *committer) run(stop <-chan struct{}) {
 	defer close(c.done)
 	cfg := c.ing.cfg
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		var first *job
 		select {
@@ -55,7 +64,7 @@ func (c *committer) run(stop <-chan struct{}) {
 			return
 		}
 		group := []*job{first}
-		timer := time.NewTimer(cfg.CommitWindow)
+		timer.Reset(max(time.Until(first.submitted.Add(cfg.CommitWindow)), 0))
 	gather:
 		for len(group) < cfg.MaxCommitBatch {
 			select {
@@ -66,6 +75,16 @@ func (c *committer) run(stop <-chan struct{}) {
 			}
 		}
 		timer.Stop()
+		// Take what queued meanwhile too.
+	drain:
+		for len(group) < cfg.MaxCommitBatch {
+			select {
+			case j := <-c.jobs:
+				group = append(group, j)
+			default:
+				break drain
+			}
+		}
 		c.commit(group)
 	}
 }
@@ -99,47 +118,55 @@ func (c *committer) commit(group []*job) {
 	}
 }
 
-// commitGroup decides and commits every job of group in one transaction.
+// commitGroup decides and commits every job of group in one transaction,
+// in a fixed number of round trips whatever the group's size: (1) the
+// ingest lock and, under it, every read the decisions need (command ids,
+// configuration, package and file state, the gc rows of the stored objects
+// FOR UPDATE), (2, 3) the append, (4) the state writes, and the commit.
+// The lock is held from (1) to the commit, so each round trip saved is
+// throughput for every ingester.
 func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, error) {
 	ing := c.ing
 	outs := make([]outcome, len(group))
 	// dupOf[i] >= 0: job i repeats the command id of job dupOf[i] (same
 	// group); -2: its command id is already in the log.
 	dupOf := make([]int, len(group))
-	var dupIDs []string
 	err := pgx.BeginFunc(ctx, ing.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
-			return fmt.Errorf("take the ingest lock: %w", err)
-		}
+		now := ing.cfg.Now().UTC()
 		ids := make([]string, len(group))
 		for i, j := range group {
 			ids[i] = j.commandID
 		}
 		known := map[string]bool{}
-		rows, err := tx.Query(ctx, `SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids)
-		if err != nil {
-			return fmt.Errorf("look up command ids: %w", err)
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
+		b := &pgx.Batch{}
+		// Statements of a batch run in order, each with a snapshot taken
+		// after the lock was granted (READ COMMITTED): they see every
+		// decision committed before.
+		b.Queue(`SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState)
+		b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					return fmt.Errorf("look up command ids: %w", err)
+				}
+				known[id] = true
 			}
-			known[id] = true
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("look up command ids: %w", err)
+			}
+			return nil
+		})
+		loadCfg := ing.config.queueLoad(b)
+		st := queueState(b, now, group)
+		gcStates := queueLockObjects(b, group)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return fmt.Errorf("read the state of %d commands under the ingest lock: %w", len(group), err)
 		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("look up command ids: %w", err)
-		}
-		cfg, err := ing.config.load(ctx, tx)
+		cfg, err := loadCfg()
 		if err != nil {
 			return err
 		}
-		now := ing.cfg.Now().UTC()
-		st, err := loadState(ctx, tx, cfg, now, group)
-		if err != nil {
-			return err
-		}
+		st.cfg = cfg
 
 		firstOf := map[string]int{}
 		var (
@@ -152,7 +179,6 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 			dupOf[i] = -1
 			if known[j.commandID] {
 				dupOf[i] = -2
-				dupIDs = append(dupIDs, j.commandID)
 				continue
 			}
 			if k, ok := firstOf[j.commandID]; ok {
@@ -167,7 +193,8 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 			batchOf[i] = len(batches)
 			batches = append(batches, events.Batch{CommandID: j.commandID, Events: ds[i].events})
 		}
-		if err := c.keepObjects(ctx, tx, group, ds, dupOf); err != nil {
+		keep, err := c.keepObjects(ctx, group, ds, dupOf, gcStates)
+		if err != nil {
 			return err
 		}
 		lastSeq := make([]int64, len(group))
@@ -189,7 +216,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 				}
 			}
 		}
-		if err := writeState(ctx, tx, ds, firstSeq, now); err != nil {
+		if err := writeState(ctx, tx, ds, firstSeq, keep, now); err != nil {
 			return err
 		}
 		for i := range group {

@@ -38,7 +38,8 @@ type job struct {
 	pkg    string                 // package of any job (for the rejection event)
 	path   string                 // path of an ingest (for the rejection event)
 
-	done chan outcome
+	submitted time.Time
+	done      chan outcome
 }
 
 // outcome is a committed decision, or a failure to commit.
@@ -63,17 +64,17 @@ type fileKey struct{ pkg, path string }
 
 // state is what a group's decisions read and change.
 type state struct {
-	cfg      *config
-	now      time.Time
-	pkgs     map[string]*pkgState
-	files    map[fileKey]string
-	missing  map[string]bool // package names known not to exist
-	newFiles map[fileKey]bool
+	cfg   *config
+	now   time.Time
+	pkgs  map[string]*pkgState
+	files map[fileKey]string
 }
 
-// loadState reads the state of every package and path the jobs name.
-func loadState(ctx context.Context, q querier, cfg *config, now time.Time, jobs []*job) (*state, error) {
-	st := &state{cfg: cfg, now: now, pkgs: map[string]*pkgState{}, files: map[fileKey]string{}, missing: map[string]bool{}, newFiles: map[fileKey]bool{}}
+// queueState queues on b the reads of the state of every package and
+// path the jobs name; the returned state holds them once the batch ran
+// (its cfg is set by the caller).
+func queueState(b *pgx.Batch, now time.Time, jobs []*job) *state {
+	st := &state{now: now, pkgs: map[string]*pkgState{}, files: map[fileKey]string{}}
 	var names, fpkgs, fpaths []string
 	seen := map[string]bool{}
 	for _, j := range jobs {
@@ -87,61 +88,51 @@ func loadState(ctx context.Context, q querier, cfg *config, now time.Time, jobs 
 		}
 	}
 	if len(names) == 0 {
-		return st, nil
+		return st
 	}
-	rows, err := q.Query(ctx, `SELECT name, retention_class, metadata, sealed_seq, expired_at IS NOT NULL FROM ingest_packages WHERE name = ANY($1)`, names)
-	if err != nil {
-		return nil, fmt.Errorf("read package state: %w", err)
-	}
-	for rows.Next() {
-		var (
-			name, class string
-			md          []byte
-			sealedSeq   *int64
-			expired     bool
-		)
-		if err := rows.Scan(&name, &class, &md, &sealedSeq, &expired); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read package state: %w", err)
-		}
-		ps := &pkgState{class: class, expired: expired}
-		if err := json.Unmarshal(md, &ps.metadata); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read package %q metadata: %w", name, err)
-		}
-		if sealedSeq != nil {
-			ps.sealed, ps.sealedSeq = true, *sealedSeq
-		}
-		st.pkgs[name] = ps
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read package state: %w", err)
-	}
-	for _, n := range names {
-		if st.pkgs[n] == nil {
-			st.missing[n] = true
-		}
-	}
-	if len(fpkgs) > 0 {
-		rows, err = q.Query(ctx, `SELECT f.package, f.path, f.content_address FROM ingest_files f
-			JOIN unnest($1::text[], $2::text[]) AS u(p, pa) ON f.package = u.p AND f.path = u.pa`, fpkgs, fpaths)
-		if err != nil {
-			return nil, fmt.Errorf("read file state: %w", err)
-		}
+	b.Queue(`SELECT name, retention_class, metadata, sealed_seq, expired_at IS NOT NULL FROM ingest_packages WHERE name = ANY($1)`, names).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
-			var k fileKey
-			var addr string
-			if err := rows.Scan(&k.pkg, &k.path, &addr); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("read file state: %w", err)
+			var (
+				name, class string
+				md          []byte
+				sealedSeq   *int64
+				expired     bool
+			)
+			if err := rows.Scan(&name, &class, &md, &sealedSeq, &expired); err != nil {
+				return fmt.Errorf("read package state: %w", err)
 			}
-			st.files[k] = addr
+			ps := &pkgState{class: class, expired: expired}
+			if err := json.Unmarshal(md, &ps.metadata); err != nil {
+				return fmt.Errorf("read package %q metadata: %w", name, err)
+			}
+			if sealedSeq != nil {
+				ps.sealed, ps.sealedSeq = true, *sealedSeq
+			}
+			st.pkgs[name] = ps
 		}
 		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("read file state: %w", err)
+			return fmt.Errorf("read package state: %w", err)
 		}
+		return nil
+	})
+	if len(fpkgs) > 0 {
+		b.Queue(`SELECT f.package, f.path, f.content_address FROM ingest_files f
+			JOIN unnest($1::text[], $2::text[]) AS u(p, pa) ON f.package = u.p AND f.path = u.pa`, fpkgs, fpaths).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var k fileKey
+				var addr string
+				if err := rows.Scan(&k.pkg, &k.path, &addr); err != nil {
+					return fmt.Errorf("read file state: %w", err)
+				}
+				st.files[k] = addr
+			}
+			if err := rows.Err(); err != nil {
+				return fmt.Errorf("read file state: %w", err)
+			}
+			return nil
+		})
 	}
-	return st, nil
+	return st
 }
 
 // precheck refuses, before any byte is stored, an ingest that the commit
@@ -319,7 +310,6 @@ func (st *state) decideIngest(j *job) decided {
 		st.files[key] = addr
 	}
 	st.pkgs[c.Package] = ps
-	delete(st.missing, c.Package)
 	d.reply = storedReply(j.commandID, c.Package, c.Path, res.Address, dg, res.Receipt.Deduplicated)
 	return d
 }
@@ -333,10 +323,21 @@ func storedReply(cmdID, pkg, path string, addr digest.Address, dg digest.Digests
 	}
 }
 
-// writeState applies the state changes of the decided jobs; seqs holds the
-// last sequence of each job's batch.
-func writeState(ctx context.Context, tx pgx.Tx, ds []decided, seqs []int64, now time.Time) error {
+// writeState applies, in one round trip, the state changes of the decided
+// jobs (seqs holds the first sequence of each job's batch) and sets the
+// gc_objects rows of keep live.
+func writeState(ctx context.Context, tx pgx.Tx, ds []decided, seqs []int64, keep []keptObject, now time.Time) error {
 	b := &pgx.Batch{}
+	if len(keep) > 0 {
+		addrs, backends, sizes := make([]string, len(keep)), make([]string, len(keep)), make([]int64, len(keep))
+		for i, k := range keep {
+			addrs[i], backends[i], sizes[i] = k.key.addr, k.key.backend, k.size
+		}
+		b.Queue(`INSERT INTO gc_objects (content_address, backend_id, size_bytes, state, updated_at)
+			SELECT a, b, s, 'live', $4 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(a, b, s)
+			ON CONFLICT (content_address, backend_id) DO UPDATE SET state = 'live', marked_at = NULL, updated_at = excluded.updated_at`,
+			addrs, backends, sizes, now)
+	}
 	for i, d := range ds {
 		if d.rejected != nil || d.noEvents {
 			continue

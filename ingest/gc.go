@@ -19,23 +19,73 @@ import (
 // of its gc_objects row.
 type gcKey struct{ addr, backend string }
 
-// keepObjects takes, inside the commit transaction and under the ingest
-// lock, the gc_objects row of every object an accepted ingest of the group
-// references, FOR UPDATE, and makes it live. This is the dedup side of the
-// reaper's protocol (see package reaper): the reaper deletes a file and
-// its row in one transaction under the same locks, so a row that is
-// missing or marked here means the bytes this ingest's put found (or
-// wrote) may be gone since. Then the bytes are checked and, when missing,
+// queueLockObjects queues on b, after the ingest lock, the read of the
+// gc_objects row of every object an ingest of the group stored, FOR
+// UPDATE; once the batch ran, the map holds each row's state (no entry:
+// no row). Rows of ingests that the decision then refuses are locked too,
+// which costs nothing: the reaper waits for the ingest lock anyway.
+func queueLockObjects(b *pgx.Batch, group []*job) map[gcKey]string {
+	states := map[gcKey]string{}
+	var addrs, backends []string
+	seen := map[gcKey]bool{}
+	for _, j := range group {
+		if j.kind != jobIngest {
+			continue
+		}
+		k := gcKey{j.stored.Address.String(), j.stored.Receipt.BackendID}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		addrs = append(addrs, k.addr)
+		backends = append(backends, k.backend)
+	}
+	if len(addrs) == 0 {
+		return states
+	}
+	b.Queue(`SELECT g.content_address, g.backend_id, g.state FROM gc_objects g
+		JOIN unnest($1::text[], $2::text[]) AS u(a, b) ON g.content_address = u.a AND g.backend_id = u.b
+		ORDER BY g.content_address, g.backend_id FOR UPDATE OF g`, addrs, backends).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var k gcKey
+			var state string
+			if err := rows.Scan(&k.addr, &k.backend, &state); err != nil {
+				return fmt.Errorf("lock the gc rows of the stored objects: %w", err)
+			}
+			states[k] = state
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("lock the gc rows of the stored objects: %w", err)
+		}
+		return nil
+	})
+	return states
+}
+
+// keptObject is a gc_objects row to make live in the commit.
+type keptObject struct {
+	key  gcKey
+	size int64
+}
+
+// keepObjects is the dedup side of the reaper's protocol (see package
+// reaper). Inside the commit transaction and under the ingest lock, the
+// gc_objects row of every object an accepted ingest of the group
+// references was taken FOR UPDATE (queueLockObjects); the reaper deletes a
+// file and its row in one transaction under the same locks, so a row that
+// is missing or marked means the bytes this ingest's put found (or wrote)
+// may be gone since. For those, the bytes are checked and, when missing,
 // written again from the command's blob (inline bytes are in memory; a
-// staged object stays in the staging bucket until after the commit)
-// before the reference commits. So a reference never points at deleted
-// bytes, and the reaper never has to stop ingests.
+// staged object stays in the staging bucket until after the commit) before
+// the reference commits; the returned rows are then set live by
+// writeState, in the same transaction. So a reference never points at
+// deleted bytes, and the reaper never has to stop ingests.
 //
 // It runs before the events are appended, so that the log head is not
 // locked while bytes are rewritten.
-func (c *committer) keepObjects(ctx context.Context, tx pgx.Tx, group []*job, ds []decided, dupOf []int) error {
+func (c *committer) keepObjects(ctx context.Context, group []*job, ds []decided, dupOf []int, states map[gcKey]string) ([]keptObject, error) {
+	var keep []keptObject
 	seen := map[gcKey]bool{}
-	now := c.ing.cfg.Now().UTC()
 	for i, j := range group {
 		if j.kind != jobIngest || dupOf[i] != -1 || ds[i].rejected != nil {
 			continue
@@ -46,26 +96,15 @@ func (c *committer) keepObjects(ctx context.Context, tx pgx.Tx, group []*job, ds
 			continue
 		}
 		seen[k] = true
-		var state string
-		err := tx.QueryRow(ctx, `SELECT state FROM gc_objects WHERE content_address = $1 AND backend_id = $2 FOR UPDATE`, k.addr, k.backend).Scan(&state)
-		switch {
-		case err == nil && state == "live":
+		if states[k] == "live" {
 			continue
-		case err == nil, errors.Is(err, pgx.ErrNoRows):
-		default:
-			return fmt.Errorf("lock the gc row of %s on %q: %w", k.addr, k.backend, err)
 		}
 		if err := c.ing.ensureBytes(ctx, j); err != nil {
-			return err
+			return nil, err
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO gc_objects (content_address, backend_id, size_bytes, state, updated_at)
-			VALUES ($1, $2, $3, 'live', $4)
-			ON CONFLICT (content_address, backend_id) DO UPDATE SET state = 'live', marked_at = NULL, updated_at = excluded.updated_at`,
-			k.addr, k.backend, res.Digests.Size, now); err != nil {
-			return fmt.Errorf("keep %s on %q live: %w", k.addr, k.backend, err)
-		}
+		keep = append(keep, keptObject{key: k, size: res.Digests.Size})
 	}
-	return nil
+	return keep, nil
 }
 
 // ensureBytes checks that the object j stored is still on its backend and,

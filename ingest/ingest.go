@@ -61,6 +61,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -341,14 +342,19 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 	}
 	log := ing.log.With().Str("command_id", id).Str("package", c.Package).Str("path", c.Path).Logger()
 
-	// A command id already in the log: reply with its first outcome.
-	if done, err := ing.replyIfDone(ctx, m, id, c.Staged); done || err != nil {
-		return err
-	}
-	// Refuse before storing bytes what the commit would refuse.
-	if rej, err := ing.precheck(ctx, id, c); err != nil {
+	// One round trip: is the command id already in the log, and would the
+	// commit refuse this ingest? A known command id gets its first outcome
+	// again; a refusal costs no stored bytes.
+	known, rej, err := ing.precheck(ctx, id, c)
+	if err != nil {
 		return ing.transient(ctx, "pre-check", err)
-	} else if rej != nil {
+	}
+	if known {
+		if done, err := ing.replyIfDone(ctx, m, id, c.Staged); done || err != nil {
+			return err
+		}
+	}
+	if rej != nil {
 		return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
 	}
 
@@ -504,18 +510,34 @@ func (ing *Ingester) replyIfDone(ctx context.Context, m bus.Message, id, staged 
 	return true, ing.finish(ctx, m, outcome{reply: rep, rejected: rej}, staged, commands.IsJSON(m.ContentType))
 }
 
-// precheck reads the package's state and the configuration outside the
-// commit lock.
-func (ing *Ingester) precheck(ctx context.Context, id string, c commands.Ingest) (*commands.Error, error) {
-	cfg, err := ing.config.recent(ctx, ing.cfg.Pool)
-	if err != nil {
-		return nil, err
+// precheck reads, outside the commit lock and in one round trip, whether
+// id is already in the log and the package's state and configuration, and
+// returns what the commit would refuse. The commit decides again under the
+// lock.
+func (ing *Ingester) precheck(ctx context.Context, id string, c commands.Ingest) (known bool, rej *commands.Error, err error) {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT EXISTS (SELECT 1 FROM commands WHERE command_id = $1)`, id).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(&known); err != nil {
+			return fmt.Errorf("look up command id: %w", err)
+		}
+		return nil
+	})
+	cfg := ing.config.cachedRecent()
+	var loadCfg func() (*config, error)
+	if cfg == nil {
+		loadCfg = ing.config.queueLoad(b)
 	}
-	st, err := loadState(ctx, ing.cfg.Pool, cfg, ing.cfg.Now(), []*job{{kind: jobIngest, commandID: id, pkg: c.Package, path: c.Path}})
-	if err != nil {
-		return nil, err
+	st := queueState(b, ing.cfg.Now(), []*job{{kind: jobIngest, commandID: id, pkg: c.Package, path: c.Path}})
+	if err := ing.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
+		return false, nil, err
 	}
-	return st.precheck(c), nil
+	if loadCfg != nil {
+		if cfg, err = loadCfg(); err != nil {
+			return false, nil, err
+		}
+	}
+	st.cfg = cfg
+	return known, st.precheck(c), nil
 }
 
 // rejectCommand commits the rejection event, replies, and returns the

@@ -46,9 +46,10 @@ type config struct {
 	schemas []metadataSchema
 }
 
-// querier is what both a pool and a transaction offer.
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+// batcher is what both a pool and a transaction offer: the reads of a
+// decision go to PostgreSQL as one batch (one round trip).
+type batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // configCache loads retention classes and metadata schemas, compiling each
@@ -66,73 +67,72 @@ func newConfigCache(maxAge time.Duration, now func() time.Time) *configCache {
 	return &configCache{compiled: map[int64]*jsonschema.Schema{}, maxAge: maxAge, now: now}
 }
 
-// recent returns a snapshot at most maxAge old, for the pre-checks.
-func (c *configCache) recent(ctx context.Context, q querier) (*config, error) {
+// cachedRecent returns the cached snapshot when it is at most maxAge old.
+func (c *configCache) cachedRecent() *config {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.cached != nil && c.now().Sub(c.loadedAt) < c.maxAge {
-		cfg := c.cached
-		c.mu.Unlock()
-		return cfg, nil
+		return c.cached
 	}
-	c.mu.Unlock()
-	return c.load(ctx, q)
+	return nil
 }
 
-// load reads the configuration through q (inside the commit transaction,
-// so that the decision sees the tables as of its own snapshot).
-func (c *configCache) load(ctx context.Context, q querier) (*config, error) {
+// queueLoad queues the reads of the configuration tables on b (inside the
+// commit transaction, so that the decision sees the tables as of its own
+// snapshot). Once the batch ran, the returned function builds the snapshot
+// and caches it.
+func (c *configCache) queueLoad(b *pgx.Batch) func() (*config, error) {
 	cfg := &config{classes: map[string]retentionClass{}}
-	rows, err := q.Query(ctx, `SELECT name, default_duration, never_expires FROM retention_classes`)
-	if err != nil {
-		return nil, fmt.Errorf("read retention classes: %w", err)
-	}
-	for rows.Next() {
-		var rc retentionClass
-		if err := rows.Scan(&rc.name, &rc.duration, &rc.neverExpires); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read retention classes: %w", err)
-		}
-		cfg.classes[rc.name] = rc
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read retention classes: %w", err)
-	}
-	rows, err = q.Query(ctx, `SELECT id, coalesce(retention_class, ''), schema::text FROM metadata_schemas ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("read metadata schemas: %w", err)
-	}
 	type row struct {
 		id    int64
 		class string
 		doc   string
 	}
 	var raw []row
-	for rows.Next() {
-		var r row
-		if err := rows.Scan(&r.id, &r.class, &r.doc); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("read metadata schemas: %w", err)
-		}
-		raw = append(raw, r)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read metadata schemas: %w", err)
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, r := range raw {
-		sch, ok := c.compiled[r.id]
-		if !ok {
-			sch, err = CompileSchema(r.id, []byte(r.doc))
-			if err != nil {
-				return nil, fmt.Errorf("metadata schema #%d (class %q) does not compile; fix it with `artifactstore schema set`: %w", r.id, r.class, err)
+	b.Queue(`SELECT name, default_duration, never_expires FROM retention_classes`).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var rc retentionClass
+			if err := rows.Scan(&rc.name, &rc.duration, &rc.neverExpires); err != nil {
+				return fmt.Errorf("read retention classes: %w", err)
 			}
-			c.compiled[r.id] = sch
+			cfg.classes[rc.name] = rc
 		}
-		cfg.schemas = append(cfg.schemas, metadataSchema{id: r.id, class: r.class, sch: sch})
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read retention classes: %w", err)
+		}
+		return nil
+	})
+	b.Queue(`SELECT id, coalesce(retention_class, ''), schema::text FROM metadata_schemas ORDER BY id`).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.id, &r.class, &r.doc); err != nil {
+				return fmt.Errorf("read metadata schemas: %w", err)
+			}
+			raw = append(raw, r)
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read metadata schemas: %w", err)
+		}
+		return nil
+	})
+	return func() (*config, error) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, r := range raw {
+			sch, ok := c.compiled[r.id]
+			if !ok {
+				var err error
+				sch, err = CompileSchema(r.id, []byte(r.doc))
+				if err != nil {
+					return nil, fmt.Errorf("metadata schema #%d (class %q) does not compile; fix it with `artifactstore schema set`: %w", r.id, r.class, err)
+				}
+				c.compiled[r.id] = sch
+			}
+			cfg.schemas = append(cfg.schemas, metadataSchema{id: r.id, class: r.class, sch: sch})
+		}
+		c.cached, c.loadedAt = cfg, c.now()
+		return cfg, nil
 	}
-	c.cached, c.loadedAt = cfg, c.now()
-	return cfg, nil
 }
 
 // CompileSchema compiles a JSON Schema document (any draft the library
