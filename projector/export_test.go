@@ -1,9 +1,9 @@
 package projector
 
-// WithoutReapIndex makes p find the reap rule's candidates with queries in
-// every batch, as if it had no reap index: the reference the indexed path
-// is compared with.
-func WithoutReapIndex(p *Projector) *Projector {
-	p.noReapIndex = true
+// WithoutMemo makes p query every row of every batch and find the reap
+// rule's candidates with queries, remembering nothing between batches:
+// the reference the memo's path is compared with.
+func WithoutMemo(p *Projector) *Projector {
+	p.noMemo = true
 	return p
 }

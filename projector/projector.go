@@ -14,7 +14,11 @@
 // Throughput comes from the batch shape: rows are loaded with one query per
 // table for all keys of the batch, rows the batch creates go in with COPY
 // and rows it changes with one unnest upsert per table; the next batch is
-// read and decoded while the current one is written.
+// read and decoded while the current one is written. Between batches the
+// leader remembers what is safe to remember while it is the only writer
+// (see memo): which expired packages a live location still keeps from
+// being reaped, so the reap rule does not search the files table for every
+// deleted address, and the rows of recent batches, which need no query.
 //
 // One projector of a name is active at a time: Run holds a PostgreSQL
 // session advisory lock on a dedicated connection while it leads; standbys
@@ -150,9 +154,9 @@ type Projector struct {
 	cfg   Config
 	lg    zerolog.Logger
 
-	mu          sync.Mutex
-	reapIdx     map[string]*reapIndex // by retention table name
-	noReapIndex bool                  // tests: the reference path
+	mu     sync.Mutex
+	memos  map[string]*memo // by retention table name
+	noMemo bool             // tests: the reference path
 }
 
 // New returns a projector over the database of pool, reading log and
@@ -160,7 +164,7 @@ type Projector struct {
 func New(pool *pgxpool.Pool, log Log, codec Decoder, cfg Config) *Projector {
 	cfg.fill()
 	return &Projector{
-		pool: pool, log: log, codec: codec, cfg: cfg, reapIdx: map[string]*reapIndex{},
+		pool: pool, log: log, codec: codec, cfg: cfg, memos: map[string]*memo{},
 		lg: cfg.Logger.With().Str("service", "projector").Str("projector", cfg.Name).Logger(),
 	}
 }
@@ -183,14 +187,14 @@ func (p *Projector) catchUp(ctx context.Context, t tables, checkpoint string) (i
 	for {
 		var n int
 		var next *fetch
-		var idx *reapIndex
+		var idx *memo
 		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			var err error
 			n, _, idx, err = p.applyInTx(ctx, tx, t, checkpoint, p.cfg.BatchSize, pre, &next, true)
 			return err
 		})
 		if err == nil {
-			p.putReapIndex(t, idx)
+			p.putMemo(t, idx)
 		}
 		if pre != nil {
 			pre.stop()
@@ -265,7 +269,7 @@ func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.
 // applyBatch is one transaction: lock the checkpoint, read, check, fold,
 // write, move the checkpoint.
 func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string, limit int) (applied int, err error) {
-	var idx *reapIndex
+	var idx *memo
 	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
 		applied, _, idx, err = p.applyInTx(ctx, tx, t, checkpoint, limit, nil, nil, true)
@@ -274,7 +278,7 @@ func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string,
 	if err != nil {
 		return 0, err
 	}
-	p.putReapIndex(t, idx)
+	p.putMemo(t, idx)
 	return applied, nil
 }
 
@@ -283,9 +287,9 @@ func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string,
 // started earlier; it is used when it starts at the checkpoint. If next is
 // not nil and the batch is full, the read of the following batch is
 // started and stored there. With useIdx, the batch uses the projector's
-// reap index (see reapIndex) and returns it updated; the caller must put it
-// back with putReapIndex only once tx committed.
-func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int, pre *fetch, next **fetch, useIdx bool) (int, int64, *reapIndex, error) {
+// memo (see memo) and returns it updated; the caller must put it
+// back with putMemo only once tx committed.
+func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoint string, limit int, pre *fetch, next **fetch, useIdx bool) (int, int64, *memo, error) {
 	var (
 		cp  int64
 		oid uint32
@@ -314,7 +318,7 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	b.Queue(`SELECT sequence FROM projector_checkpoints WHERE projector = $1 FOR UPDATE`, checkpoint).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&cp)
 	})
-	useIdx = useIdx && !p.noReapIndex
+	useIdx = useIdx && !p.noMemo
 	if useIdx {
 		b.Queue(`SELECT to_regclass($1)::oid`, t.retention).QueryRow(func(row pgx.Row) error {
 			return row.Scan(&oid)
@@ -323,9 +327,9 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, 0, nil, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
 	}
-	var idx *reapIndex
+	var idx *memo
 	if useIdx {
-		idx = p.takeReapIndex(t, cp, oid)
+		idx = p.takeMemo(t, cp, oid)
 	}
 	var (
 		evs      []events.Event
@@ -355,11 +359,12 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 		*next = p.startFetch(ctx, last, limit)
 	}
 	if useIdx && idx == nil {
-		if idx, err = loadReapIndex(ctx, tx, t, cp, oid); err != nil {
+		if idx, err = loadMemo(ctx, tx, t, cp, oid); err != nil {
 			return 0, 0, nil, err
 		}
 	}
-	s, err := load(ctx, tx, t, collectKeys(payloads), idx)
+	k := collectKeys(payloads)
+	s, err := load(ctx, tx, t, k, idx)
 	if err != nil {
 		return 0, 0, nil, err
 	}
@@ -382,6 +387,7 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	}
 	if idx != nil {
 		idx.update(s, last)
+		idx.remember(s, k)
 	}
 	return len(evs), last, idx, nil
 }

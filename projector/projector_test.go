@@ -255,9 +255,10 @@ func TestIncrementalEqualsRebuild(t *testing.T) {
 	}
 
 	// The first rebuild finds the reap rule's candidates with queries in
-	// every batch; the incremental tables were built with the reap index
-	// (rebuilt at each restart, kept across batches otherwise).
-	if err := projector.WithoutReapIndex(f.projector(t, projector.Config{BatchSize: 1 + r.IntN(3000)})).Rebuild(ctx); err != nil {
+	// every batch and remembers nothing between batches; the incremental
+	// tables were built with the memo (reap index and recent rows), built
+	// afresh at each restart and kept across batches otherwise.
+	if err := projector.WithoutMemo(f.projector(t, projector.Config{BatchSize: 1 + r.IntN(3000)})).Rebuild(ctx); err != nil {
 		t.Fatalf("Rebuild: %v", err)
 	}
 	rebuilt := snapshot(ctx, t, f.pool, "")
@@ -273,6 +274,9 @@ func TestIncrementalEqualsRebuild(t *testing.T) {
 	}
 	if n := count(ctx, t, f.pool, `SELECT count(*) FROM pg_indexes WHERE indexname = 'artifact_files_content_address_idx'`); n != 1 {
 		t.Errorf("index artifact_files_content_address_idx missing after the swap")
+	}
+	if n := count(ctx, t, f.pool, `SELECT count(*) FROM pg_class WHERE relname = 'storage_locations' AND 'fillfactor=85' = ANY(reloptions)`); n != 1 {
+		t.Errorf("storage_locations lost its fillfactor in the swap")
 	}
 	// Projection continues on the swapped-in tables.
 	appendAll(ctx, t, f.log, g.drafts(300), 300)

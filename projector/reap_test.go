@@ -70,7 +70,7 @@ func TestReapIndexFollowsFiles(t *testing.T) {
 		}
 	}
 	incremental := snapshot(ctx, t, f.pool, "")
-	if err := projector.WithoutReapIndex(f.projector(t, projector.Config{BatchSize: 1})).Rebuild(ctx); err != nil {
+	if err := projector.WithoutMemo(f.projector(t, projector.Config{BatchSize: 1})).Rebuild(ctx); err != nil {
 		t.Fatalf("Rebuild: %v", err)
 	}
 	compareSnapshots(t, "with the reap index vs without", incremental, snapshot(ctx, t, f.pool, ""))

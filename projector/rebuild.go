@@ -57,7 +57,8 @@ func (p *Projector) Rebuild(ctx context.Context) error {
 }
 
 // prepareRebuild creates empty twins of the live tables (structure,
-// defaults, constraints and indexes) and resets their checkpoint.
+// defaults, constraints, indexes and storage parameters) and resets their
+// checkpoint.
 func (p *Projector) prepareRebuild(ctx context.Context, rt tables, cp string) error {
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		for i, live := range liveTables.all() {
@@ -67,6 +68,16 @@ func (p *Projector) prepareRebuild(ctx context.Context, rt tables, cp string) er
 			}
 			if _, err := tx.Exec(ctx, `CREATE TABLE `+r+` (LIKE `+pgx.Identifier{live}.Sanitize()+` INCLUDING ALL)`); err != nil {
 				return err
+			}
+			// LIKE does not copy storage parameters (fillfactor).
+			var opts []string
+			if err := tx.QueryRow(ctx, `SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = $1::regclass`, live).Scan(&opts); err != nil {
+				return err
+			}
+			if len(opts) > 0 {
+				if _, err := tx.Exec(ctx, `ALTER TABLE `+r+` SET (`+strings.Join(opts, ", ")+`)`); err != nil {
+					return err
+				}
 			}
 		}
 		_, err := tx.Exec(ctx, `DELETE FROM projector_checkpoints WHERE projector = $1`, cp)

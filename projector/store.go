@@ -197,12 +197,46 @@ func queryRows[T any](ctx context.Context, tx pgx.Tx, scan pgx.RowToFunc[T], sql
 
 // load reads every row the batch can touch into a fresh state. It runs in
 // the batch's transaction, after the checkpoint row is locked, so the rows
-// are those the previous batch committed. idx, if not nil, is the reap
-// index at that checkpoint.
-func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *reapIndex) (*state, error) {
+// are those the previous batch committed. idx, if not nil, is the memo
+// at that checkpoint: rows it remembers are not queried.
+func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *memo) (*state, error) {
 	s := newState()
-	if len(k.pkgs) > 0 {
-		names := setKeys(k.pkgs)
+	var (
+		names []string
+		fks   []fileKey
+		lks   []locKey
+	)
+	for name := range k.pkgs {
+		if c, ok := idx.cachedPkg(name); ok {
+			if c.pkg != nil {
+				s.pkgs[name] = c.pkg
+			}
+			if c.ret != nil {
+				s.ret[name] = c.ret
+			}
+			continue
+		}
+		names = append(names, name)
+	}
+	for fk := range k.files {
+		if c, ok := idx.cachedFile(fk); ok {
+			if c != nil {
+				s.putFile(c)
+			}
+			continue
+		}
+		fks = append(fks, fk)
+	}
+	for lk := range k.locs {
+		if c, ok := idx.cachedLoc(lk); ok {
+			if c != nil {
+				s.putLoc(c)
+			}
+			continue
+		}
+		lks = append(lks, lk)
+	}
+	if len(names) > 0 {
 		pkgs, err := queryRows(ctx, tx, scanPkg, `SELECT `+pkgCols+` FROM `+t.packages+` WHERE name = ANY($1)`, names)
 		if err != nil {
 			return nil, fmt.Errorf("load packages: %w", err)
@@ -218,9 +252,9 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *reapIndex) (*st
 			s.ret[r.Package] = r
 		}
 	}
-	if len(k.files) > 0 {
-		ps, paths := make([]string, 0, len(k.files)), make([]string, 0, len(k.files))
-		for fk := range k.files {
+	if len(fks) > 0 {
+		ps, paths := make([]string, 0, len(fks)), make([]string, 0, len(fks))
+		for _, fk := range fks {
 			ps, paths = append(ps, fk.Package), append(paths, fk.Path)
 		}
 		files, err := queryRows(ctx, tx, scanFile, `SELECT `+prefixed("f.", fileCols)+` FROM `+t.files+` f
@@ -232,9 +266,9 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *reapIndex) (*st
 			s.putFile(r)
 		}
 	}
-	if len(k.locs) > 0 {
-		as, bs := make([]string, 0, len(k.locs)), make([]string, 0, len(k.locs))
-		for lk := range k.locs {
+	if len(lks) > 0 {
+		as, bs := make([]string, 0, len(lks)), make([]string, 0, len(lks))
+		for _, lk := range lks {
 			as, bs = append(as, lk.Address), append(bs, lk.Backend)
 		}
 		locs, err := queryRows(ctx, tx, scanLoc, `SELECT `+prefixed("l.", locCols)+` FROM `+t.locations+` l
@@ -261,10 +295,10 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *reapIndex) (*st
 // package can be reaped in this batch only if it is expired (before or
 // during the batch) and not reaped: the ones expiring in the batch, the
 // expired ones with a file at an address deleted in the batch, and the
-// expired ones the batch adds files to. With the reap index idx, the second
+// expired ones the batch adds files to. With the memo idx, the second
 // set narrows to the packages whose witness the batch deletes (see
-// reapIndex), and no query is needed to find them.
-func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state, idx *reapIndex) error {
+// memo), and no query is needed to find them.
+func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state, idx *memo) error {
 	cands := map[string]bool{}
 	for name := range k.expiredPkgs {
 		cands[name] = true
