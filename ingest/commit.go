@@ -119,10 +119,10 @@ func (c *committer) commit(group []*job) {
 }
 
 // commitGroup decides and commits every job of group in one transaction,
-// in a fixed number of round trips whatever the group's size: (1) the
-// ingest lock and, under it, every read the decisions need (command ids,
+// in four round trips whatever the group's size: (1) BEGIN, the ingest
+// lock and, under it, every read the decisions need (command ids,
 // configuration, package and file state, the gc rows of the stored objects
-// FOR UPDATE), (2, 3) the append, (4) the state writes, and the commit.
+// FOR UPDATE), (2, 3) the append, (4) the state writes and COMMIT.
 // The lock is held from (1) to the commit, so each round trip saved is
 // throughput for every ingester.
 func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, error) {
@@ -131,7 +131,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 	// dupOf[i] >= 0: job i repeats the command id of job dupOf[i] (same
 	// group); -2: its command id is already in the log.
 	dupOf := make([]int, len(group))
-	err := pgx.BeginFunc(ctx, ing.cfg.Pool, func(tx pgx.Tx) error {
+	err := runGroupTx(ctx, ing.cfg.Pool, func(tx *groupTx) error {
 		now := ing.cfg.Now().UTC()
 		ids := make([]string, len(group))
 		for i, j := range group {
@@ -139,6 +139,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 		}
 		known := map[string]bool{}
 		b := &pgx.Batch{}
+		queueBegin(b)
 		// Statements of a batch run in order, each with a snapshot taken
 		// after the lock was granted (READ COMMITTED): they see every
 		// decision committed before.
@@ -216,8 +217,13 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 				}
 			}
 		}
-		if err := writeState(ctx, tx, ds, firstSeq, keep, now); err != nil {
+		wb := &pgx.Batch{}
+		if err := queueWrites(wb, ds, firstSeq, keep, now); err != nil {
 			return err
+		}
+		queueCommit(wb)
+		if err := tx.SendBatch(ctx, wb).Close(); err != nil {
+			return fmt.Errorf("write the ingest state and commit: %w", err)
 		}
 		for i := range group {
 			if dupOf[i] != -1 {

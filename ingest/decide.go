@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -323,11 +322,10 @@ func storedReply(cmdID, pkg, path string, addr digest.Address, dg digest.Digests
 	}
 }
 
-// writeState applies, in one round trip, the state changes of the decided
-// jobs (seqs holds the first sequence of each job's batch) and sets the
-// gc_objects rows of keep live.
-func writeState(ctx context.Context, tx pgx.Tx, ds []decided, seqs []int64, keep []keptObject, now time.Time) error {
-	b := &pgx.Batch{}
+// queueWrites queues on b the state changes of the decided jobs (seqs
+// holds the first sequence of each job's batch) and sets the gc_objects
+// rows of keep live.
+func queueWrites(b *pgx.Batch, ds []decided, seqs []int64, keep []keptObject, now time.Time) error {
 	if len(keep) > 0 {
 		addrs, backends, sizes := make([]string, len(keep)), make([]string, len(keep)), make([]int64, len(keep))
 		for i, k := range keep {
@@ -362,12 +360,6 @@ func writeState(ctx context.Context, tx pgx.Tx, ds []decided, seqs []int64, keep
 		if d.sealPkg != "" {
 			b.Queue(`UPDATE ingest_packages SET sealed_at = $2, sealed_seq = $3 WHERE name = $1`, d.sealPkg, now, seqs[i])
 		}
-	}
-	if b.Len() == 0 {
-		return nil
-	}
-	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write ingest state: %w", err)
 	}
 	return nil
 }
