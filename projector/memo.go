@@ -27,6 +27,9 @@ import (
 //     as those batches committed them: scrub outcomes, restores and files
 //     of open packages mostly name rows of recent batches, which then need
 //     no query. Rows loaded in part for the reap rule are not kept.
+//   - A Bloom filter of the keys of the files and of the locations table
+//     (see keyFilter), built when a catch-up starts: a key it does not hold
+//     is not queried.
 //
 // A memo describes the tables at exactly one checkpoint (seq) of one
 // generation of the tables (oid of the retention table, which a rebuild's
@@ -45,6 +48,9 @@ type memo struct {
 	pkgs  map[string]cached[pkgEntry] // package and retention rows of a name
 	files map[fileKey]cached[*fileRow]
 	locs  map[locKey]cached[*locRow]
+
+	fileKeys, locKeys *keyFilter // nil: none
+	filtersTried      bool       // the tables were too large for filters
 }
 
 // memoGenerations is how many batches a remembered row outlives the last
@@ -66,6 +72,37 @@ func newMemo(seq int64, oid uint32) *memo {
 		seq: seq, oid: oid, witness: map[string]locKey{}, byLoc: map[locKey]map[string]bool{}, pending: map[string]bool{},
 		pkgs: map[string]cached[pkgEntry]{}, files: map[fileKey]cached[*fileRow]{}, locs: map[locKey]cached[*locRow]{},
 	}
+}
+
+// loadFilters builds the key filters if they are missing, unless the
+// tables were found too large for them before.
+func (x *memo) loadFilters(ctx context.Context, tx pgx.Tx, t tables) error {
+	if x.filtersTried || (x.fileKeys != nil && x.locKeys != nil) {
+		return nil
+	}
+	var err error
+	if x.fileKeys == nil {
+		if x.fileKeys, err = loadKeyFilter(ctx, tx, `SELECT package, path FROM `+t.files); err != nil {
+			return fmt.Errorf("load the keys of %s: %w", t.files, err)
+		}
+	}
+	if x.locKeys == nil {
+		if x.locKeys, err = loadKeyFilter(ctx, tx, `SELECT content_address, backend_id FROM `+t.locations); err != nil {
+			return fmt.Errorf("load the keys of %s: %w", t.locations, err)
+		}
+	}
+	x.filtersTried = x.fileKeys == nil || x.locKeys == nil
+	return nil
+}
+
+// absentFile reports whether the files table certainly has no row k.
+func (x *memo) absentFile(k fileKey) bool {
+	return x != nil && x.fileKeys != nil && !x.fileKeys.mayHave(k.Package, k.Path)
+}
+
+// absentLoc reports whether the locations table certainly has no row k.
+func (x *memo) absentLoc(k locKey) bool {
+	return x != nil && x.locKeys != nil && !x.locKeys.mayHave(k.Address, k.Backend)
 }
 
 // remember records the rows of the keys a committed batch looked up, as
@@ -93,6 +130,9 @@ func (x *memo) remember(s *state, k keys) {
 	for fk := range k.files {
 		f := s.files[fk]
 		if f != nil {
+			if !f.existed && x.fileKeys != nil {
+				x.fileKeys.add(fk.Package, fk.Path)
+			}
 			f.dirty, f.existed = false, true
 		}
 		x.files[fk] = cached[*fileRow]{f, g}
@@ -100,9 +140,20 @@ func (x *memo) remember(s *state, k keys) {
 	for lk := range k.locs {
 		l := s.locs[lk]
 		if l != nil {
+			if !l.existed && x.locKeys != nil {
+				x.locKeys.add(lk.Address, lk.Backend)
+			}
 			l.dirty, l.existed = false, true
 		}
 		x.locs[lk] = cached[*locRow]{l, g}
+	}
+	// A filter past its capacity is rebuilt, twice as large, by the next
+	// catch-up batch.
+	if x.fileKeys != nil && x.fileKeys.full() {
+		x.fileKeys = nil
+	}
+	if x.locKeys != nil && x.locKeys.full() {
+		x.locKeys = nil
 	}
 	old := g - memoGenerations
 	for n, c := range x.pkgs {

@@ -363,6 +363,12 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 			return 0, 0, nil, err
 		}
 	}
+	// A full batch: the projector is catching up, worth a scan of the keys.
+	if idx != nil && len(evs) == limit {
+		if err := idx.loadFilters(ctx, tx, t); err != nil {
+			return 0, 0, nil, err
+		}
+	}
 	k := collectKeys(payloads)
 	s, err := load(ctx, tx, t, k, idx)
 	if err != nil {

@@ -225,6 +225,9 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *memo) (*state, 
 			}
 			continue
 		}
+		if idx.absentFile(fk) {
+			continue
+		}
 		fks = append(fks, fk)
 	}
 	for lk := range k.locs {
@@ -232,6 +235,9 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *memo) (*state, 
 			if c != nil {
 				s.putLoc(c)
 			}
+			continue
+		}
+		if idx.absentLoc(lk) {
 			continue
 		}
 		lks = append(lks, lk)
