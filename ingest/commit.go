@@ -85,7 +85,11 @@ func (c *committer) run(stop <-chan struct{}) {
 				break drain
 			}
 		}
+		start := time.Now()
 		c.commit(group)
+		took := time.Since(start)
+		c.ing.cfg.Metrics.committed(len(group), took)
+		c.ing.log.Debug().Int("jobs", len(group)).Dur("took", took).Msg("group committed")
 	}
 }
 

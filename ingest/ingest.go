@@ -108,7 +108,10 @@ type Config struct {
 	EnsureTopology bool
 
 	// Concurrency is how many commands are handled at once by this
-	// process. Default 8.
+	// process. Default 32: a handler mostly waits (fsync, the group
+	// commit), so more handlers than concurrent producers let fsyncs
+	// overlap and commit groups grow; each holds at most one inline blob
+	// (64 KiB) and one copy buffer (1 MiB).
 	Concurrency int
 	// MaxBlobSize caps one blob; a larger one is rejected (too_large).
 	// Default 16 GiB; < 0 means unlimited.
@@ -155,7 +158,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.Topology = bus.DefaultTopology()
 	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = 8
+		c.Concurrency = 32
 	}
 	if c.MaxBlobSize == 0 {
 		c.MaxBlobSize = 16 << 30

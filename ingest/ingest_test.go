@@ -469,8 +469,8 @@ func TestMetadataSchema(t *testing.T) {
 }
 
 // TestMetricsCountOutcomes checks the ingester's Prometheus counters: a
-// stored file, a deduplicated one, a rejection by code, and one handling
-// time per command.
+// stored file, a deduplicated one, a rejection by code, one handling time
+// per command, and every command in a commit group.
 func TestMetricsCountOutcomes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -498,5 +498,19 @@ artifactstore_ingest_rejections_total{code="unknown_retention_class"} 1
 	}
 	if n := testutil.CollectAndCount(reg, "artifactstore_ingest_duration_seconds"); n != 1 {
 		t.Fatalf("duration histogram series: %d", n)
+	}
+	// Every command went through one group commit.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var grouped float64
+	for _, mf := range mfs {
+		if mf.GetName() == "artifactstore_ingest_commit_group_size" {
+			grouped = mf.GetMetric()[0].GetHistogram().GetSampleSum()
+		}
+	}
+	if grouped != 3 {
+		t.Fatalf("commit group sizes add up to %v, want 3 (one per command)", grouped)
 	}
 }
