@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/ingest"
 )
@@ -30,16 +29,12 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	pool, err := g.pool(ctx)
+	cn, err := g.connect(ctx, "ingest", lg)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	nc, js, err := g.natsConn(ctx, "ingest", lg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
+	defer cn.Close()
+	pool, nc, js := cn.pool, cn.nc, cn.js
 	dp, err := g.dataPlane(lg)
 	if err != nil {
 		return err
@@ -56,7 +51,7 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	codec := events.NewCodec()
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, DataPlane: dp, NATS: nc, JetStream: js,
-		Topology: bus.DefaultTopology(), EnsureTopology: true,
+		Topology:    cn.top,
 		Concurrency: c.Concurrency, MaxBlobSize: maxBlob, CommitWindow: c.CommitWindow,
 		Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})

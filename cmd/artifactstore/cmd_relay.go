@@ -5,7 +5,6 @@ import (
 	"errors"
 	"time"
 
-	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/relay"
@@ -24,20 +23,12 @@ func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	pool, err := g.pool(ctx)
+	cn, err := g.connect(ctx, "relay", lg)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	nc, js, err := g.natsConn(ctx, "relay", lg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	top := bus.DefaultTopology()
-	if err := bus.EnsureTopology(ctx, js, top); err != nil {
-		return err
-	}
+	defer cn.Close()
+	pool, js, top := cn.pool, cn.js, cn.top
 	codec := events.NewCodec()
 	r, err := relay.New(pool, events.NewLog(pool, codec), codec, js, relay.Config{
 		Stream:       top.EventsStream,
@@ -49,7 +40,7 @@ func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, nil)
+	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, cn.nc, js, nil)
 	if err != nil {
 		return err
 	}

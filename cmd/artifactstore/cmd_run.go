@@ -67,12 +67,6 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 			return err
 		}
 	}
-	pool, err := g.pool(ctx)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-
 	if g.NATSURL == "" {
 		emb, err := bus.StartEmbedded(ctx, filepath.Join(g.DataDir, "nats"), "127.0.0.1", c.EmbeddedNATSPort, lg)
 		if err != nil {
@@ -86,15 +80,12 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		defer os.Remove(g.embeddedURLFile())
 		lg.Info().Str("url", g.NATSURL).Str("store", filepath.Join(g.DataDir, "nats")).Msg("embedded NATS server with JetStream started")
 	}
-	nc, js, err := g.natsConn(ctx, "run", lg)
+	cn, err := g.connect(ctx, "run", lg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	top := bus.DefaultTopology()
-	if err := bus.EnsureTopology(ctx, js, top); err != nil {
-		return err
-	}
+	defer cn.Close()
+	pool, nc, js, top := cn.pool, cn.nc, cn.js, cn.top
 
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()

@@ -59,20 +59,12 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	case c.ScrubInterval <= 0 || c.ScrubTick <= 0:
 		return fmt.Errorf("--scrub-interval (%s) and --scrub-tick (%s) must be positive, e.g. 168h and 1m", c.ScrubInterval, c.ScrubTick)
 	}
-	pool, err := g.pool(ctx)
+	cn, err := g.connect(ctx, "verify", lg)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	nc, js, err := g.natsConn(ctx, "verify", lg)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	topo := bus.DefaultTopology()
-	if err := bus.EnsureTopology(ctx, js, topo); err != nil {
-		return err
-	}
+	defer cn.Close()
+	pool, nc, js, topo := cn.pool, cn.nc, cn.js, cn.top
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
 	dp, err := g.dataPlane(lg, dataplane.WithVerifyReader(lim.Reader))

@@ -121,3 +121,38 @@ func (g *Globals) serveOps(ctx context.Context, f opsFlags, lg zerolog.Logger, p
 		_ = srv.Stop(sctx)
 	}, nil
 }
+
+// conns are the connections of a worker role: PostgreSQL, and NATS with
+// the JetStream topology created or updated.
+type conns struct {
+	pool *pgxpool.Pool
+	nc   *nats.Conn
+	js   jetstream.JetStream
+	top  bus.Topology
+}
+
+// connect opens the connections of the role name and ensures the topology.
+func (g *Globals) connect(ctx context.Context, name string, lg zerolog.Logger) (*conns, error) {
+	pool, err := g.pool(ctx)
+	if err != nil {
+		return nil, err
+	}
+	nc, js, err := g.natsConn(ctx, name, lg)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	top := bus.DefaultTopology()
+	if err := bus.EnsureTopology(ctx, js, top); err != nil {
+		nc.Close()
+		pool.Close()
+		return nil, err
+	}
+	return &conns{pool: pool, nc: nc, js: js, top: top}, nil
+}
+
+// Close closes NATS, then PostgreSQL.
+func (c *conns) Close() {
+	c.nc.Close()
+	c.pool.Close()
+}
