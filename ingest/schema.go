@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"strings"
 	"sync"
@@ -44,12 +43,6 @@ type metadataSchema struct {
 type config struct {
 	classes map[string]retentionClass
 	schemas []metadataSchema
-}
-
-// batcher is what both a pool and a transaction offer: the reads of a
-// decision go to PostgreSQL as one batch (one round trip).
-type batcher interface {
-	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
 // configCache loads retention classes and metadata schemas, compiling each
