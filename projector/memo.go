@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
@@ -44,7 +45,12 @@ type memo struct {
 	byLoc   map[locKey]map[string]bool
 	pending map[string]bool
 
-	gen   int64
+	gen  int64
+	ring [memoGenerations]struct { // the keys of each of the last batches
+		pkgs  []string
+		files []fileKey
+		locs  []locKey
+	}
 	pkgs  map[string]cached[pkgEntry] // package and retention rows of a name
 	files map[fileKey]cached[*fileRow]
 	locs  map[locKey]cached[*locRow]
@@ -155,22 +161,25 @@ func (x *memo) remember(s *state, k keys) {
 	if x.locKeys != nil && x.locKeys.full() {
 		x.locKeys = nil
 	}
-	old := g - memoGenerations
-	for n, c := range x.pkgs {
-		if c.gen <= old {
+	// Forget the keys of the batch memoGenerations ago that no later batch
+	// touched.
+	slot := &x.ring[g%memoGenerations]
+	for _, n := range slot.pkgs {
+		if x.pkgs[n].gen <= g-memoGenerations {
 			delete(x.pkgs, n)
 		}
 	}
-	for n, c := range x.files {
-		if c.gen <= old {
-			delete(x.files, n)
+	for _, k := range slot.files {
+		if x.files[k].gen <= g-memoGenerations {
+			delete(x.files, k)
 		}
 	}
-	for n, c := range x.locs {
-		if c.gen <= old {
-			delete(x.locs, n)
+	for _, k := range slot.locs {
+		if x.locs[k].gen <= g-memoGenerations {
+			delete(x.locs, k)
 		}
 	}
+	slot.pkgs, slot.files, slot.locs = slices.Collect(maps.Keys(names)), slices.Collect(maps.Keys(k.files)), slices.Collect(maps.Keys(k.locs))
 }
 
 // cachedPkg returns the remembered package and retention rows of name
