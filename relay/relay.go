@@ -132,9 +132,15 @@ func (r *Relay) Run(ctx context.Context) error {
 // RunOnce publishes at most one batch and returns how many events it
 // published.
 func (r *Relay) RunOnce(ctx context.Context) (int, error) {
-	after, err := r.resumePoint(ctx)
+	after, cp, err := r.resumePoint(ctx)
 	if err != nil {
 		return 0, err
+	}
+	if after > cp {
+		// A relay published these and stopped before its checkpoint.
+		if err := r.saveCheckpoint(ctx, after); err != nil {
+			return 0, err
+		}
 	}
 	evs, err := r.log.Read(ctx, after, r.cfg.BatchSize)
 	if err != nil {
@@ -201,33 +207,33 @@ func (r *Relay) message(e events.Event) (*nats.Msg, error) {
 	return m, nil
 }
 
-// resumePoint is the larger of the checkpoint and the newest sequence in
-// the stream.
-func (r *Relay) resumePoint(ctx context.Context) (int64, error) {
+// resumePoint returns the larger of the checkpoint and the newest sequence
+// in the stream, and the checkpoint.
+func (r *Relay) resumePoint(ctx context.Context) (after, checkpoint int64, err error) {
 	cp, err := r.Checkpoint(ctx)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	s, err := r.js.Stream(ctx, r.cfg.Stream)
 	if err != nil {
-		return 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
+		return 0, 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
+		return 0, 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
 	}
 	if info.State.Msgs == 0 {
-		return cp, nil
+		return cp, cp, nil
 	}
 	last, err := s.GetMsg(ctx, info.State.LastSeq)
 	if err != nil {
-		return 0, fmt.Errorf("read the last message of %s: %w", r.cfg.Stream, err)
+		return 0, 0, fmt.Errorf("read the last message of %s: %w", r.cfg.Stream, err)
 	}
 	seq, err := strconv.ParseInt(last.Header.Get(HeaderSequence), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("last message of %s has no valid %s header: %w", r.cfg.Stream, HeaderSequence, err)
+		return 0, 0, fmt.Errorf("last message of %s has no valid %s header: %w", r.cfg.Stream, HeaderSequence, err)
 	}
-	return max(cp, seq), nil
+	return max(cp, seq), cp, nil
 }
 
 // Checkpoint returns the last sequence the relay recorded as published.

@@ -234,6 +234,14 @@ func TestResumeAfterLostCheckpoint(t *testing.T) {
 	if n, err := r.RunOnce(ctx); err != nil || n != 5 {
 		t.Fatalf("RunOnce after a lost checkpoint = %d, %v; want only the 5 new events", n, err)
 	}
+	// Lost again, with nothing new to publish: the checkpoint still
+	// catches up with the stream (status reports the relay's lag from it).
+	if _, err := pool.Exec(ctx, `UPDATE relay_checkpoints SET sequence = 3`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := r.RunOnce(ctx); err != nil || n != 0 {
+		t.Fatalf("idle RunOnce = %d, %v", n, err)
+	}
 	if n := streamMsgs(t, ctx, js, top.EventsStream); n != 55 {
 		t.Fatalf("stream holds %d messages, want 55", n)
 	}
