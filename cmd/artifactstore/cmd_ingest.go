@@ -11,7 +11,7 @@ import (
 
 // ingestCmd runs the ingester role.
 type ingestCmd struct {
-	Concurrency  int           `help:"Commands handled at once by this process (more processes share the work)." default:"8" placeholder:"N"`
+	Concurrency  int           `help:"Commands handled at once by this process (more processes share the work); many handlers let fsyncs overlap and commits group." default:"32" placeholder:"N"`
 	MaxBlobSize  int64         `name:"max-blob-size" help:"Largest blob accepted, in bytes; larger ones are rejected. 0 means unlimited." default:"17179869184" placeholder:"BYTES"`
 	CommitWindow time.Duration `help:"How long the committer gathers concurrent ingests into one transaction (group commit)." default:"2ms"`
 	StopTimeout  time.Duration `help:"How long a SIGINT/SIGTERM waits for in-flight ingests before cancelling them (they are redelivered)." default:"30s"`

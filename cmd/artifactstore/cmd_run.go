@@ -34,7 +34,7 @@ import (
 type runCmd struct {
 	NoMigrate         bool          `name:"no-migrate" help:"Do not create the database and apply migrations at start."`
 	EmbeddedNATSPort  int           `name:"embedded-nats-port" help:"Port of the embedded NATS server (started when --nats-url is empty), on 127.0.0.1; chosen so as not to collide with a NATS server on 4222." default:"4223"`
-	IngestConcurrency int           `help:"Commands the ingester handles at once." default:"8"`
+	IngestConcurrency int           `help:"Commands the ingester handles at once." default:"32"`
 	VerifyConcurrency int           `help:"Verifications run at once." default:"2"`
 	ScrubInterval     time.Duration `help:"Re-verify each stored object once per this interval." default:"168h"`
 	VerifyRateLimit   string        `help:"Bytes per second scrub may read, 0 for unlimited (e.g. 50MiB)." default:"0"`

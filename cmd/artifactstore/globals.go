@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -17,7 +18,7 @@ type Globals struct {
 	LogLevel  string `help:"Log level: debug, info, warn or error." default:"info" enum:"debug,info,warn,error"`
 	LogFormat string `help:"Log format: json, console, or auto (console on a terminal, else JSON)." default:"auto" enum:"auto,json,console"`
 
-	DatabaseURL string `help:"PostgreSQL URL. The database is created by 'migrate up' and 'run' when it does not exist." default:"postgres://postgres@127.0.0.1:5432/artifactstore?sslmode=disable" placeholder:"URL"`
+	DatabaseURL string `help:"PostgreSQL URL (pool_max_conns=N sets the pool size, default 20). The database is created by 'migrate up' and 'run' when it does not exist." default:"postgres://postgres@127.0.0.1:5432/artifactstore?sslmode=disable" placeholder:"URL"`
 
 	NATSURL      string `name:"nats-url" help:"NATS server URL. Empty in 'run' starts an embedded server; other commands then find it through the data directory." placeholder:"URL"`
 	NATSCreds    string `name:"nats-creds" help:"NATS credentials file (JWT + NKey)." type:"path" placeholder:"FILE"`
@@ -52,11 +53,20 @@ func (g *Globals) logger(w io.Writer) (zerolog.Logger, error) {
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), nil
 }
 
+// defaultPoolConns is the connection pool size when the URL sets none
+// (pool_max_conns=N in --database-url overrides it).
+const defaultPoolConns = 20
+
 // pool connects to PostgreSQL and checks that it answers.
 func (g *Globals) pool(ctx context.Context) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(g.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("--database-url is not a valid PostgreSQL URL: %w", err)
+	}
+	if !strings.Contains(g.DatabaseURL, "pool_max_conns") {
+		// pgxpool's default (max(4, CPUs)) starves 32 ingest handlers plus
+		// the committer and the consumers of 'run'.
+		cfg.MaxConns = defaultPoolConns
 	}
 	p, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
