@@ -42,13 +42,20 @@ const (
 	maxFilterKeys = 8 << 20
 )
 
-// loadKeyFilter builds the filter of the keys sql returns (two text
-// columns), sized for twice as many, or returns nil if there are more
-// than maxFilterKeys.
-func loadKeyFilter(ctx context.Context, tx pgx.Tx, sql string) (*keyFilter, error) {
+// loadKeyFilter builds the filter of the keys (two text columns, cols) of
+// table, sized for twice as many, or returns nil if there are more than
+// maxFilterKeys (by the planner's estimate, then by count).
+func loadKeyFilter(ctx context.Context, tx pgx.Tx, table, cols string) (*keyFilter, error) {
+	var estimate int64
+	if err := tx.QueryRow(ctx, `SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass`, table).Scan(&estimate); err != nil {
+		return nil, err
+	}
+	if estimate > maxFilterKeys {
+		return nil, nil
+	}
 	seed := maphash.MakeSeed()
 	probe := &keyFilter{seed: seed}
-	rows, err := tx.Query(ctx, sql+` LIMIT $1`, maxFilterKeys+1)
+	rows, err := tx.Query(ctx, `SELECT `+cols+` FROM `+table+` LIMIT $1`, maxFilterKeys+1)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,12 @@ import (
 //     (see keyFilter), built when a catch-up starts: a key it does not hold
 //     is not queried.
 //
+// Memory: the reap index holds one entry per expired, unreaped package; the
+// rows, those of the last memoGenerations batches; each filter, 10 bits per
+// key for up to twice maxFilterKeys keys (about 20 MiB at most), and its
+// build a transient 8 bytes per key. Tables above maxFilterKeys get no
+// filter.
+//
 // A memo describes the tables at exactly one checkpoint (seq) of one
 // generation of the tables (oid of the retention table, which a rebuild's
 // swap replaces), and is used only when it matches the locked checkpoint.
@@ -88,12 +94,12 @@ func (x *memo) loadFilters(ctx context.Context, tx pgx.Tx, t tables) error {
 	}
 	var err error
 	if x.fileKeys == nil {
-		if x.fileKeys, err = loadKeyFilter(ctx, tx, `SELECT package, path FROM `+t.files); err != nil {
+		if x.fileKeys, err = loadKeyFilter(ctx, tx, t.files, `package, path`); err != nil {
 			return fmt.Errorf("load the keys of %s: %w", t.files, err)
 		}
 	}
 	if x.locKeys == nil {
-		if x.locKeys, err = loadKeyFilter(ctx, tx, `SELECT content_address, backend_id FROM `+t.locations); err != nil {
+		if x.locKeys, err = loadKeyFilter(ctx, tx, t.locations, `content_address, backend_id`); err != nil {
 			return fmt.Errorf("load the keys of %s: %w", t.locations, err)
 		}
 	}
