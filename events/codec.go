@@ -207,7 +207,7 @@ func v1Payloads() []Payload {
 		PackageCreatedV1{}, PackageSealedV1{}, FileAddedV1{}, ObjectStoredV1{},
 		RetentionAssignedV1{}, RetentionChangedV1{}, LegalHoldSetV1{}, LegalHoldReleasedV1{},
 		ObjectVerifiedV1{}, ObjectCorruptV1{}, ObjectMissingV1{}, RetentionExpiredV1{},
-		ObjectDeletedV1{}, IngestRejectedV1{},
+		ObjectDeletedV1{}, IngestRejectedV1{}, CommandRejectedV1{},
 	}
 }
 
@@ -279,6 +279,8 @@ func (c *Codec) decodePayload(t Type, v int, b []byte) (p Payload, ok bool, err 
 		p, err = decodeAs[ObjectDeletedV1](c, b)
 	case TypeIngestRejected:
 		p, err = decodeAs[IngestRejectedV1](c, b)
+	case TypeCommandRejected:
+		p, err = decodeAs[CommandRejectedV1](c, b)
 	default:
 		return nil, false, nil
 	}

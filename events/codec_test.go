@@ -100,6 +100,13 @@ func goldenPayloads() []Payload {
 			Code:      "digest_mismatch",
 			Reason:    "claimed sha256 differs from the bytes received; re-upload the file",
 		},
+		CommandRejectedV1{
+			CommandID: "cmd-0002",
+			Command:   "retention.retain",
+			Package:   "release/1.4.2",
+			Code:      "retention_shorten_refused",
+			Reason:    "release-evidence may be lengthened, never shortened",
+		},
 	}
 }
 
@@ -191,7 +198,7 @@ func TestPayloadRegistry(t *testing.T) {
 		TypePackageCreated, TypePackageSealed, TypeFileAdded, TypeObjectStored,
 		TypeRetentionAssigned, TypeRetentionChanged, TypeLegalHoldSet, TypeLegalHoldReleased,
 		TypeObjectVerified, TypeObjectCorrupt, TypeObjectMissing, TypeRetentionExpired,
-		TypeObjectDeleted, TypeIngestRejected,
+		TypeObjectDeleted, TypeIngestRejected, TypeCommandRejected,
 	}
 	if got := KnownTypes(); !reflect.DeepEqual(got, design) {
 		t.Errorf("KnownTypes() = %v, want %v", got, design)

@@ -38,6 +38,7 @@ const (
 	TypeRetentionExpired  Type = "retention.expired"
 	TypeObjectDeleted     Type = "object.deleted"
 	TypeIngestRejected    Type = "ingest.rejected"
+	TypeCommandRejected   Type = "command.rejected"
 )
 
 // PackageCreatedV1 records that a package came into being (subject:
@@ -365,6 +366,37 @@ func (IngestRejectedV1) PayloadVersion() int { return 1 }
 // Validate requires Code and Reason.
 func (p IngestRejectedV1) Validate() error {
 	return firstError(p.EventType(),
+		required("code", p.Code),
+		required("reason", p.Reason))
+}
+
+// CommandRejectedV1 records that a command other than an ingest (a
+// retention change, a hold, a release) was refused and changed nothing
+// (subject: command id).
+type CommandRejectedV1 struct {
+	// CommandID is the refused command's id.
+	CommandID string `cbor:"command_id"`
+	// Command names what was asked, e.g. "retention.retain".
+	Command string `cbor:"command"`
+	Package string `cbor:"package,omitempty"`
+	// Code is a stable machine-readable reason, e.g.
+	// "retention_shorten_refused".
+	Code string `cbor:"code"`
+	// Reason is the human message sent to the requester.
+	Reason string `cbor:"reason"`
+}
+
+// EventType returns TypeCommandRejected.
+func (CommandRejectedV1) EventType() Type { return TypeCommandRejected }
+
+// PayloadVersion returns 1.
+func (CommandRejectedV1) PayloadVersion() int { return 1 }
+
+// Validate requires CommandID, Command, Code and Reason.
+func (p CommandRejectedV1) Validate() error {
+	return firstError(p.EventType(),
+		required("command_id", p.CommandID),
+		required("command", p.Command),
 		required("code", p.Code),
 		required("reason", p.Reason))
 }

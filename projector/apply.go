@@ -311,8 +311,8 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		for name := range s.pkgsByAddr[k.Address] {
 			s.reap(name, at)
 		}
-	case events.IngestRejectedV1:
-		// No projection: the rejection is a fact of the log only.
+	case events.IngestRejectedV1, events.CommandRejectedV1:
+		// No projection: a rejection is a fact of the log only.
 	default:
 		return fmt.Errorf("%w: event %d has type %q version %d, which this projector has no effect for",
 			ErrUnknownEvent, e.Sequence, e.Type, e.PayloadVersion)

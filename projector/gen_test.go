@@ -197,6 +197,10 @@ func (g *gen) next() []events.Draft {
 		return []events.Draft{objDraft(o.addr, events.ObjectStoredV1{Address: o.addr, BLAKE3: o.b3, SHA256: o.s2, Size: o.size, BackendID: backend})}
 	case pick(g.m.reject):
 		id := fmt.Sprintf("cmd-%d", g.n)
+		if g.r.IntN(2) == 0 {
+			return []events.Draft{{SubjectKind: events.SubjectCommand, SubjectID: id, Actor: "gen",
+				Payload: events.CommandRejectedV1{CommandID: id, Command: "retention.hold", Package: "p", Code: "unknown_package", Reason: "no such package"}}}
+		}
 		return []events.Draft{{SubjectKind: events.SubjectCommand, SubjectID: id, Actor: "gen",
 			Payload: events.IngestRejectedV1{CommandID: id, Package: "p", Path: "x", Code: "digest_mismatch", Reason: "claimed digest differs"}}}
 	default: // dangling: names rows that do not exist

@@ -14,9 +14,8 @@
 //   - A retain-until may be lengthened, never shortened, for a package whose
 //     class says so (may_shorten false in retention_classes:
 //     release-evidence, permanent-record). A refused change is replied to
-//     with code retention_shorten_refused and recorded as an
-//     ingest.rejected event under the command id (the v1 log's event for a
-//     refused command).
+//     with code retention_shorten_refused and recorded as a
+//     command.rejected event under the command id.
 //   - A legal hold blocks expiry whatever the class and retain-until. A hold
 //     on a package that already expired is accepted: it keeps the bytes the
 //     reaper has not deleted yet (deleted bytes are gone).
@@ -152,7 +151,7 @@ func (h *Handler) Stop(ctx context.Context) error {
 
 // Handle is the bus.Handler of retention commands. It replies (when the
 // command names a reply subject) once the outcome is committed. A
-// malformed or refused command is recorded as an ingest.rejected event,
+// malformed or refused command is recorded as a command.rejected event,
 // answered, and dead-lettered; a database failure is retried.
 func (h *Handler) Handle(ctx context.Context, m bus.Message) error {
 	isJSON := commands.IsJSON(m.ContentType)
@@ -322,7 +321,7 @@ func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
 	return rep, nil
 }
 
-// Refuse records rej as the outcome of c (an ingest.rejected event under
+// Refuse records rej as the outcome of c (a command.rejected event under
 // c.CommandID, which must be a valid command id) and returns the reply.
 func (h *Handler) Refuse(ctx context.Context, c Command, rej *commands.Error) (Reply, error) {
 	var dup bool
@@ -352,8 +351,12 @@ func rejection(c Command, rej *commands.Error) events.Draft {
 	if actor == "" {
 		actor = "retention"
 	}
+	command := "retention"
+	if c.Action != "" {
+		command += "." + c.Action
+	}
 	return events.Draft{SubjectKind: events.SubjectCommand, SubjectID: c.CommandID, Actor: actor,
-		Payload: events.IngestRejectedV1{CommandID: c.CommandID, Package: c.Package, Code: rej.Code, Reason: rej.Reason}}
+		Payload: events.CommandRejectedV1{CommandID: c.CommandID, Command: command, Package: c.Package, Code: rej.Code, Reason: rej.Reason}}
 }
 
 func (h *Handler) reject(c Command, rej *commands.Error) decision {
@@ -382,7 +385,7 @@ func (h *Handler) recorded(ctx context.Context, c Command) (Reply, error) {
 			return r, fmt.Errorf("retention: decode event %d: %w", e.Sequence, err)
 		}
 		switch p := p.(type) {
-		case events.IngestRejectedV1:
+		case events.CommandRejectedV1:
 			r.Status, r.Code, r.Reason = StatusRejected, p.Code, p.Reason
 		case events.LegalHoldSetV1:
 			r.Status, r.Action, r.Package, r.LegalHold = StatusApplied, ActionHold, p.Package, true

@@ -231,7 +231,7 @@ func TestRetainLengthenAndRefuseShorten(t *testing.T) {
 		t.Fatalf("Err() = %v", err)
 	}
 	t.Logf("refusal: %s", r.Reason)
-	if evs := e.eventsOf("down"); len(evs) != 1 || evs[0].Type != events.TypeIngestRejected || evs[0].Actor != "alice" {
+	if evs := e.eventsOf("down"); len(evs) != 1 || evs[0].Type != events.TypeCommandRejected || evs[0].Actor != "alice" {
 		t.Fatalf("refusal events = %+v; want one rejection event by the actor", evs)
 	}
 	if st := e.state("rel/1"); st.class != "release-evidence" || !st.retainUntil.Equal(want) {
@@ -445,7 +445,7 @@ func TestOverNATS(t *testing.T) {
 	if rep.Status != retention.StatusRejected || rep.Code != commands.CodeMalformed {
 		t.Fatalf("malformed reply = %+v", rep)
 	}
-	if evs := e.eventsOf("bad-1"); len(evs) != 1 || evs[0].Type != events.TypeIngestRejected {
+	if evs := e.eventsOf("bad-1"); len(evs) != 1 || evs[0].Type != events.TypeCommandRejected {
 		t.Fatalf("malformed events = %+v", evs)
 	}
 }
