@@ -37,6 +37,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/storage"
 )
@@ -260,10 +262,14 @@ func (b *Backend) copyHashed(ctx context.Context, f *os.File, r io.Reader, maxSi
 	if maxSize > 0 {
 		r = io.LimitReader(r, maxSize+1)
 	}
-	var n int64
+	var n, started int64
 	for {
 		if err := ctx.Err(); err != nil {
 			return digest.Digests{}, err
+		}
+		if n-started >= writebackChunk {
+			startWriteback(f, started, n-started)
+			started = n
 		}
 		m, rerr := io.ReadFull(r, buf)
 		if m > 0 {
@@ -284,6 +290,25 @@ func (b *Backend) copyHashed(ctx context.Context, f *os.File, r io.Reader, maxSi
 			return digest.Digests{}, fmt.Errorf("local: read the object stream: %w", rerr)
 		}
 	}
+}
+
+// writebackChunk is how many written bytes of a large object are handed to
+// the kernel's writeback at a time, so that the disk writes while the rest
+// of the stream arrives and the final fsync has little left to do.
+const writebackChunk = 8 << 20
+
+// startWriteback asks the kernel to start writing off..off+n of f to disk
+// without waiting (sync_file_range with SYNC_FILE_RANGE_WRITE). It is only
+// a head start: durability still comes from the fsync after the last
+// byte, which also reports any write error, so a failure here is ignored.
+func startWriteback(f *os.File, off, n int64) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	})
 }
 
 // place links the fsynced temp file under rel unless a file is already
