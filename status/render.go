@@ -20,6 +20,9 @@ func Render(w io.Writer, r Report) error {
 	for _, p := range r.Problems {
 		fmt.Fprintf(tw, "  ! %s\n", p)
 	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(tw, "  - %s\n", n)
+	}
 	fmt.Fprintln(tw)
 
 	fmt.Fprintln(tw, "COMMANDS\tpending\tin flight\tredelivered\t")

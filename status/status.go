@@ -35,6 +35,7 @@ type Report struct {
 	At          time.Time  `json:"at"`
 	Healthy     bool       `json:"healthy"`
 	Problems    []string   `json:"problems,omitempty"`
+	Notes       []string   `json:"notes,omitempty"`
 	NATSError   string     `json:"nats_error,omitempty"`
 	Consumers   []Consumer `json:"consumers,omitempty"`
 	DeadLetters uint64     `json:"dead_letters"`
@@ -104,7 +105,10 @@ func Gather(ctx context.Context, src Sources) (Report, error) {
 		r.Problems = append(r.Problems, fmt.Sprintf("%d missing objects", m))
 	}
 	if r.DeadLetters > 0 {
-		r.Problems = append(r.Problems, fmt.Sprintf("%d dead letters: inspect with 'nats stream view %s'", r.DeadLetters, src.DeadLetters))
+		// Not a problem by itself: every refused command (a digest
+		// mismatch, a retention change that would shorten a promise) is
+		// dead-lettered besides its event and its reply.
+		r.Notes = append(r.Notes, fmt.Sprintf("%d dead letters (refused or undeliverable commands): inspect with 'nats stream view %s'", r.DeadLetters, src.DeadLetters))
 	}
 	if src.MaxLag > 0 && r.ProjectorLagEvents > src.MaxLag {
 		r.Problems = append(r.Problems, fmt.Sprintf("projector is %d events behind: is 'artifactstore project' running?", r.ProjectorLagEvents))

@@ -56,8 +56,11 @@ func TestGatherAndRender(t *testing.T) {
 	}
 	exec(`INSERT INTO artifact_packages (name, retention_class, created_at, state) VALUES ('p1', 'transient', $1, 'open'), ('p2', 'permanent-record', $1, 'sealed')`, now)
 	exec(`INSERT INTO retention_state (package, retention_class, retain_until) VALUES ('p1', 'transient', $1), ('p2', 'permanent-record', NULL)`, now.Add(7*24*time.Hour))
-	// One command waits in the ingest consumer.
+	// One command waits in the ingest consumer; one was dead-lettered.
 	if _, err := bus.PublishCommand(ctx, js, top.Subject(bus.CmdIngest), "cmd-1", []byte("x"), "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, top.DeadLetterSubjectPrefix()+".ingest", []byte("refused")); err != nil {
 		t.Fatal(err)
 	}
 
@@ -88,6 +91,9 @@ func TestGatherAndRender(t *testing.T) {
 	}
 	if r.Healthy || len(r.Problems) != 1 || !strings.Contains(r.Problems[0], "1 corrupt") {
 		t.Errorf("healthy=%v problems=%v; want exactly the corrupt object", r.Healthy, r.Problems)
+	}
+	if r.DeadLetters != 1 || len(r.Notes) != 1 || !strings.Contains(r.Notes[0], "1 dead letters") {
+		t.Errorf("dead letters %d, notes %v; want one, noted but not a problem", r.DeadLetters, r.Notes)
 	}
 	var out bytes.Buffer
 	if err := Render(&out, r); err != nil {
