@@ -80,16 +80,11 @@ func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd 
 	if err != nil {
 		return err
 	}
-	nc, js, err := g.natsConn(ctx, cmd.Action, lg)
+	req, closeReq, err := g.requester(ctx, cmd.Action, lg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	req, err := bus.NewRequester(nc, js)
-	if err != nil {
-		return err
-	}
-	defer req.Close()
+	defer closeReq()
 	wctx, cancel := context.WithTimeoutCause(ctx, f.Timeout,
 		fmt.Errorf("no reply within --timeout %s; is 'artifactstore reap' (or 'run') running? The command stays queued and is applied when it starts", f.Timeout))
 	defer cancel()

@@ -123,16 +123,11 @@ func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg ze
 	if err != nil {
 		return err
 	}
-	nc, js, err := g.natsConn(ctx, "verify-client", lg)
+	req, closeReq, err := g.requester(ctx, "verify-client", lg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	req, err := bus.NewRequester(nc, js)
-	if err != nil {
-		return err
-	}
-	defer req.Close()
+	defer closeReq()
 	wctx, cancel := context.WithTimeoutCause(ctx, c.Timeout,
 		fmt.Errorf("no reply within --timeout %s; is an 'artifactstore verify' worker (or 'run') running?", c.Timeout))
 	defer cancel()
