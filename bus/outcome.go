@@ -21,10 +21,12 @@ func Retry(err error, delay time.Duration) error {
 	return &RetryError{Err: err, Delay: delay}
 }
 
+// Error returns the wrapped error's message with the delay.
 func (e *RetryError) Error() string {
 	return fmt.Sprintf("retry in %s: %v", e.Delay, e.Err)
 }
 
+// Unwrap returns the handler's error.
 func (e *RetryError) Unwrap() error { return e.Err }
 
 // RejectError is a handler outcome that says the message must never be
@@ -44,10 +46,12 @@ func Reject(err error, code string) error {
 	return &RejectError{Err: err, Code: code}
 }
 
+// Error returns the rejection code and the wrapped error's message.
 func (e *RejectError) Error() string {
 	return fmt.Sprintf("rejected (%s): %v", e.Code, e.Err)
 }
 
+// Unwrap returns the handler's error.
 func (e *RejectError) Unwrap() error { return e.Err }
 
 // PanicError is the error a recovered handler panic becomes; it is treated
@@ -57,6 +61,7 @@ type PanicError struct {
 	Stack []byte
 }
 
+// Error says that the handler panicked and with what.
 func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v", e.Value) }
 
 // ErrStopDeadline reports a Stop whose deadline passed before every

@@ -116,6 +116,7 @@ type Error struct {
 // ErrRejected is wrapped by every *Error.
 var ErrRejected = errors.New("command rejected")
 
+// Error returns "<code>: <reason>".
 func (e *Error) Error() string { return e.Code + ": " + e.Reason }
 
 // Unwrap returns ErrRejected.
