@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 	"github.com/schollz/progressbar/v3"
 
@@ -97,6 +98,7 @@ func (c putCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer client.Close()
+	warnIfNoWorker(ctx, js, bus.DefaultTopology().IngestConsumer, "ingester ('artifactstore ingest' or 'run')", c.Timeout, s)
 
 	var staged int64
 	for _, f := range files {
@@ -319,4 +321,22 @@ func (c sealCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		fmt.Fprintf(s.out, "sealed %s (event sequence %d)\n", c.Package, r.Sequence)
 	}
 	return nil
+}
+
+// warnIfNoWorker tells the user early when no process pulls from the
+// consumer their command goes to: the command stays queued and is handled
+// when a worker starts, but the wait would otherwise be silent until the
+// timeout.
+func warnIfNoWorker(ctx context.Context, js jetstream.JetStream, durable, who string, timeout time.Duration, s *ioStreams) {
+	ictx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	cons, err := js.Consumer(ictx, bus.DefaultTopology().CommandsStream, durable)
+	if err != nil {
+		return // the topology is missing: the send reports it
+	}
+	info, err := cons.Info(ictx)
+	if err != nil || info.NumWaiting > 0 || info.NumAckPending > 0 {
+		return
+	}
+	fmt.Fprintf(s.err, "warning: no %s is pulling commands right now; they stay queued and are handled when one starts (waiting up to --timeout %s)\n", who, timeout)
 }

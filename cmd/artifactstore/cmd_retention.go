@@ -80,11 +80,12 @@ func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd 
 	if err != nil {
 		return err
 	}
-	req, closeReq, err := g.requester(ctx, cmd.Action, lg)
+	req, js, closeReq, err := g.requester(ctx, cmd.Action, lg)
 	if err != nil {
 		return err
 	}
 	defer closeReq()
+	warnIfNoWorker(ctx, js, bus.DefaultTopology().RetentionConsumer, "reaper ('artifactstore reap' or 'run')", f.Timeout, s)
 	wctx, cancel := context.WithTimeoutCause(ctx, f.Timeout,
 		fmt.Errorf("no reply within --timeout %s; is 'artifactstore reap' (or 'run') running? The command stays queued and is applied when it starts", f.Timeout))
 	defer cancel()

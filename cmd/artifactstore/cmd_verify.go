@@ -123,11 +123,12 @@ func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg ze
 	if err != nil {
 		return err
 	}
-	req, closeReq, err := g.requester(ctx, "verify-client", lg)
+	req, js, closeReq, err := g.requester(ctx, "verify-client", lg)
 	if err != nil {
 		return err
 	}
 	defer closeReq()
+	warnIfNoWorker(ctx, js, bus.DefaultTopology().VerifyConsumer, "verifier ('artifactstore verify' or 'run')", c.Timeout, s)
 	wctx, cancel := context.WithTimeoutCause(ctx, c.Timeout,
 		fmt.Errorf("no reply within --timeout %s; is an 'artifactstore verify' worker (or 'run') running?", c.Timeout))
 	defer cancel()

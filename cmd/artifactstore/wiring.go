@@ -160,17 +160,17 @@ func (c *conns) Close() {
 // requester connects a client command to NATS for commands that wait for
 // their replies. The returned close function closes the requester, then
 // the connection.
-func (g *Globals) requester(ctx context.Context, name string, lg zerolog.Logger) (*bus.Requester, func(), error) {
+func (g *Globals) requester(ctx context.Context, name string, lg zerolog.Logger) (*bus.Requester, jetstream.JetStream, func(), error) {
 	nc, js, err := g.natsConn(ctx, name, lg)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	req, err := bus.NewRequester(nc, js)
 	if err != nil {
 		nc.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return req, func() {
+	return req, js, func() {
 		_ = req.Close()
 		nc.Close()
 	}, nil
