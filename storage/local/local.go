@@ -252,16 +252,60 @@ func (b *Backend) Put(ctx context.Context, r io.Reader, opts storage.PutOptions)
 }
 
 // copyHashed copies r into f while hashing, one buffer per chunk: the bytes
-// hashed are exactly the bytes written.
+// hashed are exactly the bytes written. Reading is pipelined with writing
+// and hashing: a reader goroutine fills one pooled buffer while this one
+// writes and hashes the other, so a network stream and the disk and both
+// hashes work at the same time. Memory stays two buffers whatever the size.
 func (b *Backend) copyHashed(ctx context.Context, f *os.File, r io.Reader, maxSize int64) (digest.Digests, error) {
-	bufp := b.bufs.Get().(*[]byte)
-	defer b.bufs.Put(bufp)
-	buf := *bufp
 	h := digest.NewDualHasher()
 	defer h.Close()
 	if maxSize > 0 {
 		r = io.LimitReader(r, maxSize+1)
 	}
+	type chunk struct {
+		buf *[]byte
+		n   int
+		err error
+	}
+	free := make(chan *[]byte, 2)
+	full := make(chan chunk)
+	stop := make(chan struct{})
+	for range 2 {
+		free <- b.bufs.Get().(*[]byte)
+	}
+	go func() {
+		defer close(full)
+		for {
+			var bp *[]byte
+			select {
+			case bp = <-free:
+			case <-stop:
+				return
+			}
+			m, err := io.ReadFull(r, *bp)
+			select {
+			case full <- chunk{bp, m, err}:
+			case <-stop:
+				free <- bp
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	// On return, stop the reader and wait for it: r is the caller's and
+	// must not be read after Put returns. Then give the buffers back.
+	defer func() {
+		close(stop)
+		for c := range full {
+			free <- c.buf
+		}
+		for range 2 {
+			b.bufs.Put(<-free)
+		}
+	}()
+
 	var n, started int64
 	for {
 		if err := ctx.Err(); err != nil {
@@ -271,23 +315,32 @@ func (b *Backend) copyHashed(ctx context.Context, f *os.File, r io.Reader, maxSi
 			startWriteback(f, started, n-started)
 			started = n
 		}
-		m, rerr := io.ReadFull(r, buf)
+		var c chunk
+		select {
+		case c = <-full:
+		case <-ctx.Done():
+			return digest.Digests{}, ctx.Err()
+		}
+		m := c.n
 		if m > 0 {
 			n += int64(m)
 			if maxSize > 0 && n > maxSize {
+				free <- c.buf
 				return digest.Digests{}, fmt.Errorf("%w: the stream is longer than the limit of %d bytes; send a smaller object or raise the limit", storage.ErrTooLarge, maxSize)
 			}
-			if _, err := f.Write(buf[:m]); err != nil {
+			if _, err := f.Write((*c.buf)[:m]); err != nil {
+				free <- c.buf
 				return digest.Digests{}, fmt.Errorf("local: write temp file: %w", err)
 			}
-			h.Write(buf[:m])
+			h.Write((*c.buf)[:m])
 		}
+		free <- c.buf
 		switch {
-		case rerr == nil:
-		case errors.Is(rerr, io.EOF), errors.Is(rerr, io.ErrUnexpectedEOF):
+		case c.err == nil:
+		case errors.Is(c.err, io.EOF), errors.Is(c.err, io.ErrUnexpectedEOF):
 			return h.Sum(), nil
 		default:
-			return digest.Digests{}, fmt.Errorf("local: read the object stream: %w", rerr)
+			return digest.Digests{}, fmt.Errorf("local: read the object stream: %w", c.err)
 		}
 	}
 }
