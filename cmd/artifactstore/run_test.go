@@ -5,10 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -135,6 +138,7 @@ func TestRunGracefulStop(t *testing.T) {
 				t.Fatalf("first reply: %v", err)
 			}
 			cancel()
+			checkMetrics(t, logFile)
 			if err := proc.Process.Signal(syscall.SIGTERM); err != nil {
 				t.Fatal(err)
 			}
@@ -183,4 +187,38 @@ func TestRunGracefulStop(t *testing.T) {
 	if err := proc.Wait(); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		t.Fatalf("second run exited with %v", err)
 	}
+}
+
+// checkMetrics finds the HTTP address run logged and checks that /metrics
+// counts the ingest, /readyz is ready and the API answers.
+func checkMetrics(t *testing.T, logFile string) {
+	t.Helper()
+	b, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`"addr":"(127\.0\.0\.1:\d+)".*serving /metrics`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("run did not log its HTTP address:\n%s", b)
+	}
+	get := func(path string) string {
+		resp, err := http.Get("http://" + string(m[1]) + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	if metrics := get("/metrics"); !regexp.MustCompile(`artifactstore_ingest_objects_total\{deduplicated="false"\} [1-9]`).MatchString(metrics) ||
+		!strings.Contains(metrics, "artifactstore_projector_lag_events") {
+		t.Fatalf("/metrics does not count the ingest or lacks the projector lag:\n%s", metrics)
+	}
+	if ready := get("/readyz"); !strings.Contains(ready, `"ready":true`) {
+		t.Fatalf("/readyz: %s", ready)
+	}
+	get("/v1/packages")
 }
