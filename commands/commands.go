@@ -166,21 +166,22 @@ func (d *Decoder) decode(data []byte, isJSON bool, v any) error {
 // DecodeIngest decodes and validates an ingest command. Every failure is an
 // *Error with a rejection code.
 func (d *Decoder) DecodeIngest(data []byte, isJSON bool) (Ingest, error) {
-	var c Ingest
-	if err := d.decode(data, isJSON, &c); err != nil {
-		return Ingest{}, err
-	}
-	if err := c.Validate(); err != nil {
-		return c, err
-	}
-	return c, nil
+	return decodeValid[Ingest](d, data, isJSON)
 }
 
 // DecodeSeal decodes and validates a seal command.
 func (d *Decoder) DecodeSeal(data []byte, isJSON bool) (Seal, error) {
-	var c Seal
+	return decodeValid[Seal](d, data, isJSON)
+}
+
+// decodeValid decodes a command of type C and validates it. On a decoding
+// error it returns the zero C; on a validation error the decoded command,
+// so that the rejection can name its id, package and path.
+func decodeValid[C interface{ Validate() error }](d *Decoder, data []byte, isJSON bool) (C, error) {
+	var c C
 	if err := d.decode(data, isJSON, &c); err != nil {
-		return Seal{}, err
+		var zero C
+		return zero, err
 	}
 	if err := c.Validate(); err != nil {
 		return c, err
