@@ -1,6 +1,7 @@
 // Package digest owns the content address: an algorithm and a 32-byte
 // digest, a strict parser that is the only way in from a string, and a dual
-// hasher that computes BLAKE3-256 and SHA-256 in one pass over a stream.
+// hasher that computes BLAKE3-256 and SHA-256 in one pass over a stream,
+// and with BLAKE3 the stream's BLAKE3 tree (package blaketree).
 package digest
 
 import (

@@ -6,7 +6,7 @@ import (
 	"io"
 	"sync"
 
-	"lukechampine.com/blake3"
+	"github.com/artifactstore/artifactstore/digest/blaketree"
 )
 
 // Digests holds both digests of one byte stream and its length.
@@ -39,17 +39,20 @@ func (d Digests) Matches(addr Address) bool {
 const parallelThreshold = 32 << 10
 
 // DualHasher computes BLAKE3-256 and SHA-256 over the same bytes in one
-// pass. Large writes are hashed by both algorithms at once on two
-// goroutines, so throughput approaches that of the slower hash alone rather
-// than the sum of both. It adds no allocation of its own per write
-// (lukechampine.com/blake3 itself allocates short-lived garbage inside Write).
+// pass, and with BLAKE3 the object's BLAKE3 tree (Tree): the tree's root
+// is the BLAKE3 digest, so the tree costs no hashing of its own. Large
+// writes are hashed by both algorithms at once on two goroutines, so
+// throughput approaches that of the slower hash alone (SHA-256) rather
+// than the sum of both. It adds no allocation of its own per write.
 //
 // A DualHasher is not safe for concurrent use. Close releases its helper
-// goroutine; Sum may be called before or after Close.
+// goroutine and the tree's temp file; Sum may be called before or after
+// Close, Tree only before.
 type DualHasher struct {
-	b3   *blake3.Hasher
+	b3   *blaketree.Builder
 	s256 hash.Hash
 	n    int64
+	err  error // of the tree's temp file, sticky
 
 	once sync.Once
 	work chan []byte
@@ -58,9 +61,10 @@ type DualHasher struct {
 
 var _ io.WriteCloser = (*DualHasher)(nil)
 
-// NewDualHasher returns a hasher ready for writes.
-func NewDualHasher() *DualHasher {
-	return &DualHasher{b3: blake3.New(Size, nil), s256: sha256.New()}
+// NewDualHasher returns a hasher ready for writes; opts configure its tree
+// builder (where a large tree's nodes spill).
+func NewDualHasher(opts ...blaketree.BuilderOption) *DualHasher {
+	return &DualHasher{b3: blaketree.NewBuilder(opts...), s256: sha256.New()}
 }
 
 func (h *DualHasher) start() {
@@ -68,32 +72,47 @@ func (h *DualHasher) start() {
 	h.done = make(chan struct{})
 	go func() {
 		for p := range h.work {
-			h.b3.Write(p)
+			if _, err := h.b3.Write(p); err != nil && h.err == nil {
+				h.err = err
+			}
 			h.done <- struct{}{}
 		}
 		close(h.done)
 	}()
 }
 
-// Write hashes p with both algorithms. It never fails.
+// Write hashes p with both algorithms. It fails only when a large tree's
+// temp file fails; that error sticks.
 func (h *DualHasher) Write(p []byte) (int, error) {
+	if h.err != nil {
+		return 0, h.err
+	}
 	h.n += int64(len(p))
 	if len(p) < parallelThreshold {
-		h.b3.Write(p)
+		if _, err := h.b3.Write(p); err != nil {
+			h.err = err
+		}
 		h.s256.Write(p)
-		return len(p), nil
+		return len(p), h.err
 	}
 	h.once.Do(h.start)
 	h.work <- p
 	h.s256.Write(p)
 	<-h.done
-	return len(p), nil
+	return len(p), h.err
 }
+
+// Tree returns the BLAKE3 tree (Bao outboard) of everything written so
+// far; it stays valid until the next Write, Reset or Close.
+func (h *DualHasher) Tree() blaketree.Outboard { return h.b3.Outboard() }
+
+// Err returns the sticky error of Write, if any.
+func (h *DualHasher) Err() error { return h.err }
 
 // Sum returns the digests of everything written so far.
 func (h *DualHasher) Sum() Digests {
 	var d Digests
-	h.b3.Sum(d.BLAKE3[:0])
+	d.BLAKE3 = h.b3.Sum()
 	h.s256.Sum(d.SHA256[:0])
 	d.Size = h.n
 	return d
@@ -104,9 +123,11 @@ func (h *DualHasher) Reset() {
 	h.b3.Reset()
 	h.s256.Reset()
 	h.n = 0
+	h.err = nil
 }
 
-// Close stops the helper goroutine. It is safe to call more than once.
+// Close stops the helper goroutine and releases the tree's temp file. It
+// is safe to call more than once.
 func (h *DualHasher) Close() error {
 	h.once.Do(func() {}) // a hasher that never started needs no stop
 	if h.work != nil {
@@ -115,7 +136,7 @@ func (h *DualHasher) Close() error {
 		}
 		h.work = nil
 	}
-	return nil
+	return h.b3.Close()
 }
 
 // Compute reads r to its end and returns its digests. buf is reused for the

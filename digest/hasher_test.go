@@ -11,6 +11,9 @@ import (
 	"testing"
 
 	"lukechampine.com/blake3"
+	"lukechampine.com/blake3/bao"
+
+	"github.com/artifactstore/artifactstore/digest/blaketree"
 )
 
 func TestComputeKnownAnswers(t *testing.T) {
@@ -132,3 +135,28 @@ type errReader struct{}
 func (errReader) Read([]byte) (int, error) { return 0, errBoom }
 
 var errBoom = errors.New("boom")
+
+// TestDualHasherTree checks that the tree comes with the digests: its root
+// is the BLAKE3 digest and it is bao's outboard of the bytes.
+func TestDualHasherTree(t *testing.T) {
+	t.Parallel()
+	data := make([]byte, 5*blaketree.GroupSize+99)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	h := NewDualHasher()
+	defer h.Close()
+	for rest := data; len(rest) > 0; {
+		n := min(40<<10, len(rest))
+		h.Write(rest[:n])
+		rest = rest[n:]
+	}
+	ob, err := h.Tree().Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, root := bao.EncodeBuf(data, blaketree.Group, true)
+	if !bytes.Equal(ob, want) || h.Sum().BLAKE3 != root {
+		t.Fatal("the dual hasher's tree is not bao's outboard of the bytes")
+	}
+}
