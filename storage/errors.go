@@ -12,6 +12,8 @@ import (
 var (
 	// ErrNotFound: the backend holds no object at the address.
 	ErrNotFound = errors.New("object not found")
+	// ErrNoTree: the backend holds the object but no tree for it.
+	ErrNoTree = errors.New("no tree stored for the object")
 	// ErrInvalidRange: a byte range lies outside the object or is malformed.
 	ErrInvalidRange = errors.New("invalid byte range")
 	// ErrDigestMismatch: a claimed digest differs from the computed one.
@@ -67,7 +69,7 @@ func (e *MismatchError) Unwrap() []error {
 
 // CheckClaims compares the claims in opts with the digests computed over the
 // bytes. It returns nil when every claim holds and a *MismatchError
-// otherwise. Backends call it after reading the stream and before making the
+// otherwise. Putter calls it after reading the stream and before making the
 // object visible.
 func CheckClaims(opts PutOptions, actual digest.Digests) error {
 	e := &MismatchError{ClaimedSize: NoSizeClaim, Actual: actual}

@@ -99,41 +99,98 @@ type Health struct {
 	FreeBytes, UsedBytes uint64
 }
 
-// Backend holds object bytes under their content addresses.
+// Backend holds object bytes, and the BLAKE3 tree of each object, under
+// their content addresses. A backend only moves bytes: what is hashed,
+// claimed and proven is decided above it (Putter streams objects in,
+// package dataplane checks them on the way out), so that every backend
+// gets the same guarantees.
 //
 // Every method is safe for concurrent use. Errors a caller must tell apart
-// are wrapped sentinels of this package (ErrNotFound, ErrInvalidRange,
-// ErrDigestMismatch, ErrSizeMismatch, ErrTooLarge) or the context's error;
-// test them with errors.Is.
+// are wrapped sentinels of this package (ErrNotFound, ErrNoTree,
+// ErrInvalidRange) or the context's error; test them with errors.Is.
 type Backend interface {
 	// ID returns the backend's id in a Registry, e.g. "local".
 	ID() string
 
-	// Put reads r to its end (or to MaxSize+1 bytes), computing both
-	// digests of exactly the bytes it stores, checks the claims in opts,
-	// and makes the object durable under the address computed from the
-	// bytes before it returns. When anything fails, nothing is left
-	// behind. Putting content the backend already holds is idempotent: the
-	// stream is drained, the stored bytes are untouched, and the receipt
-	// says Deduplicated. Put does not close r; it stops between chunks
-	// when ctx is done.
-	Put(ctx context.Context, r io.Reader, opts PutOptions) (Receipt, error)
+	// Create starts a new object: the caller writes its bytes to the
+	// returned ObjectWriter, then commits them under their address or
+	// aborts. Nothing is visible before Commit.
+	Create(ctx context.Context) (ObjectWriter, error)
 
 	// Get opens the object at addr, whole when rng is nil or the inclusive
-	// range *rng. The caller closes the returned reader. A missing object
-	// is ErrNotFound; a range outside the object is ErrInvalidRange.
+	// range *rng, as stored: unchecked. The caller closes the returned
+	// reader. A missing object is ErrNotFound; a range outside the object
+	// is ErrInvalidRange.
 	Get(ctx context.Context, addr digest.Address, rng *Range) (io.ReadCloser, error)
+
+	// Tree opens the stored tree of the object at addr (its Bao outboard,
+	// see package blaketree), to be read with ReadAt. The caller closes
+	// it. ErrNoTree: the backend holds the object but no tree for it
+	// (stored before trees existed, or its tree has no nodes);
+	// ErrNotFound: it does not hold the object.
+	Tree(ctx context.Context, addr digest.Address) (TreeReader, error)
+
+	// PutTree durably stores tree as the tree of the object at addr,
+	// replacing any stored one (a legacy object gets its tree, a damaged
+	// tree is rewritten). ErrNotFound when the object is not held.
+	PutTree(ctx context.Context, addr digest.Address, tree TreeSource) error
 
 	// Head returns the size and store time of the object at addr, or
 	// ErrNotFound.
 	Head(ctx context.Context, addr digest.Address) (ObjectInfo, error)
 
-	// Delete removes the object at addr and reports whether it existed.
-	// Deleting a missing object is not an error.
+	// Delete removes the object at addr and its tree, and reports whether
+	// the object existed. Deleting a missing object is not an error.
 	Delete(ctx context.Context, addr digest.Address) (existed bool, err error)
 
 	// Health reports whether the backend can serve and store bytes.
 	Health(ctx context.Context) Health
+}
+
+// ObjectWriter receives the bytes of one new object (Backend.Create). It
+// is used by one goroutine.
+type ObjectWriter interface {
+	// Write appends bytes to the object.
+	io.Writer
+
+	// Commit makes the bytes written durable under addr together with
+	// tree, the tree visible no later than the object, and ends the
+	// writer. A nil tree means the object's tree has no nodes (one chunk
+	// group): nothing is stored for it. When the backend already holds
+	// addr, the bytes written are discarded, the stored object is left
+	// untouched (a missing tree is added) and Deduplicated is true. The
+	// caller vouches that addr is the address of the bytes and tree
+	// their tree; a backend does not check.
+	Commit(ctx context.Context, addr digest.Address, tree TreeSource) (Committed, error)
+
+	// Abort discards the bytes written and ends the writer. It is safe
+	// after Commit (then it does nothing) and more than once.
+	Abort() error
+}
+
+// Committed is the backend's part of a Receipt.
+type Committed struct {
+	// StoredAt is when the backend first stored the bytes (for a
+	// deduplicated commit, the earlier time).
+	StoredAt time.Time
+	// Deduplicated is true when the backend already held the content.
+	Deduplicated bool
+}
+
+// TreeSource is a tree to store: a Bao outboard of known size, written in
+// one sequential pass (blaketree.Outboard is one).
+type TreeSource interface {
+	Size() int64
+	WriteTo(w io.Writer) (int64, error)
+}
+
+// TreeReader is a stored tree, read at offsets so that a range's check
+// reads only the nodes it needs.
+type TreeReader interface {
+	io.ReaderAt
+	io.Closer
+	// Size returns the stored tree's length in bytes.
+	Size() int64
 }
 
 // Lister is implemented by backends that can enumerate what they hold, for

@@ -1,6 +1,8 @@
 // Package storagetest is the conformance suite every storage.Backend must
 // pass. A backend's own tests call Run with a constructor that returns a
-// fresh, empty backend for each subtest.
+// fresh, empty backend for each subtest. Objects go in through
+// storage.Putter, as in production, so the suite checks the backend's part
+// of every guarantee: bytes and trees stored, found, proven and removed.
 package storagetest
 
 import (
@@ -14,8 +16,10 @@ import (
 	"testing"
 
 	"lukechampine.com/blake3"
+	"lukechampine.com/blake3/bao"
 
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/storage"
 )
 
@@ -47,6 +51,12 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"ReaderError", testReaderError},
 		{"Health", testHealth},
 		{"Walk", testWalk},
+		{"TreeStored", testTreeStored},
+		{"TreeProvesReads", testTreeProvesReads},
+		{"DamagedTreeDetected", testDamagedTree},
+		{"LegacyObjectGetsTree", testLegacyObject},
+		{"DeleteRemovesTree", testDeleteRemovesTree},
+		{"AbortLeavesNothing", testAbort},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -62,6 +72,10 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 
 // noClaims are PutOptions without claims or limits.
 var noClaims = storage.PutOptions{ExpectSize: storage.NoSizeClaim}
+
+// putter is the production write path; one per call keeps subtests
+// independent.
+func putter() *storage.Putter { return storage.NewPutter() }
 
 func digestsOf(p []byte) digest.Digests {
 	return digest.Digests{BLAKE3: blake3.Sum256(p), SHA256: sha256.Sum256(p), Size: int64(len(p))}
@@ -79,7 +93,7 @@ func pattern(seed string, n int) []byte {
 
 func put(t *testing.T, b storage.Backend, p []byte, opts storage.PutOptions) storage.Receipt {
 	t.Helper()
-	rc, err := b.Put(t.Context(), bytes.NewReader(p), opts)
+	rc, err := putter().Put(t.Context(), b, bytes.NewReader(p), opts)
 	if err != nil {
 		t.Fatalf("Put(%d bytes): %v", len(p), err)
 	}
@@ -203,7 +217,7 @@ func testDedupRePut(t *testing.T, b storage.Backend) {
 	p := pattern("dedup", 70_000)
 	first := put(t, b, p, noClaims)
 	r := &countingReader{r: bytes.NewReader(p)}
-	second, err := b.Put(t.Context(), r, noClaims)
+	second, err := putter().Put(t.Context(), b, r, noClaims)
 	if err != nil {
 		t.Fatalf("re-put: %v", err)
 	}
@@ -245,7 +259,7 @@ func testWrongDigestClaim(t *testing.T, b storage.Backend) {
 	d := digestsOf(p)
 	other := digestsOf([]byte("something else"))
 	for _, claim := range []digest.Address{other.Address(digest.BLAKE3), other.Address(digest.SHA256)} {
-		_, err := b.Put(t.Context(), bytes.NewReader(p), storage.PutOptions{
+		_, err := putter().Put(t.Context(), b, bytes.NewReader(p), storage.PutOptions{
 			Expect:     []digest.Address{d.Address(digest.SHA256), claim},
 			ExpectSize: storage.NoSizeClaim,
 		})
@@ -274,7 +288,7 @@ func testWrongSizeClaim(t *testing.T, b storage.Backend) {
 	p := pattern("wrong-size", 10_000)
 	d := digestsOf(p)
 	for _, claim := range []int64{0, int64(len(p)) - 1, int64(len(p)) + 1} {
-		_, err := b.Put(t.Context(), bytes.NewReader(p), storage.PutOptions{ExpectSize: claim})
+		_, err := putter().Put(t.Context(), b, bytes.NewReader(p), storage.PutOptions{ExpectSize: claim})
 		if !errors.Is(err, storage.ErrSizeMismatch) {
 			t.Fatalf("size claim %d: err = %v, want ErrSizeMismatch", claim, err)
 		}
@@ -293,7 +307,7 @@ func testMaxSize(t *testing.T, b storage.Backend) {
 	checkReceipt(t, b, rc, p[:1000], digest.BLAKE3, false)
 
 	r := &countingReader{r: bytes.NewReader(p)}
-	_, err := b.Put(t.Context(), r, storage.PutOptions{ExpectSize: storage.NoSizeClaim, MaxSize: 1001})
+	_, err := putter().Put(t.Context(), b, r, storage.PutOptions{ExpectSize: storage.NoSizeClaim, MaxSize: 1001})
 	if !errors.Is(err, storage.ErrTooLarge) {
 		t.Fatalf("put of %d bytes with MaxSize 1001: err = %v, want ErrTooLarge", len(p), err)
 	}
@@ -410,11 +424,17 @@ func testZeroAddress(t *testing.T, b storage.Backend) {
 	if _, err := b.Delete(t.Context(), zero); !errors.Is(err, digest.ErrInvalid) {
 		t.Errorf("Delete(zero): %v, want digest.ErrInvalid", err)
 	}
-	_, err := b.Put(t.Context(), bytes.NewReader([]byte("x")), storage.PutOptions{Expect: []digest.Address{zero}, ExpectSize: storage.NoSizeClaim})
+	if _, err := b.Tree(t.Context(), zero); !errors.Is(err, digest.ErrInvalid) {
+		t.Errorf("Tree(zero): %v, want digest.ErrInvalid", err)
+	}
+	if err := b.PutTree(t.Context(), zero, bytesTree(make([]byte, 8))); !errors.Is(err, digest.ErrInvalid) {
+		t.Errorf("PutTree(zero): %v, want digest.ErrInvalid", err)
+	}
+	_, err := putter().Put(t.Context(), b, bytes.NewReader([]byte("x")), storage.PutOptions{Expect: []digest.Address{zero}, ExpectSize: storage.NoSizeClaim})
 	if !errors.Is(err, digest.ErrInvalid) {
 		t.Errorf("Put claiming the zero address: %v, want digest.ErrInvalid", err)
 	}
-	_, err = b.Put(t.Context(), bytes.NewReader([]byte("x")), storage.PutOptions{Primary: 99, ExpectSize: storage.NoSizeClaim})
+	_, err = putter().Put(t.Context(), b, bytes.NewReader([]byte("x")), storage.PutOptions{Primary: 99, ExpectSize: storage.NoSizeClaim})
 	if !errors.Is(err, digest.ErrInvalid) {
 		t.Errorf("Put with an unknown primary: %v, want digest.ErrInvalid", err)
 	}
@@ -429,7 +449,7 @@ func testConcurrentSamePut(t *testing.T, b storage.Backend) {
 	errs := make([]error, n)
 	for i := range n {
 		wg.Go(func() {
-			receipts[i], errs[i] = b.Put(context.Background(), bytes.NewReader(p), noClaims)
+			receipts[i], errs[i] = putter().Put(context.Background(), b, bytes.NewReader(p), noClaims)
 		})
 	}
 	wg.Wait()
@@ -451,7 +471,7 @@ func testContextCanceledBefore(t *testing.T, b storage.Backend) {
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
 	p := pattern("canceled-before", 1000)
-	_, err := b.Put(ctx, bytes.NewReader(p), noClaims)
+	_, err := putter().Put(ctx, b, bytes.NewReader(p), noClaims)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Put with a canceled context: %v, want context.Canceled", err)
 	}
@@ -463,7 +483,7 @@ func testContextCanceledDuring(t *testing.T, b storage.Backend) {
 	defer cancel()
 	// An endless stream that cancels the put after its first few MiB.
 	r := &cancelingReader{cancelAfter: 3 << 20, cancel: cancel}
-	_, err := b.Put(ctx, r, noClaims)
+	_, err := putter().Put(ctx, b, r, noClaims)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Put canceled mid-stream: %v, want context.Canceled", err)
 	}
@@ -476,7 +496,7 @@ func testContextCanceledDuring(t *testing.T, b storage.Backend) {
 func testReaderError(t *testing.T, b storage.Backend) {
 	boom := errors.New("producer went away")
 	r := io.MultiReader(bytes.NewReader(pattern("reader-error", 100_000)), &errReader{err: boom})
-	_, err := b.Put(t.Context(), r, noClaims)
+	_, err := putter().Put(t.Context(), b, r, noClaims)
 	if !errors.Is(err, boom) {
 		t.Fatalf("Put from a failing reader: %v, want the reader's error wrapped", err)
 	}
@@ -522,6 +542,222 @@ func testWalk(t *testing.T, b storage.Backend) {
 	calls := 0
 	if err := l.Walk(t.Context(), func(storage.ObjectInfo) error { calls++; return stop }); !errors.Is(err, stop) || calls != 1 {
 		t.Fatalf("Walk with fn failing: err %v after %d calls; want stop after 1", err, calls)
+	}
+}
+
+// treeObject is big enough for a tree with nodes (several chunk groups,
+// the last one partial).
+const treeObject = 7*blaketree.GroupSize + 1234
+
+// bytesTree is a TreeSource over a byte slice.
+type bytesTree []byte
+
+func (b bytesTree) Size() int64 { return int64(len(b)) }
+
+func (b bytesTree) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(b)
+	return int64(n), err
+}
+
+// readTree returns the whole stored tree of addr.
+func readTree(t *testing.T, b storage.Backend, addr digest.Address) []byte {
+	t.Helper()
+	tr, err := b.Tree(t.Context(), addr)
+	if err != nil {
+		t.Fatalf("Tree(%s): %v", addr, err)
+	}
+	defer tr.Close()
+	got := make([]byte, tr.Size())
+	if n, err := tr.ReadAt(got, 0); n != len(got) {
+		t.Fatalf("read tree of %s: %d of %d bytes: %v", addr, n, len(got), err)
+	}
+	return got
+}
+
+// provenRead reads [off, off+n) of the object at addr the way the data
+// plane serves it: the groups the range touches from Get, the nodes it
+// needs from Tree, each group checked before its bytes are released.
+func provenRead(t *testing.T, b storage.Backend, addr digest.Address, root [32]byte, size, off, n int64) ([]byte, error) {
+	t.Helper()
+	start, end := blaketree.AlignedRange(size, off, n)
+	rc, err := b.Get(t.Context(), addr, &storage.Range{Start: start, End: end - 1})
+	if err != nil {
+		t.Fatalf("Get(%s, %d-%d): %v", addr, start, end-1, err)
+	}
+	defer rc.Close()
+	tr, err := b.Tree(t.Context(), addr)
+	if err != nil {
+		t.Fatalf("Tree(%s): %v", addr, err)
+	}
+	defer tr.Close()
+	r := blaketree.NewReader(rc, blaketree.Proof(tr, size, off, n), root, size, off, n)
+	defer r.Close()
+	return io.ReadAll(r)
+}
+
+func testTreeStored(t *testing.T, b storage.Backend) {
+	p := pattern("tree", treeObject)
+	for _, primary := range digest.Algorithms {
+		rc := put(t, b, p, storage.PutOptions{Primary: primary, ExpectSize: storage.NoSizeClaim})
+		want, _ := bao.EncodeBuf(p, blaketree.Group, true)
+		if got := readTree(t, b, rc.Address); !bytes.Equal(got, want) {
+			t.Fatalf("%s: stored tree (%d bytes) is not bao's outboard of the object (%d bytes)", primary, len(got), len(want))
+		}
+	}
+	// One chunk group: the tree has no nodes and nothing is stored.
+	small := put(t, b, pattern("tree-small", blaketree.GroupSize), noClaims)
+	if _, err := b.Tree(t.Context(), small.Address); !errors.Is(err, storage.ErrNoTree) {
+		t.Fatalf("Tree of a one-group object: %v, want ErrNoTree", err)
+	}
+	if _, err := b.Tree(t.Context(), digestsOf([]byte("never stored")).Address(digest.BLAKE3)); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Tree of a missing object: %v, want ErrNotFound", err)
+	}
+	// A tree is not an object.
+	requireCount(t, b, 3)
+}
+
+func testTreeProvesReads(t *testing.T, b storage.Backend) {
+	p := pattern("tree-reads", treeObject)
+	rc := put(t, b, p, noClaims)
+	size := int64(len(p))
+	for _, rg := range [][2]int64{{0, size}, {0, 1}, {size - 1, 1}, {blaketree.GroupSize - 5, 10}, {3*blaketree.GroupSize + 7, 2 * blaketree.GroupSize}} {
+		got, err := provenRead(t, b, rc.Address, rc.Digests.BLAKE3, size, rg[0], rg[1])
+		if err != nil {
+			t.Fatalf("proven read %d+%d: %v", rg[0], rg[1], err)
+		}
+		if !bytes.Equal(got, p[rg[0]:rg[0]+rg[1]]) {
+			t.Fatalf("proven read %d+%d returned other bytes", rg[0], rg[1])
+		}
+	}
+}
+
+func testDamagedTree(t *testing.T, b storage.Backend) {
+	p := pattern("tree-damaged", treeObject)
+	rc := put(t, b, p, noClaims)
+	size := int64(len(p))
+	good := readTree(t, b, rc.Address)
+	bad := bytes.Clone(good)
+	bad[len(bad)/2] ^= 0x10
+	if err := b.PutTree(t.Context(), rc.Address, bytesTree(bad)); err != nil {
+		t.Fatalf("PutTree: %v", err)
+	}
+	if got := readTree(t, b, rc.Address); !bytes.Equal(got, bad) {
+		t.Fatal("PutTree did not replace the stored tree")
+	}
+	got, err := provenRead(t, b, rc.Address, rc.Digests.BLAKE3, size, 0, size)
+	if !errors.Is(err, blaketree.ErrMismatch) {
+		t.Fatalf("read with a damaged tree: err = %v, want blaketree.ErrMismatch", err)
+	}
+	if !bytes.Equal(got, p[:len(got)]) {
+		t.Fatal("read with a damaged tree released bytes that are not the object's")
+	}
+	if err := b.PutTree(t.Context(), rc.Address, bytesTree(good)); err != nil {
+		t.Fatalf("PutTree (repair): %v", err)
+	}
+	if got, err := provenRead(t, b, rc.Address, rc.Digests.BLAKE3, size, 0, size); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("read after the tree was rewritten: %v", err)
+	}
+}
+
+// testLegacyObject stores an object without its tree, as before trees
+// existed: the tree can be added later, and a re-put adds it too.
+func testLegacyObject(t *testing.T, b storage.Backend) {
+	p := pattern("tree-legacy", treeObject)
+	d := digestsOf(p)
+	addr := d.Address(digest.BLAKE3)
+	commitWithoutTree := func(p []byte, addr digest.Address) {
+		w, err := b.Create(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Abort()
+		if _, err := w.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Commit(t.Context(), addr, nil); err != nil {
+			t.Fatalf("Commit without a tree: %v", err)
+		}
+	}
+	commitWithoutTree(p, addr)
+	if _, err := b.Tree(t.Context(), addr); !errors.Is(err, storage.ErrNoTree) {
+		t.Fatalf("Tree of a legacy object: %v, want ErrNoTree", err)
+	}
+	want, _ := bao.EncodeBuf(p, blaketree.Group, true)
+	if err := b.PutTree(t.Context(), addr, bytesTree(want)); err != nil {
+		t.Fatalf("PutTree of a legacy object: %v", err)
+	}
+	if got := readTree(t, b, addr); !bytes.Equal(got, want) {
+		t.Fatal("the legacy object's new tree differs from what was put")
+	}
+	if err := b.PutTree(t.Context(), digestsOf([]byte("absent")).Address(digest.BLAKE3), bytesTree(want)); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("PutTree of a missing object: %v, want ErrNotFound", err)
+	}
+
+	// A re-put of a legacy object adds its tree and leaves its bytes.
+	q := pattern("tree-legacy-2", treeObject)
+	qaddr := digestsOf(q).Address(digest.BLAKE3)
+	commitWithoutTree(q, qaddr)
+	if rc := put(t, b, q, noClaims); !rc.Deduplicated {
+		t.Fatal("re-put of a legacy object was not deduplicated")
+	}
+	wantQ, _ := bao.EncodeBuf(q, blaketree.Group, true)
+	if got := readTree(t, b, qaddr); !bytes.Equal(got, wantQ) {
+		t.Fatal("re-put of a legacy object did not add its tree")
+	}
+	requireCount(t, b, 2)
+}
+
+func testDeleteRemovesTree(t *testing.T, b storage.Backend) {
+	p := pattern("tree-delete", treeObject)
+	rc := put(t, b, p, noClaims)
+	if existed, err := b.Delete(t.Context(), rc.Address); err != nil || !existed {
+		t.Fatalf("Delete: %v, %v", existed, err)
+	}
+	if _, err := b.Tree(t.Context(), rc.Address); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("Tree after Delete: %v, want ErrNotFound", err)
+	}
+	// A put after the delete stores bytes and tree anew.
+	rc = put(t, b, p, noClaims)
+	if rc.Deduplicated {
+		t.Fatal("put after delete reported Deduplicated")
+	}
+	want, _ := bao.EncodeBuf(p, blaketree.Group, true)
+	if got := readTree(t, b, rc.Address); !bytes.Equal(got, want) {
+		t.Fatal("tree after delete and re-put differs")
+	}
+}
+
+func testAbort(t *testing.T, b storage.Backend) {
+	w, err := b.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(pattern("abort", 100_000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatalf("Abort: %v", err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatalf("second Abort: %v", err)
+	}
+	requireCount(t, b, 0)
+	// Abort after Commit leaves the object.
+	p := pattern("abort-after-commit", 1000)
+	w, err = b.Create(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write(p)
+	addr := digestsOf(p).Address(digest.BLAKE3)
+	if _, err := w.Commit(t.Context(), addr, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatalf("Abort after Commit: %v", err)
+	}
+	if got := readAll(t, b, addr, nil); !bytes.Equal(got, p) {
+		t.Fatal("Abort after Commit harmed the object")
 	}
 }
 
