@@ -6,6 +6,8 @@ import (
 	"io"
 	"sync"
 
+	"lukechampine.com/blake3"
+
 	"github.com/artifactstore/artifactstore/digest/blaketree"
 )
 
@@ -50,6 +52,7 @@ const parallelThreshold = 32 << 10
 // Close, Tree only before.
 type DualHasher struct {
 	b3   *blaketree.Builder
+	bare *blake3.Hasher // instead of b3, WithoutTree
 	s256 hash.Hash
 	n    int64
 	err  error // of the tree's temp file, sticky
@@ -61,10 +64,49 @@ type DualHasher struct {
 
 var _ io.WriteCloser = (*DualHasher)(nil)
 
-// NewDualHasher returns a hasher ready for writes; opts configure its tree
-// builder (where a large tree's nodes spill).
-func NewDualHasher(opts ...blaketree.BuilderOption) *DualHasher {
-	return &DualHasher{b3: blaketree.NewBuilder(opts...), s256: sha256.New()}
+// HasherOption configures NewDualHasher.
+type HasherOption func(*hasherConfig)
+
+type hasherConfig struct {
+	spillDir string
+	noTree   bool
+}
+
+// WithTreeSpillDir sets where a very large tree keeps its nodes while it
+// is built (an unlinked temp file; default os.TempDir()).
+func WithTreeSpillDir(dir string) HasherOption {
+	return func(c *hasherConfig) { c.spillDir = dir }
+}
+
+// WithoutTree computes the digests only, with the plain BLAKE3 hasher:
+// for measuring what the tree costs, never for storing objects.
+func WithoutTree() HasherOption { return func(c *hasherConfig) { c.noTree = true } }
+
+// NewDualHasher returns a hasher ready for writes.
+func NewDualHasher(opts ...HasherOption) *DualHasher {
+	var c hasherConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	h := &DualHasher{s256: sha256.New()}
+	switch {
+	case c.noTree:
+		h.bare = blake3.New(Size, nil)
+	case c.spillDir != "":
+		h.b3 = blaketree.NewBuilder(blaketree.WithSpillDir(c.spillDir))
+	default:
+		h.b3 = blaketree.NewBuilder()
+	}
+	return h
+}
+
+func (h *DualHasher) writeB3(p []byte) error {
+	if h.bare != nil {
+		h.bare.Write(p)
+		return nil
+	}
+	_, err := h.b3.Write(p)
+	return err
 }
 
 func (h *DualHasher) start() {
@@ -72,7 +114,7 @@ func (h *DualHasher) start() {
 	h.done = make(chan struct{})
 	go func() {
 		for p := range h.work {
-			if _, err := h.b3.Write(p); err != nil && h.err == nil {
+			if err := h.writeB3(p); err != nil && h.err == nil {
 				h.err = err
 			}
 			h.done <- struct{}{}
@@ -89,7 +131,7 @@ func (h *DualHasher) Write(p []byte) (int, error) {
 	}
 	h.n += int64(len(p))
 	if len(p) < parallelThreshold {
-		if _, err := h.b3.Write(p); err != nil {
+		if err := h.writeB3(p); err != nil {
 			h.err = err
 		}
 		h.s256.Write(p)
@@ -103,7 +145,8 @@ func (h *DualHasher) Write(p []byte) (int, error) {
 }
 
 // Tree returns the BLAKE3 tree (Bao outboard) of everything written so
-// far; it stays valid until the next Write, Reset or Close.
+// far; it stays valid until the next Write, Reset or Close. It panics on a
+// hasher made WithoutTree.
 func (h *DualHasher) Tree() blaketree.Outboard { return h.b3.Outboard() }
 
 // Err returns the sticky error of Write, if any.
@@ -112,7 +155,11 @@ func (h *DualHasher) Err() error { return h.err }
 // Sum returns the digests of everything written so far.
 func (h *DualHasher) Sum() Digests {
 	var d Digests
-	d.BLAKE3 = h.b3.Sum()
+	if h.bare != nil {
+		h.bare.Sum(d.BLAKE3[:0])
+	} else {
+		d.BLAKE3 = h.b3.Sum()
+	}
 	h.s256.Sum(d.SHA256[:0])
 	d.Size = h.n
 	return d
@@ -120,7 +167,11 @@ func (h *DualHasher) Sum() Digests {
 
 // Reset forgets everything written, keeping the helper goroutine.
 func (h *DualHasher) Reset() {
-	h.b3.Reset()
+	if h.bare != nil {
+		h.bare.Reset()
+	} else {
+		h.b3.Reset()
+	}
 	h.s256.Reset()
 	h.n = 0
 	h.err = nil
@@ -135,6 +186,9 @@ func (h *DualHasher) Close() error {
 		for range h.done {
 		}
 		h.work = nil
+	}
+	if h.b3 == nil {
+		return nil
 	}
 	return h.b3.Close()
 }

@@ -22,6 +22,11 @@ type PutterOption func(*Putter)
 // while it is built (an unlinked temp file; default os.TempDir()).
 func WithSpillDir(dir string) PutterOption { return func(p *Putter) { p.spillDir = dir } }
 
+// WithoutTrees stores objects without their trees, as before trees
+// existed (the data plane then builds a tree at the first read). It exists
+// to measure what the tree costs a put; production wiring never uses it.
+func WithoutTrees() PutterOption { return func(p *Putter) { p.noTrees = true } }
+
 // Putter streams objects into backends: it verifies while writing, so
 // that a backend only moves bytes. For each object it reads the stream
 // once, and every chunk it reads is written to the backend and hashed
@@ -36,6 +41,7 @@ func WithSpillDir(dir string) PutterOption { return func(p *Putter) { p.spillDir
 type Putter struct {
 	bufs     sync.Pool
 	spillDir string
+	noTrees  bool
 }
 
 // NewPutter returns a Putter.
@@ -72,9 +78,12 @@ func (p *Putter) Put(ctx context.Context, b Backend, r io.Reader, opts PutOption
 	}
 	defer w.Abort()
 
-	var hopts []blaketree.BuilderOption
+	var hopts []digest.HasherOption
 	if p.spillDir != "" {
-		hopts = append(hopts, blaketree.WithSpillDir(p.spillDir))
+		hopts = append(hopts, digest.WithTreeSpillDir(p.spillDir))
+	}
+	if p.noTrees {
+		hopts = append(hopts, digest.WithoutTree())
 	}
 	h := digest.NewDualHasher(hopts...)
 	defer h.Close()
@@ -86,7 +95,7 @@ func (p *Putter) Put(ctx context.Context, b Backend, r io.Reader, opts PutOption
 		return Receipt{}, err
 	}
 	var tree TreeSource
-	if blaketree.HasNodes(d.Size) {
+	if blaketree.HasNodes(d.Size) && !p.noTrees {
 		tree = h.Tree()
 	}
 	addr := d.Address(primary)

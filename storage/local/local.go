@@ -2,18 +2,25 @@
 //
 // Layout under the root:
 //
-//	<root>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>   stored objects (read-only files)
-//	<root>/.tmp/                                     files being written
-//	<root>/.quarantine/                              files no row knows, kept for a reaper
+//	<root>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>       stored objects (read-only files)
+//	<root>/<algorithm>/<hex[0:2]>/<hex[2:4]>/<hex>.bao   their BLAKE3 trees (Bao outboard)
+//	<root>/.tmp/                                         files being written
+//	<root>/.quarantine/                                  files no row knows, kept for a reaper
 //
 // Every path is opened through an os.Root at the root, so no file name, and
 // no symbolic link planted under the root, reaches a file outside it; and
 // only a parsed digest.Address becomes an object path.
 //
-// A put writes a temp file in .tmp (same filesystem) while hashing it,
-// checks the caller's claims, fsyncs the file, links it under its content
-// address, and fsyncs the shard directory and the parent of every shard
-// directory it created. A failed fsync fails that put; it is never retried.
+// A put (storage.Putter over Create) writes a temp file in .tmp (same
+// filesystem) while the putter hashes it; Commit fsyncs the file, writes
+// and fsyncs the tree's temp file (objects of one chunk group have no
+// tree file), renames the tree next to the object's place, links the
+// object under its content address, and fsyncs the shard directory and
+// the parent of every shard directory it created. The tree is in place
+// before the object, and Delete removes the object before its tree, so an
+// object is never visible without its tree (objects stored before trees
+// existed have none until the data plane adds one). A failed fsync fails
+// that put; it is never retried.
 // Linking (rather than renaming) makes "store unless present" atomic: a
 // concurrent or repeated put of the same content finds the existing file
 // and leaves it untouched.
@@ -33,7 +40,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
@@ -51,10 +57,10 @@ const (
 	quarantineDir = ".quarantine"
 	tmpPrefix     = "put-"
 
-	bufSize   = 1 << 20
-	dirPerm   = 0o750
-	filePerm  = 0o440 // objects are immutable
-	linkTries = 8     // attempts when a concurrent delete removes the shard directory
+	treeSuffix = ".bao"
+	dirPerm    = 0o750
+	filePerm   = 0o440 // objects are immutable
+	linkTries  = 8     // attempts when a concurrent delete removes the shard directory
 )
 
 var (
@@ -79,9 +85,9 @@ type Backend struct {
 	path string
 	root *os.Root
 	now  func() time.Time
-	bufs sync.Pool
 
 	cleaned int
+	putter  *storage.Putter
 
 	// syncFile fsyncs a file or directory; tests replace it to provoke a
 	// failed fsync.
@@ -108,8 +114,8 @@ func Open(root string, opts ...Option) (*Backend, error) {
 		root:     r,
 		now:      time.Now,
 		syncFile: (*os.File).Sync,
+		putter:   storage.NewPutter(),
 	}
-	b.bufs.New = func() any { buf := make([]byte, bufSize); return &buf }
 	for _, o := range opts {
 		o(b)
 	}
@@ -209,140 +215,161 @@ func (b *Backend) createTemp() (*os.File, string, error) {
 	return f, name, nil
 }
 
-// Put implements storage.Backend.
+// Put stores the stream r through a storage.Putter (see there): a
+// convenience for tools and tests that hold this backend.
 func (b *Backend) Put(ctx context.Context, r io.Reader, opts storage.PutOptions) (storage.Receipt, error) {
-	primary, err := storage.ValidateOptions(opts)
-	if err != nil {
-		return storage.Receipt{}, err
-	}
-	if err := ctx.Err(); err != nil {
-		return storage.Receipt{}, err
-	}
-	f, tmpName, err := b.createTemp()
-	if err != nil {
-		return storage.Receipt{}, err
-	}
-	// The temp name goes in every case: after a successful link the object
-	// keeps the inode under its final name.
-	defer func() {
-		f.Close()
-		b.root.Remove(tmpName)
-	}()
-
-	d, err := b.copyHashed(ctx, f, r, opts.MaxSize)
-	if err != nil {
-		return storage.Receipt{}, err
-	}
-	if err := storage.CheckClaims(opts, d); err != nil {
-		return storage.Receipt{}, err
-	}
-	if err := b.syncFile(f); err != nil {
-		return storage.Receipt{}, fmt.Errorf("local: fsync temp file: %w; the object was not stored, check the disk", err)
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		return storage.Receipt{}, fmt.Errorf("local: stat temp file: %w", err)
-	}
-	addr := d.Address(primary)
-	storedAt, dedup, err := b.place(tmpName, addr.RelPath(), fi.ModTime())
-	if err != nil {
-		return storage.Receipt{}, fmt.Errorf("local: store %s: %w", addr, err)
-	}
-	return storage.Receipt{Address: addr, Digests: d, BackendID: b.id, StoredAt: storedAt, Deduplicated: dedup}, nil
+	return b.putter.Put(ctx, b, r, opts)
 }
 
-// copyHashed copies r into f while hashing, one buffer per chunk: the bytes
-// hashed are exactly the bytes written. Reading is pipelined with writing
-// and hashing: a reader goroutine fills one pooled buffer while this one
-// writes and hashes the other, so a network stream and the disk and both
-// hashes work at the same time. Memory stays two buffers whatever the size.
-func (b *Backend) copyHashed(ctx context.Context, f *os.File, r io.Reader, maxSize int64) (digest.Digests, error) {
-	h := digest.NewDualHasher()
-	defer h.Close()
-	if maxSize > 0 {
-		r = io.LimitReader(r, maxSize+1)
+// Create implements storage.Backend: the object's bytes go to a locked
+// temp file in .tmp.
+func (b *Backend) Create(ctx context.Context) (storage.ObjectWriter, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	type chunk struct {
-		buf *[]byte
-		n   int
-		err error
+	f, name, err := b.createTemp()
+	if err != nil {
+		return nil, err
 	}
-	free := make(chan *[]byte, 2)
-	full := make(chan chunk)
-	stop := make(chan struct{})
-	for range 2 {
-		free <- b.bufs.Get().(*[]byte)
-	}
-	go func() {
-		defer close(full)
-		for {
-			var bp *[]byte
-			select {
-			case bp = <-free:
-			case <-stop:
-				return
-			}
-			m, err := io.ReadFull(r, *bp)
-			select {
-			case full <- chunk{bp, m, err}:
-			case <-stop:
-				free <- bp
-				return
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	// On return, stop the reader and wait for it: r is the caller's and
-	// must not be read after Put returns. Then give the buffers back.
-	defer func() {
-		close(stop)
-		for c := range full {
-			free <- c.buf
-		}
-		for range 2 {
-			b.bufs.Put(<-free)
-		}
-	}()
+	return &objectWriter{b: b, f: f, tmpName: name}, nil
+}
 
-	var n, started int64
-	for {
-		if err := ctx.Err(); err != nil {
-			return digest.Digests{}, err
+// objectWriter writes one object into a temp file; Commit fsyncs it and
+// links it under its content address, next to its tree.
+type objectWriter struct {
+	b       *Backend
+	f       *os.File
+	tmpName string
+	n       int64
+	started int64 // bytes handed to writeback so far
+	done    bool
+}
+
+// Write appends p to the temp file, handing every writebackChunk bytes to
+// the kernel's writeback so that the final fsync has little left to do.
+func (w *objectWriter) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, errors.New("local: write after Commit or Abort")
+	}
+	if w.n-w.started >= writebackChunk {
+		startWriteback(w.f, w.started, w.n-w.started)
+		w.started = w.n
+	}
+	n, err := w.f.Write(p)
+	w.n += int64(n)
+	if err != nil {
+		return n, fmt.Errorf("local: write temp file: %w", err)
+	}
+	return n, nil
+}
+
+// Abort removes the temp file. The temp name goes in every case: after a
+// successful link the object keeps the inode under its final name.
+func (w *objectWriter) Abort() error {
+	if w.done {
+		return nil
+	}
+	w.done = true
+	w.f.Close()
+	if err := w.b.root.Remove(w.tmpName); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("local: remove temp file %s: %w", w.tmpName, err)
+	}
+	return nil
+}
+
+// Commit implements storage.ObjectWriter: fsync the object's temp file,
+// write and fsync its tree's, then put the tree in place before linking
+// the object, and fsync the shard directory (and the parent of every
+// directory created) once for both.
+func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource) (storage.Committed, error) {
+	if w.done {
+		return storage.Committed{}, errors.New("local: Commit after Commit or Abort")
+	}
+	defer w.Abort()
+	b := w.b
+	if err := storage.ValidateAddress(addr); err != nil {
+		return storage.Committed{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return storage.Committed{}, err
+	}
+	if err := b.syncFile(w.f); err != nil {
+		return storage.Committed{}, fmt.Errorf("local: fsync temp file: %w; the object was not stored, check the disk", err)
+	}
+	fi, err := w.f.Stat()
+	if err != nil {
+		return storage.Committed{}, fmt.Errorf("local: stat temp file: %w", err)
+	}
+	rel := addr.RelPath()
+	// Content already stored: leave it, and give it the tree it lacks.
+	if ofi, err := b.root.Stat(rel); err == nil && ofi.Mode().IsRegular() {
+		if err := b.addMissingTree(rel, tree); err != nil {
+			return storage.Committed{}, fmt.Errorf("local: store %s: %w", addr, err)
 		}
-		if n-started >= writebackChunk {
-			startWriteback(f, started, n-started)
-			started = n
+		if err := b.syncExisting(path.Dir(rel)); err != nil {
+			return storage.Committed{}, fmt.Errorf("local: store %s: %w", addr, err)
 		}
-		var c chunk
-		select {
-		case c = <-full:
-		case <-ctx.Done():
-			return digest.Digests{}, ctx.Err()
+		return storage.Committed{StoredAt: ofi.ModTime(), Deduplicated: true}, nil
+	}
+	tmpTree := ""
+	if tree != nil {
+		if tmpTree, err = b.writeTreeTemp(tree); err != nil {
+			return storage.Committed{}, fmt.Errorf("local: store %s: %w", addr, err)
 		}
-		m := c.n
-		if m > 0 {
-			n += int64(m)
-			if maxSize > 0 && n > maxSize {
-				free <- c.buf
-				return digest.Digests{}, fmt.Errorf("%w: the stream is longer than the limit of %d bytes; send a smaller object or raise the limit", storage.ErrTooLarge, maxSize)
-			}
-			if _, err := f.Write((*c.buf)[:m]); err != nil {
-				free <- c.buf
-				return digest.Digests{}, fmt.Errorf("local: write temp file: %w", err)
-			}
-			h.Write((*c.buf)[:m])
-		}
-		free <- c.buf
-		switch {
-		case c.err == nil:
-		case errors.Is(c.err, io.EOF), errors.Is(c.err, io.ErrUnexpectedEOF):
-			return h.Sum(), nil
-		default:
-			return digest.Digests{}, fmt.Errorf("local: read the object stream: %w", c.err)
+		defer b.root.Remove(tmpTree)
+	}
+	storedAt, dedup, err := b.place(w.tmpName, rel, tmpTree, fi.ModTime())
+	if err != nil {
+		return storage.Committed{}, fmt.Errorf("local: store %s: %w", addr, err)
+	}
+	return storage.Committed{StoredAt: storedAt, Deduplicated: dedup}, nil
+}
+
+// treeRel is where the tree of the object at rel lives: next to it, under
+// a name that is not an address (so Walk skips it).
+func treeRel(rel string) string { return rel + treeSuffix }
+
+// writeTreeTemp writes tree to a new temp file and fsyncs it.
+func (b *Backend) writeTreeTemp(tree storage.TreeSource) (string, error) {
+	f, name, err := b.createTemp()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	n, err := tree.WriteTo(f)
+	if err == nil && n != tree.Size() {
+		err = fmt.Errorf("the tree wrote %d bytes, not the %d it announced", n, tree.Size())
+	}
+	if err == nil {
+		if err = b.syncFile(f); err != nil {
+			err = fmt.Errorf("fsync the tree's temp file: %w; check the disk", err)
 		}
 	}
+	if err != nil {
+		b.root.Remove(name)
+		return "", fmt.Errorf("write the tree: %w", err)
+	}
+	return name, nil
+}
+
+// addMissingTree stores tree next to the existing object at rel unless a
+// tree is there already. The caller fsyncs the directory.
+func (b *Backend) addMissingTree(rel string, tree storage.TreeSource) error {
+	if tree == nil {
+		return nil
+	}
+	if _, err := b.root.Lstat(treeRel(rel)); err == nil {
+		return nil
+	}
+	tmpTree, err := b.writeTreeTemp(tree)
+	if err != nil {
+		return err
+	}
+	if err := b.root.Rename(tmpTree, treeRel(rel)); err != nil {
+		b.root.Remove(tmpTree)
+		return fmt.Errorf("put the tree in place: %w", err)
+	}
+	return nil
 }
 
 // writebackChunk is how many written bytes of a large object are handed to
@@ -366,13 +393,26 @@ func startWriteback(f *os.File, off, n int64) {
 
 // place links the fsynced temp file under rel unless a file is already
 // there, creating shard directories as needed, and makes the new entry
-// durable. It returns the stored time of the object it left at rel and
-// whether that object was already there.
-func (b *Backend) place(tmpName, rel string, mtime time.Time) (time.Time, bool, error) {
+// durable. The fsynced tree temp file tmpTree, when not empty, is renamed
+// next to it first (replacing a tree a crashed delete left behind), so
+// the object is never visible without its tree; one fsync of the shard
+// directory makes both entries durable. It returns the stored time of the
+// object it left at rel and whether that object was already there.
+func (b *Backend) place(tmpName, rel, tmpTree string, mtime time.Time) (time.Time, bool, error) {
 	dir := path.Dir(rel)
 	var created []string
 	for attempt := 1; ; attempt++ {
-		err := b.root.Link(tmpName, rel)
+		var err error
+		if tmpTree != "" {
+			// A directory holding the tree is not empty, so no delete
+			// removes it before the link below.
+			if err = b.root.Rename(tmpTree, treeRel(rel)); err == nil {
+				tmpTree = ""
+			}
+		}
+		if err == nil {
+			err = b.root.Link(tmpName, rel)
+		}
 		switch {
 		case err == nil:
 			if err := b.syncNew(dir, created); err != nil {
@@ -403,6 +443,11 @@ func (b *Backend) place(tmpName, rel string, mtime time.Time) (time.Time, bool, 
 			if _, serr := b.root.Lstat(tmpName); serr != nil {
 				return time.Time{}, false, fmt.Errorf("temp file %s vanished (did another process open this root and clean it?): %w", tmpName, serr)
 			}
+			if tmpTree != "" {
+				if _, serr := b.root.Lstat(tmpTree); serr != nil {
+					return time.Time{}, false, fmt.Errorf("temp file %s vanished (did another process open this root and clean it?): %w", tmpTree, serr)
+				}
+			}
 			c, merr := b.mkdirs(dir)
 			created = append(created, c...)
 			if merr != nil && !errors.Is(merr, fs.ErrNotExist) {
@@ -410,7 +455,7 @@ func (b *Backend) place(tmpName, rel string, mtime time.Time) (time.Time, bool, 
 			}
 			// ErrNotExist: a concurrent delete removed a parent; go again.
 		case isLinkUnsupported(err):
-			return b.placeByRename(tmpName, rel, mtime)
+			return b.placeByRename(tmpName, rel, tmpTree, mtime)
 		default:
 			return time.Time{}, false, err
 		}
@@ -428,7 +473,7 @@ func isLinkUnsupported(err error) bool {
 // an existing object and the rename are not one atomic step, so two
 // concurrent puts of the same content may both report a new object; the
 // bytes are the same either way.
-func (b *Backend) placeByRename(tmpName, rel string, mtime time.Time) (time.Time, bool, error) {
+func (b *Backend) placeByRename(tmpName, rel, tmpTree string, mtime time.Time) (time.Time, bool, error) {
 	dir := path.Dir(rel)
 	if fi, err := b.root.Stat(rel); err == nil && fi.Mode().IsRegular() {
 		if err := b.syncExisting(dir); err != nil {
@@ -439,6 +484,11 @@ func (b *Backend) placeByRename(tmpName, rel string, mtime time.Time) (time.Time
 	created, err := b.mkdirs(dir)
 	if err != nil {
 		return time.Time{}, false, err
+	}
+	if tmpTree != "" {
+		if err := b.root.Rename(tmpTree, treeRel(rel)); err != nil {
+			return time.Time{}, false, err
+		}
 	}
 	if err := b.root.Rename(tmpName, rel); err != nil {
 		return time.Time{}, false, err
@@ -566,6 +616,73 @@ func (b *Backend) objectErr(op string, addr digest.Address, err error) error {
 	return fmt.Errorf("local: %s %s: %w", op, addr, err)
 }
 
+// Tree implements storage.Backend.
+func (b *Backend) Tree(ctx context.Context, addr digest.Address) (storage.TreeReader, error) {
+	if err := storage.ValidateAddress(addr); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rel := addr.RelPath()
+	f, err := b.root.Open(treeRel(rel))
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := b.root.Stat(rel); serr != nil {
+			return nil, b.objectErr("stat", addr, serr)
+		}
+		return nil, fmt.Errorf("local: %s: %w", addr, storage.ErrNoTree)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local: open the tree of %s: %w", addr, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("local: stat the tree of %s: %w", addr, err)
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("local: the tree of %s is not a regular file (%v); quarantine it", addr, fi.Mode().Type())
+	}
+	return &treeFile{File: f, size: fi.Size()}, nil
+}
+
+type treeFile struct {
+	*os.File
+	size int64
+}
+
+func (t *treeFile) Size() int64 { return t.size }
+
+// PutTree implements storage.Backend: the tree is written to a temp file,
+// fsynced, renamed over the stored one, and the directory fsynced.
+func (b *Backend) PutTree(ctx context.Context, addr digest.Address, tree storage.TreeSource) error {
+	if err := storage.ValidateAddress(addr); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	rel := addr.RelPath()
+	if fi, err := b.root.Stat(rel); err != nil {
+		return b.objectErr("stat", addr, err)
+	} else if !fi.Mode().IsRegular() {
+		return fmt.Errorf("local: %s is not a regular file (%v); quarantine it", addr, fi.Mode().Type())
+	}
+	tmpTree, err := b.writeTreeTemp(tree)
+	if err != nil {
+		return fmt.Errorf("local: tree of %s: %w", addr, err)
+	}
+	if err := b.root.Rename(tmpTree, treeRel(rel)); err != nil {
+		b.root.Remove(tmpTree)
+		return fmt.Errorf("local: put the tree of %s in place: %w", addr, err)
+	}
+	if err := b.syncDir(path.Dir(rel)); err != nil {
+		return fmt.Errorf("local: tree of %s: %w", addr, err)
+	}
+	return nil
+}
+
 // Head implements storage.Backend.
 func (b *Backend) Head(ctx context.Context, addr digest.Address) (storage.ObjectInfo, error) {
 	if err := storage.ValidateAddress(addr); err != nil {
@@ -596,9 +713,14 @@ func (b *Backend) Delete(ctx context.Context, addr digest.Address) (bool, error)
 	rel := addr.RelPath()
 	if err := b.root.Remove(rel); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
+			// A crash between the two removes may have left the tree.
+			b.root.Remove(treeRel(rel))
 			return false, nil
 		}
 		return false, fmt.Errorf("local: delete %s: %w", addr, err)
+	}
+	if err := b.root.Remove(treeRel(rel)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return true, fmt.Errorf("local: delete the tree of %s: %w", addr, err)
 	}
 	// Remove emptied shard directories, never the algorithm directory. A
 	// directory that is not empty (or is being filled by a concurrent put,
