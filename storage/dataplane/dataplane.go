@@ -1,9 +1,15 @@
 // Package dataplane moves object bytes between callers and storage
-// backends: ingest (dual-hash while writing once), serve (whole or a byte
-// range), verify (re-read and re-digest), delete and health. It sees
-// backends only through storage.Backend and a storage.Registry; the
-// ingester, the verifier and the read API use this package and never a
-// concrete backend.
+// backends: ingest (dual-hash and tree while writing once), serve (whole
+// or a byte range, every chunk group proven against the object's BLAKE3
+// tree before its bytes leave), verify (re-read, re-digest, check the
+// tree), delete and health. It sees backends only through storage.Backend
+// and a storage.Registry; the ingester, the verifier and the read API use
+// this package and never a concrete backend.
+//
+// A served read that finds bytes that do not match their tree stops before
+// them with a *CorruptError, remembers the object as corrupt (every later
+// Serve of it fails at once until a Verify proves it good again) and tells
+// the CorruptionReporter, which records it in the event log.
 package dataplane
 
 import (
@@ -11,10 +17,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 
+	"golang.org/x/sync/singleflight"
+
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/storage"
 )
 
@@ -31,12 +39,31 @@ func WithVerifyReader(wrap func(io.Reader) io.Reader) Option {
 	return func(d *DataPlane) { d.wrapVerify = wrap }
 }
 
+// WithCorruptionReporter sets who is told when a served read finds
+// corrupt bytes (see CorruptionReporter).
+func WithCorruptionReporter(r CorruptionReporter) Option {
+	return func(d *DataPlane) { d.reporter = r }
+}
+
+// WithPutter sets the Putter of Ingest (default storage.NewPutter()).
+func WithPutter(p *storage.Putter) Option { return func(d *DataPlane) { d.putter = p } }
+
+// WithCorruptMemory sets how many corrupt objects a data plane remembers
+// at most (default 10,000): enough to cover the time until the event log's
+// projection marks them, whatever a burst of damage brings.
+func WithCorruptMemory(n int) Option { return func(d *DataPlane) { d.marks.max = n } }
+
 // DataPlane is safe for concurrent use.
 type DataPlane struct {
 	reg        *storage.Registry
 	def        string
 	wrapVerify func(io.Reader) io.Reader
-	bufs       sync.Pool
+	reporter   CorruptionReporter
+	putter     *storage.Putter
+	bufs       sync.Pool // verify's read buffers
+	batchBufs  sync.Pool // Serve's batches of chunk groups
+	trees      singleflight.Group
+	marks      marks
 }
 
 // New returns a data plane over the backends in reg. defaultBackend is used
@@ -48,10 +75,14 @@ func New(reg *storage.Registry, defaultBackend string, opts ...Option) (*DataPla
 	if _, err := reg.Get(defaultBackend); err != nil {
 		return nil, fmt.Errorf("dataplane: default backend: %w", err)
 	}
-	d := &DataPlane{reg: reg, def: defaultBackend}
+	d := &DataPlane{reg: reg, def: defaultBackend, marks: marks{max: 10_000}}
 	d.bufs.New = func() any { b := make([]byte, verifyBufSize); return &b }
+	d.batchBufs.New = func() any { b := make([]byte, blaketree.DefaultBatchGroups*blaketree.GroupSize); return &b }
 	for _, o := range opts {
 		o(d)
+	}
+	if d.putter == nil {
+		d.putter = storage.NewPutter()
 	}
 	return d, nil
 }
@@ -96,8 +127,9 @@ type IngestResult struct {
 	Receipt storage.Receipt
 }
 
-// Ingest streams r into a backend, computing both digests over exactly the
-// bytes written, and returns once the object is durable. A wrong claim
+// Ingest streams r into a backend, computing both digests and the BLAKE3
+// tree over exactly the bytes written, and returns once the object and its
+// tree are durable. A wrong claim
 // fails with an error matching storage.ErrDigestMismatch or
 // storage.ErrSizeMismatch (a *storage.MismatchError carries the actual
 // digests) and stores nothing; a stream over MaxSize fails with
@@ -107,7 +139,7 @@ func (d *DataPlane) Ingest(ctx context.Context, r io.Reader, h IngestHints) (Ing
 	if err != nil {
 		return IngestResult{}, err
 	}
-	rc, err := b.Put(ctx, r, storage.PutOptions{
+	rc, err := d.putter.Put(ctx, b, r, storage.PutOptions{
 		Primary:    h.Primary,
 		Expect:     h.Expect,
 		ExpectSize: h.ExpectSize,
@@ -116,125 +148,12 @@ func (d *DataPlane) Ingest(ctx context.Context, r io.Reader, h IngestHints) (Ing
 	if err != nil {
 		return IngestResult{}, fmt.Errorf("dataplane: ingest into %q: %w", b.ID(), err)
 	}
+	if !rc.Deduplicated {
+		// New bytes (e.g. after a delete): whatever was remembered of the
+		// old ones no longer holds.
+		d.marks.remove(b.ID(), rc.Address)
+	}
 	return IngestResult{Address: rc.Address, Digests: rc.Digests, Receipt: rc}, nil
-}
-
-// Serve opens the object at addr on backend backendID ("" = default),
-// whole when rng is nil or the inclusive range *rng. The caller closes the
-// reader. Errors match storage.ErrNotFound and storage.ErrInvalidRange.
-func (d *DataPlane) Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range) (io.ReadCloser, error) {
-	b, err := d.backend(backendID)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := b.Get(ctx, addr, rng)
-	if err != nil {
-		return nil, fmt.Errorf("dataplane: serve %s from %q: %w", addr, b.ID(), err)
-	}
-	return rc, nil
-}
-
-// Expected is what the control plane recorded about an object. Nil digests
-// and a negative Size are unknown and not checked.
-type Expected struct {
-	BLAKE3, SHA256 *[32]byte
-	Size           int64
-}
-
-// VerifyResult is the verdict on one object.
-type VerifyResult struct {
-	Address   digest.Address
-	BackendID string
-	// Verified is true when every known digest and the size match.
-	Verified bool
-	// Missing is true when the backend does not hold the object.
-	Missing bool
-	// Reason says what differed (or that the object is missing); empty
-	// when verified.
-	Reason string
-	// Actual holds the digests and size of the bytes read; zero when
-	// missing.
-	Actual digest.Digests
-}
-
-// Verify re-reads the object at addr on backend backendID ("" = default),
-// recomputes both digests and the size in one streaming pass (memory does
-// not grow with the object), and compares them with the address's own
-// digest and with everything exp knows. A corrupt or missing object is a
-// verdict (nil error, Verified false); an error means no verdict could be
-// reached (unknown backend, read failure, ctx done).
-func (d *DataPlane) Verify(ctx context.Context, backendID string, addr digest.Address, exp Expected) (VerifyResult, error) {
-	b, err := d.backend(backendID)
-	if err != nil {
-		return VerifyResult{}, err
-	}
-	res := VerifyResult{Address: addr, BackendID: b.ID()}
-	if err := storage.ValidateAddress(addr); err != nil {
-		return res, fmt.Errorf("dataplane: verify: %w", err)
-	}
-	rc, err := b.Get(ctx, addr, nil)
-	if errors.Is(err, storage.ErrNotFound) {
-		res.Missing = true
-		res.Reason = fmt.Sprintf("backend %q does not hold %s", b.ID(), addr)
-		return res, nil
-	}
-	if err != nil {
-		return res, fmt.Errorf("dataplane: verify %s on %q: %w", addr, b.ID(), err)
-	}
-	defer rc.Close()
-	actual, err := d.digestStream(ctx, rc)
-	if err != nil {
-		return res, fmt.Errorf("dataplane: verify %s on %q: %w", addr, b.ID(), err)
-	}
-	res.Actual = actual
-
-	var reasons []string
-	if got := actual.Address(addr.Algorithm()); got != addr {
-		reasons = append(reasons, fmt.Sprintf("content hashes to %s", got))
-	}
-	if exp.BLAKE3 != nil && *exp.BLAKE3 != actual.BLAKE3 {
-		reasons = append(reasons, fmt.Sprintf("blake3 is %s, recorded %s",
-			actual.Address(digest.BLAKE3), digest.New(digest.BLAKE3, *exp.BLAKE3)))
-	}
-	if exp.SHA256 != nil && *exp.SHA256 != actual.SHA256 {
-		reasons = append(reasons, fmt.Sprintf("sha256 is %s, recorded %s",
-			actual.Address(digest.SHA256), digest.New(digest.SHA256, *exp.SHA256)))
-	}
-	if exp.Size >= 0 && exp.Size != actual.Size {
-		what := "truncated"
-		if actual.Size > exp.Size {
-			what = "grown"
-		}
-		reasons = append(reasons, fmt.Sprintf("%s: %d bytes, recorded %d", what, actual.Size, exp.Size))
-	}
-	res.Verified = len(reasons) == 0
-	res.Reason = strings.Join(reasons, "; ")
-	return res, nil
-}
-
-func (d *DataPlane) digestStream(ctx context.Context, r io.Reader) (digest.Digests, error) {
-	if d.wrapVerify != nil {
-		r = d.wrapVerify(r)
-	}
-	bufp := d.bufs.Get().(*[]byte)
-	defer d.bufs.Put(bufp)
-	buf := *bufp
-	h := digest.NewDualHasher()
-	defer h.Close()
-	for {
-		if err := ctx.Err(); err != nil {
-			return digest.Digests{}, err
-		}
-		n, err := io.ReadFull(r, buf)
-		h.Write(buf[:n])
-		switch {
-		case err == nil:
-		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-			return h.Sum(), nil
-		default:
-			return digest.Digests{}, fmt.Errorf("read: %w", err)
-		}
-	}
 }
 
 // Delete removes the object at addr from backend backendID ("" = default)
@@ -249,6 +168,7 @@ func (d *DataPlane) Delete(ctx context.Context, backendID string, addr digest.Ad
 	if err != nil {
 		return existed, fmt.Errorf("dataplane: delete %s from %q: %w", addr, b.ID(), err)
 	}
+	d.marks.remove(b.ID(), addr)
 	return existed, nil
 }
 

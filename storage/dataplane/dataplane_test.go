@@ -119,7 +119,11 @@ func TestIngestSHA256Primary(t *testing.T) {
 	if res.Address != digest.New(digest.SHA256, sha256.Sum256(p)) {
 		t.Fatalf("address %s, want sha256", res.Address)
 	}
-	rc, err := f.dp.Serve(t.Context(), "", res.Address, nil)
+	if _, err := f.dp.Serve(t.Context(), "", res.Address, nil, dataplane.Expected{Size: -1}); err == nil {
+		t.Fatal("Serve of a sha256 address without its recorded BLAKE3 succeeded; it cannot be proven")
+	}
+	b3 := res.Digests.BLAKE3
+	rc, err := f.dp.Serve(t.Context(), "", res.Address, nil, dataplane.Expected{BLAKE3: &b3, Size: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +158,7 @@ func TestIngestWrongClaimRejectsAndLeavesNothing(t *testing.T) {
 		t.Fatalf("MismatchError lacks the actual digest: %v", err)
 	}
 	for _, addr := range []digest.Address{right, wrong, digest.New(digest.BLAKE3, blake3.Sum256(p))} {
-		if _, err := f.dp.Serve(t.Context(), "", addr, nil); !errors.Is(err, storage.ErrNotFound) {
+		if _, err := f.dp.Serve(t.Context(), "", addr, nil, dataplane.Expected{Size: -1}); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("Serve(%s) after a rejected ingest: %v, want ErrNotFound", addr, err)
 		}
 	}
@@ -179,7 +183,7 @@ func TestServeRoundTripAndRange(t *testing.T) {
 	res := f.ingest(t, p, noClaims)
 	read := func(rng *storage.Range) []byte {
 		t.Helper()
-		rc, err := f.dp.Serve(t.Context(), "local", res.Address, rng)
+		rc, err := f.dp.Serve(t.Context(), "local", res.Address, rng, dataplane.Expected{Size: -1})
 		if err != nil {
 			t.Fatalf("Serve %v: %v", rng, err)
 		}
@@ -199,14 +203,14 @@ func TestServeRoundTripAndRange(t *testing.T) {
 	if !bytes.Equal(read(&storage.Range{Start: 99_990, End: -1}), p[99_990:]) {
 		t.Fatal("range 99990- differs")
 	}
-	if _, err := f.dp.Serve(t.Context(), "", res.Address, &storage.Range{Start: 100_000, End: -1}); !errors.Is(err, storage.ErrInvalidRange) {
+	if _, err := f.dp.Serve(t.Context(), "", res.Address, &storage.Range{Start: 100_000, End: -1}, dataplane.Expected{Size: -1}); !errors.Is(err, storage.ErrInvalidRange) {
 		t.Fatalf("range past the end: %v", err)
 	}
 	missing := digest.New(digest.BLAKE3, blake3.Sum256([]byte("missing")))
-	if _, err := f.dp.Serve(t.Context(), "", missing, nil); !errors.Is(err, storage.ErrNotFound) {
+	if _, err := f.dp.Serve(t.Context(), "", missing, nil, dataplane.Expected{Size: -1}); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("missing: %v", err)
 	}
-	if _, err := f.dp.Serve(t.Context(), "nope", res.Address, nil); !errors.Is(err, storage.ErrUnknownBackend) {
+	if _, err := f.dp.Serve(t.Context(), "nope", res.Address, nil, dataplane.Expected{Size: -1}); !errors.Is(err, storage.ErrUnknownBackend) {
 		t.Fatalf("unknown backend: %v", err)
 	}
 }
@@ -485,7 +489,7 @@ func TestBoundedMemory(t *testing.T) {
 		t.Fatalf("ingested %d bytes", res.Digests.Size)
 	}
 	measure("serve", func() {
-		rc, err := f.dp.Serve(t.Context(), "", res.Address, nil)
+		rc, err := f.dp.Serve(t.Context(), "", res.Address, nil, dataplane.Expected{Size: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
