@@ -111,9 +111,9 @@ func (c *committer) keepObjects(ctx context.Context, group []*job, ds []decided,
 // when the reaper deleted it after j's put, writes it again from j's blob.
 func (ing *Ingester) ensureBytes(ctx context.Context, j *job) error {
 	res := j.stored
-	rc, err := ing.cfg.DataPlane.Serve(ctx, res.Receipt.BackendID, res.Address, nil)
+	_, err := ing.cfg.DataPlane.Head(ctx, res.Receipt.BackendID, res.Address)
 	if err == nil {
-		return rc.Close()
+		return nil
 	}
 	if !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("check the bytes of %s: %w", res.Address, err)

@@ -76,11 +76,11 @@ import (
 )
 
 // DataPlane is the part of the data plane the ingester uses: storing a
-// blob, and opening an object to see whether its bytes are still there
-// (see keepObjects).
+// blob, and asking whether an object's bytes are still there (see
+// keepObjects).
 type DataPlane interface {
 	Ingest(ctx context.Context, r io.Reader, h dataplane.IngestHints) (dataplane.IngestResult, error)
-	Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range) (io.ReadCloser, error)
+	Head(ctx context.Context, backendID string, addr digest.Address) (storage.ObjectInfo, error)
 }
 
 var _ DataPlane = (*dataplane.DataPlane)(nil)

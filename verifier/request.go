@@ -29,6 +29,9 @@ const maxRequestBytes = 4 << 10
 const (
 	OriginScrub    = "scrub"
 	OriginOnDemand = "on-demand"
+	// OriginRead: a served read found bytes that did not match their
+	// tree (see ReadReporter).
+	OriginRead = "read"
 )
 
 // Request asks a verifier to re-read one stored object from one backend,
@@ -126,8 +129,14 @@ type Reply struct {
 	// Duplicate is true when the request id had been handled before: the
 	// reply is the recorded outcome, nothing was read or appended.
 	Duplicate bool `cbor:"duplicate,omitempty" json:"duplicate,omitempty"`
-	// Reason explains an error or a corrupt outcome in words.
+	// Reason explains an error or a corrupt outcome in words, and a
+	// verified outcome whose stored tree had to be rebuilt.
 	Reason string `cbor:"reason,omitempty" json:"reason,omitempty"`
+	// Tree says what became of the object's stored BLAKE3 tree when its
+	// bytes were verified: ok, none (one chunk group, no tree stored),
+	// built (stored before trees existed) or rebuilt (it was damaged).
+	// Empty for other outcomes and duplicates.
+	Tree string `cbor:"tree,omitempty" json:"tree,omitempty"`
 }
 
 // Failed reports whether the reply is anything but verified.

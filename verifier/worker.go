@@ -1,5 +1,6 @@
 // Package verifier scrubs stored objects: it re-reads their bytes through
-// the data plane, recomputes BLAKE3, SHA-256 and the size, and appends
+// the data plane, recomputes BLAKE3, SHA-256, the size and the BLAKE3 tree
+// (building a legacy object's, rewriting a damaged one), and appends
 // object.verified, object.corrupt or object.missing to the event log.
 //
 // Two roles live here:
@@ -18,6 +19,9 @@
 //
 // [RequestAll] is the on-demand side: it publishes requests for chosen
 // objects and collects the replies (`artifactstore verify --package P`).
+// [ReadReporter] is the read side: when a served read finds bytes that do
+// not match their tree, it verifies the object at once, so that the
+// damage is in the log within seconds rather than at the next scrub.
 //
 // The verifier records state; it does not serve bytes. The projector turns
 // the events into storage_locations.state, which the read path checks, so a
@@ -260,6 +264,16 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 	rep.ExpectedSize = loc.size
 	if !rep.Duplicate && !res.Verified {
 		rep.Reason = res.Reason
+	}
+	if !rep.Duplicate && res.Verified {
+		rep.Tree = string(res.Tree)
+		switch res.Tree {
+		case dataplane.TreeRebuilt:
+			rep.Reason = "the bytes are intact but their stored BLAKE3 tree was damaged (" + res.TreeDetail + "); it was rebuilt from the bytes"
+			log.Warn().Str("tree", res.TreeDetail).Msg("stored tree was damaged; rebuilt from the verified bytes")
+		case dataplane.TreeBuilt:
+			log.Info().Msg("object stored before trees existed; its tree was built")
+		}
 	}
 	if !rep.Duplicate {
 		w.cfg.Metrics.observe(rep.Outcome, res.Actual.Size)

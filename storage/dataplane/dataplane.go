@@ -156,6 +156,21 @@ func (d *DataPlane) Ingest(ctx context.Context, r io.Reader, h IngestHints) (Ing
 	return IngestResult{Address: rc.Address, Digests: rc.Digests, Receipt: rc}, nil
 }
 
+// Head returns the size and store time of the object at addr on backend
+// backendID ("" = default), or an error matching storage.ErrNotFound. It
+// reads no bytes and proves nothing.
+func (d *DataPlane) Head(ctx context.Context, backendID string, addr digest.Address) (storage.ObjectInfo, error) {
+	b, err := d.backend(backendID)
+	if err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	info, err := b.Head(ctx, addr)
+	if err != nil {
+		return info, fmt.Errorf("dataplane: head %s on %q: %w", addr, b.ID(), err)
+	}
+	return info, nil
+}
+
 // Delete removes the object at addr from backend backendID ("" = default)
 // and reports whether it existed. It does not ask whether anything still
 // needs the bytes; that is the reaper's decision.
