@@ -72,7 +72,7 @@ func (p *Putter) Put(ctx context.Context, b Backend, r io.Reader, opts PutOption
 	if err := ctx.Err(); err != nil {
 		return Receipt{}, err
 	}
-	w, err := b.Create(ctx)
+	w, err := b.Create(ctx, createHints(primary, opts))
 	if err != nil {
 		return Receipt{}, err
 	}
@@ -104,6 +104,22 @@ func (p *Putter) Put(ctx context.Context, b Backend, r io.Reader, opts PutOption
 		return Receipt{}, fmt.Errorf("store %s on %q: %w", addr, b.ID(), err)
 	}
 	return Receipt{Address: addr, Digests: d, BackendID: b.ID(), StoredAt: c.StoredAt, Deduplicated: c.Deduplicated}, nil
+}
+
+// createHints passes the claims of opts on to the backend: the claimed
+// address under the primary algorithm and the claimed size.
+func createHints(primary digest.Algorithm, opts PutOptions) CreateOptions {
+	var co CreateOptions
+	for _, a := range opts.Expect {
+		if a.Algorithm() == primary {
+			co.Claimed = a
+			break
+		}
+	}
+	if opts.ExpectSize > 0 {
+		co.Size = opts.ExpectSize
+	}
+	return co
 }
 
 // copyHashed copies r into w while hashing, one buffer per chunk: the bytes

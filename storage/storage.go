@@ -114,8 +114,10 @@ type Backend interface {
 
 	// Create starts a new object: the caller writes its bytes to the
 	// returned ObjectWriter, then commits them under their address or
-	// aborts. Nothing is visible before Commit.
-	Create(ctx context.Context) (ObjectWriter, error)
+	// aborts. Nothing is visible before Commit. opts are hints about the
+	// object (a claimed address, a claimed size) that a backend may use
+	// to write in place; they are never trusted.
+	Create(ctx context.Context, opts CreateOptions) (ObjectWriter, error)
 
 	// Get opens the object at addr, whole when rng is nil or the inclusive
 	// range *rng, as stored: unchecked. The caller closes the returned
@@ -145,6 +147,20 @@ type Backend interface {
 
 	// Health reports whether the backend can serve and store bytes.
 	Health(ctx context.Context) Health
+}
+
+// CreateOptions are what a producer claimed about an object before its
+// bytes arrive (Backend.Create). They are hints: a backend may start
+// writing where the object will live (a store without rename, such as S3,
+// then saves a copy), but the address passed to Commit is the only one
+// that counts, and a backend must leave nothing at the claimed place when
+// Commit names another address or the writer is aborted.
+type CreateOptions struct {
+	// Claimed is the claimed address under the primary algorithm of the
+	// put, or the zero Address when there is no such claim.
+	Claimed digest.Address
+	// Size is the claimed size in bytes when > 0; 0 or less: unknown.
+	Size int64
 }
 
 // ObjectWriter receives the bytes of one new object (Backend.Create). It

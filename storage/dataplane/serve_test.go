@@ -177,7 +177,7 @@ func TestServeDamagedTree(t *testing.T) {
 // only.
 func commitLegacy(t *testing.T, f fixture, p []byte, addr digest.Address) {
 	t.Helper()
-	w, err := f.local.Create(t.Context())
+	w, err := f.local.Create(t.Context(), storage.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

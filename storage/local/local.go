@@ -222,8 +222,9 @@ func (b *Backend) Put(ctx context.Context, r io.Reader, opts storage.PutOptions)
 }
 
 // Create implements storage.Backend: the object's bytes go to a locked
-// temp file in .tmp.
-func (b *Backend) Create(ctx context.Context) (storage.ObjectWriter, error) {
+// temp file in .tmp. The hints are not needed: a rename puts the file in
+// place at no cost once its address is known.
+func (b *Backend) Create(ctx context.Context, _ storage.CreateOptions) (storage.ObjectWriter, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

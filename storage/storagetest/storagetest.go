@@ -666,7 +666,7 @@ func testLegacyObject(t *testing.T, b storage.Backend) {
 	d := digestsOf(p)
 	addr := d.Address(digest.BLAKE3)
 	commitWithoutTree := func(p []byte, addr digest.Address) {
-		w, err := b.Create(t.Context())
+		w, err := b.Create(t.Context(), storage.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -728,7 +728,7 @@ func testDeleteRemovesTree(t *testing.T, b storage.Backend) {
 }
 
 func testAbort(t *testing.T, b storage.Backend) {
-	w, err := b.Create(t.Context())
+	w, err := b.Create(t.Context(), storage.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -744,7 +744,7 @@ func testAbort(t *testing.T, b storage.Backend) {
 	requireCount(t, b, 0)
 	// Abort after Commit leaves the object.
 	p := pattern("abort-after-commit", 1000)
-	w, err = b.Create(t.Context())
+	w, err = b.Create(t.Context(), storage.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
