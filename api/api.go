@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,14 +18,18 @@ import (
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
-// ObjectServer opens stored bytes; *dataplane.DataPlane implements it. The
-// contract is DataPlane.Serve's: backendID "" is the default backend, rng
-// nil is the whole object, errors match storage.ErrNotFound and
-// storage.ErrInvalidRange, and the caller closes the reader.
+// ObjectServer opens stored bytes, proven on their way out;
+// *dataplane.DataPlane implements it. The contracts are DataPlane.Serve's
+// and DataPlane.Proof's: backendID "" is the default backend, rng nil is
+// the whole object, errors match dataplane.ErrCorrupt,
+// storage.ErrNotFound and storage.ErrInvalidRange, and the caller closes
+// what it gets.
 type ObjectServer interface {
-	Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range) (io.ReadCloser, error)
+	Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (dataplane.Object, error)
+	Proof(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (io.ReadCloser, int64, error)
 }
 
 // Options configure a Server. The zero value is an open API with no logs
@@ -50,7 +53,6 @@ type Server struct {
 	auth    bool
 	logger  zerolog.Logger
 
-	bufs     sync.Pool
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 }
@@ -75,7 +77,6 @@ func New(db *pgxpool.Pool, objects ObjectServer, opts Options) (*Server, error) 
 			Help: "Object bytes written to read API clients, by route.",
 		}, []string{"route"}),
 	}
-	s.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
 	if opts.Token != "" {
 		s.auth = true
 		s.token = sha256.Sum256([]byte(opts.Token))
@@ -96,6 +97,7 @@ func New(db *pgxpool.Pool, objects ObjectServer, opts Options) (*Server, error) 
 // so that one port serves the API, /metrics and the health checks).
 func (s *Server) Mount(mux *http.ServeMux) {
 	s.route(mux, "GET /v1/objects/{address}", "object", s.getObject)
+	s.route(mux, "GET /v1/objects/{address}/tree", "tree", s.getTree)
 	s.route(mux, "GET /v1/packages", "packages", s.listPackages)
 	s.route(mux, "GET /v1/packages/{name}", "package", s.getPackage)
 	s.route(mux, "GET /v1/packages/{name}/files/{path...}", "file", s.getFile)

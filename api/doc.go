@@ -8,6 +8,7 @@
 // # Routes
 //
 //	GET|HEAD /v1/objects/{address}              the object's bytes
+//	GET      /v1/objects/{address}/tree         its BLAKE3 tree (Bao outboard), or ?range=A-B a range's proof
 //	GET      /v1/packages                       packages, filtered and paginated
 //	GET      /v1/packages/{name}                one package: files, retention, verification
 //	GET      /v1/packages/{name}.tar            the whole package as a tar stream
@@ -31,10 +32,30 @@
 // A single byte range (bytes=a-b, bytes=a-, bytes=-n) answers 206 with
 // Content-Range; an unsatisfiable one 416 with Content-Range: bytes */size.
 // A request with several ranges gets the whole object (200), which RFC 9110
-// allows. If-Range with the ETag is honoured. A whole-object response is
-// re-digested while it streams; if the bytes do not match the recorded
-// SHA-256 the connection is aborted, so a client never receives corrupt
-// bytes as a complete, successful response.
+// allows. If-Range with the ETag is honoured.
+//
+// Every byte is proven before it leaves the process: the data plane checks
+// each 64 KiB chunk group a response touches against the object's BLAKE3
+// tree, whose root is the address (for a sha256 address, the BLAKE3
+// recorded with it; a whole sha256 object is also re-hashed with SHA-256
+// before its last byte). A range reads only its groups and the tree nodes
+// above them. The first 1 MiB of a response is proven before the status
+// line, so damage there — always, for a range of up to 1 MiB — answers 409
+// object_corrupt with no byte of the object; damage found later aborts
+// the connection before the first byte of the bad group, so a client sees
+// a short, broken transfer, never bad bytes. HEAD proves the first 1 MiB.
+// Either way the object is recorded corrupt at once (a verification
+// appends object.corrupt to the event log), and every later read of it,
+// whole or any range, answers 409 object_corrupt. The tar stream proves
+// each file the same way.
+//
+// GET /v1/objects/{address}/tree serves the object's tree, the Bao
+// outboard encoding of lukechampine.com/blake3/bao with group 6 (header
+// Bao-Group), so a client can check a whole object against its BLAKE3
+// address; with ?range=FIRST-LAST (inclusive, like a Range header's
+// bytes) it serves only the nodes that prove those bytes, in the order a
+// verifier reads them: a client fetches the range and its proof and checks
+// both against the address (artifactstore get does).
 //
 // An object is served only from a storage location in state "ok". When no
 // location is ok the request fails before any byte is sent, with the code

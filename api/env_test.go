@@ -37,7 +37,7 @@ type env struct {
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
-func newEnv(t testing.TB, token string) *env {
+func newEnv(t testing.TB, token string, opts ...dataplane.Option) *env {
 	t.Helper()
 	pool, _ := pgtest.NewDB(t)
 	b, err := local.Open(t.TempDir())
@@ -45,11 +45,7 @@ func newEnv(t testing.TB, token string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	reg := storage.NewRegistry()
-	if err := reg.Register(b); err != nil {
-		t.Fatal(err)
-	}
-	dp, err := dataplane.New(reg, b.ID())
+	dp, err := dataplane.New(storageRegistry(t, b), b.ID(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +57,16 @@ func newEnv(t testing.TB, token string) *env {
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
 	return &env{t: t, pool: pool, dp: dp, local: b, srv: srv, reg: metrics, token: token}
+}
+
+// storageRegistry registers b alone.
+func storageRegistry(t testing.TB, b storage.Backend) *storage.Registry {
+	t.Helper()
+	reg := storage.NewRegistry()
+	if err := reg.Register(b); err != nil {
+		t.Fatal(err)
+	}
+	return reg
 }
 
 func (e *env) exec(sql string, args ...any) {

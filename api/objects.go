@@ -2,21 +2,21 @@ package api
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 
-	"github.com/artifactstore/artifactstore/digest"
-	"github.com/artifactstore/artifactstore/storage"
-)
+	"github.com/prometheus/client_golang/prometheus"
 
-const copyBufSize = 256 << 10
+	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/digest/blaketree"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
+)
 
 func (s *Server) getObject(w http.ResponseWriter, r *http.Request) {
 	raw := r.PathValue("address")
@@ -36,7 +36,11 @@ func (s *Server) getObject(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveObject answers a GET or HEAD for the bytes of o: conditional
-// requests, one byte range, digests, and the streamed body. what names the
+// requests, one byte range, digests, and the body, every byte of which the
+// data plane proves against the object's BLAKE3 tree before it leaves.
+// The first 1 MiB of the answer is proven before the status line, so
+// damage there (always, for a short range) is a 409 object_corrupt; damage
+// found later aborts the response before the bad bytes. what names the
 // requested thing in error messages.
 func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route string, o object, what, contentType, cacheControl string) {
 	if o.State != stateOK {
@@ -73,23 +77,12 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route strin
 		}
 	}
 
-	rc, err := s.objects.Serve(r.Context(), o.Backend, o.Address, rng)
+	body, err := s.objects.Serve(r.Context(), o.Backend, o.Address, rng, o.expected())
 	if err != nil {
-		switch {
-		case errors.Is(err, storage.ErrNotFound):
-			s.logger.Error().Err(err).Str("address", o.Address.String()).Str("backend", o.Backend).
-				Msg("catalog says ok but the backend does not hold the object")
-			s.fail(w, r, unservable(what, stateMissing))
-		case errors.Is(err, storage.ErrInvalidRange):
-			h.Set("Content-Range", fmt.Sprintf("bytes */%d", o.Size))
-			s.fail(w, r, &apiError{status: http.StatusRequestedRangeNotSatisfiable, code: CodeRangeNotSatisfiable,
-				msg: fmt.Sprintf("the range lies outside %s, which has %d bytes on its backend", what, o.Size)})
-		default:
-			s.fail(w, r, fmt.Errorf("open %s: %w", what, err))
-		}
+		s.failOpen(w, r, err, o, what)
 		return
 	}
-	defer rc.Close()
+	defer body.Close()
 
 	h.Set("Content-Type", contentType)
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -104,66 +97,113 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route strin
 	if r.Method == http.MethodHead {
 		return
 	}
-	var written int64
-	if rng == nil {
-		written, err = s.copyVerified(w, rc, n, o.SHA256)
-	} else {
-		written, err = s.copyBody(w, rc, n, nil)
-	}
-	s.bytes.WithLabelValues(route).Add(float64(written))
-	if err != nil {
+	if _, err := copyProven(s.counting(w, route), body, n); err != nil {
 		s.abort(r.Context(), err, what)
 	}
 }
 
-// copyVerified copies the whole object of n bytes from rc to w and checks
-// its SHA-256 against want. The last byte is held back until the digest
-// matches, so that a client never receives all the bytes of a corrupt
-// object: on a mismatch the caller aborts a response that is one byte
-// short of its Content-Length.
-func (s *Server) copyVerified(w io.Writer, rc io.Reader, n int64, want [32]byte) (int64, error) {
-	sum := sha256.New()
-	if n == 0 {
-		return 0, checkSum(sum, want)
-	}
-	written, err := s.copyBody(w, rc, n-1, sum)
-	if err != nil {
-		return written, err
-	}
-	var last [1]byte
-	if _, err := io.ReadFull(rc, last[:]); err != nil {
-		return written, fmt.Errorf("read the last byte: %w", err)
-	}
-	sum.Write(last[:])
-	if err := checkSum(sum, want); err != nil {
-		return written, err
-	}
-	m, err := w.Write(last[:])
-	return written + int64(m), err
+// counting returns w counting what it writes in the bytes-served metric of
+// route as it goes (so the metric is up to date when the client has the
+// bytes).
+func (s *Server) counting(w io.Writer, route string) io.Writer {
+	return &countingWriter{w: w, c: s.bytes.WithLabelValues(route)}
 }
 
-func checkSum(sum hash.Hash, want [32]byte) error {
-	if [32]byte(sum.Sum(nil)) != want {
-		return fmt.Errorf("%w: the bytes read do not have the recorded SHA-256 %x; the verifier will mark the object corrupt when it scrubs it",
-			storage.ErrDigestMismatch, want)
-	}
-	return nil
+type countingWriter struct {
+	w io.Writer
+	c prometheus.Counter
 }
 
-// copyBody copies exactly n bytes of rc to w, feeding them to sum when it
-// is not nil. A short object is an error.
-func (s *Server) copyBody(w io.Writer, rc io.Reader, n int64, sum hash.Hash) (int64, error) {
-	bp := s.bufs.Get().(*[]byte)
-	defer s.bufs.Put(bp)
-	src := io.LimitReader(rc, n)
-	if sum != nil {
-		src = io.TeeReader(src, sum)
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.c.Add(float64(n))
+	return n, err
+}
+
+// failOpen answers an object that could not be opened.
+func (s *Server) failOpen(w http.ResponseWriter, r *http.Request, err error, o object, what string) {
+	switch {
+	case errors.Is(err, dataplane.ErrCorrupt):
+		s.logger.Error().Err(err).Str("address", o.Address.String()).Str("backend", o.Backend).
+			Msg("refused to serve corrupt bytes")
+		ae := unservable(what, stateCorrupt)
+		var ce *dataplane.CorruptError
+		if errors.As(err, &ce) {
+			ae.msg += fmt.Sprintf(" (bytes %d-%d on backend %q failed their check)", ce.Offset, ce.Offset+ce.Length-1, ce.BackendID)
+		}
+		s.fail(w, r, ae)
+	case errors.Is(err, storage.ErrNotFound):
+		s.logger.Error().Err(err).Str("address", o.Address.String()).Str("backend", o.Backend).
+			Msg("catalog says ok but the backend does not hold the object")
+		s.fail(w, r, unservable(what, stateMissing))
+	case errors.Is(err, storage.ErrInvalidRange):
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", o.Size))
+		s.fail(w, r, &apiError{status: http.StatusRequestedRangeNotSatisfiable, code: CodeRangeNotSatisfiable,
+			msg: fmt.Sprintf("the range lies outside %s, which has %d bytes on its backend", what, o.Size)})
+	default:
+		s.fail(w, r, fmt.Errorf("open %s: %w", what, err))
 	}
-	written, err := io.CopyBuffer(w, src, *bp)
-	if err == nil && written < n {
+}
+
+// copyProven copies the n proven bytes of body to w (through the body's
+// WriteTo, without a second buffer). Fewer bytes than n is an error.
+func copyProven(w io.Writer, body io.Reader, n int64) (int64, error) {
+	written, err := io.Copy(w, body)
+	if err == nil && written != n {
 		err = fmt.Errorf("%w: the backend returned %d of %d bytes", io.ErrUnexpectedEOF, written, n)
 	}
 	return written, err
+}
+
+// getTree serves the proof of an object's bytes: GET
+// /v1/objects/{address}/tree is its whole BLAKE3 tree as a Bao outboard
+// (group blaketree.Group), and ?range=FIRST-LAST (inclusive, as in a Range
+// header) only the tree nodes that prove those bytes, in the order a
+// verifier reads them (see blaketree.Proof). Clients check both against
+// the address; `artifactstore get` does.
+func (s *Server) getTree(w http.ResponseWriter, r *http.Request) {
+	raw := r.PathValue("address")
+	addr, err := digest.Parse(raw)
+	if err != nil {
+		s.fail(w, r, &apiError{status: http.StatusBadRequest, code: CodeInvalidAddress,
+			msg: fmt.Sprintf("%v; an address looks like blake3:<64 lowercase hex digits> or sha256:<64 lowercase hex digits>", err)})
+		return
+	}
+	o, err := s.lookupObject(r.Context(), addr)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	what := "the tree of object " + addr.String()
+	if o.State != stateOK {
+		s.fail(w, r, unservable(what, o.State))
+		return
+	}
+	var rng *storage.Range
+	if spec := r.URL.Query().Get("range"); spec != "" {
+		if rng, err = parseRange("bytes="+spec, o.Size); err != nil || rng == nil {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", o.Size))
+			s.fail(w, r, &apiError{status: http.StatusRequestedRangeNotSatisfiable, code: CodeRangeNotSatisfiable,
+				msg: fmt.Sprintf("range=%q is not FIRST-LAST, FIRST- or -SUFFIX inside the object's %d bytes", spec, o.Size)})
+			return
+		}
+	}
+	proof, size, err := s.objects.Proof(r.Context(), o.Backend, o.Address, rng, o.expected())
+	if err != nil {
+		s.failOpen(w, r, err, o, what)
+		return
+	}
+	defer proof.Close()
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Bao-Group", strconv.Itoa(blaketree.Group))
+	h.Set("Content-Length", strconv.FormatInt(size, 10))
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	if _, err := copyProven(w, proof, size); err != nil {
+		s.abort(r.Context(), err, what)
+	}
 }
 
 // abort ends a response whose status line is already sent: the client must

@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
@@ -194,21 +195,23 @@ func TestObjectNotServableStates(t *testing.T) {
 	})
 }
 
-// TestObjectDamagedBytesAbort: bytes damaged on disk after the last scrub
-// (the catalog still says ok) never arrive as a complete response.
-func TestObjectDamagedBytesAbort(t *testing.T) {
+// TestObjectDamagedStartIs409: bytes damaged on disk after the last scrub
+// (the catalog still says ok) in the first chunk group are found before
+// the status line: 409, and not one byte of the object.
+func TestObjectDamagedStartIs409(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, "")
 	data := pattern(100_000)
 	addr := e.store(data, "ok")
 	damage(t, e.objectPath(addr))
 	r := e.do("GET", "/v1/objects/"+addr.String())
-	if r.err == nil {
-		t.Fatalf("damaged object: status %d and %d bytes read without an error; the transfer must be aborted", r.status, len(r.body))
+	r.wantError(t, http.StatusConflict, api.CodeObjectCorrupt)
+	if bytes.Contains(r.body, data[:8]) {
+		t.Fatal("the object's bytes leaked into the error")
 	}
-	if got := e.counter("artifactstore_api_requests_total", map[string]string{"route": "object", "code": "aborted"}); got != 1 {
-		t.Errorf("aborted counter %v, want 1", got)
-	}
+	// HEAD and a range of the clean end are refused as well.
+	e.do("HEAD", "/v1/objects/"+addr.String()).wantStatus(t, http.StatusConflict)
+	e.do("GET", "/v1/objects/"+addr.String(), "Range", "bytes=99000-99999").wantError(t, http.StatusConflict, api.CodeObjectCorrupt)
 }
 
 func TestAuth(t *testing.T) {

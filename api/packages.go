@@ -284,6 +284,7 @@ func (s *Server) packageFiles(r *http.Request, name string) ([]fileRow, error) {
 			return nil, fmt.Errorf("package %q file %q: the catalog holds a bad address: %w", name, f.Path, err)
 		}
 		f.obj.Address, f.obj.Size = addr, f.Size
+		copy(f.obj.BLAKE3[:], b3)
 		copy(f.obj.SHA256[:], s256)
 		out = append(out, f)
 	}
@@ -419,15 +420,15 @@ func (s *Server) getTar(w http.ResponseWriter, r *http.Request, name string) {
 	}
 }
 
-// copyObject writes the whole object o to w, checking its SHA-256.
+// copyObject writes the whole object o to w, every byte proven against its
+// tree on the way.
 func (s *Server) copyObject(r *http.Request, w io.Writer, o object) error {
-	rc, err := s.objects.Serve(r.Context(), o.Backend, o.Address, nil)
+	body, err := s.objects.Serve(r.Context(), o.Backend, o.Address, nil, o.expected())
 	if err != nil {
 		return err
 	}
-	defer rc.Close()
-	n, err := s.copyVerified(w, rc, o.Size, o.SHA256)
-	s.bytes.WithLabelValues("tar").Add(float64(n))
+	defer body.Close()
+	_, err = copyProven(s.counting(w, "tar"), body, o.Size)
 	return err
 }
 

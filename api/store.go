@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
 // Location states (storage_locations.state), as the projector writes them.
@@ -27,24 +28,30 @@ const (
 const locationOrder = `CASE state WHEN 'ok' THEN 0 WHEN 'corrupt' THEN 1 WHEN 'missing' THEN 2 ELSE 3 END, backend_id`
 
 // object is what the API needs to serve one object: where, how big, and
-// its recorded SHA-256.
+// its recorded digests.
 type object struct {
 	Address  digest.Address
 	Backend  string
 	State    string
 	Size     int64
+	BLAKE3   [32]byte
 	SHA256   [32]byte
 	StoredAt time.Time
+}
+
+// expected is what the data plane proves the bytes against.
+func (o object) expected() dataplane.Expected {
+	return dataplane.Expected{BLAKE3: &o.BLAKE3, SHA256: &o.SHA256, Size: o.Size}
 }
 
 // lookupObject returns the best location of addr, or a not_found error
 // when no location is recorded.
 func (s *Server) lookupObject(ctx context.Context, addr digest.Address) (object, error) {
 	o := object{Address: addr}
-	var sha []byte
-	err := s.db.QueryRow(ctx, `SELECT backend_id, state, size_bytes, digest_sha256, stored_at
+	var b3, sha []byte
+	err := s.db.QueryRow(ctx, `SELECT backend_id, state, size_bytes, digest_blake3, digest_sha256, stored_at
 		FROM storage_locations WHERE content_address = $1 ORDER BY `+locationOrder+` LIMIT 1`,
-		addr.String()).Scan(&o.Backend, &o.State, &o.Size, &sha, &o.StoredAt)
+		addr.String()).Scan(&o.Backend, &o.State, &o.Size, &b3, &sha, &o.StoredAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return o, &apiError{status: http.StatusNotFound, code: CodeNotFound,
 			msg: fmt.Sprintf("no object %s is stored here; check the address (ETag or package listing)", addr)}
@@ -52,6 +59,7 @@ func (s *Server) lookupObject(ctx context.Context, addr digest.Address) (object,
 	if err != nil {
 		return o, fmt.Errorf("look up object %s: %w", addr, err)
 	}
+	copy(o.BLAKE3[:], b3)
 	copy(o.SHA256[:], sha)
 	return o, nil
 }
