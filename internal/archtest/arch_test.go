@@ -49,7 +49,7 @@ func listPackages(t *testing.T) []pkg {
 
 // concreteBackends are the packages that hold bytes somewhere real. Only the
 // binary's wiring may import them (invariant 7).
-var concreteBackends = []string{module + "/storage/local"}
+var concreteBackends = []string{module + "/storage/local", module + "/storage/s3"}
 
 // TestControlPlaneNeverImportsConcreteBackend fails when any package other
 // than cmd/... and the backend itself imports a concrete backend, directly
