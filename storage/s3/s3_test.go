@@ -295,7 +295,7 @@ func checkStored(t *testing.T, b *Backend, addr digest.Address, p []byte) {
 	}
 	n := int64(len(p))
 	for _, r := range []storage.Range{
-		{Start: MinPartSize - 10, End: MinPartSize + 9},             // across the boundary
+		{Start: MinPartSize - 10, End: MinPartSize + 9},            // across the boundary
 		{Start: MinPartSize - 1<<19, End: MinPartSize + 1<<19 - 1}, // 1 MiB across it
 		{Start: n - 1, End: -1},
 		{Start: 0, End: n + 100},
@@ -453,7 +453,9 @@ func TestAbortMidUpload(t *testing.T) {
 func TestDamagedPartRefused(t *testing.T) {
 	t.Parallel()
 	b, rec := openTest(t, nil)
-	rec.damage = func(r *http.Request) bool { return operation(r) == "UploadPart" && r.URL.Query().Get("partNumber") == "1" }
+	rec.damage = func(r *http.Request) bool {
+		return operation(r) == "UploadPart" && r.URL.Query().Get("partNumber") == "1"
+	}
 	p := pattern("damaged", multipartSize)
 	_, err := storage.NewPutter().Put(t.Context(), b, bytes.NewReader(p), storage.PutOptions{
 		Expect: []digest.Address{digestsOf(p).Address(digest.BLAKE3)}, ExpectSize: storage.NoSizeClaim,
