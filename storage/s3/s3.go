@@ -340,22 +340,24 @@ func (b *Backend) head(ctx context.Context, key string) (*s3sdk.HeadObjectOutput
 }
 
 // Tree implements storage.Backend: the tree is read with ranged GETs of
-// its key, through a window that keeps what it read.
+// its key, through a window that keeps what it read. The first window is
+// fetched here, and tells the tree's size: one request, where a HEAD
+// would be a second.
 func (b *Backend) Tree(ctx context.Context, addr digest.Address) (storage.TreeReader, error) {
 	if err := storage.ValidateAddress(addr); err != nil {
 		return nil, err
 	}
-	out, err := b.head(ctx, b.treeKey(addr))
-	if err != nil {
-		if !isNotFound(err) {
-			return nil, fmt.Errorf("s3: head the tree of %s: %w", addr, err)
-		}
-		if _, err := b.head(ctx, b.objectKey(addr)); err != nil {
-			return nil, b.objectErr(ctx, "head", addr, err)
-		}
-		return nil, fmt.Errorf("s3: %s: %w", addr, storage.ErrNoTree)
+	t, err := openTree(ctx, b, b.treeKey(addr))
+	if err == nil {
+		return t, nil
 	}
-	return newTreeReader(ctx, b, b.treeKey(addr), aws.ToInt64(out.ContentLength)), nil
+	if !isNotFound(err) {
+		return nil, fmt.Errorf("s3: open the tree of %s: %w", addr, err)
+	}
+	if _, err := b.head(ctx, b.objectKey(addr)); err != nil {
+		return nil, b.objectErr(ctx, "head", addr, err)
+	}
+	return nil, fmt.Errorf("s3: %s: %w", addr, storage.ErrNoTree)
 }
 
 // PutTree implements storage.Backend: the tree's key is overwritten.

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -11,9 +14,9 @@ import (
 )
 
 const (
-	// firstWindow is how much of a tree the first read fetches: all of the
-	// tree of an object up to 256 MiB, so that proving a range of it costs
-	// one request.
+	// firstWindow is how much of a tree Tree fetches: all of the tree of
+	// an object up to 256 MiB, so that proving a range of it costs one
+	// request.
 	firstWindow = 256 << 10
 	// minWindow and maxWindow bound the later fetches; a reader that reads
 	// on where the last fetch ended (a whole-tree comparison) gets
@@ -37,8 +40,34 @@ type treeReader struct {
 	next   int64 // size of the next fetch
 }
 
-func newTreeReader(ctx context.Context, b *Backend, key string, size int64) *treeReader {
-	return &treeReader{ctx: ctx, b: b, key: key, size: size, next: firstWindow, winOff: -1}
+// openTree fetches the first window of the tree at key, which also tells
+// its size (from Content-Range).
+func openTree(ctx context.Context, b *Backend, key string) (*treeReader, error) {
+	t := &treeReader{ctx: ctx, b: b, key: key, winOff: -1}
+	out, err := b.client.GetObject(ctx, &s3sdk.GetObjectInput{
+		Bucket: &b.cfg.Bucket, Key: &key, Range: aws.String(fmt.Sprintf("bytes=0-%d", firstWindow-1)),
+	})
+	if hasStatus(err, http.StatusRequestedRangeNotSatisfiable) {
+		return t, nil // an empty object: no tree to read
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer out.Body.Close()
+	t.size = aws.ToInt64(out.ContentLength)
+	if cr := aws.ToString(out.ContentRange); cr != "" {
+		_, total, ok := strings.Cut(cr, "/")
+		if t.size, err = strconv.ParseInt(total, 10, 64); !ok || err != nil {
+			return nil, fmt.Errorf("the store answered with Content-Range %q; want bytes first-last/size", cr)
+		}
+	}
+	n := min(t.size, firstWindow)
+	t.win = make([]byte, n)
+	if _, err := io.ReadFull(out.Body, t.win); err != nil {
+		return nil, fmt.Errorf("read the tree %s: %w", key, err)
+	}
+	t.winOff, t.next = 0, minWindow
+	return t, nil
 }
 
 // Size returns the stored tree's length.
