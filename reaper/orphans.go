@@ -28,6 +28,13 @@ type Orphan struct {
 // receives each orphan.
 func (r *Reaper) orphans(ctx context.Context, rep *Report, dryRun bool, visit func(Orphan)) error {
 	for _, s := range r.cfg.Stores {
+		if s.CleanAbandoned != nil && !dryRun {
+			n, err := s.CleanAbandoned(ctx, r.cfg.OrphanMinAge)
+			rep.Abandoned += n
+			if err != nil {
+				return fmt.Errorf("backend %q: clean what interrupted writes left: %w", s.BackendID, err)
+			}
+		}
 		batch := make([]storage.ObjectInfo, 0, r.cfg.BatchSize)
 		flush := func() error {
 			if len(batch) == 0 {

@@ -107,6 +107,12 @@ type Store struct {
 	// Quarantiner moves orphans away; nil reports orphans without moving
 	// them.
 	Quarantiner Quarantiner
+	// CleanAbandoned, when set, removes what writers that crashed more
+	// than olderThan ago left on the backend outside its objects (on S3:
+	// incomplete multipart uploads and temp objects) and returns how many
+	// it removed. It runs with the orphan scan, with OrphanMinAge as the
+	// bound, and not in a dry run.
+	CleanAbandoned func(ctx context.Context, olderThan time.Duration) (int, error)
 }
 
 // Point names a moment of a pass at which Config.Hook is called.
@@ -265,6 +271,9 @@ type Report struct {
 	// moved to quarantine.
 	Orphans     int
 	Quarantined int
+	// Abandoned counts leftovers of crashed writes removed
+	// (Store.CleanAbandoned).
+	Abandoned int
 	// OrphanScan is true when the pass scanned the stores.
 	OrphanScan bool
 }
@@ -342,7 +351,8 @@ func (r *Reaper) RunOnce(ctx context.Context) (Report, error) {
 	}
 	ev.Int("expired", rep.Expired).Int("marked", rep.Marked).Int("unmarked", rep.Unmarked).
 		Int("deleted", rep.Deleted).Int64("bytes_freed", rep.BytesFreed).Int("adopted", rep.Adopted).
-		Int("orphans", rep.Orphans).Int("quarantined", rep.Quarantined).Dur("took", time.Since(start)).Msg("reaper pass done")
+		Int("orphans", rep.Orphans).Int("quarantined", rep.Quarantined).Int("abandoned", rep.Abandoned).
+		Dur("took", time.Since(start)).Msg("reaper pass done")
 	return rep, nil
 }
 

@@ -296,3 +296,31 @@ func TestZeroReferences(t *testing.T) {
 		t.Fatalf("pass = %+v; old exists %v, new exists %v; want the replaced object deleted", rep, e.exists(old), e.exists(now))
 	}
 }
+
+// TestCleanAbandoned: a store's cleaner of interrupted writes runs with
+// each orphan scan, bounded by the orphan age, and never in a dry run.
+func TestCleanAbandoned(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var calls []time.Duration
+	r := e.reaper(func(c *reaper.Config) {
+		c.OrphanMinAge = 5 * time.Hour
+		c.Stores[0].CleanAbandoned = func(_ context.Context, olderThan time.Duration) (int, error) {
+			calls = append(calls, olderThan)
+			return 2, nil
+		}
+	})
+	if _, err := r.Plan(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 0 {
+		t.Fatalf("a dry run cleaned %d times", len(calls))
+	}
+	rep := e.runOnce(r)
+	if rep.Abandoned != 2 || fmt.Sprint(calls) != "[5h0m0s]" {
+		t.Fatalf("pass = %+v after calls %v; want 2 abandoned, one call bounded by the orphan age", rep, calls)
+	}
+	if rep := e.runOnce(r); rep.Abandoned != 0 || len(calls) != 1 {
+		t.Fatalf("a pass between orphan scans cleaned (%+v, %d calls)", rep, len(calls))
+	}
+}
