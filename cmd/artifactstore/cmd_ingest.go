@@ -35,7 +35,7 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	}
 	defer cn.Close()
 	pool, nc, js := cn.pool, cn.nc, cn.js
-	dp, err := g.dataPlane(lg)
+	dp, err := g.dataPlane(ctx, lg)
 	if err != nil {
 		return err
 	}

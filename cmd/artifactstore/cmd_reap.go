@@ -16,7 +16,6 @@ import (
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/retention"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
-	"github.com/artifactstore/artifactstore/storage/local"
 )
 
 // reapCmd runs the reaper role (one active instance under leader
@@ -60,7 +59,7 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	dp, be, err := g.storage(lg)
+	dp, be, err := g.storage(ctx, lg)
 	if err != nil {
 		return err
 	}
@@ -92,8 +91,8 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(s.out, "expired %d packages; marked %d objects, kept %d marked ones that are referenced again; deleted %d objects (%d bytes); adopted %d files; %d orphans, %d quarantined\n",
-			rep.Expired, rep.Marked, rep.Unmarked, rep.Deleted, rep.BytesFreed, rep.Adopted, rep.Orphans, rep.Quarantined)
+		_, err = fmt.Fprintf(s.out, "expired %d packages; marked %d objects, kept %d marked ones that are referenced again; deleted %d objects (%d bytes); adopted %d files; %d orphans, %d quarantined; removed %d leftovers of interrupted writes\n",
+			rep.Expired, rep.Marked, rep.Unmarked, rep.Deleted, rep.BytesFreed, rep.Adopted, rep.Orphans, rep.Quarantined, rep.Abandoned)
 		return err
 	default:
 		return c.worker(ctx, g, lg, r, codec, pool)
@@ -102,10 +101,10 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 
 // newReaper builds the reaper from the flags (run uses it with the flags'
 // defaults).
-func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, be *local.Backend, lg zerolog.Logger, m *reaper.Metrics) (*reaper.Reaper, error) {
+func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, bs *backends, lg zerolog.Logger, m *reaper.Metrics) (*reaper.Reaper, error) {
 	cfg := reaper.Config{Metrics: m,
 		Pool: pool, Log: events.NewLog(pool, codec), DataPlane: dp,
-		Stores:   []reaper.Store{{BackendID: be.ID(), Lister: be, Quarantiner: be}},
+		Stores:   bs.reaperStores(),
 		Interval: c.Interval, BatchSize: c.BatchSize, OrphanMinAge: c.OrphanMinAge,
 		Grace: c.Grace, OrphanInterval: c.OrphanInterval, Logger: lg,
 	}

@@ -89,7 +89,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	dp, be, err := g.storage(lg, dataplane.WithVerifyReader(lim.Reader))
+	dp, be, err := g.storage(ctx, lg, dataplane.WithVerifyReader(lim.Reader))
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	dp, err := g.dataPlane(lg)
+	dp, err := g.dataPlane(ctx, lg)
 	if err != nil {
 		return err
 	}

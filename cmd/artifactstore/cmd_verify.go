@@ -67,7 +67,7 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	pool, nc, js, topo := cn.pool, cn.nc, cn.js, cn.top
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	dp, err := g.dataPlane(lg, dataplane.WithVerifyReader(lim.Reader))
+	dp, err := g.dataPlane(ctx, lg, dataplane.WithVerifyReader(lim.Reader))
 	if err != nil {
 		return err
 	}

@@ -29,8 +29,9 @@ type Globals struct {
 	NATSCert     string `name:"nats-tls-cert" help:"Client certificate file for NATS TLS." type:"path" placeholder:"FILE"`
 	NATSKey      string `name:"nats-tls-key" help:"Client key file for NATS TLS." type:"path" placeholder:"FILE"`
 
-	DataDir  string `help:"Data directory: object storage root and, in 'run', the embedded NATS store." default:"./data" type:"path" placeholder:"DIR"`
-	HTTPAddr string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz)." default:"127.0.0.1:8080" placeholder:"HOST:PORT"`
+	DataDir      string `help:"Data directory: object storage root (unless --storage says otherwise) and, in 'run', the embedded NATS store." default:"./data" type:"path" placeholder:"DIR"`
+	storageFlags `embed:""`
+	HTTPAddr     string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz)." default:"127.0.0.1:8080" placeholder:"HOST:PORT"`
 }
 
 // logger builds the process logger. It is created once here and injected

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/internal/pgtest"
+	"github.com/artifactstore/artifactstore/internal/s3test"
 	"github.com/artifactstore/artifactstore/producer"
 )
 
@@ -33,14 +34,20 @@ func TestMain(m *testing.M) {
 		main()
 		return
 	}
-	os.Exit(m.Run())
+	s3test.Main(m)
 }
 
 // binary starts the test binary as `artifactstore args...`.
 func binary(t *testing.T, logFile string, args ...string) *exec.Cmd {
 	t.Helper()
+	return binaryEnv(t, logFile, nil, args...)
+}
+
+// binaryEnv is binary with env added to the environment.
+func binaryEnv(t *testing.T, logFile string, env []string, args ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), envMain+"=1")
+	cmd.Env = append(append(os.Environ(), env...), envMain+"=1")
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)

@@ -17,12 +17,11 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/status"
-	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
-	"github.com/artifactstore/artifactstore/storage/local"
 )
 
-// objectsDir is where the local backend keeps object bytes.
+// objectsDir is where the local backend keeps object bytes when --storage
+// names no backend.
 func (g *Globals) objectsDir() string { return filepath.Join(g.DataDir, "objects") }
 
 // embeddedURLFile is where 'run' writes the URL of its embedded NATS server
@@ -65,36 +64,6 @@ func (g *Globals) natsConn(ctx context.Context, name string, logger zerolog.Logg
 		return nil, nil, fmt.Errorf("JetStream client: %w", err)
 	}
 	return nc, js, nil
-}
-
-// dataPlane opens the local backend under the data directory and returns the
-// data plane over it.
-func (g *Globals) dataPlane(logger zerolog.Logger, opts ...dataplane.Option) (*dataplane.DataPlane, error) {
-	dp, _, err := g.storage(logger, opts...)
-	return dp, err
-}
-
-// storage opens the local backend under the data directory and returns the
-// data plane over it and the backend itself (the reaper walks and
-// quarantines through it). This is the only place that knows a concrete
-// backend.
-func (g *Globals) storage(logger zerolog.Logger, opts ...dataplane.Option) (*dataplane.DataPlane, *local.Backend, error) {
-	b, err := local.Open(g.objectsDir())
-	if err != nil {
-		return nil, nil, fmt.Errorf("open object storage under --data-dir %s: %w", g.DataDir, err)
-	}
-	reg := storage.NewRegistry()
-	if err := reg.Register(b); err != nil {
-		return nil, nil, err
-	}
-	if n := b.CleanedTemp(); n > 0 {
-		logger.Info().Int("files", n).Str("dir", g.objectsDir()).Msg("removed temp files of interrupted writes")
-	}
-	dp, err := dataplane.New(reg, b.ID(), opts...)
-	if err != nil {
-		return nil, nil, err
-	}
-	return dp, b, nil
 }
 
 // opsFlags are the flags of a role's operator endpoints.
