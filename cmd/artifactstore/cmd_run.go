@@ -89,13 +89,15 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	dp, be, err := g.storage(lg, dataplane.WithVerifyReader(lim.Reader))
+	rr, startRR := readReporter(&lg)
+	dp, be, err := g.storage(lg, dataplane.WithVerifyReader(lim.Reader), dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
 	}
 	defer be.Close()
 	codec := events.NewCodec()
 	evlog := events.NewLog(pool, codec)
+	startRR(ctx, dp, evlog, pool, codec)
 
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
@@ -196,7 +198,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	defer cancel()
 	// The consumers drain in parallel: in-flight work finishes or is
 	// nak'd (and redelivered to the next process) at the deadline.
-	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop}
+	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop, rr.Stop}
 	stopErrs := make([]error, len(stops))
 	var sw sync.WaitGroup
 	for i, stop := range stops {

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/artifactstore/artifactstore/api"
+	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
 // serveCmd runs the read API role: stateless, any number side by side.
@@ -56,10 +58,13 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	dp, err := g.dataPlane(lg)
+	rr, startRR := readReporter(&lg)
+	dp, err := g.dataPlane(lg, dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
 	}
+	codec := events.NewCodec()
+	startRR(ctx, dp, events.NewLog(pool, codec), pool, codec)
 	srv := ops.New(lg)
 	a, err := api.New(pool, dp, api.Options{Token: tok, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
@@ -90,5 +95,5 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err := srv.Stop(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("stop the HTTP server: %w", err)
 	}
-	return nil
+	return rr.Stop(sctx)
 }

@@ -15,11 +15,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/ops"
 	"github.com/artifactstore/artifactstore/status"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/storage/local"
+	"github.com/artifactstore/artifactstore/verifier"
 )
 
 // objectsDir is where the local backend keeps object bytes.
@@ -90,11 +92,26 @@ func (g *Globals) storage(logger zerolog.Logger, opts ...dataplane.Option) (*dat
 	if n := b.CleanedTemp(); n > 0 {
 		logger.Info().Int("files", n).Str("dir", g.objectsDir()).Msg("removed temp files of interrupted writes")
 	}
-	dp, err := dataplane.New(reg, b.ID(), opts...)
+	// A very large object's tree spills its nodes next to the objects
+	// (an unlinked file in the backend's temp directory), not into a
+	// /tmp that may be memory.
+	putter := storage.NewPutter(storage.WithSpillDir(filepath.Join(g.objectsDir(), ".tmp")))
+	dp, err := dataplane.New(reg, b.ID(), append([]dataplane.Option{dataplane.WithPutter(putter)}, opts...)...)
 	if err != nil {
 		return nil, nil, err
 	}
 	return dp, b, nil
+}
+
+// readReporter returns the corruption reporter of a process that serves
+// reads, and the function that starts it once the data plane exists: a
+// read that meets corrupt bytes is verified at once, so object.corrupt is
+// in the log within seconds (see verifier.ReadReporter).
+func readReporter(lg *zerolog.Logger) (*verifier.ReadReporter, func(ctx context.Context, dp *dataplane.DataPlane, log *events.Log, pool *pgxpool.Pool, codec *events.Codec)) {
+	rr := verifier.NewReadReporter(verifier.ReadReporterConfig{Logger: lg})
+	return rr, func(ctx context.Context, dp *dataplane.DataPlane, log *events.Log, pool *pgxpool.Pool, codec *events.Codec) {
+		rr.Start(ctx, verifier.NewWorker(dp, log, pool, codec, nil, verifier.WorkerConfig{Actor: "read-check", Logger: lg}))
+	}
 }
 
 // opsFlags are the flags of a role's operator endpoints.
