@@ -120,6 +120,17 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// ReadFrom keeps the response's own ReadFrom (sendfile) usable for
+// readers that have nothing to prove, such as a tree.
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.w.(io.ReaderFrom); ok {
+		n, err := rf.ReadFrom(r)
+		c.c.Add(float64(n))
+		return n, err
+	}
+	return io.Copy(struct{ io.Writer }{c}, r)
+}
+
 // failOpen answers an object that could not be opened.
 func (s *Server) failOpen(w http.ResponseWriter, r *http.Request, err error, o object, what string) {
 	switch {
