@@ -414,9 +414,19 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 	}
 }
 
-// TestInterruptedBatches cancels the projector at random moments, in the
-// middle of reading, folding or writing a batch, until it has caught up:
-// the result equals a rebuild.
+// errInterrupted is what a test hook returns to stop a batch.
+var errInterrupted = errors.New("interrupted by the test")
+
+// TestInterruptedBatches interrupts catch-ups at every point of a batch
+// (checkpoint locked, events read, folded, rows and checkpoint written,
+// committed), in a random batch of each catch-up, either by cancelling the
+// catch-up's context there or by failing the batch there. The choices come
+// from a seeded generator and the batches' bounds from the log alone, so
+// every machine runs the same interruptions and the projection always
+// progresses. After each interruption the checkpoint must be where the
+// batch started, or where it ended if it had committed; the projector, the
+// same one with its memo or a new one with another batch size, carries on.
+// The result equals a rebuild.
 func TestInterruptedBatches(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -425,34 +435,106 @@ func TestInterruptedBatches(t *testing.T) {
 	appendAll(ctx, t, f.log, g.drafts(2500), 1000)
 	head, _ := f.log.Head(ctx)
 	r := rand.New(rand.NewPCG(12, 12))
-	interrupted := 0
-	for attempt := 0; ; attempt++ {
-		if attempt > 5000 {
-			t.Fatal("never caught up")
+
+	// Every stage, once by cancelling and once by failing, in random order,
+	// then again.
+	type how struct {
+		stage      projector.Stage
+		cancelOnly bool
+	}
+	stages := projector.BatchStages()
+	var plan []how
+	for _, i := range r.Perm(2 * len(stages)) {
+		plan = append(plan, how{stages[i/2], i%2 == 0})
+	}
+	hits := map[how]int{}
+	var p *projector.Projector
+	attempt := 0
+	for ; ; attempt++ {
+		cp, err := projector.Checkpoint(ctx, f.pool, projector.DefaultName)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp == head {
+		if cp == head {
 			break
 		}
-		p := f.projector(t, projector.Config{BatchSize: 50 + r.IntN(400)})
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(1+r.IntN(40))*time.Millisecond)
-		_, err := p.CatchUp(cctx)
-		cancel()
-		if err != nil {
-			if cctx.Err() == nil {
-				t.Fatalf("CatchUp: %v", err)
+		if attempt == 1000 {
+			t.Fatalf("checkpoint %d of %d after 1000 catch-ups", cp, head)
+		}
+		if p == nil || r.IntN(2) == 0 {
+			p = f.projector(t, projector.Config{BatchSize: 20 + r.IntN(200)})
+		}
+		h, target := plan[attempt%len(plan)], r.IntN(3) // the batch of this catch-up to interrupt
+		cctx, cancel := context.WithCancel(ctx)
+		var hit *projector.BatchPoint
+		batches := 0
+		projector.SetHook(p, func(b projector.BatchPoint) error {
+			if b.Stage == projector.AtLocked {
+				batches++
 			}
-			interrupted++
+			if hit != nil || batches-1 != target || b.Stage != h.stage {
+				return nil
+			}
+			hit = &b
+			cancel()
+			if h.cancelOnly {
+				return nil // the batch must notice the cancelled context by itself
+			}
+			return errInterrupted
+		})
+		_, err = p.CatchUp(cctx)
+		cancel()
+		after, cerr := projector.Checkpoint(ctx, f.pool, projector.DefaultName)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		if hit == nil {
+			if err != nil || after != head {
+				t.Fatalf("attempt %d: CatchUp not interrupted = %v, checkpoint %d; want nil and the head %d", attempt, err, after, head)
+			}
+			continue
+		}
+		hits[h]++
+		want := hit.From
+		if hit.Stage == projector.AtCommitted {
+			want = hit.To
+		}
+		if after != want {
+			t.Errorf("attempt %d: interrupted at %s of the batch %d..%d: checkpoint %d, want %d", attempt, hit.Stage, hit.From+1, hit.To, after, want)
+		}
+		switch {
+		case !h.cancelOnly:
+			if !errors.Is(err, errInterrupted) {
+				t.Errorf("attempt %d: CatchUp failed at %s = %v, want the hook's error", attempt, hit.Stage, err)
+			}
+		case err == nil:
+			// Only a catch-up whose last batch had committed may end well.
+			if hit.Stage != projector.AtCommitted || after != head {
+				t.Errorf("attempt %d: CatchUp cancelled at %s of the batch %d..%d returned no error", attempt, hit.Stage, hit.From+1, hit.To)
+			}
+		case !errors.Is(err, context.Canceled):
+			t.Errorf("attempt %d: CatchUp cancelled at %s = %v, want context.Canceled", attempt, hit.Stage, err)
 		}
 	}
-	t.Logf("%d interrupted catch-ups", interrupted)
-	if interrupted == 0 {
-		t.Error("no catch-up was interrupted; the test proves nothing")
+	t.Logf("caught up after %d catch-ups, %d of them interrupted", attempt, sumValues(hits))
+	for _, h := range plan {
+		if hits[h] == 0 {
+			t.Errorf("no catch-up was interrupted at %s (cancel only: %v); the test proves less than it says", h.stage, h.cancelOnly)
+		}
 	}
 	live := snapshot(ctx, t, f.pool, "")
 	if err := f.projector(t, projector.Config{}).Rebuild(ctx); err != nil {
 		t.Fatalf("Rebuild: %v", err)
 	}
 	compareSnapshots(t, "interrupted vs rebuild", live, snapshot(ctx, t, f.pool, ""))
+}
+
+func sumValues[K comparable](m map[K]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 // TestRebuildSwapIsAtomic damages the live tables, then rebuilds while a
