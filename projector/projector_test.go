@@ -500,7 +500,7 @@ func TestInterruptedBatches(t *testing.T) {
 			want = hit.To
 		}
 		if after != want {
-			t.Errorf("attempt %d: interrupted at %s of the batch %d..%d: checkpoint %d, want %d", attempt, hit.Stage, hit.From+1, hit.To, after, want)
+			t.Errorf("attempt %d: interrupted at %s of %s: checkpoint %d, want %d", attempt, hit.Stage, batchName(hit.From, hit.To), after, want)
 		}
 		switch {
 		case !h.cancelOnly:
@@ -510,7 +510,7 @@ func TestInterruptedBatches(t *testing.T) {
 		case err == nil:
 			// Only a catch-up whose last batch had committed may end well.
 			if hit.Stage != projector.AtCommitted || after != head {
-				t.Errorf("attempt %d: CatchUp cancelled at %s of the batch %d..%d returned no error", attempt, hit.Stage, hit.From+1, hit.To)
+				t.Errorf("attempt %d: CatchUp cancelled at %s of %s returned no error", attempt, hit.Stage, batchName(hit.From, hit.To))
 			}
 		case !errors.Is(err, context.Canceled):
 			t.Errorf("attempt %d: CatchUp cancelled at %s = %v, want context.Canceled", attempt, hit.Stage, err)
