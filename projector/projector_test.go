@@ -55,20 +55,34 @@ var tableOrder = []struct{ name, key string }{
 	{"retention_state", "package"},
 }
 
-// snapshot returns every row of every projection table as JSON text, in key order.
-func snapshot(ctx context.Context, t testing.TB, pool *pgxpool.Pool, suffix string) map[string][]string {
-	t.Helper()
+// querier is a pool, a connection or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// readTables returns every row of every projection table as JSON text, in key order.
+func readTables(ctx context.Context, q querier, suffix string) (map[string][]string, error) {
 	out := map[string][]string{}
 	for _, tb := range tableOrder {
-		rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT to_jsonb(t)::text FROM %s t ORDER BY %s`, tb.name+suffix, tb.key))
+		rows, err := q.Query(ctx, fmt.Sprintf(`SELECT to_jsonb(t)::text FROM %s t ORDER BY %s`, tb.name+suffix, tb.key))
 		if err != nil {
-			t.Fatalf("snapshot %s: %v", tb.name+suffix, err)
+			return nil, fmt.Errorf("snapshot %s: %w", tb.name+suffix, err)
 		}
 		rs, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			t.Fatalf("snapshot %s: %v", tb.name+suffix, err)
+			return nil, fmt.Errorf("snapshot %s: %w", tb.name+suffix, err)
 		}
 		out[tb.name] = rs
+	}
+	return out, nil
+}
+
+// snapshot is readTables for the test goroutine.
+func snapshot(ctx context.Context, t testing.TB, q querier, suffix string) map[string][]string {
+	t.Helper()
+	out, err := readTables(ctx, q, suffix)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
