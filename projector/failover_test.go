@@ -28,9 +28,6 @@ const (
 	// the sequence. It prints stoppedLine and blocks there until killed.
 	stopEnv     = "ARTIFACTSTORE_PROJECTOR_HELPER_STOP"
 	stoppedLine = "STOPPED"
-	// hangGuard bounds each wait for a helper process; it only stops a
-	// hung test.
-	hangGuard = 2 * time.Minute
 )
 
 // TestHelperProjectorProcess is not a test: TestFailover runs the test

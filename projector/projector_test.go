@@ -28,6 +28,10 @@ func steppingClock() func() time.Time {
 	return func() time.Time { return base.Add(time.Duration(n.Add(1)) * time.Millisecond) }
 }
 
+// hangGuard bounds every wait of these tests for something that must
+// happen; it only stops a hung test, never decides a result.
+const hangGuard = 2 * time.Minute
+
 type fixture struct {
 	pool  *pgxpool.Pool
 	url   string
@@ -328,7 +332,7 @@ func TestAlteredPayloadStops(t *testing.T) {
 		t.Errorf("checkpoint = %d, want 20 (the batch before the altered event)", cp)
 	}
 	// Run returns it too instead of retrying forever.
-	runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	runCtx, cancel := context.WithTimeout(ctx, hangGuard)
 	defer cancel()
 	if err := f.projector(t, projector.Config{BatchSize: 10}).Run(runCtx); !errors.Is(err, projector.ErrLogAltered) {
 		t.Errorf("Run = %v, want ErrLogAltered", err)
@@ -381,7 +385,7 @@ func TestUnknownEventStops(t *testing.T) {
 			if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp != 0 {
 				t.Errorf("checkpoint = %d, want 0: the batch with the bad event must not commit", cp)
 			}
-			runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			runCtx, cancel := context.WithTimeout(ctx, hangGuard)
 			defer cancel()
 			if err := f.projector(t, projector.Config{}).Run(runCtx); !errors.Is(err, tc.want) {
 				t.Errorf("Run = %v, want %v (stop, not retry)", err, tc.want)
@@ -397,6 +401,9 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 
+	// Nothing can project: WaitFor can only end with its deadline, however
+	// slow the machine (an error of any query the deadline cuts short
+	// wraps context.DeadlineExceeded too).
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	err := projector.WaitFor(short, f.pool, 1)
 	cancel()
@@ -406,13 +413,13 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	p := f.projector(t, projector.Config{PollInterval: time.Minute}) // only NOTIFY can wake it in time
+	p := f.projector(t, projector.Config{PollInterval: time.Hour}) // only NOTIFY can wake it within hangGuard
 	go func() { done <- p.Run(runCtx) }()
 	g := newGen(9, coverageMix)
 	for range 5 {
 		appendAll(ctx, t, f.log, g.drafts(20), 100)
 		head, _ := f.log.Head(ctx)
-		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, hangGuard)
 		if err := projector.WaitFor(wctx, f.pool, head); err != nil {
 			t.Fatalf("WaitFor(%d): %v", head, err)
 		}
@@ -552,8 +559,11 @@ func sumValues[K comparable](m map[K]int) int {
 }
 
 // TestRebuildSwapIsAtomic damages the live tables, then rebuilds while a
-// reader counts rows: it sees the damaged count or the full one, never a
-// table being filled.
+// reader counts rows without pause: it sees the damaged count or the full
+// one, never a table being filled. The rebuild waits for the reader's first
+// count before its first batch, and while the swap's transaction holds the
+// renamed tables another count is started and must wait for it, then see
+// the full table.
 func TestRebuildSwapIsAtomic(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -574,8 +584,9 @@ func TestRebuildSwapIsAtomic(t *testing.T) {
 	seen := map[int64]int{}
 	stop := make(chan struct{})
 	done := make(chan error, 1)
+	counted := make(chan struct{})
 	go func() {
-		for {
+		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				done <- nil
@@ -588,8 +599,41 @@ func TestRebuildSwapIsAtomic(t *testing.T) {
 				return
 			}
 			seen[n]++
+			if i == 0 {
+				close(counted)
+			}
 		}
 	}()
+	type result struct {
+		n   int64
+		err error
+	}
+	inSwap := make(chan result, 1)
+	projector.SetHook(p, func(b projector.BatchPoint) error {
+		switch {
+		case b.Checkpoint != projector.DefaultName && b.Stage == projector.AtLocked && b.From == 0:
+			select {
+			case <-counted:
+			case <-time.After(hangGuard):
+				return errors.New("the reader never counted")
+			}
+		case b.Stage == projector.AtSwapped:
+			conn, err := f.pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			counting := make(chan struct{})
+			go func() {
+				defer close(counting)
+				defer conn.Release()
+				var r result
+				r.err = conn.QueryRow(ctx, `SELECT count(*) FROM artifact_files`).Scan(&r.n)
+				inSwap <- r
+			}()
+			return awaitBlocked(ctx, f.pool, conn.Conn().PgConn().PID(), counting)
+		}
+		return nil
+	})
 	if err := p.Rebuild(ctx); err != nil {
 		t.Fatalf("Rebuild: %v", err)
 	}
@@ -603,7 +647,10 @@ func TestRebuildSwapIsAtomic(t *testing.T) {
 		}
 	}
 	if seen[damaged] == 0 {
-		t.Error("the reader never ran before the swap; the test proves nothing")
+		t.Error("the reader never saw the damaged table; the test proves nothing")
+	}
+	if r := <-inSwap; r.err != nil || r.n != full {
+		t.Errorf("a count started during the swap = %d, %v; want %d (the rebuilt table)", r.n, r.err, full)
 	}
 	if n := count(ctx, t, f.pool, `SELECT count(*) FROM artifact_files`); n != full {
 		t.Errorf("after the rebuild artifact_files has %d rows, want %d", n, full)
