@@ -76,14 +76,16 @@ func TestRaceIngestAndReap(t *testing.T) {
 			defer wg.Done()
 			for n := 0; ctx.Err() == nil; n++ {
 				a := addrs[mrand.N(len(addrs))]
-				pend, err := bg.send(ctx, fmt.Sprintf("bg-%d-%d", g, n), "f", "transient", blobs[a])
+				wctx, c := context.WithTimeout(ctx, hangGuard)
+				pend, err := bg.send(wctx, fmt.Sprintf("bg-%d-%d", g, n), "f", "transient", blobs[a])
 				if err == nil {
 					var r commands.Reply
-					r, err = pend.Wait(ctx)
+					r, err = pend.Wait(wctx)
 					if err == nil && r.Status != commands.StatusStored {
 						err = fmt.Errorf("background put: %+v", r)
 					}
 				}
+				c()
 				if err != nil {
 					if ctx.Err() == nil {
 						bgErr <- err
