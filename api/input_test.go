@@ -184,7 +184,7 @@ func TestSecondaryDigestLookupUsesAnIndex(t *testing.T) {
 	if _, err := conn.Exec(ctx, `SET enable_seqscan = off`); err != nil {
 		t.Fatal(err)
 	}
-	for alg, index := range map[digest.Algorithm]string{digest.SHA256: "storage_locations_sha256_idx", digest.BLAKE3: "storage_locations_blake3_idx"} {
+	for alg, index := range map[digest.Algorithm]string{digest.SHA256: "storage_locations_digest_sha256_idx", digest.BLAKE3: "storage_locations_digest_blake3_idx"} {
 		var plan strings.Builder
 		rows, err := conn.Query(ctx, `EXPLAIN SELECT content_address FROM storage_locations WHERE `+api.LookupWhere[alg],
 			alg.String()+":"+strings.Repeat("0", 64), make([]byte, 32))
