@@ -50,11 +50,12 @@ soak: ## Repeat the crash, race, failover and gap-free tests SOAK_COUNT times (d
 		-run 'Crash|GapFree|Race|Failover|Graceful|Interrupted|Memory|RSS' ./...
 
 .PHONY: fuzz
-fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s); FuzzRequest needs PostgreSQL.
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./digest
 	$(GO) test -run '^$$' -fuzz FuzzDecodePayload -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzScanHeads -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIngest -fuzztime $${FUZZTIME:-30s} ./commands
+	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $${FUZZTIME:-30s} ./api
 
 .PHONY: clean
 clean: ## Remove build output.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -447,5 +448,47 @@ func TestOverNATS(t *testing.T) {
 	}
 	if evs := e.eventsOf("bad-1"); len(evs) != 1 || evs[0].Type != events.TypeCommandRejected {
 		t.Fatalf("malformed events = %+v", evs)
+	}
+}
+
+// TestTextThatTheDatabaseCannotHold sends commands whose text fields hold
+// NUL bytes or control characters: each is refused with a rejection code
+// and a command.rejected event, never a database error (which would be
+// retried until the command is dead-lettered without a reply).
+func TestTextThatTheDatabaseCannotHold(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.createPackage("t/1", "transient")
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		cmd  map[string]any
+		code string
+	}{
+		"nul actor":   {map[string]any{"action": "hold", "package": "t/1", "actor": "mallory\x00", "reason": "r"}, commands.CodeMalformed},
+		"nul reason":  {map[string]any{"action": "hold", "package": "t/1", "actor": "a", "reason": "case\x0017"}, commands.CodeMalformed},
+		"bell reason": {map[string]any{"action": "hold", "package": "t/1", "actor": "a", "reason": "case\a17"}, commands.CodeMalformed},
+		"nul class":   {map[string]any{"action": "retain", "package": "t/1", "actor": "a", "class": "transient\x00"}, commands.CodeMalformed},
+		"nul package": {map[string]any{"action": "hold", "package": "t\x00/1", "actor": "a", "reason": "r"}, commands.CodeInvalidPackage},
+		"nul action":  {map[string]any{"action": "hold\x00", "package": "t/1", "actor": "a\x00", "reason": "r"}, commands.CodeMalformed},
+	} {
+		id := "text-" + strings.ReplaceAll(name, " ", "-")
+		tc.cmd["v"], tc.cmd["command_id"] = 1, id
+		body, err := json.Marshal(tc.cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = e.h.Handle(ctx, bus.Message{Data: body, ContentType: commands.ContentTypeJSON, CommandID: id})
+		var rej *bus.RejectError
+		if !errors.As(err, &rej) || rej.Code != tc.code {
+			t.Errorf("%s: Handle = %v; want a rejection with code %s", name, err, tc.code)
+			continue
+		}
+		evs := e.eventsOf(id)
+		if len(evs) != 1 || evs[0].Type != events.TypeCommandRejected {
+			t.Errorf("%s: events %+v; want one command.rejected", name, evs)
+		}
+	}
+	if st := e.state("t/1"); st.hold || st.class != "transient" {
+		t.Fatalf("a refused command changed the package: %+v", st)
 	}
 }

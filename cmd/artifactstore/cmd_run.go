@@ -106,7 +106,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	if err != nil {
 		return err
 	}
-	a.Mount(srv.Mux)
+	srv.Front(a.Wrap)
 	if err := srv.Start(g.HTTPAddr); err != nil {
 		return fmt.Errorf("serve --http-addr %s (another process on it? pass another address): %w", g.HTTPAddr, err)
 	}
