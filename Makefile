@@ -52,6 +52,7 @@ soak: ## Repeat the crash, race, failover and gap-free tests SOAK_COUNT times (d
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s); FuzzRequest needs PostgreSQL.
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./digest
+	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime $${FUZZTIME:-30s} ./digest/blaketree
 	$(GO) test -run '^$$' -fuzz FuzzDecodePayload -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzScanHeads -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIngest -fuzztime $${FUZZTIME:-30s} ./commands
