@@ -209,6 +209,18 @@ func types(evs []events.Event) []string {
 // directories excluded).
 func (e *env) objectFiles() []string {
 	e.t.Helper()
+	return e.files(false)
+}
+
+// treeFiles lists the BLAKE3 tree files (<object path>.bao) under the
+// object root.
+func (e *env) treeFiles() []string {
+	e.t.Helper()
+	return e.files(true)
+}
+
+func (e *env) files(trees bool) []string {
+	e.t.Helper()
 	var out []string
 	err := filepath.WalkDir(e.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -218,7 +230,7 @@ func (e *env) objectFiles() []string {
 		if d.IsDir() && strings.HasPrefix(rel, ".") && rel != "." {
 			return filepath.SkipDir
 		}
-		if !d.IsDir() {
+		if !d.IsDir() && strings.HasSuffix(rel, ".bao") == trees {
 			out = append(out, rel)
 		}
 		return nil

@@ -2,8 +2,10 @@ package ingest_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -23,10 +25,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"lukechampine.com/blake3/bao"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/producer"
@@ -294,6 +298,31 @@ func TestCrashSafety(t *testing.T) {
 		a, err := digest.Parse(parts[0] + ":" + parts[len(parts)-1])
 		if err != nil || filepath.ToSlash(f) != a.RelPath() {
 			t.Fatalf("file %s under the object root is not at a content address", f)
+		}
+	}
+	// Every tree is its object's. A put killed between putting the tree
+	// in place and linking the object leaves a tree without an object:
+	// harmless, replaced by the next put of that content.
+	for _, f := range e.treeFiles() {
+		objPath := strings.TrimSuffix(f, ".bao")
+		parts := strings.Split(filepath.ToSlash(objPath), "/")
+		a, err := digest.Parse(parts[0] + ":" + parts[len(parts)-1])
+		if err != nil || filepath.ToSlash(objPath) != a.RelPath() {
+			t.Fatalf("tree %s is not next to a content address", f)
+		}
+		obj, err := os.ReadFile(filepath.Join(e.root, objPath))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree, err := os.ReadFile(filepath.Join(e.root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := bao.EncodeBuf(obj, blaketree.Group, true); !bytes.Equal(tree, want) {
+			t.Fatalf("tree %s is not the tree of its object", f)
 		}
 	}
 	// The final start removed the temp files the killed writers left, and
