@@ -719,6 +719,17 @@ func TestQuarantine(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// An object's tree goes with it.
+	big := mustPut(t, b, bytes.Repeat([]byte("orphan with a tree "), blaketree.GroupSize/9), noClaims)
+	if _, err := b.Quarantine(t.Context(), big.Address.RelPath()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(b.Root(), filepath.FromSlash(treeRel(big.Address.RelPath())))); !os.IsNotExist(err) {
+		t.Fatalf("the quarantined object's tree stayed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(b.Root(), ".quarantine", filepath.FromSlash(treeRel(big.Address.RelPath()))+".20260304T050607.000000008Z")); err != nil {
+		t.Fatalf("the object's tree is not in quarantine: %v", err)
+	}
 	// A stray file that is not an object can be quarantined too.
 	if err := os.WriteFile(filepath.Join(b.Root(), "blake3", "junk"), []byte("j"), 0o600); err != nil {
 		t.Fatal(err)
