@@ -30,6 +30,10 @@ import (
 type ObjectServer interface {
 	Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (dataplane.Object, error)
 	Proof(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (io.ReadCloser, int64, error)
+	// Corrupt returns non-nil for an object a read found corrupt that no
+	// verification has proven good since (the projection may not say so
+	// yet).
+	Corrupt(backendID string, addr digest.Address) *dataplane.CorruptError
 }
 
 // Options configure a Server. The zero value is an open API with no logs

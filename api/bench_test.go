@@ -126,6 +126,10 @@ func (r rawServer) Proof(ctx context.Context, backendID string, addr digest.Addr
 	return r.dp.Proof(ctx, backendID, addr, rng, exp)
 }
 
+func (r rawServer) Corrupt(backendID string, addr digest.Address) *dataplane.CorruptError {
+	return r.dp.Corrupt(backendID, addr)
+}
+
 // rawObject streams the backend's bytes unchecked: through a 1 MiB
 // buffer like a proven read, or (sendfile) as a limited reader of the
 // file, which the HTTP server hands to sendfile.

@@ -378,7 +378,12 @@ func (s *Server) getTar(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	var worst *apiError
 	var bad []string
-	for _, f := range files {
+	for i, f := range files {
+		if f.obj.State == stateOK && s.objects.Corrupt(f.obj.Backend, f.obj.Address) != nil {
+			// A read found it corrupt; the projection does not say so yet.
+			files[i].obj.State, files[i].Verification.State = stateCorrupt, stateCorrupt
+			f = files[i]
+		}
 		if f.obj.State == stateOK {
 			continue
 		}
