@@ -289,6 +289,14 @@ func (d *differ) cmp(field string, live, want any) {
 // replicas normalises a replica count: 0 means the default, 1.
 func replicas(n int) int { return max(n, 1) }
 
+// unlimited normalises a limit: 0 and -1 both mean none.
+func unlimited[T int32 | int64](n T) T {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
 func streamDrift(it Item, live jetstream.StreamConfig) []Drift {
 	want := it.stream
 	d := differ{it: it}
@@ -300,8 +308,8 @@ func streamDrift(it Item, live jetstream.StreamConfig) []Drift {
 	d.cmp("Storage", live.Storage, want.Storage)
 	d.cmp("Replicas", replicas(live.Replicas), replicas(want.Replicas))
 	d.cmp("MaxAge", live.MaxAge, want.MaxAge)
-	d.cmp("MaxBytes", live.MaxBytes, want.MaxBytes)
-	d.cmp("MaxMsgSize", live.MaxMsgSize, want.MaxMsgSize)
+	d.cmp("MaxBytes", unlimited(live.MaxBytes), unlimited(want.MaxBytes))
+	d.cmp("MaxMsgSize", unlimited(live.MaxMsgSize), unlimited(want.MaxMsgSize))
 	d.cmp("Duplicates", live.Duplicates, want.Duplicates)
 	d.cmp("Discard", live.Discard, want.Discard)
 	d.cmp("DenyDelete", live.DenyDelete, want.DenyDelete)
@@ -330,11 +338,7 @@ func bucketDrift(it Item, live jetstream.StreamConfig) []Drift {
 	want := it.bucket
 	d := differ{it: it}
 	d.cmp("TTL", live.MaxAge, want.TTL)
-	maxBytes := want.MaxBytes
-	if maxBytes == 0 {
-		maxBytes = -1
-	}
-	d.cmp("MaxBytes", live.MaxBytes, maxBytes)
+	d.cmp("MaxBytes", unlimited(live.MaxBytes), unlimited(want.MaxBytes))
 	d.cmp("Storage", live.Storage, want.Storage)
 	d.cmp("Replicas", replicas(live.Replicas), replicas(want.Replicas))
 	return d.drift

@@ -36,7 +36,8 @@ type Role struct {
 	// Commands are the artifactstore commands that connect as this role.
 	Commands string `json:"commands"`
 	// Needs are the topology items the role checks at start
-	// ([CheckTopology]); a missing one stops it with a clear error.
+	// ([CheckTopology]); a missing one stops it with a clear error. A
+	// consumer's check covers its stream.
 	Needs []Item `json:"needs,omitempty"`
 	// Publish and Subscribe are the subjects the role may use.
 	Publish   []Grant `json:"publish"`
@@ -123,8 +124,7 @@ func (t Topology) Roles() []Role {
 		{
 			Name:     RoleIngester,
 			Commands: "`ingest`",
-			Needs: []Item{need(KindStream, cs), need(KindConsumer, t.IngestConsumer),
-				need(KindStream, dl), need(KindObjectStore, t.StagingBucket)},
+			Needs:    []Item{need(KindConsumer, t.IngestConsumer), need(KindStream, dl), need(KindObjectStore, t.StagingBucket)},
 			Publish: append(worker(t.IngestConsumer, "ingest and seal commands"), append(stagingRead,
 				Grant{api + ".CONSUMER.CREATE." + obj + ".*." + o + ".C.*", "read a staged object's chunks (ordered consumer)"},
 				Grant{api + ".CONSUMER.MSG.NEXT." + obj + ".*", "pull a staged object's chunks"},
@@ -136,14 +136,14 @@ func (t Topology) Roles() []Role {
 		{
 			Name:      RoleVerifier,
 			Commands:  "`verify` (worker and scrub scheduler)",
-			Needs:     []Item{need(KindStream, cs), need(KindConsumer, t.VerifyConsumer), need(KindStream, dl)},
+			Needs:     []Item{need(KindConsumer, t.VerifyConsumer), need(KindStream, dl)},
 			Publish:   append(worker(t.VerifyConsumer, "verify requests"), Grant{t.Subject(CmdVerify), "queue scrub verifications"}),
 			Subscribe: []Grant{inbox},
 		},
 		{
 			Name:      RoleReaper,
 			Commands:  "`reap` (retention commands; `--no-retention` needs no NATS)",
-			Needs:     []Item{need(KindStream, cs), need(KindConsumer, t.RetentionConsumer), need(KindStream, dl)},
+			Needs:     []Item{need(KindConsumer, t.RetentionConsumer), need(KindStream, dl)},
 			Publish:   worker(t.RetentionConsumer, "hold, release and retain commands"),
 			Subscribe: []Grant{inbox},
 		},
