@@ -68,8 +68,9 @@ func (i Item) Config() any {
 	}
 }
 
-// infoSubject is the JetStream API subject that looks the item up.
-func (i Item) infoSubject() string {
+// InfoSubject is the JetStream API subject that looks the item up: a
+// process that checks the item needs permission to publish on it.
+func (i Item) InfoSubject() string {
 	if i.Kind == KindConsumer {
 		return apiPrefix + ".CONSUMER.INFO." + i.Stream + "." + i.Name
 	}
@@ -267,7 +268,7 @@ func lookup(ctx context.Context, js jetstream.JetStream, it Item) (drift []Drift
 // permissions refuse and tells the client asynchronously, so the request
 // itself only times out: the connection's last error says why.
 func lookupErr(js jetstream.JetStream, it Item, err error) error {
-	subject := it.infoSubject()
+	subject := it.InfoSubject()
 	if last := js.Conn().LastError(); errors.Is(last, nats.ErrPermissionViolation) && strings.Contains(last.Error(), subject) {
 		return fmt.Errorf("bus: look up %s: the NATS server refused this user's request (%v); grant it publish on %q: %w", it, last, subject, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -380,6 +381,26 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		}
 	}
 
+	// The README's `nats` CLI example, sent as the producer: the reply
+	// arrives on the subject of its Artifactstore-Reply-To header.
+	ex := readmeNATSExample(t)
+	replies, err := pnc.SubscribeSync(ex.sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(ex.subject)
+	msg.Header, msg.Data = ex.headers, ex.body
+	if _, err := pjs.PublishMsg(ctx, msg); err != nil {
+		t.Fatalf("publish the README's command: %v", err)
+	}
+	reply, err := replies.NextMsg(2 * time.Minute)
+	if err != nil {
+		t.Fatalf("no reply to the README's command on %s: %v", ex.sub, err)
+	}
+	if !strings.Contains(string(reply.Data), `"status":"stored"`) || !strings.Contains(string(reply.Data), `"command_id":"demo-1"`) {
+		t.Fatalf("reply to the README's command: %s", reply.Data)
+	}
+
 	cliOK(t, as(bus.RoleProducer, "seal", "--package", "perm/run-1")...)
 	eventuallyTrue(t, "the projector sees the sealed package", func() bool {
 		var n int
@@ -507,6 +528,44 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 			}
 		}
 	}
+}
+
+// natsExample is the README's `nats` CLI example.
+type natsExample struct {
+	sub, subject string
+	headers      nats.Header
+	body         []byte
+}
+
+// readmeNATSExample parses the README's `nats sub` and `nats pub` lines and
+// checks that they point at the server 'run' starts by default.
+func readmeNATSExample(t *testing.T) natsExample {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := strings.ReplaceAll(string(b), "\\\n", " ")
+	var rc runCmd
+	if err := kong.ApplyDefaults(&rc); err != nil {
+		t.Fatal(err)
+	}
+	server := fmt.Sprintf("nats -s nats://127.0.0.1:%d ", rc.EmbeddedNATSPort)
+	sub := regexp.MustCompile(regexp.QuoteMeta(server) + `sub (\S+) &`).FindStringSubmatch(readme)
+	pub := regexp.MustCompile(regexp.QuoteMeta(server) + `pub (\S+)((?:\s+-H \S+)+)\s+'([^']+)'`).FindStringSubmatch(readme)
+	if sub == nil || pub == nil {
+		t.Fatalf("the README lacks the %q sub and pub example", server)
+	}
+	ex := natsExample{sub: sub[1], subject: pub[1], headers: nats.Header{}, body: []byte(pub[3])}
+	for _, h := range strings.Fields(pub[2]) {
+		if k, v, ok := strings.Cut(h, ":"); ok {
+			ex.headers.Set(k, v)
+		}
+	}
+	if ex.headers.Get(bus.HeaderReplyTo) != ex.sub {
+		t.Fatalf("the README's example subscribes to %s but asks for replies on %q", ex.sub, ex.headers.Get(bus.HeaderReplyTo))
+	}
+	return ex
 }
 
 func anyMatch(pattern string, subjects map[string]bool) bool {
