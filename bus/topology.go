@@ -302,7 +302,7 @@ func (t Topology) Validate() error {
 		}
 	}
 	if t.Replicas < 1 || t.Replicas > 5 {
-		errs = append(errs, fmt.Errorf("Replicas %d must be between 1 and 5 (1 on a single server, 3 in a three-node cluster)", t.Replicas))
+		errs = append(errs, fmt.Errorf("replica count (Replicas) %d must be between 1 and 5: 1 on a single server, 3 in a three-node cluster", t.Replicas))
 	}
 	if t.AckWait <= 0 {
 		errs = append(errs, fmt.Errorf("AckWait %s must be positive", t.AckWait))

@@ -104,9 +104,7 @@ func (c topologyShowCmd) Run(s *ioStreams) error {
 	for _, it := range top.Items() {
 		out = append(out, item{Kind: it.Kind, Name: it.Name, Stream: it.Stream, Config: it.Config()})
 	}
-	enc := json.NewEncoder(s.out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(out)
+	return encodeJSON(s.out, out)
 }
 
 type topologyPermissionsCmd struct {
@@ -121,12 +119,18 @@ func (c topologyPermissionsCmd) Run(s *ioStreams) error {
 			return "$NATS_PASSWORD_" + strings.ToUpper(role)
 		})
 	case "json":
-		enc := json.NewEncoder(s.out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(roles)
+		return encodeJSON(s.out, roles)
 	default:
 		return writePermissionsTable(s.out, roles)
 	}
+}
+
+// encodeJSON writes v as indented JSON, with subjects' '>' left as is.
+func encodeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
 }
 
 // writePermissionsTable writes the roles as the README's Markdown table.

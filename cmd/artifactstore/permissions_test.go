@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/internal/pgtest"
@@ -584,4 +585,36 @@ func keys(m map[string]bool) []string {
 	}
 	slices.Sort(s)
 	return s
+}
+
+// TestApplyTopologyFlag: on a server without permissions, a role started
+// with --apply-topology creates the topology (the zero-setup path), and
+// --nats-replicas reaches the server.
+func TestApplyTopologyFlag(t *testing.T) {
+	t.Parallel()
+	_, dbURL := pgtest.NewDB(t)
+	// A server of its own, as 'run' starts it: the test applies the
+	// default (unprefixed) topology.
+	emb, err := bus.StartEmbedded(t.Context(), t.TempDir(), "127.0.0.1", -1, zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(emb.Shutdown)
+	global := []string{"--nats-url", emb.ClientURL(), "--database-url", dbURL, "--data-dir", t.TempDir(), "--log-format", "json"}
+
+	// One replica per item is all a single server can hold: the flag's
+	// value reaches the server, which refuses three.
+	p := startCLI(t, append(global, "topology", "apply", "--nats-replicas", "3")...)
+	if code := p.wait(t); code != 1 || !strings.Contains(p.errOut.String(), "replicas") {
+		t.Fatalf("topology apply --nats-replicas 3 on a single server: exit %d\n%s", code, p.errOut.String())
+	}
+
+	relayP := startCLI(t, append(global, "relay", "--no-ops", "--apply-topology")...)
+	eventuallyTrue(t, "relay --apply-topology creates the topology", func() bool {
+		p := startCLI(t, append(global, "topology", "check")...)
+		return p.wait(t) == 0
+	})
+	if code := relayP.stop(t); code != 0 {
+		t.Fatalf("relay exited %d:\n%s", code, relayP.errOut.String())
+	}
 }
