@@ -3,12 +3,8 @@
 // (or left empty), and dropped when the test ends. Tests that use it can run
 // in parallel.
 //
-// When ARTIFACTSTORE_TEST_DATABASE_URL is not set and the default server
-// does not answer, a build with the "testcontainers" tag starts PostgreSQL
-// 15 in Docker (testcontainers-go, once per test process); without the tag,
-// or without a Docker engine, the test fails with the command that starts
-// the local server. The tag keeps the Docker client out of every test
-// binary that does not need it.
+// When the server does not answer, the test fails with the command that
+// starts the local server; nothing is skipped and nothing else is tried.
 package pgtest
 
 import (
@@ -68,14 +64,6 @@ func NewEmptyDB(t testing.TB) (*pgxpool.Pool, string) {
 	defer cancel()
 
 	admin, err := pgx.Connect(ctx, adminURL)
-	if err != nil && os.Getenv(EnvURL) == "" {
-		fallback, ferr := fallbackURL()
-		if ferr != nil {
-			t.Fatalf("pgtest: PostgreSQL at %s does not answer: %v\n%s\n(%v)", redact(adminURL), err, startHint, ferr)
-		}
-		adminURL = fallback
-		admin, err = pgx.Connect(ctx, adminURL)
-	}
 	if err != nil {
 		t.Fatalf("pgtest: PostgreSQL at %s does not answer: %v\n%s", redact(adminURL), err, startHint)
 	}
