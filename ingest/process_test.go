@@ -183,6 +183,10 @@ func (h *helperProc) peakRSS(t testing.TB) int64 {
 func TestCrashSafety(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
+	// A short AckWait brings the commands a killed process held back soon.
+	// A live ingest slower than it on a busy machine is redelivered to
+	// another worker as well, which the checks below allow for (exactly
+	// one set of events per command, however many deliveries).
 	e.topo.AckWait = 2 * time.Second
 	e.topo.MaxDeliver = 1000
 	if err := bus.EnsureTopology(context.Background(), e.js, e.topo); err != nil {

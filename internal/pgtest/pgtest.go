@@ -44,7 +44,7 @@ const maxConns = 24
 func NewDB(t testing.TB) (*pgxpool.Pool, string) {
 	t.Helper()
 	pool, dbURL := NewEmptyDB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := dbmigrate.Up(ctx, dbURL); err != nil {
 		t.Fatalf("pgtest: migrate test database: %v", err)
@@ -60,7 +60,7 @@ func NewEmptyDB(t testing.TB) (*pgxpool.Pool, string) {
 	if adminURL == "" {
 		adminURL = DefaultURL
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	admin, err := pgx.Connect(ctx, adminURL)
@@ -93,7 +93,7 @@ func NewEmptyDB(t testing.TB) (*pgxpool.Pool, string) {
 }
 
 func dropDB(t testing.TB, adminURL, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {
