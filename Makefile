@@ -56,7 +56,7 @@ bench: ## Run the benchmarks and print a table with ratios against same-run base
 .PHONY: soak
 soak: ## Repeat the crash, race, failover and gap-free tests SOAK_COUNT times (default 10), plus the 1 GiB memory test.
 	ARTIFACTSTORE_TEST_1GIB=1 $(GO) test -race -timeout 120m -count $(SOAK_COUNT) \
-		-run 'Crash|GapFree|Race|Failover|Graceful|Interrupted|Memory|RSS' ./...
+		-run 'Crash|GapFree|Race|Failover|Graceful|Interrupted|CheckpointCommitsWithRows|Memory|RSS' ./...
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 30s); FuzzRequest needs PostgreSQL.
