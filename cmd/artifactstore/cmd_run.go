@@ -39,6 +39,7 @@ type runCmd struct {
 	ScrubInterval     time.Duration `help:"Re-verify each stored object once per this interval." default:"168h"`
 	VerifyRateLimit   string        `help:"Bytes per second scrub may read, 0 for unlimited (e.g. 50MiB)." default:"0"`
 	StopTimeout       time.Duration `help:"How long SIGINT/SIGTERM waits for in-flight work before cancelling it (cancelled work is redelivered)." default:"30s"`
+	replicasFlag      `embed:""`
 
 	APIToken       string `name:"api-token" help:"Bearer token every API request must carry." placeholder:"TOKEN"`
 	InsecureNoAuth bool   `name:"insecure-no-auth" help:"Serve the API without a token on an address other hosts can reach."`
@@ -80,7 +81,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		defer os.Remove(g.embeddedURLFile())
 		lg.Info().Str("url", g.NATSURL).Str("store", filepath.Join(g.DataDir, "nats")).Msg("embedded NATS server with JetStream started")
 	}
-	cn, err := g.connect(ctx, "run", lg)
+	cn, err := g.connect(ctx, "run", topologyFlags{ApplyTopology: true, replicasFlag: c.replicasFlag}, lg)
 	if err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
-	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0)))
+	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0, "")))
 	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err
