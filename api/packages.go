@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 )
 
@@ -131,7 +132,7 @@ func (s *Server) listPackages(w http.ResponseWriter, r *http.Request) {
 	after := ""
 	if c := q.Get("cursor"); c != "" {
 		var ok bool
-		if after, ok = decodeCursor(c); !ok {
+		if after, ok = decodeCursor(c); !ok || commands.CheckText(after, commands.Line) != nil {
 			s.fail(w, r, &apiError{status: http.StatusBadRequest, code: CodeInvalidCursor,
 				msg: "the cursor was not issued by this API; pass next_cursor from the previous page unchanged, or drop it to start over"})
 			return
@@ -296,6 +297,16 @@ func (s *Server) packageFiles(r *http.Request, name string) ([]fileRow, error) {
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	name, path := r.PathValue("name"), r.PathValue("path")
+	// A path no ingest could have stored names no file: say why.
+	if err := commands.ValidatePath(path); err != nil {
+		msg := err.Error()
+		var rej *commands.Error
+		if errors.As(err, &rej) {
+			msg = rej.Reason
+		}
+		s.fail(w, r, badPath("%s; GET /v1/packages/%s lists the package's files", msg, urlSegment(name)))
+		return
+	}
 	var (
 		address string
 		media   *string
@@ -367,7 +378,12 @@ func (s *Server) getTar(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	var worst *apiError
 	var bad []string
-	for _, f := range files {
+	for i, f := range files {
+		if f.obj.State == stateOK && s.objects.Corrupt(f.obj.Backend, f.obj.Address) != nil {
+			// A read found it corrupt; the projection does not say so yet.
+			files[i].obj.State, files[i].Verification.State = stateCorrupt, stateCorrupt
+			f = files[i]
+		}
 		if f.obj.State == stateOK {
 			continue
 		}

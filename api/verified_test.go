@@ -207,6 +207,7 @@ func TestDamagedObjectWholeGet(t *testing.T) {
 		}
 		// Before the projector knows: refused from the data plane's memory.
 		p.do("GET", "/v1/objects/"+addr.String(), "Range", "bytes=0-9").wantError(t, http.StatusConflict, api.CodeObjectCorrupt)
+		p.do("GET", "/v1/packages/"+pkg+".tar").wantError(t, http.StatusConflict, api.CodeObjectCorrupt)
 
 		if rep := p.waitHandled(); rep.Outcome != verifier.OutcomeCorrupt {
 			t.Fatalf("damage at %d: verification outcome %+v, want corrupt", at, rep)

@@ -2,8 +2,10 @@ package ingest_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -23,10 +25,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
+	"lukechampine.com/blake3/bao"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/producer"
@@ -101,7 +105,7 @@ func TestHelperIngester(t *testing.T) {
 	}
 	fmt.Printf("ready %d\n", b.CleanedTemp())
 	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), hang)
 	defer cancel()
 	_ = ing.Stop(sctx)
 	os.Exit(0)
@@ -141,10 +145,10 @@ func (e *env) startHelper(t testing.TB, concurrency int) *helperProc {
 	select {
 	case c := <-ready:
 		return &helperProc{cmd: cmd, cleaned: c}
-	case <-time.After(30 * time.Second):
+	case <-time.After(hang):
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		t.Fatal("helper ingester not ready after 30 s")
+		t.Fatalf("helper ingester not ready after %s", hang)
 		return nil
 	}
 }
@@ -173,12 +177,20 @@ func (h *helperProc) peakRSS(t testing.TB) int64 {
 	return 0
 }
 
-// TestCrashSafety kills the ingester process with SIGKILL at random moments
-// during a stream of ingests, restarts it each time, and then checks every
-// invariant a crash could break.
+// TestCrashSafety kills the ingester process with SIGKILL at random points
+// of a stream of ingests, restarts it each time, and then checks every
+// invariant a crash could break. A kill point is a count, not a moment:
+// each process is killed once a random number (1 to 10) of commands more
+// than at its start are committed, so every process does some work however
+// slow the machine, and with four ingests in flight most kills land in the
+// middle of some (writing, fsyncing, committing or replying).
 func TestCrashSafety(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
+	// A short AckWait brings the commands a killed process held back soon.
+	// A live ingest slower than it on a busy machine is redelivered to
+	// another worker as well, which the checks below allow for (exactly
+	// one set of events per command, however many deliveries).
 	e.topo.AckWait = 2 * time.Second
 	e.topo.MaxDeliver = 1000
 	if err := bus.EnsureTopology(context.Background(), e.js, e.topo); err != nil {
@@ -188,7 +200,7 @@ func TestCrashSafety(t *testing.T) {
 		kills     = 20
 		nCommands = 400
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute) // only stops a hung test
 	defer cancel()
 
 	// The producers: a steady stream, inline and staged blobs.
@@ -229,13 +241,32 @@ func TestCrashSafety(t *testing.T) {
 		wg.Wait()
 	}()
 
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 7))
+	committed := func() int {
+		var n int
+		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM commands`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	const maxStep = nCommands / kills / 2        // about 110 of the 400 commands before the final start
+	poll := time.NewTicker(5 * time.Millisecond) // a polling interval, not a deadline
+	defer poll.Stop()
 	cleaned := 0
 	for k := 0; k < kills; k++ {
 		h := e.startHelper(t, 4)
 		cleaned += h.cleaned
-		// A random moment: this sleep is the experiment, not a wait.
-		time.Sleep(time.Duration(150+rng.IntN(600)) * time.Millisecond)
+		target := min(committed()+1+rng.IntN(maxStep), nCommands)
+		for committed() < target {
+			select {
+			case <-poll.C:
+			case <-ctx.Done():
+				h.kill()
+				t.Fatalf("ingester %d: fewer than %d commands committed before the deadline", k, target)
+			}
+		}
 		h.kill()
 	}
 	var beforeFinal int
@@ -294,6 +325,31 @@ func TestCrashSafety(t *testing.T) {
 		a, err := digest.Parse(parts[0] + ":" + parts[len(parts)-1])
 		if err != nil || filepath.ToSlash(f) != a.RelPath() {
 			t.Fatalf("file %s under the object root is not at a content address", f)
+		}
+	}
+	// Every tree is its object's. A put killed between putting the tree
+	// in place and linking the object leaves a tree without an object:
+	// harmless, replaced by the next put of that content.
+	for _, f := range e.treeFiles() {
+		objPath := strings.TrimSuffix(f, ".bao")
+		parts := strings.Split(filepath.ToSlash(objPath), "/")
+		a, err := digest.Parse(parts[0] + ":" + parts[len(parts)-1])
+		if err != nil || filepath.ToSlash(objPath) != a.RelPath() {
+			t.Fatalf("tree %s is not next to a content address", f)
+		}
+		obj, err := os.ReadFile(filepath.Join(e.root, objPath))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		tree, err := os.ReadFile(filepath.Join(e.root, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := bao.EncodeBuf(obj, blaketree.Group, true); !bytes.Equal(tree, want) {
+			t.Fatalf("tree %s is not the tree of its object", f)
 		}
 	}
 	// The final start removed the temp files the killed writers left, and

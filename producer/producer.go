@@ -93,7 +93,7 @@ func (c *Client) staging(ctx context.Context) (jetstream.ObjectStore, error) {
 	}
 	obs, err := c.cfg.JetStream.ObjectStore(ctx, c.cfg.Topology.StagingBucket)
 	if err != nil {
-		return nil, fmt.Errorf("producer: open staging bucket %s (is an ingester running? it creates the topology): %w", c.cfg.Topology.StagingBucket, err)
+		return nil, fmt.Errorf("producer: open staging bucket %s (does the topology exist? `artifactstore topology apply` creates it): %w", c.cfg.Topology.StagingBucket, err)
 	}
 	c.obs = obs
 	return obs, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -213,7 +214,17 @@ func (g *Globals) storage(ctx context.Context, logger zerolog.Logger, opts ...da
 			return nil, nil, err
 		}
 	}
-	dp, err := dataplane.New(reg, bs.list[0].ID(), opts...)
+	// A very large object's tree spills its nodes next to the objects of
+	// a local backend (an unlinked file in its temp directory), not into a
+	// /tmp that may be memory.
+	var popts []storage.PutterOption
+	for _, b := range bs.list {
+		if lb, ok := b.(*local.Backend); ok {
+			popts = append(popts, storage.WithSpillDir(filepath.Join(lb.Root(), ".tmp")))
+			break
+		}
+	}
+	dp, err := dataplane.New(reg, bs.list[0].ID(), append([]dataplane.Option{dataplane.WithPutter(storage.NewPutter(popts...))}, opts...)...)
 	if err != nil {
 		bs.Close()
 		return nil, nil, err

@@ -39,6 +39,7 @@ type runCmd struct {
 	ScrubInterval     time.Duration `help:"Re-verify each stored object once per this interval." default:"168h"`
 	VerifyRateLimit   string        `help:"Bytes per second scrub may read, 0 for unlimited (e.g. 50MiB)." default:"0"`
 	StopTimeout       time.Duration `help:"How long SIGINT/SIGTERM waits for in-flight work before cancelling it (cancelled work is redelivered)." default:"30s"`
+	replicasFlag      `embed:""`
 
 	APIToken       string `name:"api-token" help:"Bearer token every API request must carry." placeholder:"TOKEN"`
 	InsecureNoAuth bool   `name:"insecure-no-auth" help:"Serve the API without a token on an address other hosts can reach."`
@@ -80,7 +81,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		defer os.Remove(g.embeddedURLFile())
 		lg.Info().Str("url", g.NATSURL).Str("store", filepath.Join(g.DataDir, "nats")).Msg("embedded NATS server with JetStream started")
 	}
-	cn, err := g.connect(ctx, "run", lg)
+	cn, err := g.connect(ctx, "run", topologyFlags{ApplyTopology: true, replicasFlag: c.replicasFlag}, lg)
 	if err != nil {
 		return err
 	}
@@ -89,22 +90,24 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	dp, be, err := g.storage(ctx, lg, dataplane.WithVerifyReader(lim.Reader))
+	rr, startRR := readReporter(&lg)
+	dp, be, err := g.storage(ctx, lg, dataplane.WithVerifyReader(lim.Reader), dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
 	}
 	defer be.Close()
 	codec := events.NewCodec()
 	evlog := events.NewLog(pool, codec)
+	startRR(ctx, dp, evlog, pool, codec)
 
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
-	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0)))
+	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0, "")))
 	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err
 	}
-	a.Mount(srv.Mux)
+	srv.Front(a.Wrap)
 	if err := srv.Start(g.HTTPAddr); err != nil {
 		return fmt.Errorf("serve --http-addr %s (another process on it? pass another address): %w", g.HTTPAddr, err)
 	}
@@ -196,7 +199,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	defer cancel()
 	// The consumers drain in parallel: in-flight work finishes or is
 	// nak'd (and redelivered to the next process) at the deadline.
-	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop}
+	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop, rr.Stop}
 	stopErrs := make([]error, len(stops))
 	var sw sync.WaitGroup
 	for i, stop := range stops {

@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"github.com/artifactstore/artifactstore/api"
+	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
 // serveCmd runs the read API role: stateless, any number side by side.
@@ -56,16 +58,19 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	dp, err := g.dataPlane(ctx, lg)
+	rr, startRR := readReporter(&lg)
+	dp, err := g.dataPlane(ctx, lg, dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
 	}
+	codec := events.NewCodec()
+	startRR(ctx, dp, events.NewLog(pool, codec), pool, codec)
 	srv := ops.New(lg)
 	a, err := api.New(pool, dp, api.Options{Token: tok, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err
 	}
-	a.Mount(srv.Mux)
+	srv.Front(a.Wrap)
 	srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	srv.AddCheck("storage", func(ctx context.Context) error {
 		var errs []error
@@ -90,5 +95,5 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err := srv.Stop(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("stop the HTTP server: %w", err)
 	}
-	return nil
+	return rr.Stop(sctx)
 }

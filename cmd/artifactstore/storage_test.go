@@ -121,9 +121,12 @@ func TestRunOnS3(t *testing.T) {
 		"AWS_PROFILE=", "AWS_CONFIG_FILE=/nonexistent", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent",
 	}, "run", "--database-url", dbURL, "--data-dir", dataDir, "--http-addr", "127.0.0.1:0",
 		"--embedded-nats-port", fmt.Sprint(freePort(t)), "--log-format", "json")
-	url := waitFile(t, filepath.Join(dataDir, "nats.url"), 60*time.Second)
+	url := waitFile(t, filepath.Join(dataDir, "nats.url"))
 	// Staging needs the topology, which exists once run says it runs.
-	waitLog(t, logFile, "artifactstore running", 60*time.Second)
+	poll(t, "run did not log that it runs", func() bool {
+		b, err := os.ReadFile(logFile)
+		return err == nil && bytes.Contains(b, []byte("artifactstore running"))
+	})
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
@@ -190,11 +193,11 @@ func TestRunOnS3(t *testing.T) {
 	if bytes.Contains(b, []byte(s3test.SecretKey)) {
 		t.Fatal("the log shows the S3 secret key")
 	}
-	// The API reads the projection, which follows the replies shortly:
-	// a 404 is retried until a generous bound.
+	// The API reads the projection, which follows the replies shortly.
 	get := func(path, rng string) []byte {
-		deadline := time.Now().Add(60 * time.Second)
-		for {
+		var body []byte
+		var status int
+		poll(t, "GET "+path+" kept answering 404", func() bool {
 			req, _ := http.NewRequest(http.MethodGet, "http://"+string(m[1])+path, nil)
 			if rng != "" {
 				req.Header.Set("Range", rng)
@@ -203,17 +206,17 @@ func TestRunOnS3(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			body, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusNotFound && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-				continue
+			defer resp.Body.Close()
+			if body, err = io.ReadAll(resp.Body); err != nil {
+				t.Fatal(err)
 			}
-			if err != nil || resp.StatusCode/100 != 2 {
-				t.Fatalf("GET %s (%s): %d %s %v", path, rng, resp.StatusCode, body, err)
-			}
-			return body
+			status = resp.StatusCode
+			return status != http.StatusNotFound
+		})
+		if status/100 != 2 {
+			t.Fatalf("GET %s (%s): %d %s", path, rng, status, body)
 		}
+		return body
 	}
 	parted := files["parted"]
 	if got := get("/v1/objects/"+addrs["parted"].String(), ""); !bytes.Equal(got, parted) {
@@ -235,17 +238,4 @@ func TestRunOnS3(t *testing.T) {
 	if err := proc.Wait(); err != nil {
 		t.Fatalf("run exited with %v", err)
 	}
-}
-
-// waitLog waits until the log file holds want.
-func waitLog(t *testing.T, logFile, want string, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if b, err := os.ReadFile(logFile); err == nil && bytes.Contains(b, []byte(want)) {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("the log did not say %q within %s", want, within)
 }

@@ -105,11 +105,17 @@ func NewReader(data, proof io.Reader, root [32]byte, size, off, n int64, opts ..
 
 func (r *Reader) start() {
 	r.once.Do(func() {
-		r.free = make(chan *[]byte, 3)
+		// Three buffers let the read-ahead fill one while the consumer
+		// holds another and a third waits; a short range needs fewer.
+		bufs := 3
+		if start, end := AlignedRange(r.size, r.walk.start, r.walk.end-r.walk.start); end-start <= int64(r.batch*GroupSize) {
+			bufs = 2
+		}
+		r.free = make(chan *[]byte, bufs)
 		r.results = make(chan batchResult, 1)
 		r.stop = make(chan struct{})
 		r.done = make(chan struct{})
-		for range 3 {
+		for range bufs {
 			r.free <- r.getBuf()
 		}
 		go r.produce()

@@ -97,6 +97,7 @@ func isShard(name string) bool {
 // root) to .quarantine/<relPath>.<UTC time>, where a reaper can delete it
 // later, and returns the new path relative to the root. It is meant for
 // files no row knows; it refuses directories and paths under .quarantine.
+// An object's tree (relPath.bao) goes with it.
 func (b *Backend) Quarantine(ctx context.Context, relPath string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
@@ -117,15 +118,24 @@ func (b *Backend) Quarantine(ctx context.Context, relPath string) (string, error
 	if fi.IsDir() {
 		return "", fmt.Errorf("local: quarantine %q: is a directory; quarantine the files in it", relPath)
 	}
-	dest := path.Join(quarantineDir, relPath+"."+b.now().UTC().Format("20060102T150405.000000000Z"))
+	stamp := "." + b.now().UTC().Format("20060102T150405.000000000Z")
+	dest := path.Join(quarantineDir, relPath+stamp)
 	if err := b.root.MkdirAll(path.Dir(dest), dirPerm); err != nil {
 		return "", fmt.Errorf("local: quarantine %q: create %s: %w", relPath, path.Dir(dest), err)
 	}
 	if err := b.root.Rename(relPath, dest); err != nil {
 		return "", fmt.Errorf("local: quarantine %q: %w", relPath, err)
 	}
-	for _, dir := range []string{path.Dir(dest), path.Dir(relPath)} {
-		if err := b.syncDir(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if tree := treeRel(relPath); !strings.HasSuffix(relPath, treeSuffix) {
+		if err := b.root.Rename(tree, path.Join(quarantineDir, tree+stamp)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return dest, fmt.Errorf("local: quarantine the tree of %q: %w", relPath, err)
+		}
+	}
+	for _, d := range []struct {
+		kind syncKind
+		dir  string
+	}{{syncQuarantineDir, path.Dir(dest)}, {syncQuarantinedFromDir, path.Dir(relPath)}} {
+		if err := b.syncDir(d.kind, d.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return dest, fmt.Errorf("local: quarantine %q: %w", relPath, err)
 		}
 	}
