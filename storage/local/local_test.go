@@ -545,7 +545,7 @@ var putCases = []putCase{{
 	name: "object stored before trees",
 	setup: func(t *testing.T, b *Backend) ([]byte, int) {
 		p := bytes.Repeat([]byte("legacy object without a tree "), 3*blaketree.GroupSize/29)
-		w, err := b.Create(t.Context())
+		w, err := b.Create(t.Context(), storage.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
