@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/alecthomas/kong"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/artifactstore/artifactstore/storage/s3"
 )
 
 // composeFile is the part of docker-compose.yml the test checks.
@@ -138,9 +141,60 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("service %s is not scaled out (deploy.replicas = %d)", scaled, f.Services[scaled].Deploy.Replicas)
 		}
 	}
-	for _, dep := range []string{"nats", "postgres"} {
+	checkComposeStorage(t, &f)
+	for _, dep := range []string{"nats", "postgres", "minio"} {
 		if f.Services[dep].Healthcheck == nil {
 			t.Errorf("service %s has no healthcheck, so depends_on cannot wait for it", dep)
 		}
+	}
+}
+
+// checkComposeStorage checks that every role keeps its bytes on the
+// compose file's S3 store: ARTIFACTSTORE_STORAGE is a valid s3:// URL whose
+// endpoint is a service of the file, the credentials are in the AWS SDK's
+// environment variables (not in the URL) and match the store's, and each
+// role waits for the store and for the service that creates its bucket.
+func checkComposeStorage(t *testing.T, f *composeFile) {
+	t.Helper()
+	minio, ok := f.Services["minio"]
+	if !ok {
+		t.Fatal("service minio is missing")
+	}
+	roles := 0
+	for name, s := range f.Services {
+		if s.Image != "artifactstore:latest" || name == "migrate" || name == "topology" || len(s.Profiles) > 0 {
+			continue
+		}
+		roles++
+		raw := s.Environment["ARTIFACTSTORE_STORAGE"]
+		cfg, err := s3.ParseURL(raw)
+		if err != nil {
+			t.Errorf("service %s: ARTIFACTSTORE_STORAGE %q: %v", name, raw, err)
+			continue
+		}
+		u, err := url.Parse(cfg.Endpoint)
+		if err != nil || f.Services[u.Hostname()].Image == "" {
+			t.Errorf("service %s: the storage endpoint %q is not a service of the compose file", name, cfg.Endpoint)
+		}
+		if s.DependsOn[u.Hostname()].Condition != "service_healthy" {
+			t.Errorf("service %s does not wait for %s to be healthy", name, u.Hostname())
+		}
+		if s.Environment["AWS_ACCESS_KEY_ID"] != minio.Environment["MINIO_ROOT_USER"] ||
+			s.Environment["AWS_SECRET_ACCESS_KEY"] != minio.Environment["MINIO_ROOT_PASSWORD"] {
+			t.Errorf("service %s: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not minio's credentials", name)
+		}
+		made := false
+		for dep, d := range s.DependsOn {
+			ds := f.Services[dep]
+			if d.Condition == "service_completed_successfully" && strings.Contains(strings.Join(ds.Command, " "), "mc mb --ignore-existing local/"+cfg.Bucket) {
+				made = true
+			}
+		}
+		if !made {
+			t.Errorf("service %s does not wait for a service that creates bucket %s", name, cfg.Bucket)
+		}
+	}
+	if roles < 5 {
+		t.Fatalf("only %d role services checked", roles)
 	}
 }
