@@ -21,12 +21,26 @@ build: ## Build bin/artifactstore.
 run: ## Run the whole pipeline in one process (embedded NATS, local PostgreSQL).
 	$(GO) run ./cmd/artifactstore run
 
+# versitygw is the S3-compatible server the S3 backend is tested against;
+# keep its version equal to internal/s3test.Version.
+VERSITYGW_VERSION ?= v1.8.0
+GOBIN_DIR := $(shell $(GO) env GOPATH 2>/dev/null | cut -d: -f1)/bin
+
+.PHONY: tools
+tools: ## Install the test tools that are missing (versitygw, for the S3 tests).
+	@if command -v versitygw >/dev/null 2>&1 || [ -x "$(GOBIN_DIR)/versitygw" ]; then \
+		echo "versitygw: installed"; \
+	else \
+		echo "installing versitygw $(VERSITYGW_VERSION) (an S3-compatible test server, about 80 MB)"; \
+		$(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION); \
+	fi
+
 .PHONY: test
-test: ## Run every test with the race detector (needs PostgreSQL; NATS is embedded).
+test: tools ## Run every test with the race detector (needs PostgreSQL; NATS is embedded; versitygw is installed when missing).
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: test-loaded
-test-loaded: ## Run every test as `test` does while a CPU hog keeps every core busy (a speed-dependent test fails here).
+test-loaded: tools ## Run every test as `test` does while a CPU hog keeps every core busy (a speed-dependent test fails here).
 	$(GO) build -o bin/cpuhog ./internal/cpuhog
 	@# The hog stops when the tests end (trap), and on its own after TEST_TIMEOUT.
 	@# -count 1: results cached by an earlier quiet run would prove nothing.
@@ -35,7 +49,7 @@ test-loaded: ## Run every test as `test` does while a CPU hog keeps every core b
 	$(GO) test -race -count 1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: test-quick
-test-quick: ## Run every test without the race detector (faster feedback while editing).
+test-quick: tools ## Run every test without the race detector (faster feedback while editing).
 	$(GO) test ./...
 
 .PHONY: lint
