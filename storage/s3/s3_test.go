@@ -99,9 +99,11 @@ func TestBucketRoot(t *testing.T) {
 type recorder struct {
 	next http.RoundTripper
 
-	mu     sync.Mutex
-	reqs   []recorded
-	damage func(*http.Request) bool
+	mu       sync.Mutex
+	reqs     []recorded
+	damage   func(*http.Request) bool
+	parts    int // UploadPart requests in flight
+	maxParts int // the most there were at once
 }
 
 type recorded struct {
@@ -154,6 +156,17 @@ func (rc *recorder) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		body[len(body)/2] ^= 1
 		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	if op == "UploadPart" {
+		rc.mu.Lock()
+		rc.parts++
+		rc.maxParts = max(rc.maxParts, rc.parts)
+		rc.mu.Unlock()
+		defer func() {
+			rc.mu.Lock()
+			rc.parts--
+			rc.mu.Unlock()
+		}()
 	}
 	return rc.next.RoundTrip(r)
 }
@@ -427,10 +440,11 @@ func TestCrashMidUploadIsCleaned(t *testing.T) {
 	requireEmpty(t, b)
 }
 
-// TestAbortMidUpload: Abort with parts in flight aborts the upload.
+// TestAbortMidUpload: Abort with parts in flight aborts the upload; no
+// more parts than Concurrency are ever in flight.
 func TestAbortMidUpload(t *testing.T) {
 	t.Parallel()
-	b, rec := openTest(t, nil)
+	b, rec := openTest(t, func(c *Config) { c.Concurrency = 1 })
 	w, err := b.Create(t.Context(), storage.CreateOptions{Claimed: digestsOf([]byte("x")).Address(digest.BLAKE3)})
 	if err != nil {
 		t.Fatal(err)
@@ -443,6 +457,9 @@ func TestAbortMidUpload(t *testing.T) {
 	}
 	if rec.count("AbortMultipartUpload") != 1 {
 		t.Fatalf("Abort sent %d AbortMultipartUpload; want 1", rec.count("AbortMultipartUpload"))
+	}
+	if rec.count("UploadPart") != 2 || rec.maxParts != 1 {
+		t.Fatalf("%d parts sent, at most %d at once; want 2, one at a time (Concurrency 1)", rec.count("UploadPart"), rec.maxParts)
 	}
 	requireEmpty(t, b)
 }

@@ -18,7 +18,7 @@ import (
 func ParseURL(raw string) (Config, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return Config{}, fmt.Errorf("s3: storage URL: %w; write it as s3://bucket/prefix?endpoint=...", err)
+		return Config{}, fmt.Errorf("s3: storage URL: %w; write it as s3://bucket/prefix?endpoint=<url>", err)
 	}
 	if u.Scheme != "s3" {
 		return Config{}, fmt.Errorf("s3: storage URL %s: scheme %q is not s3; write it as s3://bucket/prefix", redacted(u), u.Scheme)
