@@ -286,11 +286,12 @@ type nodeStore struct {
 	limit int
 	dir   string
 
-	mem []byte
-	f   *os.File
-	w   *bufio.Writer
-	n   int64
-	err error
+	mem     []byte
+	f       *os.File
+	w       *bufio.Writer
+	n       int64
+	err     error
+	scratch [cvSize]byte
 
 	// A one-page cache for reads from the file: the layout reads nearby
 	// nodes one after another.
@@ -305,18 +306,18 @@ func (s *nodeStore) add(cv [8]uint32) {
 	if s.err != nil {
 		return
 	}
-	var b [cvSize]byte
-	cvToBytes(cv, b[:])
+	b := s.scratch[:]
+	cvToBytes(cv, b)
 	if s.f == nil && len(s.mem)+cvSize > s.limit {
 		s.spill()
 	}
 	if s.f != nil {
-		if _, err := s.w.Write(b[:]); err != nil {
+		if _, err := s.w.Write(b); err != nil {
 			s.err = fmt.Errorf("blaketree: write tree nodes to a temp file: %w", err)
 			return
 		}
 	} else {
-		s.mem = append(s.mem, b[:]...)
+		s.mem = append(s.mem, b...)
 	}
 	s.n++
 }

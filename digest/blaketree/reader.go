@@ -68,6 +68,7 @@ type Reader struct {
 	pool       *sync.Pool
 	leaves     []span
 	cvs        [][8]uint32
+	node       [NodeSize]byte // scratch for a parent node read from proof
 
 	once    sync.Once
 	free    chan *[]byte
@@ -354,8 +355,8 @@ func (r *Reader) collect(maxBytes int) ([]span, int64, error) {
 			total += s.size
 			continue
 		}
-		var node [NodeSize]byte
-		if _, err := io.ReadFull(r.proof, node[:]); err != nil {
+		node := r.node[:]
+		if _, err := io.ReadFull(r.proof, node); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return r.leaves, total, &MismatchError{Offset: s.pos, Length: s.size, Node: true, Detail: "the tree ends before this node"}
 			}

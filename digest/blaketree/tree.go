@@ -20,12 +20,17 @@
 //     only after it matched the tree; a mismatch is a *[MismatchError]
 //     returned before any byte of the bad group.
 //
-// The group size is a trade-off measured by BenchmarkGroupSize: groups of
-// 16 chunks or more hash at full SIMD speed, larger groups make a smaller
-// tree (64 bytes per group) and let more small objects go without a tree
-// file, smaller groups make a short range read fewer bytes it does not
-// need. 64 KiB groups cost 0.1% of the object in tree and at most 128 KiB
-// of extra reading and hashing per range.
+// The group size is a trade-off measured by BenchmarkGroupSize (2 shared
+// vCPUs, medians of 3 runs): from 2^3 chunks up, hashing runs at full
+// SIMD speed whatever the group size (1.0-1.6 GB/s per busy vCPU), so
+// the size only moves the cost of short ranges and the size of the tree.
+// Checking an unaligned 1 MiB range takes 0.52 ms with 16 KiB groups,
+// 0.60 ms with 64 KiB and 0.91 ms with 256 KiB; a 4 KiB range 24, 46 and
+// 154 µs; the tree is 4 KiB, 1 KiB and 256 bytes per MiB. 64 KiB groups
+// (Group 6) keep short ranges well under the cost of an HTTP request,
+// make the tree 0.1% of the stored bytes, let a Builder keep the tree of
+// a 1 GiB object in 1 MiB of memory, and spare objects of up to 64 KiB -
+// most build and test evidence - a tree file altogether.
 package blaketree
 
 import (

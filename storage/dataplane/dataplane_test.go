@@ -27,7 +27,7 @@ type fixture struct {
 	local *local.Backend
 }
 
-func newFixture(t *testing.T, opts ...dataplane.Option) fixture {
+func newFixture(t testing.TB, opts ...dataplane.Option) fixture {
 	t.Helper()
 	b, err := local.Open(t.TempDir())
 	if err != nil {
@@ -59,7 +59,7 @@ func (f fixture) ingest(t *testing.T, p []byte, h dataplane.IngestHints) datapla
 	return res
 }
 
-func randomBytes(t *testing.T, n int) []byte {
+func randomBytes(t testing.TB, n int) []byte {
 	t.Helper()
 	p := make([]byte, n)
 	rand.Read(p)
