@@ -128,6 +128,11 @@ type Reply struct {
 	Duplicate bool `cbor:"duplicate,omitempty" json:"duplicate,omitempty"`
 	// Reason explains an error or a corrupt outcome in words.
 	Reason string `cbor:"reason,omitempty" json:"reason,omitempty"`
+	// Code is set for OutcomeError: "malformed", "unknown_location",
+	// "deleted", "unknown_backend" when the request was refused, or
+	// "unavailable" / "internal" when the pipeline gave up on it (a
+	// dependency down for longer than the retry budget, a worker lost).
+	Code string `cbor:"code,omitempty" json:"code,omitempty"`
 }
 
 // Failed reports whether the reply is anything but verified.

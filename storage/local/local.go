@@ -209,8 +209,8 @@ func (b *Backend) createTemp() (*os.File, string, error) {
 	return f, name, nil
 }
 
-// Put implements storage.Backend.
-func (b *Backend) Put(ctx context.Context, r io.Reader, opts storage.PutOptions) (storage.Receipt, error) {
+// put is Put without the translation of out-of-space errors (space.go).
+func (b *Backend) put(ctx context.Context, r io.Reader, opts storage.PutOptions) (storage.Receipt, error) {
 	primary, err := storage.ValidateOptions(opts)
 	if err != nil {
 		return storage.Receipt{}, err
