@@ -46,15 +46,23 @@ func Transient(err error) bool {
 // budget, so that the same outages cost a producer only time.
 const ClientRetryBudget = 2 * time.Minute
 
+// AttemptTimeout bounds one call of [RetryTransient]: a request whose
+// answer was lost (its server restarted) must fail and be repeated, not
+// wait for the caller's whole deadline.
+const AttemptTimeout = 10 * time.Second
+
 // RetryTransient calls f until it succeeds, fails with an error that is
 // not [Transient], ctx is done, or budget has passed since the first call;
-// between calls it waits [DefaultBackoff]. onRetry, when not nil, hears
-// about every retried error (for a log line or a progress note). The last
-// error is returned, with how long it was retried.
+// each call gets at most [AttemptTimeout], and between calls it waits
+// [DefaultBackoff]. onRetry, when not nil, hears about every retried error
+// (for a log line or a progress note). The last error is returned, with
+// how long it was retried.
 func RetryTransient(ctx context.Context, budget time.Duration, f func(ctx context.Context) error, onRetry func(attempt int, err error, wait time.Duration)) error {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
-		err := f(ctx)
+		actx, cancel := context.WithTimeout(ctx, AttemptTimeout)
+		err := f(actx)
+		cancel()
 		if err == nil || !Transient(err) || ctx.Err() != nil {
 			return err
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
@@ -38,9 +37,7 @@ func (ing *Ingester) answer(ctx context.Context, m bus.Message, code, reason str
 	if rep.Status == commands.StatusFailed {
 		ing.cfg.Metrics.failed(code)
 		if staged != "" && ing.staging != nil {
-			if err := ing.staging.Delete(ctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-				ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object of a failed command failed; the staging janitor removes it")
-			}
+			ing.deleteStaged(ctx, staged)
 		}
 	}
 	ing.log.Warn().Str("command_id", id).Str("status", rep.Status).Str("code", code).Str("reason", reason).Msg("answering a command the pipeline gave up on")

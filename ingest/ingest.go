@@ -603,9 +603,7 @@ func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, sta
 		ct = commands.ContentTypeJSON
 	}
 	if staged != "" {
-		if err := ing.staging.Delete(ctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; its TTL removes it")
-		}
+		ing.deleteStaged(ctx, staged)
 	}
 	if err := bus.Reply(ing.cfg.NATS, m.ReplyTo, body, ct); err != nil {
 		// The outcome is committed: a redelivery finds it in the log and
@@ -616,6 +614,20 @@ func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, sta
 		return bus.Reject(out.rejected, out.rejected.Code)
 	}
 	return nil
+}
+
+// stagedDeleteTimeout bounds the delete of a staged object: purging the
+// chunks of a large blob takes longer than JetStream's default 5 s.
+const stagedDeleteTimeout = 2 * time.Minute
+
+// deleteStaged deletes a staged object once its command's outcome is
+// committed; a failure leaves it to the staging janitor.
+func (ing *Ingester) deleteStaged(ctx context.Context, staged string) {
+	dctx, cancel := context.WithTimeout(ctx, stagedDeleteTimeout)
+	defer cancel()
+	if err := ing.staging.Delete(dctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; the staging janitor removes it")
+	}
 }
 
 // transient maps a failure that is not the command's fault to a

@@ -222,7 +222,9 @@ func (s *stager) attempt(ctx context.Context, attempt int, name, description str
 	meta := nats.NewMsg(fmt.Sprintf("$O.%s.M.%s", s.bucket, base64.URLEncoding.EncodeToString([]byte(name))))
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data = data
-	if _, err := s.js.PublishMsg(ctx, meta); err != nil {
+	mctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
+	defer cancel()
+	if _, err := s.js.PublishMsg(mctx, meta); err != nil {
 		return nil, err
 	}
 	info.ModTime = time.Now().UTC()
