@@ -25,6 +25,15 @@ run: ## Run the whole pipeline in one process (embedded NATS, local PostgreSQL).
 test: ## Run every test with the race detector (needs PostgreSQL; NATS is embedded).
 	$(GO) test -race -timeout $(TEST_TIMEOUT) ./...
 
+.PHONY: test-loaded
+test-loaded: ## Run every test as `test` does while a CPU hog keeps every core busy (a speed-dependent test fails here).
+	$(GO) build -o bin/cpuhog ./internal/cpuhog
+	@# The hog stops when the tests end (trap), and on its own after TEST_TIMEOUT.
+	@# -count 1: results cached by an earlier quiet run would prove nothing.
+	@bin/cpuhog -for $(TEST_TIMEOUT) & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT; trap 'exit 130' INT TERM; \
+	$(GO) test -race -count 1 -timeout $(TEST_TIMEOUT) ./...
+
 .PHONY: test-quick
 test-quick: ## Run every test without the race detector (faster feedback while editing).
 	$(GO) test ./...
@@ -47,14 +56,15 @@ bench: ## Run the benchmarks and print a table with ratios against same-run base
 .PHONY: soak
 soak: ## Repeat the crash, race, failover and gap-free tests SOAK_COUNT times (default 10), plus the 1 GiB memory test.
 	ARTIFACTSTORE_TEST_1GIB=1 $(GO) test -race -timeout 120m -count $(SOAK_COUNT) \
-		-run 'Crash|GapFree|Race|Failover|Graceful|Interrupted|Memory|RSS' ./...
+		-run 'Crash|GapFree|Race|Failover|Graceful|Interrupted|CheckpointCommitsWithRows|Memory|RSS' ./...
 
 .PHONY: fuzz
-fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
+fuzz: ## Run each fuzz target for FUZZTIME (default 30s); FuzzRequest needs PostgreSQL.
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./digest
 	$(GO) test -run '^$$' -fuzz FuzzDecodePayload -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzScanHeads -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIngest -fuzztime $${FUZZTIME:-30s} ./commands
+	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $${FUZZTIME:-30s} ./api
 
 .PHONY: clean
 clean: ## Remove build output.

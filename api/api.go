@@ -50,6 +50,7 @@ type Server struct {
 	auth    bool
 	logger  zerolog.Logger
 
+	mux      *http.ServeMux
 	bufs     sync.Pool
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
@@ -80,6 +81,10 @@ func New(db *pgxpool.Pool, objects ObjectServer, opts Options) (*Server, error) 
 		s.auth = true
 		s.token = sha256.Sum256([]byte(opts.Token))
 	}
+	// After the token: the routes' handlers are built with authentication
+	// or without.
+	s.mux = http.NewServeMux()
+	s.routes(s.mux)
 	reg := opts.Registerer
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -92,9 +97,47 @@ func New(db *pgxpool.Pool, objects ObjectServer, opts Options) (*Server, error) 
 	return s, nil
 }
 
-// Mount registers every route of the API on mux (e.g. the ops server's,
-// so that one port serves the API, /metrics and the health checks).
-func (s *Server) Mount(mux *http.ServeMux) {
+// Wrap returns a handler that answers every request for /v1 or a path
+// under /v1/ and passes any other request to next (e.g. the ops server's
+// mux, so that one port serves the API, /metrics and the health checks).
+//
+// The API sees its requests as they were sent: a path with "." or ".."
+// segments, empty segments, a NUL or control character or invalid UTF-8,
+// or a query that does not parse or holds such text, is refused with 400
+// (checkRequest) rather than cleaned and redirected, which is what an
+// http.ServeMux in front of it would do. So Wrap goes in front of a
+// ServeMux, never behind one.
+func (s *Server) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := r.URL.EscapedPath(); p != "/v1" && !strings.HasPrefix(p, "/v1/") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if e := checkRequest(r); e != nil {
+			s.instrument("invalid", s.authenticate(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				if e.status == http.StatusMethodNotAllowed {
+					w.Header().Set("Allow", "GET, HEAD")
+				}
+				writeError(w, e)
+			}))).ServeHTTP(w, r)
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// Handler returns a handler serving only the API (for tests and for
+// servers that do not need the ops endpoints): any other path is a JSON
+// not_found.
+func (s *Server) Handler() http.Handler {
+	return s.Wrap(s.instrument("unknown", s.authenticate(http.HandlerFunc(s.notFound))))
+}
+
+// routes registers every route of the API on mux. Wrap checks a request
+// before mux sees it, so mux finds clean paths only and never redirects:
+// the exact patterns for /v1 and .../files stop its trailing-slash
+// redirects (to /v1/ and .../files/).
+func (s *Server) routes(mux *http.ServeMux) {
 	s.route(mux, "GET /v1/objects/{address}", "object", s.getObject)
 	s.route(mux, "GET /v1/packages", "packages", s.listPackages)
 	s.route(mux, "GET /v1/packages/{name}", "package", s.getPackage)
@@ -102,14 +145,8 @@ func (s *Server) Mount(mux *http.ServeMux) {
 	// Anything else under /v1/ answers a JSON 404, with a hint for the
 	// commonest mistake: a package name with an unencoded "/".
 	s.route(mux, "GET /v1/", "unknown", s.notFound)
-}
-
-// Handler returns a handler serving only the API (for tests and for
-// servers that do not need the ops endpoints).
-func (s *Server) Handler() http.Handler {
-	mux := http.NewServeMux()
-	s.Mount(mux)
-	return mux
+	s.route(mux, "GET /v1", "unknown", s.notFound)
+	s.route(mux, "GET /v1/packages/{name}/files", "unknown", s.notFound)
 }
 
 func (s *Server) route(mux *http.ServeMux, pattern, name string, h func(w http.ResponseWriter, r *http.Request)) {

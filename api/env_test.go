@@ -1,10 +1,13 @@
 package api_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -157,6 +160,43 @@ func (e *env) do(method, path string, hdr ...string) response {
 	resp, err := e.srv.Client().Do(req)
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	body, rerr := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: body, err: rerr}
+}
+
+// raw sends one request with target written as it is on the request line
+// (so that "..", "//" and percent-encodings reach the server unchanged,
+// which http.Client does not promise) and reads the whole response.
+func (e *env) raw(method, target string, hdr ...string) response {
+	e.t.Helper()
+	return e.rawT(e.t, method, target, hdr...)
+}
+
+// rawT is raw failing t (a fuzz target's own t).
+func (e *env) rawT(t testing.TB, method, target string, hdr ...string) response {
+	t.Helper()
+	c, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var req bytes.Buffer
+	fmt.Fprintf(&req, "%s %s HTTP/1.1\r\nHost: artifactstore.test\r\nConnection: close\r\n", method, target)
+	if e.token != "" {
+		fmt.Fprintf(&req, "Authorization: Bearer %s\r\n", e.token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		fmt.Fprintf(&req, "%s: %s\r\n", hdr[i], hdr[i+1])
+	}
+	req.WriteString("\r\n")
+	if _, err := c.Write(req.Bytes()); err != nil {
+		t.Fatalf("%s %q: %v", method, target, err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("%s %q: read the response: %v", method, target, err)
 	}
 	defer resp.Body.Close()
 	body, rerr := io.ReadAll(resp.Body)

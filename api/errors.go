@@ -9,9 +9,11 @@ import (
 const (
 	CodeInvalidAddress      = "invalid_address"
 	CodeInvalidParameter    = "invalid_parameter"
+	CodeInvalidPath         = "invalid_path"
 	CodeInvalidCursor       = "invalid_cursor"
 	CodeUnauthorized        = "unauthorized"
 	CodeNotFound            = "not_found"
+	CodeMethodNotAllowed    = "method_not_allowed"
 	CodeObjectCorrupt       = "object_corrupt"
 	CodeObjectMissing       = "object_missing"
 	CodeObjectDeleted       = "object_deleted"

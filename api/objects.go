@@ -9,6 +9,7 @@ import (
 	"hash"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -43,7 +44,18 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route strin
 		s.fail(w, r, unservable(what, o.State))
 		return
 	}
-	etag := `"` + o.Address.String() + `"`
+	// The ETag is the address the client asked by (the object's primary
+	// one for a file); a validator naming the object's other address names
+	// the same bytes, so conditions accept either.
+	named := o.Asked
+	if named.IsZero() {
+		named = o.Address
+	}
+	etag := `"` + named.String() + `"`
+	var validators []string
+	for _, a := range o.addresses() {
+		validators = append(validators, `"`+a.String()+`"`)
+	}
 	h := w.Header()
 	h.Set("ETag", etag)
 	h.Set("Accept-Ranges", "bytes")
@@ -56,13 +68,13 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route strin
 	}
 	h.Set("Cache-Control", cacheControl)
 
-	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, etag) {
+	if inm := r.Header.Get("If-None-Match"); inm != "" && etagMatches(inm, validators) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
 
 	var rng *storage.Range
-	if spec := r.Header.Get("Range"); spec != "" && ifRangeHolds(r.Header.Get("If-Range"), etag) {
+	if spec := r.Header.Get("Range"); spec != "" && ifRangeHolds(r.Header.Get("If-Range"), validators) {
 		var err error
 		rng, err = parseRange(spec, o.Size)
 		if err != nil {
@@ -221,11 +233,12 @@ func parseRange(spec string, size int64) (*storage.Range, error) {
 	return &storage.Range{Start: start, End: end}, nil
 }
 
-// etagMatches is the weak comparison of If-None-Match (RFC 9110 13.1.2).
-func etagMatches(header, etag string) bool {
+// etagMatches is the weak comparison of If-None-Match (RFC 9110 13.1.2)
+// against the object's validators.
+func etagMatches(header string, validators []string) bool {
 	for _, t := range strings.Split(header, ",") {
 		t = strings.TrimSpace(t)
-		if t == "*" || strings.TrimPrefix(t, "W/") == etag {
+		if t == "*" || slices.Contains(validators, strings.TrimPrefix(t, "W/")) {
 			return true
 		}
 	}
@@ -233,11 +246,11 @@ func etagMatches(header, etag string) bool {
 }
 
 // ifRangeHolds reports whether a Range header may be honoured: no If-Range,
-// or an If-Range equal to the (strong) ETag. A date in If-Range is not
-// used: an address never changes its bytes, but a date cannot prove that
-// the client's copy is of this address.
-func ifRangeHolds(ifRange, etag string) bool {
-	return ifRange == "" || ifRange == etag
+// or an If-Range equal to one of the (strong) validators. A date in
+// If-Range is not used: an address never changes its bytes, but a date
+// cannot prove that the client's copy is of this address.
+func ifRangeHolds(ifRange string, validators []string) bool {
+	return ifRange == "" || slices.Contains(validators, ifRange)
 }
 
 // fail writes err as a JSON error: an *apiError as it is, anything else as

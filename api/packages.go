@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 )
 
@@ -131,7 +132,7 @@ func (s *Server) listPackages(w http.ResponseWriter, r *http.Request) {
 	after := ""
 	if c := q.Get("cursor"); c != "" {
 		var ok bool
-		if after, ok = decodeCursor(c); !ok {
+		if after, ok = decodeCursor(c); !ok || commands.CheckText(after, commands.Line) != nil {
 			s.fail(w, r, &apiError{status: http.StatusBadRequest, code: CodeInvalidCursor,
 				msg: "the cursor was not issued by this API; pass next_cursor from the previous page unchanged, or drop it to start over"})
 			return
@@ -284,6 +285,7 @@ func (s *Server) packageFiles(r *http.Request, name string) ([]fileRow, error) {
 			return nil, fmt.Errorf("package %q file %q: the catalog holds a bad address: %w", name, f.Path, err)
 		}
 		f.obj.Address, f.obj.Size = addr, f.Size
+		copy(f.obj.BLAKE3[:], b3)
 		copy(f.obj.SHA256[:], s256)
 		out = append(out, f)
 	}
@@ -295,6 +297,16 @@ func (s *Server) packageFiles(r *http.Request, name string) ([]fileRow, error) {
 
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	name, path := r.PathValue("name"), r.PathValue("path")
+	// A path no ingest could have stored names no file: say why.
+	if err := commands.ValidatePath(path); err != nil {
+		msg := err.Error()
+		var rej *commands.Error
+		if errors.As(err, &rej) {
+			msg = rej.Reason
+		}
+		s.fail(w, r, badPath("%s; GET /v1/packages/%s lists the package's files", msg, urlSegment(name)))
+		return
+	}
 	var (
 		address string
 		media   *string

@@ -27,24 +27,50 @@ const (
 const locationOrder = `CASE state WHEN 'ok' THEN 0 WHEN 'corrupt' THEN 1 WHEN 'missing' THEN 2 ELSE 3 END, backend_id`
 
 // object is what the API needs to serve one object: where, how big, and
-// its recorded SHA-256.
+// its recorded digests. Address is the address it is stored under (its
+// primary); Asked is the address the client named, either digest.
 type object struct {
 	Address  digest.Address
+	Asked    digest.Address
 	Backend  string
 	State    string
 	Size     int64
+	BLAKE3   [32]byte
 	SHA256   [32]byte
 	StoredAt time.Time
 }
 
-// lookupObject returns the best location of addr, or a not_found error
-// when no location is recorded.
+// addresses returns both content addresses of o, primary first.
+func (o object) addresses() [2]digest.Address {
+	b3, s256 := digest.New(digest.BLAKE3, o.BLAKE3), digest.New(digest.SHA256, o.SHA256)
+	if o.Address.Algorithm() == digest.SHA256 {
+		return [2]digest.Address{s256, b3}
+	}
+	return [2]digest.Address{b3, s256}
+}
+
+// byEitherDigest finds the locations of an address by its primary
+// (content_address) or, for an object stored under its other digest, by
+// that digest column. The algorithm is a literal, not a parameter, so that
+// the partial indexes of migration 000008 match every plan.
+var byEitherDigest = map[digest.Algorithm]string{
+	digest.SHA256: `content_address = $1 OR (digest_algorithm = 'blake3' AND digest_sha256 = $2)`,
+	digest.BLAKE3: `content_address = $1 OR (digest_algorithm = 'sha256' AND digest_blake3 = $2)`,
+}
+
+// lookupObject returns the best location of the object with address addr
+// under either of its digests, or a not_found error when no location is
+// recorded.
 func (s *Server) lookupObject(ctx context.Context, addr digest.Address) (object, error) {
-	o := object{Address: addr}
-	var sha []byte
-	err := s.db.QueryRow(ctx, `SELECT backend_id, state, size_bytes, digest_sha256, stored_at
-		FROM storage_locations WHERE content_address = $1 ORDER BY `+locationOrder+` LIMIT 1`,
-		addr.String()).Scan(&o.Backend, &o.State, &o.Size, &sha, &o.StoredAt)
+	o := object{Asked: addr}
+	var (
+		stored  string
+		b3, sha []byte
+		sum     = addr.Sum()
+	)
+	err := s.db.QueryRow(ctx, `SELECT content_address, backend_id, state, size_bytes, digest_blake3, digest_sha256, stored_at
+		FROM storage_locations WHERE `+byEitherDigest[addr.Algorithm()]+` ORDER BY `+locationOrder+` LIMIT 1`,
+		addr.String(), sum[:]).Scan(&stored, &o.Backend, &o.State, &o.Size, &b3, &sha, &o.StoredAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return o, &apiError{status: http.StatusNotFound, code: CodeNotFound,
 			msg: fmt.Sprintf("no object %s is stored here; check the address (ETag or package listing)", addr)}
@@ -52,6 +78,10 @@ func (s *Server) lookupObject(ctx context.Context, addr digest.Address) (object,
 	if err != nil {
 		return o, fmt.Errorf("look up object %s: %w", addr, err)
 	}
+	if o.Address, err = digest.Parse(stored); err != nil {
+		return o, fmt.Errorf("object %s: the catalog holds a bad address: %w", addr, err)
+	}
+	copy(o.BLAKE3[:], b3)
 	copy(o.SHA256[:], sha)
 	return o, nil
 }

@@ -80,7 +80,7 @@ func TestExhaustedRetriesAreAnsweredUnavailable(t *testing.T) {
 		dl.Header.Get(bus.HeaderDeadCode) != bus.CodeUnavailable || dl.Header.Get(bus.HeaderDeadKind) != bus.DeadLetterFailed {
 		t.Fatalf("dead letter %s %v", dl.Subject, dl.Header)
 	}
-	eventually(t, 10*time.Second, "terminated command removed", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
+	eventually(t, "terminated command removed", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
 	if n := calls.Load(); n != 3 {
 		t.Fatalf("handled %d times, want the 3 attempts", n)
 	}
@@ -102,7 +102,7 @@ func TestFailIsAnsweredAtOnce(t *testing.T) {
 	if dl := e.deadLetter(t, 1); dl.Header.Get(bus.HeaderDeadKind) != bus.DeadLetterFailed || dl.Header.Get(bus.HeaderDeadDeliveries) != "1" {
 		t.Fatalf("dead letter %v", dl.Header)
 	}
-	eventually(t, 10*time.Second, "terminated command removed", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
+	eventually(t, "terminated command removed", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("handled %d times; a Fail is never retried", n)
 	}
@@ -150,7 +150,7 @@ func TestLostLastAttemptIsAnsweredOnTheSpareDelivery(t *testing.T) {
 	if dl := e.deadLetter(t, 1); dl.Header.Get(bus.HeaderDeadKind) != bus.DeadLetterFailed {
 		t.Fatalf("dead letter %v", dl.Header)
 	}
-	eventually(t, 10*time.Second, "terminated command removed", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
+	eventually(t, "terminated command removed", func() bool { return e.streamMsgs(t, e.top.CommandsStream) == 0 })
 	if n := calls.Load(); n != 0 {
 		t.Fatalf("the spare delivery ran the handler %d times", n)
 	}
@@ -207,7 +207,7 @@ func TestRequesterAsksAgainAfterReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "original handled", func() bool { return originals.Load() == 1 })
+	eventually(t, "original handled", func() bool { return originals.Load() == 1 })
 	e.ns.Restart(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second) // hang guard
 	defer cancel()

@@ -259,7 +259,7 @@ func (c *Consumer) Start(ctx context.Context) error {
 	cons, err := c.js.Consumer(ctx, c.stream, c.durable)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-			return fmt.Errorf("bus: consumer %s on stream %s does not exist; create the topology first (bus.EnsureTopology, done by every artifactstore role at start): %w", c.durable, c.stream, err)
+			return fmt.Errorf("bus: consumer %s on stream %s does not exist; create the topology first (`artifactstore topology apply`, bus.ApplyTopology or bus.EnsureTopology): %w", c.durable, c.stream, err)
 		}
 		return fmt.Errorf("bus: bind consumer %s on stream %s: %w", c.durable, c.stream, err)
 	}

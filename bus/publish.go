@@ -87,7 +87,7 @@ func PublishCommand(ctx context.Context, js jetstream.JetStream, subject, comman
 	ack, err := js.PublishMsg(ctx, msg)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoStreamResponse) {
-			return nil, fmt.Errorf("bus: publish command %s on %s: no stream answered (is the topology created? `artifactstore` roles create it at start): %w", commandID, subject, err)
+			return nil, fmt.Errorf("bus: publish command %s on %s: no stream answered (is the topology created? `artifactstore topology apply` creates it): %w", commandID, subject, err)
 		}
 		return nil, fmt.Errorf("bus: publish command %s on %s: %w", commandID, subject, err)
 	}

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -131,52 +132,63 @@ func oldestWaitingIngest(ctx context.Context, js jetstream.JetStream, t Topology
 	return m.Time, true, nil
 }
 
+// stagedChunkSize is the chunk size of artifactstore's producers (and the
+// object store's default), used to size an unfinished upload from its
+// chunk count.
+const stagedChunkSize = 128 << 10
+
 // StagedUploads lists every upload of t's staging bucket, complete or not,
-// oldest first.
+// oldest first. It reads the bucket's subjects (one stream info) and the
+// last message of each, so that it needs no consumer: an object's info on
+// $O.<bucket>.M.<name>, an unfinished upload's last chunk on
+// $O.<bucket>.C.<nuid> (its size is estimated from its chunk count).
 func StagedUploads(ctx context.Context, js jetstream.JetStream, t Topology) ([]StagedUpload, error) {
-	obs, err := js.ObjectStore(ctx, t.StagingBucket)
+	st, err := js.Stream(ctx, "OBJ_"+t.StagingBucket)
 	if err != nil {
 		return nil, fmt.Errorf("bus: staging bucket %s: %w", t.StagingBucket, err)
 	}
-	infos, err := obs.List(ctx)
-	if err != nil && !errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return nil, fmt.Errorf("bus: list staging bucket %s: %w", t.StagingBucket, err)
+	root := "$O." + t.StagingBucket + "."
+	sinfo, err := st.Info(ctx, jetstream.WithSubjectFilter(root+">"))
+	if err != nil {
+		return nil, fmt.Errorf("bus: staging bucket %s: %w", t.StagingBucket, err)
 	}
 	var out []StagedUpload
 	live := map[string]bool{}
-	for _, in := range infos {
-		live[in.NUID] = true
-		out = append(out, StagedUpload{Name: in.Name, NUID: in.NUID, Bytes: int64(in.Size), Chunks: uint64(in.Chunks), At: in.ModTime})
-	}
-	st, err := js.Stream(ctx, "OBJ_"+t.StagingBucket)
-	if err != nil {
-		return nil, fmt.Errorf("bus: staging stream: %w", err)
-	}
-	prefix := "$O." + t.StagingBucket + ".C."
-	sinfo, err := st.Info(ctx, jetstream.WithSubjectFilter(prefix+">"))
-	if err != nil {
-		return nil, fmt.Errorf("bus: staging stream info: %w", err)
-	}
+	chunks := map[string]uint64{}
 	for subj, n := range sinfo.State.Subjects {
-		id := strings.TrimPrefix(subj, prefix)
-		if live[id] {
+		if id, ok := strings.CutPrefix(subj, root+"C."); ok {
+			chunks[id] = n
 			continue
 		}
-		last, err := st.GetLastMsgForSubject(ctx, subj)
+		if !strings.HasPrefix(subj, root+"M.") {
+			continue
+		}
+		m, err := st.GetLastMsgForSubject(ctx, subj)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			continue // purged meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("bus: last chunk of %s: %w", subj, err)
+			return nil, fmt.Errorf("bus: staged object info %s: %w", subj, err)
 		}
-		u := StagedUpload{NUID: id, Chunks: n, At: last.Time, Bytes: int64(len(last.Data))}
-		if n > 1 {
-			first, err := st.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
-			if err == nil {
-				u.Bytes += int64(n-1) * int64(len(first.Data))
-			}
+		var info jetstream.ObjectInfo
+		if err := json.Unmarshal(m.Data, &info); err != nil || info.Deleted || info.NUID == "" {
+			continue
 		}
-		out = append(out, u)
+		live[info.NUID] = true
+		out = append(out, StagedUpload{Name: info.Name, NUID: info.NUID, Bytes: int64(info.Size), Chunks: uint64(info.Chunks), At: m.Time})
+	}
+	for id, n := range chunks {
+		if live[id] {
+			continue
+		}
+		last, err := st.GetLastMsgForSubject(ctx, root+"C."+id)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("bus: last chunk of upload %s: %w", id, err)
+		}
+		out = append(out, StagedUpload{NUID: id, Chunks: n, At: last.Time, Bytes: int64(n-1)*stagedChunkSize + int64(len(last.Data))})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
 	return out, nil

@@ -10,7 +10,6 @@
 package bus
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -33,7 +32,9 @@ const (
 )
 
 // Topology is the JetStream configuration of artifactstore: every stream,
-// durable consumer and bucket, created or updated by [EnsureTopology].
+// durable consumer and bucket ([Topology.Items]), created or updated by
+// [ApplyTopology] and checked by [CheckTopology]; [Topology.Roles] lists
+// what each process may publish and subscribe to.
 // Start from [DefaultTopology]; the zero value is not usable.
 //
 // Retention of the commands stream is WorkQueue: a command is removed once
@@ -308,6 +309,9 @@ func (t Topology) Validate() error {
 			errs = append(errs, fmt.Errorf("%s is empty", name))
 		}
 	}
+	if t.Replicas < 1 || t.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("replica count (Replicas) %d must be between 1 and 5: 1 on a single server, 3 in a three-node cluster", t.Replicas))
+	}
 	if t.AckWait <= 0 {
 		errs = append(errs, fmt.Errorf("AckWait %s must be positive", t.AckWait))
 	}
@@ -343,30 +347,4 @@ func InlineLimit(t Topology, maxPayload int64) int {
 		limit = max(room, 0)
 	}
 	return int(limit)
-}
-
-// EnsureTopology creates every stream, durable consumer and the staging
-// bucket of t, or updates them to t where they exist (create-or-update), so
-// that it is safe to call at every start of every process. A change the
-// server cannot apply in place (e.g. a stream's retention or storage) fails
-// with the server's reason.
-func EnsureTopology(ctx context.Context, js jetstream.JetStream, t Topology) error {
-	if err := t.Validate(); err != nil {
-		return err
-	}
-	for _, cfg := range t.StreamConfigs() {
-		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("bus: create or update stream %s on %v: %w", cfg.Name, cfg.Subjects, err)
-		}
-	}
-	for _, f := range t.Consumers() {
-		cfg := t.ConsumerConfig(f)
-		if _, err := js.CreateOrUpdateConsumer(ctx, t.CommandsStream, cfg); err != nil {
-			return fmt.Errorf("bus: create or update consumer %s on stream %s: %w", cfg.Durable, t.CommandsStream, err)
-		}
-	}
-	if _, err := js.CreateOrUpdateObjectStore(ctx, t.StagingConfig()); err != nil {
-		return fmt.Errorf("bus: create or update object store %s: %w", t.StagingBucket, err)
-	}
-	return nil
 }

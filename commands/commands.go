@@ -8,7 +8,8 @@ import (
 	"io"
 	"path"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/fxamacker/cbor/v2"
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
@@ -148,10 +149,27 @@ func IsJSON(contentType string) bool {
 // Decoder decodes and validates commands. It is safe for concurrent use.
 type Decoder struct {
 	codec *events.Codec
+	// uncapped is the codec's strictness without its cap on one string;
+	// see rejectUncapped.
+	uncapped cbor.DecMode
 }
 
 // NewDecoder returns a decoder that reads CBOR with codec.
-func NewDecoder(codec *events.Codec) *Decoder { return &Decoder{codec: codec} }
+func NewDecoder(codec *events.Codec) *Decoder {
+	uncapped, err := cbor.DecOptions{
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		MaxNestedLevels:   4,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
+		FieldNameMatching: cbor.FieldNameMatchingCaseSensitive,
+		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+		TextUnmarshaler:   cbor.TextUnmarshalerTextString,
+	}.DecMode()
+	if err != nil {
+		panic(fmt.Sprintf("commands: invalid CBOR decoding options: %v", err))
+	}
+	return &Decoder{codec: codec, uncapped: uncapped}
+}
 
 // decode reads one command into v from data, as JSON when isJSON.
 func (d *Decoder) decode(data []byte, isJSON bool, v any) error {
@@ -186,17 +204,50 @@ func (d *Decoder) DecodeSeal(data []byte, isJSON bool) (Seal, error) {
 	return decodeValid[Seal](d, data, isJSON)
 }
 
+// command is a command type: it validates itself, and returns the copy of
+// itself a rejection may echo (see recordable).
+type command[C any] interface {
+	Validate() error
+	forRejection() C
+}
+
 // decodeValid decodes a command of type C and validates it. On a decoding
 // error it returns the zero C; on a validation error the decoded command,
-// so that the rejection can name its id, package and path.
-func decodeValid[C interface{ Validate() error }](d *Decoder, data []byte, isJSON bool) (C, error) {
+// so that the rejection can name its id, package and path (those that are
+// recordable text).
+func decodeValid[C command[C]](d *Decoder, data []byte, isJSON bool) (C, error) {
 	var c C
 	if err := d.decode(data, isJSON, &c); err != nil {
+		if !isJSON && len(data) <= MaxCommandBytes {
+			if c, verr := rejectUncapped[C](d, data); verr != nil {
+				return c, verr
+			}
+		}
 		var zero C
 		return zero, err
 	}
 	if err := c.Validate(); err != nil {
-		return c, err
+		return c.forRejection(), err
+	}
+	return c, nil
+}
+
+// rejectUncapped gives a CBOR command the code its JSON twin gets. The
+// codec caps every CBOR string at 64 KiB (a limit of the event wire
+// format), so a command whose only fault is a longer string, such as an
+// inline blob over MaxInline, would be "malformed" in CBOR but
+// "too_large" (or the field's code) in JSON, where strings have no cap.
+// Decoded again without that cap (the whole command is capped at
+// MaxCommandBytes), it is refused by Validate like the JSON one, and
+// that rejection is returned. The error is nil when the command does not
+// decode even so, or validates: the codec refused it for another reason.
+func rejectUncapped[C command[C]](d *Decoder, data []byte) (C, error) {
+	var c C
+	if err := d.uncapped.Unmarshal(data, &c); err != nil {
+		return c, nil
+	}
+	if err := c.Validate(); err != nil {
+		return c.forRejection(), err
 	}
 	return c, nil
 }
@@ -271,6 +322,16 @@ func (c Seal) Validate() error {
 	return validateShort("producer", c.Producer)
 }
 
+func (c Ingest) forRejection() Ingest {
+	c.Package, c.Path, c.Staged = recordable(c.Package), recordable(c.Path), recordable(c.Staged)
+	return c
+}
+
+func (c Seal) forRejection() Seal {
+	c.Package = recordable(c.Package)
+	return c
+}
+
 // ValidateCommandID checks a command id: 1..MaxCommandID printable ASCII
 // bytes without spaces, '.', '*' or '>' (it is also a NATS header value
 // and the last token of the reply subject).
@@ -312,23 +373,20 @@ func ValidatePackage(name string) error {
 }
 
 // ValidatePath checks a path inside a package: a clean, relative,
-// slash-separated path of valid UTF-8 with no "." or ".." component, no
-// empty component, no NUL, control byte or backslash; at most MaxPath bytes.
+// slash-separated path of text (CheckText, one line) with no "." or ".."
+// component, no empty component and no backslash; at most MaxPath bytes.
 func ValidatePath(p string) error {
 	switch {
 	case p == "":
 		return Rejectf(CodeInvalidPath, "path is empty; give the file's path inside the package, e.g. logs/build.txt")
-	case len(p) > MaxPath:
-		return Rejectf(CodeInvalidPath, "path is %d bytes, more than %d", len(p), MaxPath)
-	case !utf8.ValidString(p):
-		return Rejectf(CodeInvalidPath, "path %q is not valid UTF-8", trunc(p))
 	case strings.HasPrefix(p, "/"):
 		return Rejectf(CodeInvalidPath, "path %q is absolute; give a path relative to the package root", trunc(p))
 	}
-	for i, r := range p {
-		if r < 0x20 || r == 0x7f || r == '\\' {
-			return Rejectf(CodeInvalidPath, "path %q has %q at offset %d; NUL, control characters and backslashes are refused", trunc(p), r, i)
-		}
+	if err := ValidateText(CodeInvalidPath, "path", p, MaxPath, Line); err != nil {
+		return err
+	}
+	if i := strings.IndexByte(p, '\\'); i >= 0 {
+		return Rejectf(CodeInvalidPath, "path %q has a backslash at byte offset %d; separate components with '/'", trunc(p), i)
 	}
 	for _, comp := range strings.Split(p, "/") {
 		if comp == ".." {
@@ -341,32 +399,28 @@ func ValidatePath(p string) error {
 	return nil
 }
 
-// ValidateMetadata checks the size of package metadata.
+// ValidateMetadata checks package metadata: at most MaxMetadataPairs
+// entries, keys of one line, values of text that may hold line breaks.
 func ValidateMetadata(m map[string]string) error {
 	if len(m) > MaxMetadataPairs {
 		return Rejectf(CodeInvalidMetadata, "%d metadata entries, more than %d", len(m), MaxMetadataPairs)
 	}
 	for k, v := range m {
-		if k == "" || len(k) > MaxMetadataKey || !utf8.ValidString(k) {
-			return Rejectf(CodeInvalidMetadata, "metadata key %q must be 1..%d bytes of UTF-8", trunc(k), MaxMetadataKey)
+		if k == "" {
+			return Rejectf(CodeInvalidMetadata, "a metadata key is empty; name every entry")
 		}
-		if len(v) > MaxMetadataValue || !utf8.ValidString(v) {
-			return Rejectf(CodeInvalidMetadata, "metadata value of %q must be at most %d bytes of UTF-8", trunc(k), MaxMetadataValue)
+		if err := ValidateText(CodeInvalidMetadata, "metadata key", k, MaxMetadataKey, Line); err != nil {
+			return err
+		}
+		if err := ValidateText(CodeInvalidMetadata, fmt.Sprintf("metadata value of %q", trunc(k)), v, MaxMetadataValue, Lines); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
 func validateShort(field, s string) error {
-	if len(s) > MaxShortText || !utf8.ValidString(s) {
-		return Rejectf(CodeMalformed, "%s must be at most %d bytes of UTF-8", field, MaxShortText)
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f {
-			return Rejectf(CodeMalformed, "%s has control byte 0x%02x at offset %d", field, s[i], i)
-		}
-	}
-	return nil
+	return ValidateText(CodeMalformed, field, s, MaxShortText, Line)
 }
 
 func trunc(s string) string {

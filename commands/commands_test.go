@@ -108,6 +108,20 @@ func TestRejections(t *testing.T) {
 		"both":           {func(c *Ingest) { c.Staged = "x" }, CodeMalformed},
 		"neither":        {func(c *Ingest) { c.Inline = nil }, CodeMalformed},
 		"empty meta key": {func(c *Ingest) { c.Metadata = map[string]string{"": "x"} }, CodeInvalidMetadata},
+		"nul package":    {func(c *Ingest) { c.Package = "ci\x00x" }, CodeInvalidPackage},
+		"c1 path":        {func(c *Ingest) { c.Path = "a\u0085b" }, CodeInvalidPath},
+		"tab path":       {func(c *Ingest) { c.Path = "a\tb" }, CodeInvalidPath},
+		"nul meta key":   {func(c *Ingest) { c.Metadata = map[string]string{"a\x00": "x"} }, CodeInvalidMetadata},
+		"nul meta value": {func(c *Ingest) { c.Metadata = map[string]string{"a": "x\x00y"} }, CodeInvalidMetadata},
+		"bell meta":      {func(c *Ingest) { c.Metadata = map[string]string{"a": "x\ay"} }, CodeInvalidMetadata},
+		"nul class":      {func(c *Ingest) { c.RetentionClass = "raw\x00" }, CodeMalformed},
+		"nul media":      {func(c *Ingest) { c.MediaType = "text/plain\x00" }, CodeMalformed},
+		"nul producer":   {func(c *Ingest) { c.Producer = "\x00" }, CodeMalformed},
+		"nul staged":     {func(c *Ingest) { c.Inline, c.Staged = nil, "s\x00" }, CodeMalformed},
+		"inline too big": {func(c *Ingest) { c.Inline = make([]byte, MaxInline+1) }, CodeTooLarge},
+		// Both encodings name the first fault Validate finds, even when
+		// the CBOR string cap refused the command first.
+		"too big and bad path": {func(c *Ingest) { c.Inline, c.Path = make([]byte, MaxInline+1), "../x" }, CodeInvalidPath},
 	}
 	for name, tc := range cases {
 		for _, isJSON := range []bool{false, true} {
@@ -122,6 +136,57 @@ func TestRejections(t *testing.T) {
 			if !errors.As(err, &e) || e.Code != tc.code || !errors.Is(err, ErrRejected) {
 				t.Errorf("%s (json=%v): err = %v, want code %s", name, isJSON, err, tc.code)
 			}
+		}
+	}
+}
+
+func TestCheckText(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		s         string
+		line, all bool // accepted as Line, as Lines
+	}{
+		{"", true, true},
+		{"ci/run-42", true, true},
+		{"Grüße ✓ \ufffd", true, true}, // a literal U+FFFD is text
+		{"a\x00b", false, false},
+		{"a\xffb", false, false},
+		{"\xe2\x82", false, false}, // truncated sequence
+		{"a\tb", false, true},
+		{"a\r\nb", false, true},
+		{"a\x7fb", false, false},
+		{"a\u0085b", false, false},
+		{"a\x1bb", false, false},
+	} {
+		if got := CheckText(tc.s, Line) == nil; got != tc.line {
+			t.Errorf("CheckText(%q, Line) accepted=%v, want %v", tc.s, got, tc.line)
+		}
+		if got := CheckText(tc.s, Lines) == nil; got != tc.all {
+			t.Errorf("CheckText(%q, Lines) accepted=%v, want %v", tc.s, got, tc.all)
+		}
+	}
+	err := ValidateText(CodeInvalidPath, "path", "ab\x00", 0, Line)
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeInvalidPath || !strings.Contains(e.Reason, "NUL byte at byte offset 2") {
+		t.Fatalf("ValidateText: %v, want invalid_path naming the NUL and its offset", err)
+	}
+}
+
+func TestRejectionEchoesOnlyRecordableText(t *testing.T) {
+	t.Parallel()
+	codec := events.NewCodec()
+	for _, isJSON := range []bool{false, true} {
+		c := validIngest()
+		c.Package, c.Path = "ci\x00run", "logs/a.txt"
+		b, _ := Encode(codec, c, isJSON)
+		got, err := NewDecoder(codec).DecodeIngest(b, isJSON)
+		if err == nil || got.Package != "" || got.Path != "logs/a.txt" || got.CommandID != "cmd-1" {
+			t.Fatalf("json=%v: %+v, %v; want a rejection echoing the id and path but not the package", isJSON, got, err)
+		}
+		s, _ := Encode(codec, Seal{V: 1, CommandID: "s", Package: "x\x00"}, isJSON)
+		seal, err := NewDecoder(codec).DecodeSeal(s, isJSON)
+		if err == nil || seal.Package != "" || seal.CommandID != "s" {
+			t.Fatalf("json=%v: seal %+v, %v", isJSON, seal, err)
 		}
 	}
 }
@@ -184,11 +249,16 @@ func TestInlineLimit(t *testing.T) {
 		t.Fatalf("inline blob of exactly MaxInline refused: %v", err)
 	}
 	c.Inline = append(c.Inline, 'x')
-	b, _ = Encode(codec, c, true)
-	_, err = NewDecoder(codec).DecodeIngest(b, true)
-	var e *Error
-	if !errors.As(err, &e) || e.Code != CodeTooLarge {
-		t.Fatalf("inline blob over MaxInline: err = %v, want %s", err, CodeTooLarge)
+	for _, isJSON := range []bool{false, true} {
+		b, _ = Encode(codec, c, isJSON)
+		got, err := NewDecoder(codec).DecodeIngest(b, isJSON)
+		var e *Error
+		if !errors.As(err, &e) || e.Code != CodeTooLarge {
+			t.Fatalf("json=%v: inline blob over MaxInline: err = %v, want %s", isJSON, err, CodeTooLarge)
+		}
+		if got.CommandID != c.CommandID || got.Package != c.Package {
+			t.Fatalf("json=%v: the rejection does not name the command: %+v", isJSON, got)
+		}
 	}
 }
 
@@ -254,6 +324,15 @@ func FuzzDecodeIngest(f *testing.F) {
 		}
 		if len(c.Inline) > MaxInline {
 			t.Fatalf("accepted inline blob of %d bytes", len(c.Inline))
+		}
+		texts := []string{c.Package, c.Path, c.RetentionClass, c.MediaType, c.Staged, c.Producer}
+		for k, v := range c.Metadata {
+			texts = append(texts, k, v)
+		}
+		for _, s := range texts {
+			if CheckText(s, Lines) != nil {
+				t.Fatalf("accepted text %q, which the database cannot hold", s)
+			}
 		}
 	})
 }

@@ -44,6 +44,13 @@
 // Exactly one of inline and staged must be present (an empty blob is
 // inline: an empty byte string).
 //
+// Every text field is UTF-8 without NUL bytes or control characters
+// (CheckText); metadata values may hold tabs and line breaks. A command
+// that breaks this is rejected with its field's code (invalid_package,
+// invalid_path, invalid_metadata, or malformed for the others), never
+// handed to the database. An inline blob over MaxInline is too_large in
+// both encodings.
+//
 // JSON example (the blob "hello\n" inline, base64):
 //
 //	{"v":1,"command_id":"0f8e3c1e-cli-demo-1","package":"ci/run-42",

@@ -29,6 +29,10 @@ import (
 	"github.com/artifactstore/artifactstore/storage/local"
 )
 
+// hang bounds the waits of these tests. It only stops a hung test: no wait
+// is expected to come near it, however slow or busy the machine.
+const hang = time.Minute
+
 // env is one test's world: a database, a NATS server with the topology, an
 // object root, and helpers to run ingesters and producers on them.
 type env struct {
@@ -54,8 +58,10 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The default AckWait (30 s): no test here waits for one to lapse, and
+	// a short one would let a stall of a busy machine cause a redelivery
+	// that waitSettled reports.
 	topo := bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
-	topo.AckWait = 5 * time.Second
 	ctx := context.Background()
 	if err := bus.EnsureTopology(ctx, js, topo); err != nil {
 		t.Fatal(err)
@@ -102,7 +108,7 @@ func (e *env) startIngester(mod func(*ingest.Config)) *ingest.Ingester {
 		Topology: e.topo, Concurrency: 8, RetryDelay: 100 * time.Millisecond,
 		Logger: zerolog.New(zerolog.NewTestWriter(e.t)).Level(zerolog.WarnLevel),
 	}
-	cfg.Consumer.FetchWait = 200 * time.Millisecond
+	cfg.Consumer.FetchWait = 200 * time.Millisecond // short pulls make the stop at cleanup quick; no deadline
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -114,7 +120,7 @@ func (e *env) startIngester(mod func(*ingest.Config)) *ingest.Ingester {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), hang)
 		defer cancel()
 		if err := ing.Stop(ctx); err != nil {
 			e.t.Errorf("stop ingester: %v", err)
@@ -126,7 +132,7 @@ func (e *env) startIngester(mod func(*ingest.Config)) *ingest.Ingester {
 // put sends one blob and waits for its reply.
 func (e *env) put(c *producer.Client, p producer.Put) commands.Reply {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hang)
 	defer cancel()
 	pend, err := c.Put(ctx, p)
 	if err != nil {
@@ -156,7 +162,7 @@ func randomBytes(t testing.TB, n int) []byte {
 // waits for the reply.
 func (e *env) request(subject string, body []byte, contentType, id string) commands.Reply {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hang)
 	defer cancel()
 	inbox := e.nc.NewInbox()
 	sub, err := e.nc.SubscribeSync(inbox)
@@ -176,7 +182,7 @@ func (e *env) request(subject string, body []byte, contentType, id string) comma
 	if _, err := e.js.PublishMsg(ctx, msg); err != nil {
 		e.t.Fatal(err)
 	}
-	m, err := sub.NextMsg(30 * time.Second)
+	m, err := sub.NextMsg(hang)
 	if err != nil {
 		e.t.Fatalf("no reply to raw command: %v", err)
 	}
@@ -255,7 +261,9 @@ func (e *env) checkObject(addr string, blake3Hex, sha256Hex string, size int64) 
 // unacknowledged message: nothing will be redelivered.
 func (e *env) waitSettled() {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(hang)
+	poll := time.NewTicker(20 * time.Millisecond) // only costs time; hang stops a hung test
+	defer poll.Stop()
 	for {
 		ci, err := e.js.Consumer(context.Background(), e.topo.CommandsStream, e.topo.IngestConsumer)
 		if err != nil {
@@ -271,7 +279,7 @@ func (e *env) waitSettled() {
 		if time.Now().After(deadline) {
 			e.t.Fatalf("consumer not settled: %d pending, %d unacked, %d redelivered", info.NumPending, info.NumAckPending, info.NumRedelivered)
 		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
+		<-poll.C
 	}
 }
 

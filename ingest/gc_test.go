@@ -120,7 +120,7 @@ func gcState(t *testing.T, e *env, addr string) string {
 // ingest advisory lock.
 func waitForLockWaiter(ctx context.Context, t *testing.T, e *env) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(hang)
 	for {
 		var n int
 		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
@@ -138,7 +138,7 @@ func waitForLockWaiter(ctx context.Context, t *testing.T, e *env) {
 		select {
 		case <-ctx.Done():
 			t.Fatal(ctx.Err())
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond): // a polling interval, not a deadline
 		}
 	}
 }

@@ -189,6 +189,21 @@ func TestRejections(t *testing.T) {
 		{"absolute path", commands.CodeInvalidPath, ingestJSON(`{"v":1,"command_id":"r-abs","package":"p","path":"/etc/passwd","inline":"eA=="}`)},
 		{"nul path", commands.CodeInvalidPath, ingestJSON(`{"v":1,"command_id":"r-nul","package":"p","path":"a\u0000b","inline":"eA=="}`)},
 		{"empty path", commands.CodeInvalidPath, ingestJSON(`{"v":1,"command_id":"r-empty","package":"p","path":"","inline":"eA=="}`)},
+		// Text PostgreSQL cannot hold is refused by validation, never
+		// by a database error that would retry the command.
+		{"nul package", commands.CodeInvalidPackage, ingestJSON(`{"v":1,"command_id":"r-nul-pkg","package":"p\u0000q","path":"a","inline":"eA=="}`)},
+		{"nul seal", commands.CodeInvalidPackage, func() commands.Reply {
+			return e.request(bus.CmdSeal, []byte(`{"v":1,"command_id":"r-nul-seal","package":"p\u0000q"}`), "application/json", "")
+		}},
+		{"nul metadata", commands.CodeInvalidMetadata, ingestJSON(`{"v":1,"command_id":"r-nul-meta","package":"p","path":"a","metadata":{"k":"v\u0000"},"inline":"eA=="}`)},
+		{"inline over the limit, CBOR", commands.CodeTooLarge, func() commands.Reply {
+			body, _ := commands.Encode(e.codec, commands.Ingest{V: 1, CommandID: "r-big-cbor", Package: "p", Path: "big-inline", Inline: make([]byte, commands.MaxInline+1)}, false)
+			return e.request(bus.CmdIngest, body, "", "")
+		}},
+		{"inline over the limit, JSON", commands.CodeTooLarge, func() commands.Reply {
+			body, _ := commands.Encode(e.codec, commands.Ingest{V: 1, CommandID: "r-big-json", Package: "p", Path: "big-inline", Inline: make([]byte, commands.MaxInline+1)}, true)
+			return e.request(bus.CmdIngest, body, "application/json", "")
+		}},
 		{"too large staged", commands.CodeTooLarge, func() commands.Reply {
 			return e.put(e.client, blob(producer.Put{Package: "p", Path: "big"}, randomBytes(t, 300<<10)))
 		}},

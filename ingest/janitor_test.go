@@ -38,8 +38,8 @@ func TestJanitorPurgesAbandonedStagedUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A put killed while uploading: chunks, no object.
-	for range 3 {
-		if _, err := e.js.Publish(ctx, "$O."+e.topo.StagingBucket+".C.killedput", randomBytes(t, 1000)); err != nil {
+	for _, n := range []int{128 << 10, 128 << 10, 1000} {
+		if _, err := e.js.Publish(ctx, "$O."+e.topo.StagingBucket+".C.killedput", randomBytes(t, n)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -62,8 +62,8 @@ func TestJanitorPurgesAbandonedStagedUploads(t *testing.T) {
 	got := map[string]bool{}
 	for _, u := range found {
 		got[u.Name+"/"+u.NUID] = true
-		if u.Name == "" && (u.NUID != "killedput" || u.Chunks != 3 || u.Bytes != 3000) {
-			t.Errorf("unfinished upload %+v, want 3 chunks of 1000 bytes", u)
+		if u.Name == "" && (u.NUID != "killedput" || u.Chunks != 3 || u.Bytes != 2*128<<10+1000) {
+			t.Errorf("unfinished upload %+v, want 3 chunks: 2 of 128 KiB and 1000 bytes", u)
 		}
 	}
 	if len(found) != 2 {
@@ -75,7 +75,7 @@ func TestJanitorPurgesAbandonedStagedUploads(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, b, err := j.Sweep(ctx)
-	if err != nil || n != 2 || b != 3000+1000 {
+	if err != nil || n != 2 || b != 2*128<<10+1000+1000 {
 		t.Fatalf("sweep: %d uploads, %d bytes, %v", n, b, err)
 	}
 	names := func() map[string]bool {

@@ -170,7 +170,7 @@ func (c *Client) Put(ctx context.Context, p Put) (*Pending, error) {
 	} else {
 		if _, err := c.stage.stage(ctx, id, p.Package+":"+p.Path, body, p.Body, p.Progress); err != nil {
 			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
-				return nil, fmt.Errorf("%w (is the staging bucket %s created? every artifactstore role creates the topology at start)", err, c.cfg.Topology.StagingBucket)
+				return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
 			}
 			return nil, fmt.Errorf("%s: %w", p.Path, err)
 		}

@@ -157,6 +157,63 @@ type Projector struct {
 	mu     sync.Mutex
 	memos  map[string]*memo // by retention table name
 	noMemo bool             // tests: the reference path
+
+	// hook, set only by tests, runs synchronously at each stage of each
+	// batch (see stage); an error it returns stops the batch there, as a
+	// failure of the database or a crash would. Tests use it to interrupt
+	// or kill a projector at a chosen point instead of at a moment.
+	hook func(batchPoint) error
+}
+
+// stage names a point of a batch at which the test hook runs. At each, a
+// crash must leave the tables and the checkpoint either as they were
+// before the batch or as the batch leaves them, never in between.
+type stage int
+
+const (
+	stageLocked    stage = iota + 1 // the checkpoint row is locked
+	stageRead                       // the batch's events are read and decoded
+	stageFolded                     // the events are folded into rows in memory
+	stageWritten                    // the rows and the checkpoint are written, not committed
+	stageCommitted                  // the batch committed
+	stageSwapped                    // Rebuild: the rebuilt tables are renamed into place, not committed
+)
+
+func (s stage) String() string {
+	switch s {
+	case stageLocked:
+		return "locked"
+	case stageRead:
+		return "read"
+	case stageFolded:
+		return "folded"
+	case stageWritten:
+		return "written"
+	case stageCommitted:
+		return "committed"
+	case stageSwapped:
+		return "swapped"
+	}
+	return "stage(" + strconv.Itoa(int(s)) + ")"
+}
+
+// batchPoint is where a batch is when the hook runs.
+type batchPoint struct {
+	Stage      stage
+	Checkpoint string // the checkpoint's name
+	From       int64  // the checkpoint the batch started at
+	To         int64  // the last sequence of the batch (From until it is read, and for an empty batch)
+}
+
+// at runs the test hook, if any, at a point of a batch.
+func (p *Projector) at(pt batchPoint) error {
+	if p.hook == nil {
+		return nil
+	}
+	if err := p.hook(pt); err != nil {
+		return fmt.Errorf("batch of %q after %d stopped at stage %s: %w", pt.Checkpoint, pt.From, pt.Stage, err)
+	}
+	return nil
 }
 
 // New returns a projector over the database of pool, reading log and
@@ -185,16 +242,22 @@ func (p *Projector) catchUp(ctx context.Context, t tables, checkpoint string) (i
 	total := 0
 	var pre *fetch
 	for {
-		var n int
-		var next *fetch
-		var idx *memo
+		var (
+			n    int
+			last int64
+			next *fetch
+			idx  *memo
+		)
 		err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 			var err error
-			n, _, idx, err = p.applyInTx(ctx, tx, t, checkpoint, p.cfg.BatchSize, pre, &next, true)
+			n, last, idx, err = p.applyInTx(ctx, tx, t, checkpoint, p.cfg.BatchSize, pre, &next, true)
 			return err
 		})
 		if err == nil {
 			p.putMemo(t, idx)
+			if n > 0 {
+				err = p.at(batchPoint{stageCommitted, checkpoint, last - int64(n), last})
+			}
 		}
 		if pre != nil {
 			pre.stop()
@@ -269,16 +332,24 @@ func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.
 // applyBatch is one transaction: lock the checkpoint, read, check, fold,
 // write, move the checkpoint.
 func (p *Projector) applyBatch(ctx context.Context, t tables, checkpoint string, limit int) (applied int, err error) {
-	var idx *memo
+	var (
+		idx  *memo
+		last int64
+	)
 	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
-		applied, _, idx, err = p.applyInTx(ctx, tx, t, checkpoint, limit, nil, nil, true)
+		applied, last, idx, err = p.applyInTx(ctx, tx, t, checkpoint, limit, nil, nil, true)
 		return err
 	})
 	if err != nil {
 		return 0, err
 	}
 	p.putMemo(t, idx)
+	if applied > 0 {
+		if err := p.at(batchPoint{stageCommitted, checkpoint, last - int64(applied), last}); err != nil {
+			return applied, err
+		}
+	}
 	return applied, nil
 }
 
@@ -327,6 +398,9 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, 0, nil, fmt.Errorf("lock checkpoint %q: %w", checkpoint, err)
 	}
+	if err := p.at(batchPoint{stageLocked, checkpoint, cp, cp}); err != nil {
+		return 0, 0, nil, err
+	}
 	var idx *memo
 	if useIdx {
 		idx = p.takeMemo(t, cp, oid)
@@ -353,6 +427,9 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 		return 0, cp, idx, nil
 	}
 	last := evs[len(evs)-1].Sequence
+	if err := p.at(batchPoint{stageRead, checkpoint, cp, last}); err != nil {
+		return 0, 0, nil, err
+	}
 	if next != nil && len(evs) == limit {
 		// Read and decode the next batch while this one is applied; it is
 		// used only if the checkpoint is still where this batch leaves it.
@@ -382,6 +459,9 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 			return 0, 0, nil, err
 		}
 	}
+	if err := p.at(batchPoint{stageFolded, checkpoint, cp, last}); err != nil {
+		return 0, 0, nil, err
+	}
 	b = &pgx.Batch{}
 	if err := write(ctx, tx, b, t, s); err != nil {
 		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
@@ -390,6 +470,9 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
+	}
+	if err := p.at(batchPoint{stageWritten, checkpoint, cp, last}); err != nil {
+		return 0, 0, nil, err
 	}
 	if idx != nil {
 		idx.update(s, last)

@@ -28,6 +28,10 @@ func steppingClock() func() time.Time {
 	return func() time.Time { return base.Add(time.Duration(n.Add(1)) * time.Millisecond) }
 }
 
+// hangGuard bounds every wait of these tests for something that must
+// happen; it only stops a hung test, never decides a result.
+const hangGuard = 2 * time.Minute
+
 type fixture struct {
 	pool  *pgxpool.Pool
 	url   string
@@ -55,20 +59,34 @@ var tableOrder = []struct{ name, key string }{
 	{"retention_state", "package"},
 }
 
-// snapshot returns every row of every projection table as JSON text, in key order.
-func snapshot(ctx context.Context, t testing.TB, pool *pgxpool.Pool, suffix string) map[string][]string {
-	t.Helper()
+// querier is a pool, a connection or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// readTables returns every row of every projection table as JSON text, in key order.
+func readTables(ctx context.Context, q querier, suffix string) (map[string][]string, error) {
 	out := map[string][]string{}
 	for _, tb := range tableOrder {
-		rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT to_jsonb(t)::text FROM %s t ORDER BY %s`, tb.name+suffix, tb.key))
+		rows, err := q.Query(ctx, fmt.Sprintf(`SELECT to_jsonb(t)::text FROM %s t ORDER BY %s`, tb.name+suffix, tb.key))
 		if err != nil {
-			t.Fatalf("snapshot %s: %v", tb.name+suffix, err)
+			return nil, fmt.Errorf("snapshot %s: %w", tb.name+suffix, err)
 		}
 		rs, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			t.Fatalf("snapshot %s: %v", tb.name+suffix, err)
+			return nil, fmt.Errorf("snapshot %s: %w", tb.name+suffix, err)
 		}
 		out[tb.name] = rs
+	}
+	return out, nil
+}
+
+// snapshot is readTables for the test goroutine.
+func snapshot(ctx context.Context, t testing.TB, q querier, suffix string) map[string][]string {
+	t.Helper()
+	out, err := readTables(ctx, q, suffix)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -314,7 +332,7 @@ func TestAlteredPayloadStops(t *testing.T) {
 		t.Errorf("checkpoint = %d, want 20 (the batch before the altered event)", cp)
 	}
 	// Run returns it too instead of retrying forever.
-	runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	runCtx, cancel := context.WithTimeout(ctx, hangGuard)
 	defer cancel()
 	if err := f.projector(t, projector.Config{BatchSize: 10}).Run(runCtx); !errors.Is(err, projector.ErrLogAltered) {
 		t.Errorf("Run = %v, want ErrLogAltered", err)
@@ -367,7 +385,7 @@ func TestUnknownEventStops(t *testing.T) {
 			if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp != 0 {
 				t.Errorf("checkpoint = %d, want 0: the batch with the bad event must not commit", cp)
 			}
-			runCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+			runCtx, cancel := context.WithTimeout(ctx, hangGuard)
 			defer cancel()
 			if err := f.projector(t, projector.Config{}).Run(runCtx); !errors.Is(err, tc.want) {
 				t.Errorf("Run = %v, want %v (stop, not retry)", err, tc.want)
@@ -383,6 +401,9 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t)
 
+	// Nothing can project: WaitFor can only end with its deadline, however
+	// slow the machine (an error of any query the deadline cuts short
+	// wraps context.DeadlineExceeded too).
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	err := projector.WaitFor(short, f.pool, 1)
 	cancel()
@@ -392,13 +413,13 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	p := f.projector(t, projector.Config{PollInterval: time.Minute}) // only NOTIFY can wake it in time
+	p := f.projector(t, projector.Config{PollInterval: time.Hour}) // only NOTIFY can wake it within hangGuard
 	go func() { done <- p.Run(runCtx) }()
 	g := newGen(9, coverageMix)
 	for range 5 {
 		appendAll(ctx, t, f.log, g.drafts(20), 100)
 		head, _ := f.log.Head(ctx)
-		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		wctx, cancel := context.WithTimeout(ctx, hangGuard)
 		if err := projector.WaitFor(wctx, f.pool, head); err != nil {
 			t.Fatalf("WaitFor(%d): %v", head, err)
 		}
@@ -414,9 +435,19 @@ func TestRunTailsAndWaitFor(t *testing.T) {
 	}
 }
 
-// TestInterruptedBatches cancels the projector at random moments, in the
-// middle of reading, folding or writing a batch, until it has caught up:
-// the result equals a rebuild.
+// errInterrupted is what a test hook returns to stop a batch.
+var errInterrupted = errors.New("interrupted by the test")
+
+// TestInterruptedBatches interrupts catch-ups at every point of a batch
+// (checkpoint locked, events read, folded, rows and checkpoint written,
+// committed), in a random batch of each catch-up, either by cancelling the
+// catch-up's context there or by failing the batch there. The choices come
+// from a seeded generator and the batches' bounds from the log alone, so
+// every machine runs the same interruptions and the projection always
+// progresses. After each interruption the checkpoint must be where the
+// batch started, or where it ended if it had committed; the projector, the
+// same one with its memo or a new one with another batch size, carries on.
+// The result equals a rebuild.
 func TestInterruptedBatches(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -425,28 +456,92 @@ func TestInterruptedBatches(t *testing.T) {
 	appendAll(ctx, t, f.log, g.drafts(2500), 1000)
 	head, _ := f.log.Head(ctx)
 	r := rand.New(rand.NewPCG(12, 12))
-	interrupted := 0
-	for attempt := 0; ; attempt++ {
-		if attempt > 5000 {
-			t.Fatal("never caught up")
+
+	// Every stage, once by cancelling and once by failing, in random order,
+	// then again.
+	type how struct {
+		stage      projector.Stage
+		cancelOnly bool
+	}
+	stages := projector.BatchStages()
+	var plan []how
+	for _, i := range r.Perm(2 * len(stages)) {
+		plan = append(plan, how{stages[i/2], i%2 == 0})
+	}
+	hits := map[how]int{}
+	var p *projector.Projector
+	attempt := 0
+	for ; ; attempt++ {
+		cp, err := projector.Checkpoint(ctx, f.pool, projector.DefaultName)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if cp, _ := projector.Checkpoint(ctx, f.pool, projector.DefaultName); cp == head {
+		if cp == head {
 			break
 		}
-		p := f.projector(t, projector.Config{BatchSize: 50 + r.IntN(400)})
-		cctx, cancel := context.WithTimeout(ctx, time.Duration(1+r.IntN(40))*time.Millisecond)
-		_, err := p.CatchUp(cctx)
-		cancel()
-		if err != nil {
-			if cctx.Err() == nil {
-				t.Fatalf("CatchUp: %v", err)
+		if attempt == 1000 {
+			t.Fatalf("checkpoint %d of %d after 1000 catch-ups", cp, head)
+		}
+		if p == nil || r.IntN(2) == 0 {
+			p = f.projector(t, projector.Config{BatchSize: 20 + r.IntN(200)})
+		}
+		h, target := plan[attempt%len(plan)], r.IntN(3) // the batch of this catch-up to interrupt
+		cctx, cancel := context.WithCancel(ctx)
+		var hit *projector.BatchPoint
+		batches := 0
+		projector.SetHook(p, func(b projector.BatchPoint) error {
+			if b.Stage == projector.AtLocked {
+				batches++
 			}
-			interrupted++
+			if hit != nil || batches-1 != target || b.Stage != h.stage {
+				return nil
+			}
+			hit = &b
+			cancel()
+			if h.cancelOnly {
+				return nil // the batch must notice the cancelled context by itself
+			}
+			return errInterrupted
+		})
+		_, err = p.CatchUp(cctx)
+		cancel()
+		after, cerr := projector.Checkpoint(ctx, f.pool, projector.DefaultName)
+		if cerr != nil {
+			t.Fatal(cerr)
+		}
+		if hit == nil {
+			if err != nil || after != head {
+				t.Fatalf("attempt %d: CatchUp not interrupted = %v, checkpoint %d; want nil and the head %d", attempt, err, after, head)
+			}
+			continue
+		}
+		hits[h]++
+		want := hit.From
+		if hit.Stage == projector.AtCommitted {
+			want = hit.To
+		}
+		if after != want {
+			t.Errorf("attempt %d: interrupted at %s of %s: checkpoint %d, want %d", attempt, hit.Stage, batchName(hit.From, hit.To), after, want)
+		}
+		switch {
+		case !h.cancelOnly:
+			if !errors.Is(err, errInterrupted) {
+				t.Errorf("attempt %d: CatchUp failed at %s = %v, want the hook's error", attempt, hit.Stage, err)
+			}
+		case err == nil:
+			// Only a catch-up whose last batch had committed may end well.
+			if hit.Stage != projector.AtCommitted || after != head {
+				t.Errorf("attempt %d: CatchUp cancelled at %s of %s returned no error", attempt, hit.Stage, batchName(hit.From, hit.To))
+			}
+		case !errors.Is(err, context.Canceled):
+			t.Errorf("attempt %d: CatchUp cancelled at %s = %v, want context.Canceled", attempt, hit.Stage, err)
 		}
 	}
-	t.Logf("%d interrupted catch-ups", interrupted)
-	if interrupted == 0 {
-		t.Error("no catch-up was interrupted; the test proves nothing")
+	t.Logf("caught up after %d catch-ups, %d of them interrupted", attempt, sumValues(hits))
+	for _, h := range plan {
+		if hits[h] == 0 {
+			t.Errorf("no catch-up was interrupted at %s (cancel only: %v); the test proves less than it says", h.stage, h.cancelOnly)
+		}
 	}
 	live := snapshot(ctx, t, f.pool, "")
 	if err := f.projector(t, projector.Config{}).Rebuild(ctx); err != nil {
@@ -455,9 +550,20 @@ func TestInterruptedBatches(t *testing.T) {
 	compareSnapshots(t, "interrupted vs rebuild", live, snapshot(ctx, t, f.pool, ""))
 }
 
+func sumValues[K comparable](m map[K]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
 // TestRebuildSwapIsAtomic damages the live tables, then rebuilds while a
-// reader counts rows: it sees the damaged count or the full one, never a
-// table being filled.
+// reader counts rows without pause: it sees the damaged count or the full
+// one, never a table being filled. The rebuild waits for the reader's first
+// count before its first batch, and while the swap's transaction holds the
+// renamed tables another count is started and must wait for it, then see
+// the full table.
 func TestRebuildSwapIsAtomic(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -478,8 +584,9 @@ func TestRebuildSwapIsAtomic(t *testing.T) {
 	seen := map[int64]int{}
 	stop := make(chan struct{})
 	done := make(chan error, 1)
+	counted := make(chan struct{})
 	go func() {
-		for {
+		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				done <- nil
@@ -492,8 +599,41 @@ func TestRebuildSwapIsAtomic(t *testing.T) {
 				return
 			}
 			seen[n]++
+			if i == 0 {
+				close(counted)
+			}
 		}
 	}()
+	type result struct {
+		n   int64
+		err error
+	}
+	inSwap := make(chan result, 1)
+	projector.SetHook(p, func(b projector.BatchPoint) error {
+		switch {
+		case b.Checkpoint != projector.DefaultName && b.Stage == projector.AtLocked && b.From == 0:
+			select {
+			case <-counted:
+			case <-time.After(hangGuard):
+				return errors.New("the reader never counted")
+			}
+		case b.Stage == projector.AtSwapped:
+			conn, err := f.pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			counting := make(chan struct{})
+			go func() {
+				defer close(counting)
+				defer conn.Release()
+				var r result
+				r.err = conn.QueryRow(ctx, `SELECT count(*) FROM artifact_files`).Scan(&r.n)
+				inSwap <- r
+			}()
+			return awaitBlocked(ctx, f.pool, conn.Conn().PgConn().PID(), counting)
+		}
+		return nil
+	})
 	if err := p.Rebuild(ctx); err != nil {
 		t.Fatalf("Rebuild: %v", err)
 	}
@@ -507,7 +647,10 @@ func TestRebuildSwapIsAtomic(t *testing.T) {
 		}
 	}
 	if seen[damaged] == 0 {
-		t.Error("the reader never ran before the swap; the test proves nothing")
+		t.Error("the reader never saw the damaged table; the test proves nothing")
+	}
+	if r := <-inSwap; r.err != nil || r.n != full {
+		t.Errorf("a count started during the swap = %d, %v; want %d (the rebuilt table)", r.n, r.err, full)
 	}
 	if n := count(ctx, t, f.pool, `SELECT count(*) FROM artifact_files`); n != full {
 		t.Errorf("after the rebuild artifact_files has %d rows, want %d", n, full)

@@ -131,8 +131,10 @@ func (p *Projector) swap(ctx context.Context, rt tables, cp string) error {
 		if _, err := tx.Exec(ctx, `UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, p.cfg.Name, seq); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, NotifyChannel, p.cfg.Name+":"+strconv.FormatInt(seq, 10))
-		return err
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, $2)`, NotifyChannel, p.cfg.Name+":"+strconv.FormatInt(seq, 10)); err != nil {
+			return err
+		}
+		return p.at(batchPoint{stageSwapped, p.cfg.Name, seq, seq})
 	})
 }
 

@@ -27,7 +27,7 @@ func TestAcceptance(t *testing.T) {
 	e := newEnv(t)
 	srv := natstest.Start(t)
 	p := e.startPipeline(srv, "ingest")
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*hangGuard)
 	defer cancel()
 
 	shared := []byte("the release notes both packages carry")
@@ -103,7 +103,7 @@ func TestAcceptance(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		sctx, c := context.WithTimeout(context.Background(), hangGuard)
 		defer c()
 		_ = w.Stop(sctx)
 	}()

@@ -86,7 +86,7 @@ func TestCrashAtEachPoint(t *testing.T) {
 	}{
 		{reaper.PointExpireBeforeCommit, 1}, {reaper.PointExpireBeforeCommit, 2}, {reaper.PointExpired, 1},
 		{reaper.PointMarkBeforeCommit, 1}, {reaper.PointMarked, 1},
-		{reaper.PointBeforeDelete, 1}, {reaper.PointAfterDelete, 1}, {reaper.PointAfterDelete, 3},
+		{reaper.PointBeforeRecheck, 2}, {reaper.PointBeforeDelete, 1}, {reaper.PointAfterDelete, 1}, {reaper.PointAfterDelete, 3},
 		{reaper.PointDeleted, 2}, {reaper.PointSwept, 1},
 		{reaper.PointAfterQuarantine, 1}, {reaper.PointOrphansDone, 1},
 	}
@@ -112,7 +112,7 @@ func TestCrashAtEachPoint(t *testing.T) {
 
 func runHelper(t *testing.T, env []string) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestHelperReaperProcess$", "-test.count=1")
 	cmd.Env = append(os.Environ(), env...)

@@ -26,6 +26,10 @@ import (
 	"github.com/artifactstore/artifactstore/storage/local"
 )
 
+// hangGuard bounds every wait of these tests on a signal or a reply; it
+// only stops a hung test, however slow the machine.
+const hangGuard = 60 * time.Second
+
 // clock is a test clock that only moves when told to.
 type clock struct {
 	mu  sync.Mutex

@@ -3,6 +3,8 @@ package reaper_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/internal/natstest"
 	"github.com/artifactstore/artifactstore/producer"
@@ -66,7 +69,7 @@ func (e *env) startPipeline(srv *natstest.Server, appName string) *pipeline {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 		defer cancel()
 		if err := ing.Stop(sctx); err != nil {
 			e.t.Errorf("stop ingester: %v", err)
@@ -87,7 +90,7 @@ func (p *pipeline) send(ctx context.Context, pkg, path, class string, data []byt
 
 func (p *pipeline) put(t testing.TB, pkg, path, class string, data []byte) commands.Reply {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	pend, err := p.send(ctx, pkg, path, class, data)
 	if err != nil {
@@ -101,6 +104,46 @@ func (p *pipeline) put(t testing.TB, pkg, path, class string, data []byte) comma
 		t.Fatalf("put %s/%s: %+v", pkg, path, r)
 	}
 	return r
+}
+
+// commit ingests data as package pkg and waits until the reference is
+// committed.
+func (p *pipeline) commit(ctx context.Context, pkg string, data []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, hangGuard)
+	defer cancel()
+	pend, err := p.send(ctx, pkg, "f", "transient", data)
+	if err != nil {
+		return fmt.Errorf("put %s: %w", pkg, err)
+	}
+	r, err := pend.Wait(ctx)
+	if err != nil {
+		return fmt.Errorf("put %s: no reply within %s: %w", pkg, hangGuard, err)
+	}
+	if r.Status != commands.StatusStored {
+		return fmt.Errorf("put %s: %+v", pkg, r)
+	}
+	return nil
+}
+
+// awaitLockWaiter returns once a connection of application appName waits
+// for the ingest lock, or an error after hangGuard. PostgreSQL signals no
+// lock wait, so it polls pg_locks; the bound only stops a hung test.
+func (e *env) awaitLockWaiter(ctx context.Context, appName string, a digest.Address) error {
+	ctx, cancel := context.WithTimeout(ctx, hangGuard)
+	defer cancel()
+	for {
+		waiting, err := e.waitingForLock(ctx, appName)
+		if ctx.Err() != nil {
+			return fmt.Errorf("the ingest of %s by %s never waited for the ingest lock within %s", a, appName, hangGuard)
+		}
+		if err != nil {
+			return err
+		}
+		if waiting {
+			return nil
+		}
+		runtime.Gosched()
+	}
 }
 
 // waitingForLock reports whether a connection of application appName waits

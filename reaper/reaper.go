@@ -123,6 +123,10 @@ const (
 	PointMarkBeforeCommit Point = "mark-before-commit"
 	// PointMarked: the mark phase is done.
 	PointMarked Point = "marked"
+	// PointBeforeRecheck: the sweep is about to re-check a marked, due
+	// object. No lock is held yet: an ingest may still commit a new
+	// reference to it, which the re-check must then see.
+	PointBeforeRecheck Point = "before-recheck"
 	// PointBeforeDelete: the sweep decided to delete an object (locks
 	// held); the file is still there.
 	PointBeforeDelete Point = "before-delete"
@@ -197,7 +201,10 @@ type Config struct {
 	Metrics *Metrics
 	// Hook, when set, is called at each Point of a pass (obj is set at
 	// the per-object points), synchronously: tests pause or stop the
-	// reaper there. It must not take the ingest lock.
+	// reaper there. It must not take the ingest lock. At
+	// PointBeforeRecheck the reaper holds no lock, so the hook may wait
+	// for an ingest to commit; at the other points inside a transaction
+	// it must not wait for one.
 	Hook func(ctx context.Context, p Point, obj *Object)
 }
 
@@ -579,6 +586,7 @@ func deleteCommandID(o Object) string {
 
 func (r *Reaper) sweepOne(ctx context.Context, o *Object, rep *Report) error {
 	var deleted, unmarked bool
+	r.cfg.Hook(ctx, PointBeforeRecheck, o)
 	err := r.lockedTx(ctx, func(tx pgx.Tx) error {
 		var (
 			state    string

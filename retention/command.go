@@ -117,14 +117,17 @@ func (c Command) Validate() error {
 	if c.Actor == "" {
 		return commands.Rejectf(CodeMissingActor, "field \"actor\" is empty; say who asks for the change (a person or a system), it is recorded with the event")
 	}
-	if len(c.Actor) > commands.MaxShortText {
-		return commands.Rejectf(commands.CodeMalformed, "actor of %d bytes is longer than %d", len(c.Actor), commands.MaxShortText)
+	if err := commands.ValidateText(commands.CodeMalformed, "actor", c.Actor, commands.MaxShortText, commands.Line); err != nil {
+		return err
 	}
 	if len(c.Reason) > maxReason {
 		return commands.Rejectf(commands.CodeMalformed, "reason of %d bytes is longer than %d; shorten it and keep the details elsewhere", len(c.Reason), maxReason)
 	}
-	if len(c.Class) > commands.MaxShortText {
-		return commands.Rejectf(commands.CodeMalformed, "class of %d bytes is longer than %d", len(c.Class), commands.MaxShortText)
+	if err := commands.ValidateText(commands.CodeMalformed, "reason", c.Reason, 0, commands.Lines); err != nil {
+		return err
+	}
+	if err := commands.ValidateText(commands.CodeMalformed, "class", c.Class, commands.MaxShortText, commands.Line); err != nil {
+		return err
 	}
 	switch c.Action {
 	case ActionHold:

@@ -350,12 +350,15 @@ func (h *Handler) Refuse(ctx context.Context, c Command, rej *commands.Error) (R
 }
 
 func rejection(c Command, rej *commands.Error) events.Draft {
+	// The refused command's own fields may be what was wrong with it:
+	// the actor column is text, so an actor that is not text is not
+	// recorded (the reason quotes it).
 	actor := c.Actor
-	if actor == "" {
+	if actor == "" || commands.CheckText(actor, commands.Line) != nil {
 		actor = "retention"
 	}
 	command := "retention"
-	if c.Action != "" {
+	if c.Action != "" && commands.CheckText(c.Action, commands.Line) == nil {
 		command += "." + c.Action
 	}
 	return events.Draft{SubjectKind: events.SubjectCommand, SubjectID: c.CommandID, Actor: actor,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -366,13 +367,17 @@ func TestOverNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	topo := bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Bounds the whole test: it only stops a hung test.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := bus.EnsureTopology(ctx, js, topo); err != nil {
 		t.Fatal(err)
 	}
 	h, err := retention.New(retention.Config{Pool: e.pool, Log: e.log, Codec: e.codec, NATS: nc,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)), Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond}})
+		Logger: zerolog.New(zerolog.NewTestWriter(t)),
+		// Short pulls only make the stop at cleanup quick (a soft stop
+		// waits for the pull in flight); an expired pull is issued again.
+		Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +385,7 @@ func TestOverNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		sctx, c := context.WithTimeout(context.Background(), time.Minute)
 		defer c()
 		if err := h.Stop(sctx); err != nil {
 			t.Errorf("stop: %v", err)
@@ -434,7 +439,7 @@ func TestOverNATS(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	m, err := sub.NextMsg(20 * time.Second)
+	m, err := sub.NextMsg(time.Minute)
 	if err != nil {
 		t.Fatalf("no reply to the malformed command: %v", err)
 	}
@@ -447,5 +452,47 @@ func TestOverNATS(t *testing.T) {
 	}
 	if evs := e.eventsOf("bad-1"); len(evs) != 1 || evs[0].Type != events.TypeCommandRejected {
 		t.Fatalf("malformed events = %+v", evs)
+	}
+}
+
+// TestTextThatTheDatabaseCannotHold sends commands whose text fields hold
+// NUL bytes or control characters: each is refused with a rejection code
+// and a command.rejected event, never a database error (which would be
+// retried until the command is dead-lettered without a reply).
+func TestTextThatTheDatabaseCannotHold(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.createPackage("t/1", "transient")
+	ctx := context.Background()
+	for name, tc := range map[string]struct {
+		cmd  map[string]any
+		code string
+	}{
+		"nul actor":   {map[string]any{"action": "hold", "package": "t/1", "actor": "mallory\x00", "reason": "r"}, commands.CodeMalformed},
+		"nul reason":  {map[string]any{"action": "hold", "package": "t/1", "actor": "a", "reason": "case\x0017"}, commands.CodeMalformed},
+		"bell reason": {map[string]any{"action": "hold", "package": "t/1", "actor": "a", "reason": "case\a17"}, commands.CodeMalformed},
+		"nul class":   {map[string]any{"action": "retain", "package": "t/1", "actor": "a", "class": "transient\x00"}, commands.CodeMalformed},
+		"nul package": {map[string]any{"action": "hold", "package": "t\x00/1", "actor": "a", "reason": "r"}, commands.CodeInvalidPackage},
+		"nul action":  {map[string]any{"action": "hold\x00", "package": "t/1", "actor": "a\x00", "reason": "r"}, commands.CodeMalformed},
+	} {
+		id := "text-" + strings.ReplaceAll(name, " ", "-")
+		tc.cmd["v"], tc.cmd["command_id"] = 1, id
+		body, err := json.Marshal(tc.cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = e.h.Handle(ctx, bus.Message{Data: body, ContentType: commands.ContentTypeJSON, CommandID: id})
+		var rej *bus.RejectError
+		if !errors.As(err, &rej) || rej.Code != tc.code {
+			t.Errorf("%s: Handle = %v; want a rejection with code %s", name, err, tc.code)
+			continue
+		}
+		evs := e.eventsOf(id)
+		if len(evs) != 1 || evs[0].Type != events.TypeCommandRejected {
+			t.Errorf("%s: events %+v; want one command.rejected", name, evs)
+		}
+	}
+	if st := e.state("t/1"); st.hold || st.class != "transient" {
+		t.Fatalf("a refused command changed the package: %+v", st)
 	}
 }

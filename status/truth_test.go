@@ -75,14 +75,14 @@ func TestStatusTellsTheTruth(t *testing.T) {
 	src.DeadLetterWindow = 0 // the failure is past the window from here on
 
 	// A put killed while staging, seen two hours later.
-	for range 2 {
-		if _, err := js.Publish(ctx, "$O."+top.StagingBucket+".C.killed", make([]byte, 4096)); err != nil {
+	for _, n := range []int{128 << 10, 4096} {
+		if _, err := js.Publish(ctx, "$O."+top.StagingBucket+".C.killed", make([]byte, n)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	src.Now = func() time.Time { return time.Now().Add(2 * time.Hour) }
-	if r, err = Gather(ctx, src); err != nil || r.Healthy || r.AbandonedStaged.Uploads != 1 || r.AbandonedStaged.Bytes != 8192 ||
-		!strings.Contains(strings.Join(r.Problems, "\n"), "1 staged uploads (8.0 KiB) abandoned") {
+	if r, err = Gather(ctx, src); err != nil || r.Healthy || r.AbandonedStaged.Uploads != 1 || r.AbandonedStaged.Bytes != 128<<10+4096 ||
+		!strings.Contains(strings.Join(r.Problems, "\n"), "1 staged uploads (132.0 KiB) abandoned") {
 		t.Fatalf("after a killed put: healthy=%v %+v %v %v", r.Healthy, r.AbandonedStaged, r.Problems, err)
 	}
 	src.Now = nil

@@ -66,6 +66,10 @@ func newEnv(t testing.TB, opts ...dataplane.Option) *env {
 	return e
 }
 
+// hang bounds the waits of these tests. It only stops a hung test: no wait
+// is expected to come near it, however slow or busy the machine.
+const hang = time.Minute
+
 // withNATS starts a server and creates a topology with a unique prefix.
 func (e *env) withNATS() *env {
 	e.t.Helper()
@@ -75,9 +79,9 @@ func (e *env) withNATS() *env {
 	if e.js, err = jetstream.New(e.nc); err != nil {
 		e.t.Fatal(err)
 	}
+	// The default AckWait (30 s): no test here waits for one to lapse.
 	e.topo = bus.DefaultTopology().WithPrefix(natstest.Prefix(e.t))
-	e.topo.AckWait = 5 * time.Second
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), hang)
 	defer cancel()
 	if err := bus.EnsureTopology(ctx, e.js, e.topo); err != nil {
 		e.t.Fatalf("ensure topology: %v", err)
@@ -89,7 +93,9 @@ func (e *env) worker(name string) *verifier.Worker {
 	l := e.logger.With().Str("worker", name).Logger()
 	return verifier.NewWorker(e.dp, e.log, e.pool, e.codec, e.nc, verifier.WorkerConfig{
 		Concurrency: 2, Logger: &l, RetryDelay: 100 * time.Millisecond,
-		Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond, StopTimeout: 10 * time.Second},
+		// Short pulls make stops quick (a soft stop waits for the pull in
+		// flight); an expired pull is issued again, so it is no deadline.
+		Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond, StopTimeout: hang},
 	})
 }
 

@@ -93,7 +93,7 @@ func TestSchedulerQueuesOncePerInterval(t *testing.T) {
 
 	l := e.logger
 	s := verifier.NewScheduler(e.pool, e.js, e.codec, verifier.SchedulerConfig{
-		Interval: interval, BatchSize: 2, BatchJitter: time.Millisecond,
+		Interval: interval, BatchSize: 2, BatchJitter: time.Millisecond, // pauses between batches, not deadlines
 		Subject: e.topo.Subject(bus.CmdVerify), Now: clk.Now, Logger: &l,
 	})
 	n, err := s.RunOnce(ctx)
@@ -159,17 +159,20 @@ func TestSchedulerRunLoop(t *testing.T) {
 	}
 	l := e.logger
 	s := verifier.NewScheduler(e.pool, e.js, e.codec, verifier.SchedulerConfig{
+		// A pass every 20 ms: the pause between passes, not a deadline.
 		Tick: 20 * time.Millisecond, BatchSize: 2, Subject: e.topo.Subject(bus.CmdVerify), Logger: &l,
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(hang)
+	poll := time.NewTicker(10 * time.Millisecond) // only costs time
+	defer poll.Stop()
 	for len(queued(t, e)) < 5 {
 		if time.Now().After(deadline) {
-			t.Fatal("the loop did not queue 5 objects within 10s")
+			t.Fatalf("the loop did not queue 5 objects within %s", hang)
 		}
-		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline
+		<-poll.C
 	}
 	cancel()
 	select {
@@ -177,7 +180,7 @@ func TestSchedulerRunLoop(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Run = %v", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(hang):
 		t.Fatal("Run did not return after cancel")
 	}
 	if n := len(queued(t, e)); n != 5 {

@@ -169,7 +169,7 @@ func TestUnknownAndDeletedLocations(t *testing.T) {
 func TestTwoWorkersShareConsumer(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t).withNATS()
-	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*hang)
 	defer cancel()
 
 	workers := []*verifier.Worker{e.worker("a"), e.worker("b")}
@@ -237,7 +237,7 @@ func TestTwoWorkersShareConsumer(t *testing.T) {
 func TestRejectedRequestReplies(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t).withNATS()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*hang)
 	defer cancel()
 	w := e.worker("w")
 	if err := w.Start(ctx, e.js, e.topo); err != nil {
@@ -264,7 +264,10 @@ func TestRejectedRequestReplies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	// The reply goes out before the dead letter: poll until it is there.
+	deadline := time.Now().Add(hang)
+	poll := time.NewTicker(20 * time.Millisecond) // only costs time
+	defer poll.Stop()
 	for {
 		info, err := stream.Info(ctx)
 		if err != nil {
@@ -274,9 +277,9 @@ func TestRejectedRequestReplies(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d dead letters, want 2", info.State.Msgs)
+			t.Fatalf("%d dead letters after %s, want 2", info.State.Msgs, hang)
 		}
-		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+		<-poll.C
 	}
 }
 
@@ -297,7 +300,7 @@ func types(evs []events.Event) []events.Type {
 func TestOnDemandPackage(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t).withNATS()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*hang)
 	defer cancel()
 	good, bad := e.store([]byte("good bytes")), e.store([]byte("bad bytes"))
 	for path, a := range map[string]digest.Address{"a/good.txt": good, "b/bad.txt": bad} {

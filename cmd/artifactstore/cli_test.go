@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -48,5 +51,52 @@ func TestUserErrorsSayWhatToDo(t *testing.T) {
 		if code != c.code || !strings.Contains(errOut, c.want) {
 			t.Errorf("artifactstore %v: exit %d, stderr %q; want exit %d and %q", c.args, code, errOut, c.code, c.want)
 		}
+	}
+}
+
+// TestClientsNeverGuessTheNATSServer: with no --nats-url and no URL
+// recorded by 'run' in the data directory, every command that talks to
+// NATS fails at once (before touching PostgreSQL) and says how to name a
+// server, instead of trying nats://127.0.0.1:4222. A URL left behind by a
+// stopped 'run' is named as the culprit.
+func TestClientsNeverGuessTheNATSServer(t *testing.T) {
+	t.Parallel()
+	dataDir := t.TempDir()
+	file := filepath.Join(t.TempDir(), "f.txt")
+	if err := os.WriteFile(file, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An unreachable database: a command that went there first would
+	// report it instead.
+	global := []string{"--nats-url=", "--data-dir", dataDir, "--database-url", "postgres://postgres@127.0.0.1:1/x?connect_timeout=2"}
+	commands := [][]string{
+		{"put", "--package", "p", file},
+		{"seal", "--package", "p"},
+		{"hold", "--package", "p", "--reason", "r"},
+		{"release", "--package", "p"},
+		{"retain", "--package", "p", "--class", "transient"},
+		{"verify", "--all"},
+		{"status"},
+		{"topology", "apply"},
+		{"topology", "check"},
+		{"ingest", "--no-ops"},
+		{"verify", "--no-ops"},
+		{"relay", "--no-ops"},
+	}
+	for _, c := range commands {
+		code, _, errOut := runCLI(t, append(global, c...)...)
+		if code != 1 || !strings.Contains(errOut, "no NATS server to connect to") || !strings.Contains(errOut, "--nats-url") ||
+			!strings.Contains(errOut, "artifactstore run") || !strings.Contains(errOut, filepath.Join(dataDir, "nats.url")) {
+			t.Errorf("artifactstore %v: exit %d, stderr %q; want exit 1 and how to name a NATS server", c, code, errOut)
+		}
+	}
+
+	// A URL recorded by a 'run' that has stopped.
+	if err := os.WriteFile(filepath.Join(dataDir, "nats.url"), []byte(fmt.Sprintf("nats://127.0.0.1:%d\n", freePort(t))), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runCLI(t, append(global, "seal", "--package", "p")...)
+	if code != 1 || !strings.Contains(errOut, "no NATS server answers") || !strings.Contains(errOut, "nats.url, written by an 'artifactstore run' that may have stopped") {
+		t.Errorf("seal with a stale nats.url: exit %d, stderr %q", code, errOut)
 	}
 }

@@ -19,12 +19,13 @@ import (
 
 // ingestCmd runs the ingester role.
 type ingestCmd struct {
-	Concurrency  int           `help:"Commands handled at once by this process (more processes share the work); many handlers let fsyncs overlap and commits group." default:"32" placeholder:"N"`
-	MaxBlobSize  int64         `name:"max-blob-size" help:"Largest blob accepted, in bytes; larger ones are rejected. 0 means unlimited." default:"17179869184" placeholder:"BYTES"`
-	CommitWindow time.Duration `help:"How long the committer gathers concurrent ingests into one transaction (group commit)." default:"2ms"`
-	StopTimeout  time.Duration `help:"How long a SIGINT/SIGTERM waits for in-flight ingests before cancelling them (they are redelivered)." default:"30s"`
-	stagingFlags `embed:""`
-	opsFlags     `embed:""`
+	Concurrency   int           `help:"Commands handled at once by this process (more processes share the work); many handlers let fsyncs overlap and commits group." default:"32" placeholder:"N"`
+	MaxBlobSize   int64         `name:"max-blob-size" help:"Largest blob accepted, in bytes; larger ones are rejected. 0 means unlimited." default:"17179869184" placeholder:"BYTES"`
+	CommitWindow  time.Duration `help:"How long the committer gathers concurrent ingests into one transaction (group commit)." default:"2ms"`
+	StopTimeout   time.Duration `help:"How long a SIGINT/SIGTERM waits for in-flight ingests before cancelling them (they are redelivered)." default:"30s"`
+	stagingFlags  `embed:""`
+	opsFlags      `embed:""`
+	topologyFlags `embed:""`
 }
 
 // stagingFlags are the ingester's storage reserve and staging janitor
@@ -72,7 +73,7 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	cn, err := g.connect(ctx, "ingest", lg)
+	cn, err := g.connect(ctx, bus.RoleIngester, c.topologyFlags, lg)
 	if err != nil {
 		return err
 	}
@@ -86,7 +87,7 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if maxBlob == 0 {
 		maxBlob = -1
 	}
-	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp)
+	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp, bus.RoleIngester)
 	if err != nil {
 		return err
 	}

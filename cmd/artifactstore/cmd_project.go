@@ -67,7 +67,7 @@ func (c projectCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		_, err = fmt.Fprintf(s.out, "applied %d events\n", n)
 		return err
 	default:
-		_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, nil)
+		_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, nil, "")
 		if err != nil {
 			return err
 		}

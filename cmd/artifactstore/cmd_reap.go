@@ -36,6 +36,7 @@ type reapCmd struct {
 	NoRetention    bool          `help:"Do not handle retention commands (hold, release, retain) in this process."`
 	Concurrency    int           `help:"Retention commands handled at once by this process." default:"4" placeholder:"N"`
 	opsFlags       `embed:""`
+	topologyFlags  `embed:""`
 }
 
 func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -67,7 +68,7 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	defer be.Close()
 	var metrics *reaper.Metrics
 	if !c.DryRun && !c.Once {
-		srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, dp)
+		srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, dp, "")
 		if err != nil {
 			return err
 		}
@@ -125,13 +126,13 @@ func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplan
 func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *reaper.Reaper, codec *events.Codec, pool *pgxpool.Pool) error {
 	var h *retention.Handler
 	if !c.NoRetention {
-		nc, js, err := g.natsConn(ctx, "reap", lg)
+		nc, js, err := g.natsConn(ctx, bus.RoleReaper, lg)
 		if err != nil {
 			return err
 		}
 		defer nc.Close()
-		topo := bus.DefaultTopology()
-		if err := bus.EnsureTopology(ctx, js, topo); err != nil {
+		topo, err := prepareTopology(ctx, js, bus.RoleReaper, c.topologyFlags, lg)
+		if err != nil {
 			return err
 		}
 		h, err = retention.New(retention.Config{Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, NATS: nc,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/relay"
@@ -13,9 +14,10 @@ import (
 // relayCmd runs the events relay role: one active instance (advisory lock),
 // others stand by.
 type relayCmd struct {
-	BatchSize    int           `help:"Events published per round." default:"256" placeholder:"N"`
-	PollInterval time.Duration `help:"How often to look for new events." default:"500ms"`
-	opsFlags     `embed:""`
+	BatchSize     int           `help:"Events published per round." default:"256" placeholder:"N"`
+	PollInterval  time.Duration `help:"How often to look for new events." default:"500ms"`
+	opsFlags      `embed:""`
+	topologyFlags `embed:""`
 }
 
 func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -23,7 +25,7 @@ func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	cn, err := g.connect(ctx, "relay", lg)
+	cn, err := g.connect(ctx, bus.RoleRelay, c.topologyFlags, lg)
 	if err != nil {
 		return err
 	}
@@ -40,7 +42,7 @@ func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, cn.nc, js, nil)
+	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, cn.nc, js, nil, bus.RoleRelay)
 	if err != nil {
 		return err
 	}

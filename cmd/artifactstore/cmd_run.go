@@ -41,6 +41,7 @@ type runCmd struct {
 	VerifyRateLimit   string        `help:"Bytes per second scrub may read, 0 for unlimited (e.g. 50MiB)." default:"0"`
 	StopTimeout       time.Duration `help:"How long SIGINT/SIGTERM waits for in-flight work before cancelling it (cancelled work is redelivered)." default:"30s"`
 	stagingFlags      `embed:""`
+	replicasFlag      `embed:""`
 
 	APIToken       string `name:"api-token" help:"Bearer token every API request must carry." placeholder:"TOKEN"`
 	InsecureNoAuth bool   `name:"insecure-no-auth" help:"Serve the API without a token on an address other hosts can reach."`
@@ -89,7 +90,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		defer os.Remove(g.embeddedURLFile())
 		lg.Info().Str("url", g.NATSURL).Str("store", filepath.Join(g.DataDir, "nats")).Msg("embedded NATS server with JetStream started")
 	}
-	cn, err := g.connect(ctx, "run", lg)
+	cn, err := g.connect(ctx, "run", topologyFlags{ApplyTopology: true, replicasFlag: c.replicasFlag}, lg)
 	if err != nil {
 		return err
 	}
@@ -108,12 +109,12 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
-	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0)))
+	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0, "")))
 	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err
 	}
-	a.Mount(srv.Mux)
+	srv.Front(a.Wrap)
 	if err := srv.Start(g.HTTPAddr); err != nil {
 		return fmt.Errorf("serve --http-addr %s (another process on it? pass another address): %w", g.HTTPAddr, err)
 	}

@@ -65,7 +65,7 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	a.Mount(srv.Mux)
+	srv.Front(a.Wrap)
 	srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
 	srv.AddCheck("storage", func(ctx context.Context) error {
 		var errs []error

@@ -38,6 +38,9 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
+	if _, _, err := g.natsURL(); err != nil {
+		return err
+	}
 	pool, err := g.pool(ctx)
 	if err != nil {
 		return err
@@ -47,14 +50,14 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return fmt.Errorf("--min-free: %w", err)
 	}
-	src := statusSources(pool, nil, c.ScrubInterval, c.MaxLag)
+	src := statusSources(pool, nil, c.ScrubInterval, c.MaxLag, "")
 	src.DeadLetterWindow, src.StagedMaxAge = c.Window, c.StagedMaxAge
 	src.MinFreeBytes, src.MinFreePercent = uint64(minFree), c.MinFreePct
 	src.Handled = ingest.HandledCommands(pool)
 	src.Backends = localSpace(g.objectsDir())
 	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	nc, js, err := g.natsConn(nctx, "status", lg.Level(zerolog.WarnLevel))
+	nc, js, err := g.natsConn(nctx, bus.RoleStatus, lg.Level(zerolog.WarnLevel))
 	if err != nil {
 		src.NATSErr = err
 	} else {
@@ -100,8 +103,10 @@ func localSpace(dir string) func(context.Context) map[string]storage.Health {
 
 // statusSources names what status (and the status metrics) read: the
 // default topology's consumers and streams, the projector and relay
-// checkpoints, the leader locks.
-func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval time.Duration, maxLag int64) status.Sources {
+// checkpoints, the leader locks. With a role name, the NATS part is only
+// what that role checks at start, which its permissions let it read (an
+// ingester's /metrics shows its own backlog); with "", everything.
+func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval time.Duration, maxLag int64, role string) status.Sources {
 	top := bus.DefaultTopology()
 	src := status.Sources{
 		Pool: pool, JS: js, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream,
@@ -112,8 +117,21 @@ func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval tim
 			{Role: "events relay", Key: leader.KeyRelay}, {Role: "staging janitor", Key: leader.KeyStagingJanitor},
 		},
 	}
-	for _, f := range top.Consumers() {
-		src.Consumers = append(src.Consumers, f.Durable)
+	if role == "" {
+		for _, f := range top.Consumers() {
+			src.Consumers = append(src.Consumers, f.Durable)
+		}
+		return src
+	}
+	r, _ := top.Role(role)
+	src.DeadLetters = ""
+	for _, it := range r.Needs {
+		switch {
+		case it.Kind == bus.KindConsumer && it.Stream == top.CommandsStream:
+			src.Consumers = append(src.Consumers, it.Name)
+		case it.Kind == bus.KindStream && it.Name == top.DeadLetterStream:
+			src.DeadLetters = top.DeadLetterStream
+		}
 	}
 	return src
 }

@@ -33,6 +33,7 @@ type verifyCmd struct {
 	RateLimit     string        `help:"Worker: bytes per second this process reads to verify, 0 for unlimited; suffixes KiB, MiB, GiB (or kB, MB, GB) accepted, e.g. 50MiB." default:"0" placeholder:"BYTES"`
 	BatchSize     int           `help:"Worker: objects the scrub scheduler queues per batch." default:"500" placeholder:"N"`
 	opsFlags      `embed:""`
+	topologyFlags `embed:""`
 }
 
 func (c verifyCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -59,7 +60,7 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	case c.ScrubInterval <= 0 || c.ScrubTick <= 0:
 		return fmt.Errorf("--scrub-interval (%s) and --scrub-tick (%s) must be positive, e.g. 168h and 1m", c.ScrubInterval, c.ScrubTick)
 	}
-	cn, err := g.connect(ctx, "verify", lg)
+	cn, err := g.connect(ctx, bus.RoleVerifier, c.topologyFlags, lg)
 	if err != nil {
 		return err
 	}
@@ -71,7 +72,7 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	if err != nil {
 		return err
 	}
-	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp)
+	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp, bus.RoleVerifier)
 	if err != nil {
 		return err
 	}
@@ -113,6 +114,9 @@ func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg ze
 			return fmt.Errorf("--object: %w", err)
 		}
 		sel.Object = a
+	}
+	if _, _, err := g.natsURL(); err != nil {
+		return err
 	}
 	pool, err := g.pool(ctx)
 	if err != nil {

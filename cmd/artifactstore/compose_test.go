@@ -81,7 +81,7 @@ func TestComposeFile(t *testing.T) {
 	}
 	commands, envs := cliModel(t)
 
-	for _, want := range []string{"nats", "postgres", "migrate", "ingest", "project", "verify", "reap", "serve", "relay"} {
+	for _, want := range []string{"nats", "postgres", "migrate", "topology", "ingest", "project", "verify", "reap", "serve", "relay"} {
 		if _, ok := f.Services[want]; !ok {
 			t.Errorf("service %q is missing", want)
 		}
@@ -107,9 +107,13 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("service %s sets %s, which no flag reads", name, k)
 			}
 		}
-		if name != "migrate" && len(s.Profiles) == 0 {
+		if name != "migrate" && name != "topology" && len(s.Profiles) == 0 {
 			if s.DependsOn["migrate"].Condition != "service_completed_successfully" {
 				t.Errorf("service %s does not wait for the migration to complete", name)
+			}
+			// The roles only check the JetStream topology; it must exist.
+			if s.DependsOn["topology"].Condition != "service_completed_successfully" {
+				t.Errorf("service %s does not wait for 'topology apply' to complete", name)
 			}
 		}
 		for _, v := range s.Volumes {
@@ -125,6 +129,9 @@ func TestComposeFile(t *testing.T) {
 	}
 	if f.Services["migrate"].Command == nil || strings.Join(f.Services["migrate"].Command, " ") != "migrate up" {
 		t.Errorf("migrate service runs %v, want [migrate up]", f.Services["migrate"].Command)
+	}
+	if got := strings.Join(f.Services["topology"].Command, " "); got != "topology apply" {
+		t.Errorf("topology service runs %q, want topology apply", got)
 	}
 	for _, scaled := range []string{"ingest", "verify"} {
 		if f.Services[scaled].Deploy.Replicas < 2 {

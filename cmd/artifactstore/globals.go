@@ -20,7 +20,7 @@ type Globals struct {
 
 	DatabaseURL string `help:"PostgreSQL URL (pool_max_conns=N sets the pool size, default 20). The database is created by 'migrate up' and 'run' when it does not exist." default:"postgres://postgres@127.0.0.1:5432/artifactstore?sslmode=disable" placeholder:"URL"`
 
-	NATSURL      string `name:"nats-url" help:"NATS server URL. Empty in 'run' starts an embedded server; other commands then find it through the data directory." placeholder:"URL"`
+	NATSURL      string `name:"nats-url" help:"NATS server URL. Empty in 'run' starts an embedded server; other commands then read its URL from nats.url in the data directory, and fail when there is none (no default server is guessed)." placeholder:"URL"`
 	NATSCreds    string `name:"nats-creds" help:"NATS credentials file (JWT + NKey)." type:"path" placeholder:"FILE"`
 	NATSNKey     string `name:"nats-nkey" help:"NATS NKey seed file." type:"path" placeholder:"FILE"`
 	NATSUser     string `name:"nats-user" help:"NATS user name."`

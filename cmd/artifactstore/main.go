@@ -38,11 +38,12 @@ type cli struct {
 	Status  statusCmd  `cmd:"" group:"client" help:"One screen: is the pipeline healthy? Pending commands, dead letters, projector lag, objects by state, next expiries, scrub coverage. Exits 3 when it needs attention."`
 	Explain explainCmd `cmd:"" group:"client" help:"Tell from the event log why an object or package is still there or why it was deleted: references, classes, holds, retain-until dates, verifications."`
 
-	Migrate migrateCmd `cmd:"" group:"admin" help:"Apply, roll back or show the PostgreSQL schema migrations."`
-	Audit   auditCmd   `cmd:"" group:"admin" help:"Walk the whole event log and check every payload and chain digest."`
-	Schema  schemaCmd  `cmd:"" group:"admin" help:"Set or list the JSON Schemas that package metadata must satisfy (per retention class)."`
-	Docs    docsCmd    `cmd:"" group:"admin" hidden:"" help:"Print the configuration reference as Markdown."`
-	Version versionCmd `cmd:"" group:"admin" help:"Print the version."`
+	Migrate  migrateCmd  `cmd:"" group:"admin" help:"Apply, roll back or show the PostgreSQL schema migrations."`
+	Topology topologyCmd `cmd:"" group:"admin" help:"Create, update or check the JetStream streams, consumers and bucket; print the NATS permissions of every role."`
+	Audit    auditCmd    `cmd:"" group:"admin" help:"Walk the whole event log and check every payload and chain digest."`
+	Schema   schemaCmd   `cmd:"" group:"admin" help:"Set or list the JSON Schemas that package metadata must satisfy (per retention class)."`
+	Docs     docsCmd     `cmd:"" group:"admin" hidden:"" help:"Print the configuration reference as Markdown."`
+	Version  versionCmd  `cmd:"" group:"admin" help:"Print the version."`
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -24,48 +22,6 @@ import (
 
 // objectsDir is where the local backend keeps object bytes.
 func (g *Globals) objectsDir() string { return filepath.Join(g.DataDir, "objects") }
-
-// embeddedURLFile is where 'run' writes the URL of its embedded NATS server
-// so that client commands using the same data directory find it.
-func (g *Globals) embeddedURLFile() string { return filepath.Join(g.DataDir, "nats.url") }
-
-// natsURL is --nats-url, or the embedded server's URL that 'run' recorded
-// in the data directory, or the default local server.
-func (g *Globals) natsURL() string {
-	if g.NATSURL != "" {
-		return g.NATSURL
-	}
-	if b, err := os.ReadFile(g.embeddedURLFile()); err == nil {
-		if u := strings.TrimSpace(string(b)); u != "" {
-			return u
-		}
-	}
-	return nats.DefaultURL
-}
-
-// natsConn connects to NATS with the credentials and TLS flags.
-func (g *Globals) natsConn(ctx context.Context, name string, logger zerolog.Logger) (*nats.Conn, jetstream.JetStream, error) {
-	nc, err := bus.Connect(ctx, bus.ConnConfig{
-		URL:          g.natsURL(),
-		Name:         "artifactstore-" + name,
-		CredsFile:    g.NATSCreds,
-		NKeySeedFile: g.NATSNKey,
-		User:         g.NATSUser,
-		Password:     g.NATSPassword,
-		TLSCAFile:    g.NATSCA,
-		TLSCertFile:  g.NATSCert,
-		TLSKeyFile:   g.NATSKey,
-	}, logger)
-	if err != nil {
-		return nil, nil, err
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, fmt.Errorf("JetStream client: %w", err)
-	}
-	return nc, js, nil
-}
 
 // dataPlane opens the local backend under the data directory and returns the
 // data plane over it.
@@ -103,12 +59,13 @@ type opsFlags struct {
 }
 
 // serveOps builds the operator server of a role (readiness checks of what
-// it uses, the status metrics) and, unless --no-ops, starts it on
-// --http-addr. The returned stop function is safe to defer.
-func (g *Globals) serveOps(ctx context.Context, f opsFlags, lg zerolog.Logger, pool *pgxpool.Pool, nc *nats.Conn, js jetstream.JetStream, dp *dataplane.DataPlane) (*ops.Server, func(), error) {
+// it uses, the status metrics of what role may read on NATS) and, unless
+// --no-ops, starts it on --http-addr. The returned stop function is safe
+// to defer.
+func (g *Globals) serveOps(ctx context.Context, f opsFlags, lg zerolog.Logger, pool *pgxpool.Pool, nc *nats.Conn, js jetstream.JetStream, dp *dataplane.DataPlane, role string) (*ops.Server, func(), error) {
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
-	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, 7*24*time.Hour, 0)))
+	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, 7*24*time.Hour, 0, role)))
 	if f.NoOps {
 		return srv, func() {}, nil
 	}
@@ -120,41 +77,6 @@ func (g *Globals) serveOps(ctx context.Context, f opsFlags, lg zerolog.Logger, p
 		defer cancel()
 		_ = srv.Stop(sctx)
 	}, nil
-}
-
-// conns are the connections of a worker role: PostgreSQL, and NATS with
-// the JetStream topology created or updated.
-type conns struct {
-	pool *pgxpool.Pool
-	nc   *nats.Conn
-	js   jetstream.JetStream
-	top  bus.Topology
-}
-
-// connect opens the connections of the role name and ensures the topology.
-func (g *Globals) connect(ctx context.Context, name string, lg zerolog.Logger) (*conns, error) {
-	pool, err := g.pool(ctx)
-	if err != nil {
-		return nil, err
-	}
-	nc, js, err := g.natsConn(ctx, name, lg)
-	if err != nil {
-		pool.Close()
-		return nil, err
-	}
-	top := bus.DefaultTopology()
-	if err := bus.EnsureTopology(ctx, js, top); err != nil {
-		nc.Close()
-		pool.Close()
-		return nil, err
-	}
-	return &conns{pool: pool, nc: nc, js: js, top: top}, nil
-}
-
-// Close closes NATS, then PostgreSQL.
-func (c *conns) Close() {
-	c.nc.Close()
-	c.pool.Close()
 }
 
 // requester connects a client command to NATS for commands that wait for

@@ -283,7 +283,7 @@ func TestDirtyStateSaysWhatToDo(t *testing.T) {
 
 func TestUnreachableAndBadURL(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a closed port refuses at once
 	defer cancel()
 	err := dbmigrate.Up(ctx, "postgres://postgres:secret@127.0.0.1:1/none?sslmode=disable&connect_timeout=2")
 	if !errors.Is(err, dbmigrate.ErrUnreachable) {

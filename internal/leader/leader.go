@@ -100,6 +100,11 @@ type Config struct {
 	// the leader (before work starts) and with false after its work
 	// returned and the lock was released. It must not block.
 	OnChange func(leading bool)
+
+	// afterTry, when set, is called after each attempt to take the lock,
+	// with its outcome. Tests set it (export_test.go) to count a
+	// standby's attempts instead of waiting for some of them to happen.
+	afterTry func(held bool, err error)
 }
 
 func (c Config) withDefaults() Config {
@@ -151,6 +156,9 @@ func RunConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config, work Work) e
 	defer c.closeConn()
 	for {
 		held, err := c.tryLock(ctx)
+		if cfg.afterTry != nil {
+			cfg.afterTry(held, err)
+		}
 		switch {
 		case ctx.Err() != nil:
 			return nil

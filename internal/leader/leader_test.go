@@ -16,6 +16,16 @@ import (
 
 const testKey int64 = 0x7e57_0000_0000_0001
 
+// hang bounds every wait of these tests. It only stops a hung test.
+const hang = time.Minute
+
+// fastConfig retries and checks often, so that the tests run quickly; the
+// intervals are no deadlines. QueryTimeout is generous, so that a slow
+// query on a busy machine never passes for a lost connection (the tests
+// end sessions with pg_terminate_backend, which fails the next query at
+// once). TakeoverDelay is the margin by which the old leader must notice a
+// terminated session before a new one starts (one CheckInterval and a
+// query that fails at once): a margin of seconds, not milliseconds.
 func fastConfig(t *testing.T, name string, changes chan<- bool) leader.Config {
 	log := zerolog.New(zerolog.NewTestWriter(t)).With().Str("instance", name).Logger()
 	return leader.Config{
@@ -23,8 +33,8 @@ func fastConfig(t *testing.T, name string, changes chan<- bool) leader.Config {
 		Name:          name,
 		RetryInterval: 20 * time.Millisecond,
 		CheckInterval: 20 * time.Millisecond,
-		QueryTimeout:  time.Second,
-		TakeoverDelay: 150 * time.Millisecond,
+		QueryTimeout:  30 * time.Second,
+		TakeoverDelay: 3 * time.Second,
 		Logger:        &log,
 		OnChange:      func(b bool) { changes <- b },
 	}
@@ -54,8 +64,8 @@ func waitChange(t *testing.T, ch <-chan bool, want bool) {
 		if got != want {
 			t.Fatalf("leadership change = %v, want %v", got, want)
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("no leadership change to %v within 10s", want)
+	case <-time.After(hang):
+		t.Fatalf("no leadership change to %v within %s", want, hang)
 	}
 }
 
@@ -84,13 +94,30 @@ func TestOneLeaderAndFailover(t *testing.T) {
 	done := make(chan error, 2)
 	go func() { done <- leader.RunConfig(ctx, pool, fastConfig(t, "a", chA), work) }()
 	waitChange(t, chA, true)
-	go func() { done <- leader.RunConfig(ctx, pool, fastConfig(t, "b", chB), work) }()
+	// b's attempts are counted: the first few, made while a surely leads,
+	// must all fail.
+	const standbyTries = 5
+	var tries atomic.Int32
+	refused := make(chan struct{})
+	cfgB := fastConfig(t, "b", chB)
+	leader.SetAfterTry(&cfgB, func(held bool, err error) {
+		if err == nil && !held && tries.Add(1) == standbyTries {
+			close(refused)
+		}
+	})
+	go func() { done <- leader.RunConfig(ctx, pool, cfgB, work) }()
 
-	// b stays a standby while a leads: give it many retry intervals.
 	select {
+	case <-refused:
 	case <-chB:
 		t.Fatal("b became leader while a held the lock")
-	case <-time.After(300 * time.Millisecond):
+	case <-time.After(hang):
+		t.Fatalf("b did not try the lock %d times within %s", standbyTries, hang)
+	}
+	select {
+	case <-chB:
+		t.Fatalf("b became leader while a held the lock (after %d refused attempts)", standbyTries)
+	default:
 	}
 
 	pid := lockHolder(t, pool)
@@ -106,7 +133,7 @@ func TestOneLeaderAndFailover(t *testing.T) {
 		if !errors.Is(c, leader.ErrLost) {
 			t.Fatalf("work cancelled with %v, want ErrLost", c)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(hang):
 		t.Fatal("a's work was not cancelled")
 	}
 	// Either candidate may win the next election; exactly one must.
@@ -119,7 +146,7 @@ func TestOneLeaderAndFailover(t *testing.T) {
 		if !v {
 			t.Fatal("a reported losing leadership twice")
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(hang):
 		t.Fatal("nobody took over after the leader's session ended")
 	}
 	if overlap.Load() {

@@ -34,6 +34,8 @@ type Server struct {
 	logger       zerolog.Logger
 	checkTimeout time.Duration
 
+	front func(http.Handler) http.Handler
+
 	mu     sync.Mutex
 	checks map[string]Check
 	srv    *http.Server
@@ -57,6 +59,14 @@ func New(logger zerolog.Logger) *Server {
 	})
 	s.Mux.HandleFunc("GET /readyz", s.readyz)
 	return s
+}
+
+// Front puts a handler in front of Mux: wrap(Mux) receives every request
+// before Mux cleans its path. The read API goes there (api.Server.Wrap),
+// because it refuses unclean paths itself instead of letting the mux
+// redirect them. Call before Start.
+func (s *Server) Front(wrap func(next http.Handler) http.Handler) {
+	s.front = wrap
 }
 
 // AddCheck registers a readiness check under name ("postgres", "nats", ...).
@@ -137,7 +147,11 @@ func (s *Server) Start(addr string) error {
 	}
 	s.mu.Lock()
 	s.ln = ln
-	s.srv = &http.Server{Handler: s.Mux, ReadHeaderTimeout: 10 * time.Second}
+	var h http.Handler = s.Mux
+	if s.front != nil {
+		h = s.front(s.Mux)
+	}
+	s.srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	srv := s.srv
 	s.mu.Unlock()
 	s.logger.Info().Str("addr", ln.Addr().String()).Msg("serving /metrics, /healthz, /readyz")

@@ -91,3 +91,32 @@ func TestStopBeforeStartAndTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFrontSeesRequestsBeforeTheMux: a handler put in front gets a path
+// with dot segments as it was sent (the mux would redirect it), and passes
+// the rest on to the mux.
+func TestFrontSeesRequestsBeforeTheMux(t *testing.T) {
+	t.Parallel()
+	s := New(zerolog.New(zerolog.NewTestWriter(t)))
+	s.Front(func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasPrefix(r.URL.Path, "/front/") {
+				w.WriteHeader(http.StatusTeapot)
+				_, _ = io.WriteString(w, r.URL.EscapedPath())
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	if err := s.Start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Stop(context.Background()) })
+	base := "http://" + s.Addr()
+	if code, body := get(t, base+"/front/a/../b"); code != http.StatusTeapot || body != "/front/a/../b" {
+		t.Fatalf("front: %d %q, want 418 with the path as sent", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != http.StatusOK {
+		t.Fatalf("/healthz through the front = %d", code)
+	}
+}

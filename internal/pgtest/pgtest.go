@@ -3,12 +3,8 @@
 // (or left empty), and dropped when the test ends. Tests that use it can run
 // in parallel.
 //
-// When ARTIFACTSTORE_TEST_DATABASE_URL is not set and the default server
-// does not answer, a build with the "testcontainers" tag starts PostgreSQL
-// 15 in Docker (testcontainers-go, once per test process); without the tag,
-// or without a Docker engine, the test fails with the command that starts
-// the local server. The tag keeps the Docker client out of every test
-// binary that does not need it.
+// When the server does not answer, the test fails with the command that
+// starts the local server; nothing is skipped and nothing else is tried.
 package pgtest
 
 import (
@@ -48,7 +44,7 @@ const maxConns = 24
 func NewDB(t testing.TB) (*pgxpool.Pool, string) {
 	t.Helper()
 	pool, dbURL := NewEmptyDB(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := dbmigrate.Up(ctx, dbURL); err != nil {
 		t.Fatalf("pgtest: migrate test database: %v", err)
@@ -64,18 +60,10 @@ func NewEmptyDB(t testing.TB) (*pgxpool.Pool, string) {
 	if adminURL == "" {
 		adminURL = DefaultURL
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
 	admin, err := pgx.Connect(ctx, adminURL)
-	if err != nil && os.Getenv(EnvURL) == "" {
-		fallback, ferr := fallbackURL()
-		if ferr != nil {
-			t.Fatalf("pgtest: PostgreSQL at %s does not answer: %v\n%s\n(%v)", redact(adminURL), err, startHint, ferr)
-		}
-		adminURL = fallback
-		admin, err = pgx.Connect(ctx, adminURL)
-	}
 	if err != nil {
 		t.Fatalf("pgtest: PostgreSQL at %s does not answer: %v\n%s", redact(adminURL), err, startHint)
 	}
@@ -105,7 +93,7 @@ func NewEmptyDB(t testing.TB) (*pgxpool.Pool, string) {
 }
 
 func dropDB(t testing.TB, adminURL, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	admin, err := pgx.Connect(ctx, adminURL)
 	if err != nil {

@@ -80,7 +80,7 @@ func BenchmarkRawWrite4KiB8Writers(b *testing.B) {
 		if err := be.root.Rename(tmp, path.Join(dir, fmt.Sprint(n))); err != nil {
 			return err
 		}
-		return be.syncDir(dir)
+		return be.syncDir(syncLeafDir, dir)
 	})
 }
 

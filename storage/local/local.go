@@ -83,10 +83,38 @@ type Backend struct {
 
 	cleaned int
 
-	// syncFile fsyncs a file or directory; tests replace it to provoke a
-	// failed fsync.
-	syncFile func(*os.File) error
+	// fsync fsyncs f, the file or directory name (relative to the root)
+	// in the role kind. Tests replace it to see which fsyncs happen and to
+	// make one named fsync fail.
+	fsync func(kind syncKind, name string, f *os.File) error
 }
+
+// syncKind names the role of one fsync call site, so that a test can make
+// exactly that fsync fail (and see that it happens) whatever the others do.
+type syncKind string
+
+const (
+	// syncTempFile: a put's temp file, after its last byte and before it
+	// is linked under its address.
+	syncTempFile syncKind = "temp file"
+	// syncLeafDir: the shard directory that got (or, for a deduplicated
+	// put, holds) the object's entry.
+	syncLeafDir syncKind = "leaf directory"
+	// syncNewDirParent: the parent of a shard directory the put created.
+	syncNewDirParent syncKind = "parent of a new directory"
+	// syncAncestorDir: an ancestor of the leaf directory, up to the root,
+	// when a put found its object already in place.
+	syncAncestorDir syncKind = "ancestor of an existing leaf"
+	// syncDeletedFromDir: the directory that lost an entry in Delete.
+	syncDeletedFromDir syncKind = "directory of a deleted entry"
+	// syncQuarantineDir: the quarantine directory that got a file.
+	syncQuarantineDir syncKind = "quarantine directory"
+	// syncQuarantinedFromDir: the directory a quarantined file left.
+	syncQuarantinedFromDir syncKind = "directory of a quarantined file"
+)
+
+// syncOS is the fsync of a Backend outside tests.
+func syncOS(_ syncKind, _ string, f *os.File) error { return f.Sync() }
 
 // Open opens (creating when needed) the store rooted at root and removes
 // temp files left by crashed writers; CleanedTemp says how many.
@@ -103,11 +131,11 @@ func Open(root string, opts ...Option) (*Backend, error) {
 		return nil, fmt.Errorf("local: open root %s: %w", abs, err)
 	}
 	b := &Backend{
-		id:       DefaultID,
-		path:     abs,
-		root:     r,
-		now:      time.Now,
-		syncFile: (*os.File).Sync,
+		id:    DefaultID,
+		path:  abs,
+		root:  r,
+		now:   time.Now,
+		fsync: syncOS,
 	}
 	b.bufs.New = func() any { buf := make([]byte, bufSize); return &buf }
 	for _, o := range opts {
@@ -236,7 +264,7 @@ func (b *Backend) put(ctx context.Context, r io.Reader, opts storage.PutOptions)
 	if err := storage.CheckClaims(opts, d); err != nil {
 		return storage.Receipt{}, err
 	}
-	if err := b.syncFile(f); err != nil {
+	if err := b.fsync(syncTempFile, tmpName, f); err != nil {
 		return storage.Receipt{}, fmt.Errorf("local: fsync temp file: %w; the object was not stored, check the disk", err)
 	}
 	fi, err := f.Stat()
@@ -453,11 +481,11 @@ func (b *Backend) placeByRename(tmpName, rel string, mtime time.Time) (time.Time
 // syncNew fsyncs the shard directory dir that just got an entry, then the
 // parent of every directory in created, innermost first.
 func (b *Backend) syncNew(dir string, created []string) error {
-	if err := b.syncDir(dir); err != nil {
+	if err := b.syncDir(syncLeafDir, dir); err != nil {
 		return err
 	}
 	for i := len(created) - 1; i >= 0; i-- {
-		if err := b.syncDir(path.Dir(created[i])); err != nil {
+		if err := b.syncDir(syncNewDirParent, path.Dir(created[i])); err != nil {
 			return err
 		}
 	}
@@ -467,8 +495,8 @@ func (b *Backend) syncNew(dir string, created []string) error {
 // syncExisting fsyncs the shard directory dir and its ancestors up to the
 // root, so that an object found in place is durable whoever linked it.
 func (b *Backend) syncExisting(dir string) error {
-	for {
-		if err := b.syncDir(dir); err != nil {
+	for kind := syncLeafDir; ; kind = syncAncestorDir {
+		if err := b.syncDir(kind, dir); err != nil {
 			return err
 		}
 		if dir == "." {
@@ -499,14 +527,14 @@ func (b *Backend) mkdirs(dir string) ([]string, error) {
 	return created, nil
 }
 
-// syncDir fsyncs the directory dir under the root.
-func (b *Backend) syncDir(dir string) error {
+// syncDir fsyncs the directory dir under the root, in the role kind.
+func (b *Backend) syncDir(kind syncKind, dir string) error {
 	d, err := b.root.Open(dir)
 	if err != nil {
 		return fmt.Errorf("open directory %s for fsync: %w", dir, err)
 	}
 	defer d.Close()
-	if err := b.syncFile(d); err != nil {
+	if err := b.fsync(kind, dir, d); err != nil {
 		return fmt.Errorf("fsync directory %s: %w; the write is not durable, check the disk", dir, err)
 	}
 	return nil
@@ -610,7 +638,7 @@ func (b *Backend) Delete(ctx context.Context, addr digest.Address) (bool, error)
 		}
 		dir = path.Dir(dir)
 	}
-	if err := b.syncDir(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := b.syncDir(syncDeletedFromDir, dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return true, fmt.Errorf("local: delete %s: %w", addr, err)
 	}
 	return true, nil

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -359,62 +363,288 @@ func TestNoReadOutsideRoot(t *testing.T) {
 
 var errInjected = errors.New("injected fsync failure")
 
-// failingSync fails the n-th fsync (1-based) and lets the others through.
-func failingSync(n int) func(*os.File) error {
-	var mu sync.Mutex
-	calls := 0
-	return func(f *os.File) error {
-		mu.Lock()
-		defer mu.Unlock()
-		calls++
-		if calls == n {
-			return errInjected
+// syncCall is one fsync a Backend made: its role, the path it synced
+// (relative to the root; every temp file is tmpAny) and whether the
+// watched object was at its final path at that moment.
+type syncCall struct {
+	kind   syncKind
+	name   string
+	linked bool
+}
+
+func (c syncCall) String() string {
+	state := "object not linked yet"
+	if c.linked {
+		state = "object linked"
+	}
+	return fmt.Sprintf("{%s %s, %s}", c.kind, c.name, state)
+}
+
+// tmpAny stands for the random name of a put's temp file.
+const tmpAny = tmpDir + "/" + tmpPrefix + "*"
+
+// syncRecorder replaces a Backend's fsync: it records every call and
+// fails the one named by fail (kind and name; the zero value fails
+// none). Naming the fsync, rather than counting calls, means that a
+// removed fsync cannot shift the failure onto another one.
+type syncRecorder struct {
+	root    string
+	watch   string // object path (relative to root) whose presence is recorded
+	mu      sync.Mutex
+	calls   []syncCall
+	fail    syncCall
+	matched int // calls that matched fail (and failed)
+}
+
+func recordSyncs(b *Backend, watch digest.Address) *syncRecorder {
+	r := &syncRecorder{root: b.Root(), watch: watch.RelPath()}
+	b.fsync = r.fsync
+	return r
+}
+
+func (r *syncRecorder) fsync(kind syncKind, name string, f *os.File) error {
+	if kind == syncTempFile && strings.HasPrefix(name, tmpDir+"/"+tmpPrefix) {
+		name = tmpAny
+	}
+	_, err := os.Lstat(filepath.Join(r.root, filepath.FromSlash(r.watch)))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, syncCall{kind: kind, name: name, linked: err == nil})
+	if r.fail.kind == kind && r.fail.name == name {
+		r.matched++
+		return errInjected
+	}
+	return f.Sync()
+}
+
+// reset forgets the calls so far and makes the fsync named by fail's
+// kind and name fail.
+func (r *syncRecorder) reset(fail syncCall) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls, r.fail, r.matched = nil, syncCall{kind: fail.kind, name: fail.name}, 0
+}
+
+func (r *syncRecorder) seen() []syncCall {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]syncCall(nil), r.calls...)
+}
+
+// checkSyncs fails t unless got is exactly want, in order, and names the
+// fsyncs that are missing.
+func checkSyncs(t *testing.T, what string, got, want []syncCall) {
+	t.Helper()
+	if slices.Equal(got, want) {
+		return
+	}
+	var missing []string
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			missing = append(missing, w.String())
 		}
-		return f.Sync()
+	}
+	t.Fatalf("%s: fsyncs out of protocol; missing %v\n got  %v\n want %v (in this order)", what, missing, got, want)
+}
+
+func blake3Addr(p []byte) digest.Address {
+	return digest.Digests{BLAKE3: blake3.Sum256(p)}.Address(digest.BLAKE3)
+}
+
+// putCase is a store state in which one more put must make a known list
+// of fsyncs.
+type putCase struct {
+	name string
+	// setup prepares b and returns the content to put and the objects b
+	// holds before that put.
+	setup func(t *testing.T, b *Backend) (p []byte, before int)
+	// syncs lists the fsyncs of the put of p, in order.
+	syncs func(a digest.Address) []syncCall
+	// dedup: the object is already stored, so the put deduplicates.
+	dedup bool
+}
+
+// shardDirs returns the leaf directory of a and its ancestors up to the
+// root: blake3/ab/cd, blake3/ab, blake3, ".".
+func shardDirs(a digest.Address) []string {
+	var dirs []string
+	for d := path.Dir(a.RelPath()); ; d = path.Dir(d) {
+		dirs = append(dirs, d)
+		if d == "." {
+			return dirs
+		}
 	}
 }
 
-// TestFsyncFailure injects a failing fsync: the kernel's EIO cannot be
-// provoked cheaply without root, so the fsync call is replaced.
-func TestFsyncFailure(t *testing.T) {
+var putCases = []putCase{{
+	name: "new object in a fresh store",
+	setup: func(*testing.T, *Backend) ([]byte, int) {
+		return []byte("into a fresh store"), 0
+	},
+	// The put creates blake3/, blake3/ab/ and blake3/ab/cd/: the leaf gets
+	// the entry, and each new directory's parent gets the new directory.
+	syncs: func(a digest.Address) []syncCall {
+		d := shardDirs(a)
+		return []syncCall{
+			{syncTempFile, tmpAny, false},
+			{syncLeafDir, d[0], true},
+			{syncNewDirParent, d[1], true},
+			{syncNewDirParent, d[2], true},
+			{syncNewDirParent, d[3], true},
+		}
+	},
+}, {
+	name: "new object in an existing shard",
+	setup: func(t *testing.T, b *Backend) ([]byte, int) {
+		a, c := sameShard(t)
+		mustPut(t, b, a, noClaims)
+		return c, 1
+	},
+	syncs: func(a digest.Address) []syncCall {
+		return []syncCall{{syncTempFile, tmpAny, false}, {syncLeafDir, path.Dir(a.RelPath()), true}}
+	},
+}, {
+	name: "object already stored",
+	setup: func(t *testing.T, b *Backend) ([]byte, int) {
+		p := []byte("stored before")
+		mustPut(t, b, p, noClaims)
+		return p, 1
+	},
+	// Whoever linked it may not have synced its directories yet.
+	syncs: func(a digest.Address) []syncCall {
+		d := shardDirs(a)
+		return []syncCall{
+			{syncTempFile, tmpAny, true},
+			{syncLeafDir, d[0], true},
+			{syncAncestorDir, d[1], true},
+			{syncAncestorDir, d[2], true},
+			{syncAncestorDir, d[3], true},
+		}
+	},
+	dedup: true,
+}}
+
+// TestPutFsyncs: a put makes every fsync of the protocol, in order: the
+// temp file before it is linked, then the leaf directory, then the parent
+// of every shard directory it created (innermost first); a put that finds
+// its object synced the leaf and every ancestor.
+func TestPutFsyncs(t *testing.T) {
 	t.Parallel()
-	for _, c := range []struct {
-		name string
-		n    int
-	}{{"temp file", 1}, {"shard directory", 2}, {"parent of new shard directory", 3}} {
+	for _, c := range putCases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			b := openTest(t)
-			b.syncFile = failingSync(c.n)
-			p := []byte("fsync " + c.name)
-			_, err := b.Put(t.Context(), bytes.NewReader(p), noClaims)
-			if !errors.Is(err, errInjected) {
-				t.Fatalf("Put with fsync #%d failing: %v, want the fsync error", c.n, err)
+			p, _ := c.setup(t, b)
+			a := blake3Addr(p)
+			rec := recordSyncs(b, a)
+			if rc := mustPut(t, b, p, noClaims); rc.Deduplicated != c.dedup {
+				t.Fatalf("Deduplicated = %v, want %v", rc.Deduplicated, c.dedup)
 			}
-			addr := digest.Digests{BLAKE3: blake3.Sum256(p)}.Address(digest.BLAKE3)
-			if _, err := b.Head(t.Context(), addr); !errors.Is(err, storage.ErrNotFound) {
-				t.Fatalf("Head after failed fsync: %v, want ErrNotFound", err)
-			}
-			if left := tmpEntries(t, b); len(left) != 0 {
-				t.Fatalf("temp dir holds %v", left)
-			}
-			// The next put is not fooled into deduplicating: it writes anew.
-			b.syncFile = (*os.File).Sync
-			if rc := mustPut(t, b, p, noClaims); rc.Deduplicated {
-				t.Fatal("put after a failed fsync deduplicated against the unsynced object")
-			}
+			checkSyncs(t, "put "+c.name, rec.seen(), c.syncs(a))
 		})
 	}
-	t.Run("dedup", func(t *testing.T) {
-		t.Parallel()
-		b := openTest(t)
-		p := []byte("fsync dedup")
-		mustPut(t, b, p, noClaims)
-		b.syncFile = failingSync(2) // the first directory sync of the re-put
-		if _, err := b.Put(t.Context(), bytes.NewReader(p), noClaims); !errors.Is(err, errInjected) {
-			t.Fatalf("re-put with a failing directory fsync: %v, want the fsync error", err)
+}
+
+// TestFsyncFailure makes each fsync of a put fail in turn, by name (the
+// kernel's EIO cannot be provoked cheaply without root): the put fails
+// with that error and leaves no new object and no temp file, and the next
+// put writes the object anew instead of deduplicating against bytes that
+// were never synced.
+func TestFsyncFailure(t *testing.T) {
+	t.Parallel()
+	for _, c := range putCases {
+		// The names depend on the content, known after setup; the kinds
+		// and their order do not.
+		for i, sc := range c.syncs(blake3Addr(nil)) {
+			t.Run(c.name+"/"+strconv.Itoa(i+1)+" "+string(sc.kind), func(t *testing.T) {
+				t.Parallel()
+				b := openTest(t)
+				p, before := c.setup(t, b)
+				a := blake3Addr(p)
+				fail := c.syncs(a)[i]
+				rec := recordSyncs(b, a)
+				rec.reset(fail)
+				_, err := b.Put(t.Context(), bytes.NewReader(p), noClaims)
+				if rec.matched == 0 {
+					t.Fatalf("the put never made the fsync %v (Put returned %v); fsyncs seen: %v", fail, err, rec.seen())
+				}
+				if !errors.Is(err, errInjected) {
+					t.Fatalf("Put with the fsync %v failing returned %v, want that fsync's error", fail, err)
+				}
+				if !strings.Contains(err.Error(), "fsync") {
+					t.Errorf("error %q does not say an fsync failed", err)
+				}
+				if left := tmpEntries(t, b); len(left) != 0 {
+					t.Fatalf("temp dir holds %v after the failed put", left)
+				}
+				_, herr := b.Head(t.Context(), a)
+				if c.dedup {
+					// Stored and acknowledged by an earlier put: it stays.
+					if herr != nil {
+						t.Fatalf("Head of the earlier stored object after a failed re-put: %v", herr)
+					}
+				} else if !errors.Is(herr, storage.ErrNotFound) {
+					t.Fatalf("Head after the failed put: %v, want ErrNotFound (nothing visible)", herr)
+				}
+				if n := countObjects(t, b); n != before {
+					t.Fatalf("Walk lists %d objects after the failed put, want the %d stored before", n, before)
+				}
+				rec.reset(syncCall{})
+				if rc := mustPut(t, b, p, noClaims); rc.Deduplicated != c.dedup {
+					t.Fatalf("put after the failed put: Deduplicated = %v, want %v", rc.Deduplicated, c.dedup)
+				}
+			})
 		}
+	}
+}
+
+func countObjects(t *testing.T, b *Backend) int {
+	t.Helper()
+	n := 0
+	if err := b.Walk(t.Context(), func(storage.ObjectInfo) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestDeleteAndQuarantineFsync: Delete fsyncs the directory that lost the
+// entry, Quarantine both directories of the move, and a failure of either
+// fsync is reported.
+func TestDeleteAndQuarantineFsync(t *testing.T) {
+	t.Parallel()
+	b := openTest(t)
+	p, q := []byte("to delete"), []byte("to quarantine")
+	a, qa := mustPut(t, b, p, noClaims).Address, mustPut(t, b, q, noClaims).Address
+	rec := recordSyncs(b, a)
+	// The last object of its shards: both shard levels go, the algorithm
+	// directory lost the entry.
+	if existed, err := b.Delete(t.Context(), a); err != nil || !existed {
+		t.Fatalf("Delete: %v %v", existed, err)
+	}
+	checkSyncs(t, "delete", rec.seen(), []syncCall{{syncDeletedFromDir, "blake3", false}})
+
+	rec = recordSyncs(b, qa)
+	dest, err := b.Quarantine(t.Context(), qa.RelPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSyncs(t, "quarantine", rec.seen(), []syncCall{
+		{syncQuarantineDir, path.Dir(dest), false}, {syncQuarantinedFromDir, path.Dir(qa.RelPath()), false},
 	})
+
+	// The same fsyncs, failing.
+	c := mustPut(t, b, q, noClaims).Address
+	rec = recordSyncs(b, c)
+	rec.reset(syncCall{kind: syncDeletedFromDir, name: "blake3"})
+	if _, err := b.Delete(t.Context(), c); rec.matched == 0 || !errors.Is(err, errInjected) {
+		t.Fatalf("Delete with the fsync of blake3 failing: %v (fsyncs seen %v); want that fsync's error", err, rec.seen())
+	}
+	c = mustPut(t, b, q, noClaims).Address
+	rec = recordSyncs(b, c)
+	rec.reset(syncCall{kind: syncQuarantineDir, name: path.Join(quarantineDir, path.Dir(c.RelPath()))})
+	if _, err := b.Quarantine(t.Context(), c.RelPath()); rec.matched == 0 || !errors.Is(err, errInjected) {
+		t.Fatalf("Quarantine with the fsync of the quarantine directory failing: %v (fsyncs seen %v); want that fsync's error", err, rec.seen())
+	}
 }
 
 func TestQuarantine(t *testing.T) {

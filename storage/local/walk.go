@@ -124,8 +124,11 @@ func (b *Backend) Quarantine(ctx context.Context, relPath string) (string, error
 	if err := b.root.Rename(relPath, dest); err != nil {
 		return "", fmt.Errorf("local: quarantine %q: %w", relPath, err)
 	}
-	for _, dir := range []string{path.Dir(dest), path.Dir(relPath)} {
-		if err := b.syncDir(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, d := range []struct {
+		kind syncKind
+		dir  string
+	}{{syncQuarantineDir, path.Dir(dest)}, {syncQuarantinedFromDir, path.Dir(relPath)}} {
+		if err := b.syncDir(d.kind, d.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return dest, fmt.Errorf("local: quarantine %q: %w", relPath, err)
 		}
 	}
