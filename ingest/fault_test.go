@@ -361,11 +361,13 @@ type quotaBackend struct {
 	quota int64
 	used  int64
 	lie   bool
+	puts  int // Put calls: a refusal before any byte is written makes none
 }
 
 func (q *quotaBackend) Put(ctx context.Context, r io.Reader, opts storage.PutOptions) (storage.Receipt, error) {
 	q.mu.Lock()
 	room := q.quota - q.used
+	q.puts++
 	q.mu.Unlock()
 	cr := &quotaReader{r: r, room: room}
 	rc, err := q.Backend.Put(ctx, cr, opts)
@@ -437,7 +439,12 @@ func TestFaultBackendOutOfSpace(t *testing.T) {
 	}
 	// Refused before any byte is written: it does not fit.
 	big := randomBytes(t, 600<<10)
+	puts := func() int { qb.mu.Lock(); defer qb.mu.Unlock(); return qb.puts }
+	before := puts()
 	_, rep := put("c", big)
+	if n := puts() - before; n != 0 {
+		t.Fatalf("a blob that cannot fit reached the backend's Put %d times", n)
+	}
 	if rep.Status != commands.StatusFailed || rep.Code != commands.CodeInsufficientStorage ||
 		!bytes.Contains([]byte(rep.Reason), []byte("614400 bytes")) || !bytes.Contains([]byte(rep.Reason), []byte("free")) {
 		t.Fatalf("a blob too large for the free space: %+v", rep)
