@@ -44,7 +44,7 @@ func TestStatusTellsTheTruth(t *testing.T) {
 			return map[string]storage.Health{"local": {Healthy: true, FreeBytes: free, UsedBytes: 50 << 30}}
 		},
 		MinFreeBytes: 2 << 30, MinFreePercent: 5,
-		LeaderLocks:  []LeaderLock{{Role: "reaper", Key: leader.KeyReaper}},
+		LeaderLocks: []LeaderLock{{Role: "reaper", Key: leader.KeyReaper}},
 	}
 	r, err := Gather(ctx, src)
 	if err != nil {
