@@ -199,7 +199,8 @@ func TestEnsureTopologyIsIdempotentAndUpdates(t *testing.T) {
 	if got := after.Config.FilterSubject; got != e.top.Subject("cmd.ingest.>") {
 		t.Fatalf("ingest consumer filters %v", got)
 	}
-	if after.Config.AckPolicy != jetstream.AckExplicitPolicy || after.Config.AckWait != 30*time.Second || after.Config.MaxDeliver != 5 {
+	// MaxDeliver 10 attempts plus the spare delivery.
+	if after.Config.AckPolicy != jetstream.AckExplicitPolicy || after.Config.AckWait != 30*time.Second || after.Config.MaxDeliver != 11 {
 		t.Fatalf("ingest consumer config: %+v", after.Config)
 	}
 	if err := s.DeleteMsg(ctx, 1); err == nil {
@@ -225,8 +226,8 @@ func TestEnsureTopologyIsIdempotentAndUpdates(t *testing.T) {
 	if err := bus.EnsureTopology(ctx, e.js, changed); err != nil {
 		t.Fatalf("EnsureTopology with changed limits: %v", err)
 	}
-	if got := e.consumerInfo(t, e.top.VerifyConsumer).Config.MaxDeliver; got != 7 {
-		t.Fatalf("MaxDeliver after update %d, want 7", got)
+	if got := e.consumerInfo(t, e.top.VerifyConsumer).Config.MaxDeliver; got != 8 {
+		t.Fatalf("MaxDeliver after update %d, want 7 + the spare", got)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
@@ -372,6 +373,7 @@ func TestRejectDeadLettersWithoutRedelivery(t *testing.T) {
 		bus.HeaderDeadConsumer:     e.top.IngestConsumer,
 		bus.HeaderDeadDeliveries:   "1",
 		bus.HeaderDeadCode:         "undecodable",
+		bus.HeaderDeadKind:         bus.DeadLetterRefused,
 		bus.HeaderContentType:      "application/json",
 		"Artifactstore-Command-Id": "poison-1",
 	}
@@ -383,7 +385,7 @@ func TestRejectDeadLettersWithoutRedelivery(t *testing.T) {
 	if r := dl.Header.Get(bus.HeaderDeadReason); !strings.Contains(r, "bad cbor at byte 3") {
 		t.Errorf("dead letter reason %q", r)
 	}
-	if dl.Subject != e.top.DeadLetterSubjectPrefix()+"."+e.top.IngestConsumer || string(dl.Data) != "\xff\x00" {
+	if dl.Subject != e.top.DeadLetterSubjectPrefix()+"."+e.top.IngestConsumer+".refused" || string(dl.Data) != "\xff\x00" {
 		t.Errorf("dead letter subject %s data %x", dl.Subject, dl.Data)
 	}
 	// Terminated: gone from the work queue, never handled again.
@@ -430,7 +432,8 @@ func TestPlainErrorDeadLetteredAfterMaxDeliver(t *testing.T) {
 	}, bus.ConsumerOptions{Backoff: func(uint64) time.Duration { return 20 * time.Millisecond }})
 	e.publish(t, bus.CmdRetention, "flaky", []byte("x"))
 	dl := e.deadLetter(t, 1)
-	if dl.Header.Get(bus.HeaderDeadDeliveries) != "3" || dl.Header.Get(bus.HeaderDeadCode) != "failed" ||
+	if dl.Header.Get(bus.HeaderDeadDeliveries) != "3" || dl.Header.Get(bus.HeaderDeadCode) != bus.CodeInternal ||
+		dl.Subject != e.top.DeadLetterSubjectPrefix()+"."+e.top.RetentionConsumer+".failed" ||
 		!strings.Contains(dl.Header.Get(bus.HeaderDeadReason), "backend flaky") {
 		t.Fatalf("dead letter headers %v", dl.Header)
 	}

@@ -69,9 +69,10 @@ func TestCheckAndApplyTopology(t *testing.T) {
 		drift = append(drift, d.Item.Name+"."+d.Field+"="+d.Live+"->"+d.Want)
 	}
 	slices.Sort(drift)
+	// The server's MaxDeliver is the attempts plus the spare delivery.
 	want := []string{
-		"ingest.MaxDeliver=5->7", "retention.MaxDeliver=5->7",
-		top.StagingBucket + ".TTL=24h0m0s->1h0m0s", "verify.MaxDeliver=5->7",
+		"ingest.MaxDeliver=11->8", "retention.MaxDeliver=11->8",
+		top.StagingBucket + ".TTL=24h0m0s->1h0m0s", "verify.MaxDeliver=11->8",
 	}
 	if !slices.Equal(drift, want) {
 		t.Fatalf("drift %v, want %v", drift, want)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -56,11 +57,17 @@ func (m Message) InProgress() error {
 // Handler handles one command. Its error decides what happens to the
 // message:
 //   - nil: DoubleAck (the ack is confirmed by the server);
-//   - [Retry]: nak with the given delay;
-//   - [Reject] (any error with a [RejectError] in its chain): dead-letter,
-//     then term; never redelivered;
-//   - any other error, or a panic: nak with backoff; on the last delivery
-//     (NumDelivered >= MaxDeliver) dead-letter, then term.
+//   - [Retry] / [Unavailable]: nak with the given delay or the backoff;
+//   - [Reject] (any error with a [RejectError] in its chain): dead-letter
+//     as a refusal, then term; never redelivered (the handler answered);
+//   - [Fail]: answer (ConsumerOptions.Answer), dead-letter as a failure,
+//     then term;
+//   - any other error, or a panic: nak with backoff.
+//
+// On the last delivery (NumDelivered >= MaxDeliver) a handler that still
+// fails is not retried: the command is answered with [CodeUnavailable]
+// (naming the dependency) or [CodeInternal], dead-lettered as a failure and
+// terminated. So every command ends in an answer.
 //
 // ctx is cancelled when a Stop's deadline passes; a handler must then
 // return promptly, and its message is nak'd unless it returned nil. A
@@ -84,9 +91,22 @@ type ConsumerOptions struct {
 	// DefaultTopology().DeadLetterSubjectPrefix(), "artifacts.deadletter".
 	DeadLetterSubjectPrefix string
 	// MaxDeliver is the delivery count at which a failing message is
-	// dead-lettered instead of nak'd. Default: the consumer's MaxDeliver as
-	// configured on the server (never, if that is unlimited).
+	// answered and dead-lettered instead of nak'd. Default: the consumer's
+	// MaxDeliver as configured on the server minus one, the spare delivery
+	// (see [Topology.MaxDeliver]); never, if that is unlimited. A delivery
+	// beyond MaxDeliver means the last attempt never settled (its worker
+	// died, was stopped or hung): it is answered and dead-lettered at once,
+	// without running the handler.
 	MaxDeliver int
+	// Answer sends the reply of a command the pipeline stops handling
+	// without the handler having answered it: a [Fail] outcome, a failure
+	// on the last delivery, a delivery beyond the last, and a command the
+	// server gave up on (its max-deliveries advisory). code is
+	// [CodeUnavailable], [CodeInternal] or the [FailError]'s code; reason
+	// says why in words. It should answer with the command's recorded
+	// outcome instead when the command turns out to be done (a worker that
+	// died after committing). nil answers nothing (dead letters only).
+	Answer func(ctx context.Context, m Message, code, reason string) error
 	// InProgressInterval is how often an in-progress ack is sent while a
 	// handler runs. Default: the consumer's AckWait / 3.
 	InProgressInterval time.Duration
@@ -99,10 +119,13 @@ type ConsumerOptions struct {
 	FetchWait time.Duration
 	// AckTimeout bounds a DoubleAck and a dead-letter publish. Default 5 s.
 	AckTimeout time.Duration
-	// Backoff gives the redelivery delay after a plain error on the given
-	// delivery (1 for the first). Default: 1 s doubling per delivery, at
-	// most 1 min.
+	// Backoff gives the redelivery delay after a failure on the given
+	// delivery (1 for the first), for plain errors and for [RetryError]s
+	// without a delay of their own. Default [DefaultBackoff].
 	Backoff func(numDelivered uint64) time.Duration
+	// NoAdvisories turns off the subscription to the server's
+	// max-deliveries advisories of this consumer (see [Consumer.Start]).
+	NoAdvisories bool
 }
 
 func (o ConsumerOptions) withDefaults() ConsumerOptions {
@@ -127,12 +150,47 @@ func (o ConsumerOptions) withDefaults() ConsumerOptions {
 	return o
 }
 
-// DefaultBackoff is 1 s doubling with every delivery, at most 1 min.
-func DefaultBackoff(numDelivered uint64) time.Duration {
-	if numDelivered > 7 {
-		return time.Minute
+// Backoff bounds of [DefaultBackoff].
+const (
+	backoffBase = time.Second
+	backoffMax  = 30 * time.Second
+)
+
+// DefaultBackoff is the redelivery delay after a failure on delivery n:
+// 1 s doubling with every delivery up to 30 s ([BackoffCeiling]), each
+// drawn at random between 75 % and 100 % of that (jitter, so that the
+// commands one outage failed together do not all come back at the same
+// instant). [RetryBudget] adds the delays up.
+func DefaultBackoff(n uint64) time.Duration {
+	d := BackoffCeiling(n)
+	return d - time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+// BackoffCeiling is the delay of [DefaultBackoff] before jitter.
+func BackoffCeiling(n uint64) time.Duration {
+	if n < 1 {
+		n = 1
 	}
-	return min(time.Second<<max(numDelivered, 1)/2, time.Minute)
+	if n > 6 {
+		return backoffMax
+	}
+	return min(backoffBase<<(n-1), backoffMax)
+}
+
+// RetryBudget is how long a command that fails on every delivery is
+// retried with [DefaultBackoff] before it is answered as unavailable: the
+// sum of the delays between its maxDeliver deliveries, at least (all
+// jitter at 75 %) and at most (no jitter). Handling time comes on top.
+// With DefaultTopology's MaxDeliver of 10: 113 s to 151 s, so that an
+// outage of PostgreSQL, NATS or the storage of up to a minute costs only
+// time.
+func RetryBudget(maxDeliver int) (least, most time.Duration) {
+	for n := 1; n < maxDeliver; n++ {
+		d := BackoffCeiling(uint64(n))
+		most += d
+		least += d - d/4
+	}
+	return least, most
 }
 
 // ErrConsumerStarted reports a second Start, or a Start after Stop.
@@ -156,13 +214,17 @@ type Consumer struct {
 
 	cons       jetstream.Consumer
 	maxDeliver uint64
+	ackWait    time.Duration
+	advisories *nats.Subscription
 	inProgress time.Duration
 	slots      chan struct{}
 	soft       chan struct{} // closed by Stop: fetch no more
 	hardCtx    context.Context
 	hardCancel context.CancelFunc
 	handlers   sync.WaitGroup
-	done       chan struct{} // closed when the fetch loop and every handler ended
+	// advisoryWork counts advisories being handled.
+	advisoryWork sync.WaitGroup
+	done         chan struct{} // closed when the fetch loop and every handler ended
 }
 
 // NewConsumer prepares a consumer of the durable consumer durable on
@@ -207,19 +269,27 @@ func (c *Consumer) Start(ctx context.Context) error {
 	switch {
 	case c.opts.MaxDeliver > 0:
 		c.maxDeliver = uint64(c.opts.MaxDeliver)
-	case cfg.MaxDeliver > 0:
-		c.maxDeliver = uint64(cfg.MaxDeliver)
+	case cfg.MaxDeliver > 1:
+		c.maxDeliver = uint64(cfg.MaxDeliver - 1) // the last one is the spare
+	case cfg.MaxDeliver == 1:
+		c.maxDeliver = 1
+	}
+	c.ackWait = cfg.AckWait
+	if c.ackWait <= 0 {
+		c.ackWait = 30 * time.Second
 	}
 	c.inProgress = c.opts.InProgressInterval
 	if c.inProgress <= 0 {
-		ackWait := cfg.AckWait
-		if ackWait <= 0 {
-			ackWait = 30 * time.Second
-		}
-		c.inProgress = ackWait / 3
+		c.inProgress = c.ackWait / 3
 	}
 	c.slots = make(chan struct{}, c.opts.Concurrency)
 	c.hardCtx, c.hardCancel = context.WithCancel(context.WithoutCancel(ctx))
+	if !c.opts.NoAdvisories && cfg.MaxDeliver > 0 {
+		if err := c.watchAdvisories(); err != nil {
+			c.hardCancel()
+			return err
+		}
+	}
 	c.started = true
 
 	loopDone := make(chan struct{})
@@ -230,6 +300,10 @@ func (c *Consumer) Start(ctx context.Context) error {
 	go func() {
 		<-loopDone
 		c.handlers.Wait()
+		if c.advisories != nil {
+			_ = c.advisories.Unsubscribe()
+		}
+		c.advisoryWork.Wait()
 		c.hardCancel()
 		close(c.done)
 	}()
@@ -386,22 +460,20 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		_ = msg.Nak()
 		return
 	}
-	h := msg.Headers()
-	m := Message{
-		Subject:        msg.Subject(),
-		Data:           msg.Data(),
-		Headers:        h,
-		CommandID:      h.Get(HeaderMsgID),
-		ReplyTo:        h.Get(HeaderReplyTo),
-		ContentType:    h.Get(HeaderContentType),
-		Stream:         meta.Stream,
-		StreamSequence: meta.Sequence.Stream,
-		NumDelivered:   meta.NumDelivered,
-		Timestamp:      meta.Timestamp,
-		msg:            msg,
-	}
+	m := newMessage(msg.Subject(), msg.Data(), msg.Headers(), meta.Stream, meta.Sequence.Stream, meta.NumDelivered, meta.Timestamp)
+	m.msg = msg
 	log := c.log.With().Str("subject", m.Subject).Uint64("stream_seq", m.StreamSequence).
 		Uint64("delivery", m.NumDelivered).Str("command_id", m.CommandID).Logger()
+
+	if c.maxDeliver > 0 && m.NumDelivered > c.maxDeliver {
+		// The spare delivery: the last attempt never settled.
+		reason := fmt.Sprintf("the last of %d attempts did not finish within the ack wait of %s (the worker handling it died, was stopped or hung); "+
+			"nothing is known to have been done: send the command again (with the same command id to learn an outcome recorded meanwhile), %s after it was queued",
+			c.maxDeliver, c.ackWait, time.Since(m.Timestamp).Round(time.Second))
+		log.Warn().Str("code", CodeUnavailable).Msg("delivery beyond the last attempt; answering and dead-lettering")
+		c.giveUp(m, CodeUnavailable, "worker unavailable: "+reason, log, true)
+		return
+	}
 
 	hctx, cancel := context.WithCancel(c.hardCtx)
 	stopProgress := c.keepInProgress(msg, log)
@@ -450,6 +522,7 @@ func (c *Consumer) keepInProgress(msg jetstream.Msg, log zerolog.Logger) func() 
 func (c *Consumer) settle(m Message, err error, log zerolog.Logger) {
 	var (
 		rej   *RejectError
+		fail  *FailError
 		retry *RetryError
 		pnc   *PanicError
 	)
@@ -464,7 +537,10 @@ func (c *Consumer) settle(m Message, err error, log zerolog.Logger) {
 		log.Debug().Msg("handled")
 	case errors.As(err, &rej):
 		log.Warn().Err(err).Str("code", rej.Code).Msg("rejected; dead-lettering")
-		c.deadLetter(m, rej.Code, err, log, false)
+		c.deadLetter(m, kindRefused, rej.Code, err.Error(), log, false)
+	case errors.As(err, &fail):
+		log.Warn().Err(err).Str("code", fail.Code).Msg("failed for good; answering and dead-lettering")
+		c.giveUp(m, fail.Code, fail.Err.Error(), log, false)
 	case c.hardCtx.Err() != nil:
 		// Cancelled by a stop: not the message's fault, redeliver at once.
 		log.Info().Err(err).Msg("handler cancelled by stop; nak")
@@ -472,18 +548,18 @@ func (c *Consumer) settle(m Message, err error, log zerolog.Logger) {
 			log.Warn().Err(err).Msg("nak failed; the message is redelivered after AckWait")
 		}
 	default:
-		code, delay := "failed", c.opts.Backoff(m.NumDelivered)
-		if errors.As(err, &retry) {
-			code, delay = "retries-exhausted", retry.Delay
+		delay := c.opts.Backoff(m.NumDelivered)
+		if errors.As(err, &retry) && retry.Delay > 0 {
+			delay = retry.Delay
 		}
 		ev := log.Warn()
 		if errors.As(err, &pnc) {
-			code = "panic"
 			ev = log.Error().Bytes("stack", pnc.Stack)
 		}
 		if c.maxDeliver > 0 && m.NumDelivered >= c.maxDeliver {
-			ev.Err(err).Str("code", code).Msg("failed on the last delivery; dead-lettering")
-			c.deadLetter(m, code, err, log, true)
+			code, reason := exhausted(m, err, c.maxDeliver)
+			ev.Err(err).Str("code", code).Msg("failed on the last delivery; answering and dead-lettering")
+			c.giveUp(m, code, reason, log, false)
 			return
 		}
 		ev.Err(err).Dur("retry_in", delay).Msg("failed; nak with delay")
@@ -493,21 +569,66 @@ func (c *Consumer) settle(m Message, err error, log zerolog.Logger) {
 	}
 }
 
+// exhausted is the answer to a command that failed on its last delivery:
+// unavailable when a dependency was named, internal otherwise.
+func exhausted(m Message, err error, attempts uint64) (code, reason string) {
+	var retry *RetryError
+	tail := fmt.Sprintf("gave up after %d attempts, %s after the command was queued; nothing was done: send it again once the cause is fixed (with the same command id to learn an outcome recorded meanwhile)",
+		attempts, time.Since(m.Timestamp).Round(time.Second))
+	if errors.As(err, &retry) && retry.Dependency != "" {
+		return CodeUnavailable, fmt.Sprintf("%s unavailable: %v; %s", retry.Dependency, retry.Err, tail)
+	}
+	return CodeInternal, fmt.Sprintf("%v; %s", err, tail)
+}
+
+// Dead-letter kinds, the last token of a dead letter's subject.
+const (
+	// DeadLetterRefused: a command refused by a decision of its handler
+	// (malformed, digest mismatch, a rule); it was answered and, where the
+	// family records refusals, recorded as an event. Not a pipeline
+	// problem.
+	DeadLetterRefused = "refused"
+	// DeadLetterFailed: a command the pipeline gave up on (retries
+	// exhausted, out of space, a worker lost on the last attempt); it was
+	// answered by the consume loop. A pipeline problem.
+	DeadLetterFailed = "failed"
+)
+
+const (
+	kindRefused = DeadLetterRefused
+	kindFailed  = DeadLetterFailed
+)
+
+// giveUp answers a command the pipeline stops handling, dead-letters it as
+// a failure and terminates it (when it is a delivery: an advisory's message
+// has no ack subject).
+func (c *Consumer) giveUp(m Message, code, reason string, log zerolog.Logger, last bool) {
+	if c.opts.Answer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*c.opts.AckTimeout)
+		if err := c.opts.Answer(ctx, m, code, reason); err != nil {
+			log.Error().Err(err).Str("code", code).Msg("answer to a command given up on failed; the producer waits until its timeout")
+		}
+		cancel()
+	}
+	c.deadLetter(m, kindFailed, code, reason, log, last || (c.maxDeliver > 0 && m.NumDelivered >= c.maxDeliver))
+}
+
 // maxReasonLen bounds the reason text of a term and a dead-letter header.
 const maxReasonLen = 1024
 
-// deadLetter copies the message to <DeadLetterSubjectPrefix>.<durable>
-// with the reason, then terminates it. When the copy fails the message is
-// nak'd instead, so that it is not lost (unless this was its last
-// delivery: then the server keeps it in the stream, undelivered).
-func (c *Consumer) deadLetter(m Message, code string, cause error, log zerolog.Logger, last bool) {
-	reason := cause.Error()
+// deadLetter copies the message to
+// <DeadLetterSubjectPrefix>.<durable>.<kind> with the reason, then
+// terminates it. When the copy fails the message is nak'd instead, so that
+// it is not lost (unless this was its last delivery: then the server keeps
+// it in the stream, undelivered). A message fetched for an advisory (no
+// ack subject) is only copied.
+func (c *Consumer) deadLetter(m Message, kind, code, reason string, log zerolog.Logger, last bool) {
 	if len(reason) > maxReasonLen {
 		reason = reason[:maxReasonLen]
 	}
 	reason = strings.ToValidUTF8(strings.ReplaceAll(strings.ReplaceAll(reason, "\r", " "), "\n", " "), "?")
 
-	dl := nats.NewMsg(c.opts.DeadLetterSubjectPrefix + "." + c.durable)
+	dl := nats.NewMsg(c.opts.DeadLetterSubjectPrefix + "." + c.durable + "." + kind)
 	dl.Data = m.Data
 	for k, vs := range m.Headers {
 		if strings.HasPrefix(k, "Nats-") {
@@ -522,6 +643,7 @@ func (c *Consumer) deadLetter(m Message, code string, cause error, log zerolog.L
 	dl.Header.Set(HeaderDeadConsumer, c.durable)
 	dl.Header.Set(HeaderDeadDeliveries, strconv.FormatUint(m.NumDelivered, 10))
 	dl.Header.Set(HeaderDeadCode, code)
+	dl.Header.Set(HeaderDeadKind, kind)
 	dl.Header.Set(HeaderDeadReason, reason)
 
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.AckTimeout)
@@ -530,6 +652,10 @@ func (c *Consumer) deadLetter(m Message, code string, cause error, log zerolog.L
 	// between publish and term) a duplicate.
 	id := m.Stream + "-" + strconv.FormatUint(m.StreamSequence, 10)
 	if _, err := c.js.PublishMsg(ctx, dl, jetstream.WithMsgID(id)); err != nil {
+		if m.msg == nil {
+			log.Error().Err(err).Str("dead_letter_subject", dl.Subject).Msg("dead-letter publish of a command the server gave up on failed")
+			return
+		}
 		if last {
 			log.Error().Err(err).Str("dead_letter_subject", dl.Subject).
 				Msg("dead-letter publish failed on the last delivery; the command stays in its stream undelivered (see `nats stream view`)")
@@ -537,6 +663,9 @@ func (c *Consumer) deadLetter(m Message, code string, cause error, log zerolog.L
 		}
 		log.Error().Err(err).Str("dead_letter_subject", dl.Subject).Msg("dead-letter publish failed; nak to retry later")
 		_ = m.msg.NakWithDelay(c.opts.Backoff(m.NumDelivered))
+		return
+	}
+	if m.msg == nil {
 		return
 	}
 	if err := m.msg.TermWithReason(code + ": " + reason); err != nil {

@@ -42,6 +42,10 @@ type Role struct {
 	// Publish and Subscribe are the subjects the role may use.
 	Publish   []Grant `json:"publish"`
 	Subscribe []Grant `json:"subscribe"`
+	// Rare are the subjects of Publish used only when something went
+	// wrong (a command the server gave up on, an abandoned upload, a
+	// recent failure): an ordinary run never exercises them.
+	Rare []string `json:"rare,omitempty"`
 }
 
 // Roles returns the NATS permissions of every role for topology t. A
@@ -69,9 +73,27 @@ func (t Topology) Roles() []Role {
 			{api + ".CONSUMER.MSG.NEXT." + cs + "." + durable, "pull " + why},
 			{"$JS.ACK." + cs + "." + durable + ".>", "ack, nak, in-progress and term"},
 			{api + ".STREAM.INFO." + dl, "check the dead-letter stream"},
-			{t.DeadLetterSubjectPrefix() + "." + durable, "dead-letter a refused or exhausted command"},
+			{t.DeadLetterSubjectPrefix() + "." + durable + ".*", "dead-letter a refused or failed command"},
+			{api + ".STREAM.INFO." + cs, "find the stream of the commands the server may give up on"},
+			{api + ".STREAM.MSG.GET." + cs, "read back a command the server gave up on (max-deliveries advisory)"},
 			{"_INBOX.>", "reply to the command's sender (Artifactstore-Reply-To)"},
 		}
+	}
+	rareWorker := api + ".STREAM.MSG.GET." + cs
+	rareScan := []string{api + ".DIRECT.GET." + obj + "." + o + ".C.*", api + ".CONSUMER.INFO." + cs + "." + t.IngestConsumer,
+		api + ".STREAM.INFO." + cs, api + ".STREAM.MSG.GET." + cs}
+	// workerSub is what a worker of durable subscribes to.
+	workerSub := func(durable string) []Grant {
+		return []Grant{inbox, {MaxDeliveriesAdvisorySubject(cs, durable), "commands whose last delivery was never acknowledged, to answer them"}}
+	}
+	// stagingScan is what the staging janitor and status read to find
+	// abandoned uploads (bus.AbandonedStaged).
+	stagingScan := []Grant{
+		{api + ".STREAM.INFO." + obj, "list the staged uploads (the bucket's subjects)"},
+		{api + ".DIRECT.GET." + obj + "." + o + ".C.*", "date and size an unfinished upload by its last chunk"},
+		{api + ".CONSUMER.INFO." + cs + "." + t.IngestConsumer, "is an ingest command waiting for an old upload?"},
+		{api + ".STREAM.INFO." + cs, "the commands stream"},
+		{api + ".STREAM.MSG.GET." + cs, "date the oldest waiting ingest command"},
 	}
 
 	var admin []Grant
@@ -89,7 +111,7 @@ func (t Topology) Roles() []Role {
 		}
 	}
 
-	return []Role{
+	return dedupe([]Role{
 		{
 			Name:      RoleAdmin,
 			Commands:  "`topology apply`, `topology check`; a role's `--apply-topology`",
@@ -103,11 +125,12 @@ func (t Topology) Roles() []Role {
 				{t.Subject(CmdIngest), "send ingest commands"},
 				{t.Subject(CmdSeal), "send seal commands"},
 				{api + ".CONSUMER.INFO." + cs + "." + t.IngestConsumer, "warn when no ingester is pulling"},
-			}, append(stagingRead,
+			},
+				Grant{api + ".STREAM.INFO." + obj, "open the staging bucket's stream"},
 				Grant{o + ".C.*", "stage a blob's chunks"},
 				Grant{o + ".M.*", "stage a blob's metadata"},
 				Grant{api + ".STREAM.PURGE." + obj, "remove the chunks of an upload that failed half-way"},
-			)...),
+			),
 			Subscribe: []Grant{inbox},
 		},
 		{
@@ -125,27 +148,30 @@ func (t Topology) Roles() []Role {
 			Name:     RoleIngester,
 			Commands: "`ingest`",
 			Needs:    []Item{need(KindConsumer, t.IngestConsumer), need(KindStream, dl), need(KindObjectStore, t.StagingBucket)},
-			Publish: append(worker(t.IngestConsumer, "ingest and seal commands"), append(stagingRead,
+			Publish: append(worker(t.IngestConsumer, "ingest and seal commands"), append(append(stagingRead,
 				Grant{api + ".CONSUMER.CREATE." + obj + ".*." + o + ".C.*", "read a staged object's chunks (ordered consumer)"},
 				Grant{api + ".CONSUMER.MSG.NEXT." + obj + ".*", "pull a staged object's chunks"},
 				Grant{o + ".M.*", "mark a staged object deleted after the ingest committed"},
-				Grant{api + ".STREAM.PURGE." + obj, "remove a committed staged object's chunks"},
-			)...),
-			Subscribe: []Grant{inbox},
+				Grant{api + ".STREAM.PURGE." + obj, "remove a committed or abandoned staged object's chunks"},
+			), stagingScan...)...),
+			Subscribe: workerSub(t.IngestConsumer),
+			Rare:      []string{rareWorker, api + ".DIRECT.GET." + obj + "." + o + ".C.*"},
 		},
 		{
 			Name:      RoleVerifier,
 			Commands:  "`verify` (worker and scrub scheduler)",
 			Needs:     []Item{need(KindConsumer, t.VerifyConsumer), need(KindStream, dl)},
 			Publish:   append(worker(t.VerifyConsumer, "verify requests"), Grant{t.Subject(CmdVerify), "queue scrub verifications"}),
-			Subscribe: []Grant{inbox},
+			Subscribe: workerSub(t.VerifyConsumer),
+			Rare:      []string{rareWorker},
 		},
 		{
 			Name:      RoleReaper,
 			Commands:  "`reap` (retention commands; `--no-retention` needs no NATS)",
 			Needs:     []Item{need(KindConsumer, t.RetentionConsumer), need(KindStream, dl)},
 			Publish:   worker(t.RetentionConsumer, "hold, release and retain commands"),
-			Subscribe: []Grant{inbox},
+			Subscribe: workerSub(t.RetentionConsumer),
+			Rare:      []string{rareWorker},
 		},
 		{
 			Name:     RoleRelay,
@@ -161,13 +187,18 @@ func (t Topology) Roles() []Role {
 		{
 			Name:     RoleStatus,
 			Commands: "`status`",
-			Publish: []Grant{
+			Publish: append([]Grant{
 				{api + ".CONSUMER.INFO." + cs + "." + t.IngestConsumer, "ingest backlog"},
 				{api + ".CONSUMER.INFO." + cs + "." + t.RetentionConsumer, "retention backlog"},
 				{api + ".CONSUMER.INFO." + cs + "." + t.VerifyConsumer, "verify backlog"},
 				{api + ".STREAM.INFO." + dl, "count dead letters"},
-			},
+				{api + ".CONSUMER.CREATE." + dl + ".*." + t.DeadLetterSubjectPrefix() + ".*.*", "count recent dead letters by kind (ephemeral consumer)"},
+				{api + ".CONSUMER.DELETE." + dl + ".*", "remove that consumer"},
+				{api + ".STREAM.MSG.GET." + dl, "the cause of the latest failure"},
+				{api + ".DIRECT.GET." + obj + "." + o + ".M.*", "read a staged object's metadata"},
+			}, stagingScan...),
 			Subscribe: []Grant{inbox},
+			Rare:      append([]string{api + ".STREAM.MSG.GET." + dl}, rareScan...),
 		},
 		{
 			Name:     RoleSubscriber,
@@ -181,7 +212,28 @@ func (t Topology) Roles() []Role {
 				inbox,
 			},
 		},
+	})
+}
+
+// dedupe drops the grants of a role that repeat an earlier one (helper
+// lists overlap).
+func dedupe(roles []Role) []Role {
+	for i, r := range roles {
+		roles[i].Publish, roles[i].Subscribe = unique(r.Publish), unique(r.Subscribe)
 	}
+	return roles
+}
+
+func unique(grants []Grant) []Grant {
+	seen := map[string]bool{}
+	out := grants[:0:0]
+	for _, g := range grants {
+		if !seen[g.Subject] {
+			seen[g.Subject] = true
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // Role returns the role of t with the given name, and whether there is one.

@@ -34,6 +34,9 @@ const (
 	HeaderDeadDeliveries = "Artifactstore-Dead-Deliveries"
 	HeaderDeadReason     = "Artifactstore-Dead-Reason"
 	HeaderDeadCode       = "Artifactstore-Dead-Code"
+	// HeaderDeadKind is DeadLetterRefused or DeadLetterFailed, as the
+	// last token of the dead letter's subject.
+	HeaderDeadKind = "Artifactstore-Dead-Kind"
 )
 
 // ErrInvalidCommandID reports a command id that cannot be used as a
@@ -113,20 +116,39 @@ func Reply(nc *nats.Conn, replyTo string, body []byte, contentType string) error
 // its last subject token, the command id, to the waiting caller, so that
 // one connection carries any number of outstanding commands. Safe for
 // concurrent use.
+//
+// Replies are core NATS messages: one sent while the requester's
+// connection is being re-established is lost. So after every reconnect
+// the requester sends each command still waiting for its reply once more,
+// without Nats-Msg-Id (JetStream would drop it as a duplicate): the worker
+// finds the command id already handled and answers with the recorded
+// outcome, or handles it if it never was (every effect is idempotent by
+// command id).
 type Requester struct {
 	js     jetstream.JetStream
+	nc     *nats.Conn
 	sub    *nats.Subscription
 	prefix string
 
 	mu      sync.Mutex
 	closed  bool
-	pending map[string]chan *nats.Msg
+	pending map[string]*pendingCmd
+	// reasked counts the commands sent again after reconnects.
+	reasked int
+}
+
+// pendingCmd is a sent command that waits for its reply.
+type pendingCmd struct {
+	ch          chan *nats.Msg
+	subject     string
+	body        []byte
+	contentType string
 }
 
 // NewRequester subscribes to a fresh inbox prefix on nc; js must publish
 // through the same connection's server. Close it when done.
 func NewRequester(nc *nats.Conn, js jetstream.JetStream) (*Requester, error) {
-	r := &Requester{js: js, prefix: nc.NewInbox(), pending: make(map[string]chan *nats.Msg)}
+	r := &Requester{js: js, nc: nc, prefix: nc.NewInbox(), pending: make(map[string]*pendingCmd)}
 	sub, err := nc.Subscribe(r.prefix+".*", r.route)
 	if err != nil {
 		return nil, fmt.Errorf("bus: subscribe to reply inbox: %w", err)
@@ -144,20 +166,71 @@ func NewRequester(nc *nats.Conn, js jetstream.JetStream) (*Requester, error) {
 		return nil, fmt.Errorf("bus: flush reply subscription: %w", err)
 	}
 	r.sub = sub
+	prev := nc.ReconnectHandler()
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		if prev != nil {
+			prev(c)
+		}
+		go r.reask()
+	})
 	return r, nil
 }
 
 func (r *Requester) route(m *nats.Msg) {
 	id := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
 	r.mu.Lock()
-	ch, ok := r.pending[id]
+	p, ok := r.pending[id]
 	if ok {
 		delete(r.pending, id)
 	}
 	r.mu.Unlock()
 	if ok {
-		ch <- m // buffered, one reply per command
+		p.ch <- m // buffered, one reply per command
 	}
+}
+
+// reask sends every command still waiting for its reply once more (see
+// [Requester]).
+func (r *Requester) reask() {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	ids := make([]string, 0, len(r.pending))
+	cmds := make([]*pendingCmd, 0, len(r.pending))
+	for id, p := range r.pending {
+		ids = append(ids, id)
+		cmds = append(cmds, p)
+	}
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), ClientRetryBudget)
+	defer cancel()
+	for i, p := range cmds {
+		msg := nats.NewMsg(p.subject)
+		msg.Data = p.body
+		if p.contentType != "" {
+			msg.Header.Set(HeaderContentType, p.contentType)
+		}
+		msg.Header.Set(HeaderReplyTo, r.ReplySubject(ids[i]))
+		err := RetryTransient(ctx, ClientRetryBudget, func(ctx context.Context) error {
+			_, err := r.js.PublishMsg(ctx, msg)
+			return err
+		}, nil)
+		if err != nil {
+			return // the wait reports the missing reply
+		}
+		r.mu.Lock()
+		r.reasked++
+		r.mu.Unlock()
+	}
+}
+
+// Reasked is how many commands were sent again after reconnects.
+func (r *Requester) Reasked() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reasked
 }
 
 // ReplySubject is the reply subject of a command sent by this Requester.
@@ -175,16 +248,21 @@ type Pending struct {
 	PubAck *jetstream.PubAck
 
 	r  *Requester
+	p  *pendingCmd
 	ch chan *nats.Msg
 }
 
 // Send registers commandID, publishes the command with this Requester's
-// reply subject and returns without waiting for the reply.
+// reply subject and returns without waiting for the reply. A publish that
+// fails for a passing reason ([Transient]: the server shedding load, a
+// connection being reset) is repeated with backoff for up to
+// [ClientRetryBudget]; the command id makes a repeat a duplicate.
 func (r *Requester) Send(ctx context.Context, subject, commandID string, body []byte, contentType string) (*Pending, error) {
 	if err := ValidateCommandID(commandID); err != nil {
 		return nil, err
 	}
 	ch := make(chan *nats.Msg, 1)
+	pc := &pendingCmd{ch: ch, subject: subject, body: body, contentType: contentType}
 	r.mu.Lock()
 	switch {
 	case r.closed:
@@ -194,15 +272,20 @@ func (r *Requester) Send(ctx context.Context, subject, commandID string, body []
 		r.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", ErrDuplicatePending, commandID)
 	}
-	r.pending[commandID] = ch
+	r.pending[commandID] = pc
 	r.mu.Unlock()
 
-	ack, err := PublishCommand(ctx, r.js, subject, commandID, body, contentType, r.ReplySubject(commandID))
+	var ack *jetstream.PubAck
+	err := RetryTransient(ctx, ClientRetryBudget, func(ctx context.Context) error {
+		var err error
+		ack, err = PublishCommand(ctx, r.js, subject, commandID, body, contentType, r.ReplySubject(commandID))
+		return err
+	}, nil)
 	if err != nil {
-		r.forget(commandID, ch)
+		r.forget(commandID, pc)
 		return nil, err
 	}
-	return &Pending{CommandID: commandID, PubAck: ack, r: r, ch: ch}, nil
+	return &Pending{CommandID: commandID, PubAck: ack, r: r, p: pc, ch: ch}, nil
 }
 
 // Wait blocks until the reply arrives or ctx is done. After ctx is done the
@@ -220,7 +303,7 @@ func (p *Pending) Wait(ctx context.Context) (*nats.Msg, error) {
 }
 
 // Cancel stops waiting for the reply; a reply arriving later is dropped.
-func (p *Pending) Cancel() { p.r.forget(p.CommandID, p.ch) }
+func (p *Pending) Cancel() { p.r.forget(p.CommandID, p.p) }
 
 // Request sends a command and waits for its reply until ctx is done.
 func (r *Requester) Request(ctx context.Context, subject, commandID string, body []byte, contentType string) (*nats.Msg, error) {
@@ -232,9 +315,9 @@ func (r *Requester) Request(ctx context.Context, subject, commandID string, body
 	return p.Wait(ctx)
 }
 
-func (r *Requester) forget(id string, ch chan *nats.Msg) {
+func (r *Requester) forget(id string, p *pendingCmd) {
 	r.mu.Lock()
-	if r.pending[id] == ch {
+	if r.pending[id] == p {
 		delete(r.pending, id)
 	}
 	r.mu.Unlock()
@@ -252,8 +335,8 @@ func (r *Requester) Close() error {
 	pending := r.pending
 	r.pending = nil
 	r.mu.Unlock()
-	for _, ch := range pending {
-		close(ch)
+	for _, p := range pending {
+		close(p.ch)
 	}
 	if err := r.sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 		return fmt.Errorf("bus: unsubscribe reply inbox: %w", err)

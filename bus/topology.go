@@ -120,9 +120,16 @@ type Topology struct {
 	// the consume loop sends in-progress acks every AckWait/3 while a
 	// handler runs. Default 30 seconds.
 	AckWait time.Duration
-	// MaxDeliver is how many times a command is delivered before the
-	// server gives up; the consume loop dead-letters a command that failed
-	// on its last delivery. Default 5.
+	// MaxDeliver is how many times a command is handled before the
+	// consume loop gives up on it: a command that still fails on its last
+	// delivery is answered (unavailable or internal), dead-lettered and
+	// terminated. With the consume loop's backoff ([DefaultBackoff]) it
+	// sizes the retry budget, [RetryBudget]: 113-151 s for the default
+	// 10, so that a dependency down for a minute costs only time. The
+	// server's consumer is configured with one delivery more, the spare:
+	// it reaches a consume loop only when the last attempt never settled
+	// (its worker died), which then answers the command without handling
+	// it. Default 10.
 	MaxDeliver int
 	// MaxAckPending bounds the commands delivered and not yet acked across
 	// all processes of a consumer. Default 256.
@@ -156,7 +163,7 @@ func DefaultTopology() Topology {
 		RetentionConsumer: "retention",
 		VerifyConsumer:    "verify",
 		AckWait:           30 * time.Second,
-		MaxDeliver:        5,
+		MaxDeliver:        10,
 		MaxAckPending:     256,
 	}
 }
@@ -269,7 +276,8 @@ func (t Topology) ConsumerConfig(f ConsumerFamily) jetstream.ConsumerConfig {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       t.AckWait,
-		MaxDeliver:    t.MaxDeliver,
+		MaxDeliver:    t.MaxDeliver + 1, // the spare delivery, see MaxDeliver
+
 		MaxAckPending: t.MaxAckPending,
 		FilterSubject: f.Filter,
 		Replicas:      t.Replicas,

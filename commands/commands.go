@@ -108,20 +108,32 @@ const (
 )
 
 // Error is a command the ingester refuses, with its code and a message for
-// the producer that says what was wrong and what to do.
+// the producer that says what was wrong and what to do. Failed marks a
+// command the pipeline could not handle (StatusFailed) rather than one it
+// refused.
 type Error struct {
 	Code   string
 	Reason string
+	Failed bool
 }
 
-// ErrRejected is wrapped by every *Error.
+// ErrRejected is wrapped by every *Error of a refused command.
 var ErrRejected = errors.New("command rejected")
+
+// ErrFailed is wrapped by every *Error of a command the pipeline could not
+// handle (Failed).
+var ErrFailed = errors.New("command failed")
 
 // Error returns "<code>: <reason>".
 func (e *Error) Error() string { return e.Code + ": " + e.Reason }
 
-// Unwrap returns ErrRejected.
-func (e *Error) Unwrap() error { return ErrRejected }
+// Unwrap returns ErrFailed or ErrRejected.
+func (e *Error) Unwrap() error {
+	if e.Failed {
+		return ErrFailed
+	}
+	return ErrRejected
+}
 
 // Rejectf builds an *Error.
 func Rejectf(code, format string, args ...any) *Error {

@@ -82,4 +82,12 @@
 // [Reply], encoded like the command (JSON for a JSON command, else CBOR)
 // and only after the outcome is durable: the object fsynced and the events
 // committed, or the rejection event committed.
+//
+// Every command is answered. Besides "stored", "sealed" and "rejected" (a
+// decision, recorded as an event), a reply may say "failed": the pipeline
+// could not handle the command and nothing was recorded. Its code is
+// "unavailable" (a dependency, named in the reason, failed on every attempt
+// for longer than the retry budget), "insufficient_storage" (the backend has
+// no room; the reason gives the bytes needed and free) or "internal"; the
+// command may be sent again later.
 package commands

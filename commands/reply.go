@@ -14,8 +14,34 @@ const (
 	StatusStored = "stored"
 	// StatusSealed: the package is sealed (now or before).
 	StatusSealed = "sealed"
-	// StatusRejected: nothing was stored; Code and Reason say why.
+	// StatusRejected: the command was refused by a decision (malformed,
+	// a wrong claim, a rule); nothing was stored; Code and Reason say why,
+	// and the refusal is recorded as an event. Sending the same command
+	// again gets the same answer.
 	StatusRejected = "rejected"
+	// StatusFailed: the pipeline could not handle the command (a
+	// dependency down for longer than the retry budget, the storage out of
+	// space); nothing was stored and nothing recorded. Code is one of
+	// CodeUnavailable, CodeInsufficientStorage, CodeInternal; Reason names
+	// the cause. Sending the command again later may succeed.
+	StatusFailed = "failed"
+)
+
+// Codes of a failed command (StatusFailed), shared by every command family
+// (ingest and seal, retention, verify). The consume loop's own codes
+// (bus.CodeUnavailable, bus.CodeInternal) have the same values.
+const (
+	// CodeUnavailable: a dependency (postgres, nats, storage, or the
+	// worker itself) failed on every delivery, for longer than the retry
+	// budget; the reason names it and how long it was retried.
+	CodeUnavailable = "unavailable"
+	// CodeInsufficientStorage: the storage backend has no room for the
+	// blob (its free space minus the ingester's reserve); the reason gives
+	// the bytes needed and free. Refused before any byte was written.
+	CodeInsufficientStorage = "insufficient_storage"
+	// CodeInternal: the handler failed on every delivery for a reason
+	// that is neither the command's fault nor a known dependency: a bug.
+	CodeInternal = "internal"
 )
 
 // Reply is the ingester's answer to one command, sent only after the
@@ -24,7 +50,8 @@ type Reply struct {
 	V         int    `cbor:"v" json:"v"`
 	CommandID string `cbor:"command_id" json:"command_id"`
 	Status    string `cbor:"status" json:"status"`
-	// Code and Reason are set when Status is StatusRejected.
+	// Code and Reason are set when Status is StatusRejected or
+	// StatusFailed.
 	Code   string `cbor:"code,omitempty" json:"code,omitempty"`
 	Reason string `cbor:"reason,omitempty" json:"reason,omitempty"`
 
@@ -46,12 +73,16 @@ type Reply struct {
 	Sequence int64 `cbor:"sequence,omitempty" json:"sequence,omitempty"`
 }
 
-// Err returns the rejection as an *Error, or nil when the command succeeded.
+// Err returns the rejection or failure as an *Error, or nil when the
+// command succeeded.
 func (r Reply) Err() error {
-	if r.Status != StatusRejected {
-		return nil
+	switch r.Status {
+	case StatusRejected:
+		return &Error{Code: r.Code, Reason: r.Reason}
+	case StatusFailed:
+		return &Error{Code: r.Code, Reason: r.Reason, Failed: true}
 	}
-	return &Error{Code: r.Code, Reason: r.Reason}
+	return nil
 }
 
 // DecodeReply decodes a reply, as JSON when isJSON. Unknown fields are

@@ -76,11 +76,15 @@ import (
 )
 
 // DataPlane is the part of the data plane the ingester uses: storing a
-// blob, and asking whether an object's bytes are still there (see
-// keepObjects).
+// blob, asking whether an object's bytes are still there (see
+// keepObjects), and its backends' free space.
 type DataPlane interface {
 	Ingest(ctx context.Context, r io.Reader, h dataplane.IngestHints) (dataplane.IngestResult, error)
 	Head(ctx context.Context, backendID string, addr digest.Address) (storage.ObjectInfo, error)
+	// Health and DefaultBackend tell the free space of the backend a blob
+	// goes to, checked before the blob is written.
+	Health(ctx context.Context) map[string]storage.Health
+	DefaultBackend() string
 }
 
 var _ DataPlane = (*dataplane.DataPlane)(nil)
@@ -132,9 +136,16 @@ type Config struct {
 	// schemas used by the pre-check may be (the commit always reads them
 	// afresh). Default 2 s.
 	ConfigMaxAge time.Duration
-	// RetryDelay is the redelivery delay after a transient failure
-	// (database or disk). Default 2 s.
+	// RetryDelay, when positive, is the redelivery delay after a transient
+	// failure (database, NATS or disk). Default 0: the consume loop's
+	// exponential backoff with jitter, which with the topology's
+	// MaxDeliver sizes the retry budget (bus.RetryBudget).
 	RetryDelay time.Duration
+	// StorageReserve is how many bytes of the backend's free space an
+	// ingest may not use: a blob of known size that does not fit in the
+	// free space minus the reserve is refused (insufficient_storage)
+	// before any byte is written. Default 0.
+	StorageReserve int64
 	// Actor is the actor of events when a command names no producer.
 	// Default "ingest".
 	Actor string
@@ -178,8 +189,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ConfigMaxAge <= 0 {
 		c.ConfigMaxAge = 2 * time.Second
 	}
-	if c.RetryDelay <= 0 {
-		c.RetryDelay = 2 * time.Second
+	if c.RetryDelay < 0 {
+		c.RetryDelay = 0
+	}
+	if c.StorageReserve < 0 {
+		c.StorageReserve = 0
 	}
 	if c.Actor == "" {
 		c.Actor = "ingest"
@@ -247,6 +261,9 @@ func (ing *Ingester) Start(ctx context.Context) error {
 	opts.Logger = ing.cfg.Logger
 	if opts.DeadLetterSubjectPrefix == "" {
 		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
+	}
+	if opts.Answer == nil {
+		opts.Answer = ing.answer
 	}
 	cons, err := bus.NewConsumer(ing.cfg.JetStream, t.CommandsStream, t.IngestConsumer, ing.handle, opts)
 	if err != nil {
@@ -350,7 +367,7 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 	// again; a refusal costs no stored bytes.
 	known, rej, err := ing.precheck(ctx, id, c)
 	if err != nil {
-		return ing.transient(ctx, "pre-check", err)
+		return ing.transient(ctx, postgresDependency(err), "pre-check", err)
 	}
 	if known {
 		if done, err := ing.replyIfDone(ctx, m, id, c.Staged); done || err != nil {
@@ -374,8 +391,13 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 	var (
 		r         io.Reader
 		stagedSHA digest.Address
+		need      int64
 	)
 	if c.Inline != nil {
+		need = int64(len(c.Inline))
+		if err := ing.checkSpace(ctx, hints, need); err != nil {
+			return err
+		}
 		r = bytes.NewReader(c.Inline)
 	} else {
 		info, err := ing.staging.GetInfo(ctx, c.Staged)
@@ -385,7 +407,7 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 				c.Staged, ing.cfg.Topology.StagingBucket, ing.cfg.Topology.StagingTTL))
 		}
 		if err != nil {
-			return ing.transient(ctx, "staged object info", err)
+			return ing.transient(ctx, bus.DependencyNATS, "staged object info", err)
 		}
 		stagedSHA, err = parseStagedDigest(info.Digest)
 		if err != nil {
@@ -395,10 +417,14 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 		if hints.MaxSize > 0 && int64(info.Size) > hints.MaxSize {
 			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, tooLarge(int64(info.Size), hints.MaxSize))
 		}
+		need = int64(info.Size)
+		if err := ing.checkSpace(ctx, hints, need); err != nil {
+			return err
+		}
 		hints.Expect = append(hints.Expect, stagedSHA)
 		obj, err := openStaged(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, info)
 		if err != nil {
-			return ing.transient(ctx, "open staged object", err)
+			return ing.transient(ctx, bus.DependencyNATS, "open staged object", err)
 		}
 		defer obj.Close()
 		r = obj
@@ -406,10 +432,18 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 
 	res, err := ing.cfg.DataPlane.Ingest(ctx, r, hints)
 	if err != nil {
+		if errors.Is(err, storage.ErrInsufficientStorage) {
+			// Concurrent ingests passed the check together, or the disk
+			// filled from elsewhere.
+			if e := ing.spaceShortage(ctx, hints, need); e != nil {
+				return ing.noSpace(e)
+			}
+			return ing.noSpace(fmt.Errorf("ingest: store blob of %s (%d bytes): %w", c.Path, need, err))
+		}
 		if rej := ing.classifyStoreError(err, c, stagedSHA, hints.MaxSize); rej != nil {
 			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
 		}
-		return ing.transient(ctx, "store blob", err)
+		return ing.transient(ctx, storeDependency(err), "store blob", err)
 	}
 	log.Debug().Str("address", res.Address.String()).Int64("size", res.Digests.Size).Bool("deduplicated", res.Receipt.Deduplicated).Msg("blob durable")
 
@@ -504,11 +538,11 @@ func (ing *Ingester) replyIfDone(ctx context.Context, m bus.Message, id, staged 
 		return false, nil
 	}
 	if err != nil {
-		return true, ing.transient(ctx, "look up command", err)
+		return true, ing.transient(ctx, postgresDependency(err), "look up command", err)
 	}
 	rep, rej, err := replyFromEvents(ing.cfg.Codec, id, evs)
 	if err != nil {
-		return true, ing.transient(ctx, "rebuild reply", err)
+		return true, ing.transient(ctx, "", "rebuild reply", err)
 	}
 	return true, ing.finish(ctx, m, outcome{reply: rep, rejected: rej}, staged, commands.IsJSON(m.ContentType))
 }
@@ -557,26 +591,24 @@ func (ing *Ingester) rejectCommand(ctx context.Context, m bus.Message, id, pkg, 
 // producer holding a reply knows the staging space is free.
 func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, staged string, isJSON bool) error {
 	if out.err != nil {
-		return ing.transient(ctx, "commit", out.err)
+		return ing.transient(ctx, postgresDependency(out.err), "commit", out.err)
 	}
 	ing.cfg.Metrics.outcome(out.reply)
 	body, err := commands.Encode(ing.cfg.Codec, out.reply, isJSON)
 	if err != nil {
-		return ing.transient(ctx, "encode reply", err)
+		return ing.transient(ctx, "", "encode reply", err)
 	}
 	ct := ""
 	if isJSON {
 		ct = commands.ContentTypeJSON
 	}
 	if staged != "" {
-		if err := ing.staging.Delete(ctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; its TTL removes it")
-		}
+		ing.deleteStaged(ctx, staged)
 	}
 	if err := bus.Reply(ing.cfg.NATS, m.ReplyTo, body, ct); err != nil {
-		// The outcome is committed; a producer that missed the reply
-		// can re-send the command id and gets the same outcome.
-		ing.log.Warn().Err(err).Str("command_id", out.reply.CommandID).Msg("reply failed")
+		// The outcome is committed: a redelivery finds it in the log and
+		// answers it again, once NATS takes messages.
+		return ing.transient(ctx, bus.DependencyNATS, "reply", err)
 	}
 	if out.rejected != nil {
 		return bus.Reject(out.rejected, out.rejected.Code)
@@ -584,12 +616,38 @@ func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, sta
 	return nil
 }
 
+// stagedDeleteTimeout bounds the delete of a staged object: purging the
+// chunks of a large blob takes longer than JetStream's default 5 s.
+const stagedDeleteTimeout = 2 * time.Minute
+
+// deleteStaged deletes a staged object once its command's outcome is
+// committed; a failure leaves it to the staging janitor.
+func (ing *Ingester) deleteStaged(ctx context.Context, staged string) {
+	dctx, cancel := context.WithTimeout(ctx, stagedDeleteTimeout)
+	defer cancel()
+	if err := ing.staging.Delete(dctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; the staging janitor removes it")
+	}
+}
+
 // transient maps a failure that is not the command's fault to a
-// redelivery after RetryDelay (or the context's error when stopping).
-func (ing *Ingester) transient(ctx context.Context, what string, err error) error {
+// redelivery with the consume loop's backoff (or after RetryDelay when
+// set), naming the dependency that failed ("" when unknown), or to the
+// context's error when stopping. When the retries run out, the consume
+// loop answers the command as unavailable with that dependency.
+func (ing *Ingester) transient(ctx context.Context, dependency, what string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("ingest: %s: %w", what, err)
 	}
-	ing.log.Warn().Err(err).Str("step", what).Msg("transient failure; the command will be redelivered")
-	return bus.Retry(fmt.Errorf("ingest: %s: %w", what, err), ing.cfg.RetryDelay)
+	ing.log.Warn().Err(err).Str("step", what).Str("dependency", dependency).Msg("transient failure; the command will be redelivered")
+	return &bus.RetryError{Err: fmt.Errorf("ingest: %s: %w", what, err), Delay: ing.cfg.RetryDelay, Dependency: dependency}
+}
+
+// storeDependency names what failed when storing a blob: NATS when the
+// staged object could not be read, else the storage backend.
+func storeDependency(err error) string {
+	if errors.Is(err, errStagedRead) {
+		return bus.DependencyNATS
+	}
+	return bus.DependencyStorage
 }

@@ -14,6 +14,7 @@ type Metrics struct {
 	bytes      prometheus.Counter
 	objects    *prometheus.CounterVec
 	rejections *prometheus.CounterVec
+	failures   *prometheus.CounterVec
 	duration   prometheus.Histogram
 	groupSize  prometheus.Histogram
 	groupTime  prometheus.Histogram
@@ -21,7 +22,8 @@ type Metrics struct {
 
 // NewMetrics registers the ingester's metrics on reg:
 // artifactstore_ingest_bytes_total, artifactstore_ingest_objects_total
-// {deduplicated}, artifactstore_ingest_rejections_total{code} and the
+// {deduplicated}, artifactstore_ingest_rejections_total{code},
+// artifactstore_ingest_failures_total{code} and the
 // histograms artifactstore_ingest_duration_seconds (a command's handling,
 // from delivery to commit and reply), artifactstore_ingest_commit_group_size
 // (commands per group commit: near 1 under load means commits do not
@@ -39,6 +41,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "artifactstore_ingest_rejections_total",
 			Help: "Commands rejected, by reason code.",
+		}, []string{"code"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "artifactstore_ingest_failures_total",
+			Help: "Commands the ingester gave up on (answered failed), by code: unavailable, insufficient_storage, internal.",
 		}, []string{"code"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "artifactstore_ingest_duration_seconds",
@@ -58,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.objects.WithLabelValues("false")
 	m.objects.WithLabelValues("true")
-	reg.MustRegister(m.bytes, m.objects, m.rejections, m.duration, m.groupSize, m.groupTime)
+	reg.MustRegister(m.bytes, m.objects, m.rejections, m.failures, m.duration, m.groupSize, m.groupTime)
 	return m
 }
 
@@ -74,6 +80,14 @@ func (m *Metrics) outcome(r commands.Reply) {
 		m.bytes.Add(float64(r.Size))
 		m.objects.WithLabelValues(strconv.FormatBool(r.Deduplicated)).Inc()
 	}
+}
+
+// failed counts a command answered as failed.
+func (m *Metrics) failed(code string) {
+	if m == nil {
+		return
+	}
+	m.failures.WithLabelValues(code).Inc()
 }
 
 func (m *Metrics) handled(d time.Duration) {

@@ -18,6 +18,10 @@ const stagedBufferBytes = 2 << 20
 // whose chunks are missing must not hold a handler forever.
 const stagedChunkTimeout = 30 * time.Second
 
+// errStagedRead marks a failure to read a staged object's chunks from
+// NATS, so that it is retried as a NATS outage rather than a storage one.
+var errStagedRead = errors.New("read staged object")
+
 // errStagedCorrupt means the staged object's chunks do not add up to its
 // recorded size.
 var errStagedCorrupt = errors.New("staged object's chunks do not match its recorded size")
@@ -69,7 +73,7 @@ func (r *stagedReader) Read(p []byte) (int, error) {
 		msg, err := r.it.Next(jetstream.NextContext(ctx))
 		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("read staged object: %w", err)
+			return 0, fmt.Errorf("%w: %w", errStagedRead, err)
 		}
 		r.cur = msg.Data()
 		if r.read+int64(len(r.cur)) > r.size {

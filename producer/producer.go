@@ -9,12 +9,11 @@
 package producer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
@@ -45,15 +44,17 @@ type Config struct {
 	Producer string
 	// JSON sends JSON commands instead of CBOR.
 	JSON bool
+	// OnRetry, when set, hears about every staging upload restarted after
+	// a passing failure (429 too many requests, a timeout, a connection
+	// reset), e.g. to tell the user why a put takes longer.
+	OnRetry func(name string, attempt int, err error, wait time.Duration)
 }
 
 // Client sends commands and waits for replies. Safe for concurrent use.
 type Client struct {
-	cfg Config
-	req *bus.Requester
-
-	mu  sync.Mutex
-	obs jetstream.ObjectStore
+	cfg   Config
+	req   *bus.Requester
+	stage *stager
 }
 
 // New returns a client; Close it when done.
@@ -71,11 +72,15 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.InlineMax <= 0 || cfg.InlineMax > limit {
 		cfg.InlineMax = limit
 	}
+	st, err := newStager(cfg.NATS, cfg.Topology.StagingBucket, cfg.OnRetry)
+	if err != nil {
+		return nil, err
+	}
 	req, err := bus.NewRequester(cfg.NATS, cfg.JetStream)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg, req: req}, nil
+	return &Client{cfg: cfg, req: req, stage: st}, nil
 }
 
 // Close stops waiting for replies.
@@ -83,21 +88,6 @@ func (c *Client) Close() error { return c.req.Close() }
 
 // InlineMax is the largest blob the client sends inline.
 func (c *Client) InlineMax() int { return c.cfg.InlineMax }
-
-// staging opens the staging bucket on first use.
-func (c *Client) staging(ctx context.Context) (jetstream.ObjectStore, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.obs != nil {
-		return c.obs, nil
-	}
-	obs, err := c.cfg.JetStream.ObjectStore(ctx, c.cfg.Topology.StagingBucket)
-	if err != nil {
-		return nil, fmt.Errorf("producer: open staging bucket %s (does the topology exist? `artifactstore topology apply` creates it): %w", c.cfg.Topology.StagingBucket, err)
-	}
-	c.obs = obs
-	return obs, nil
-}
 
 // Put is one file to store.
 type Put struct {
@@ -112,9 +102,16 @@ type Put struct {
 	MediaType string
 	// Body is the blob. Size is its length when known (< 0 unknown); a
 	// known size is claimed in the command, so a short read is rejected,
-	// and decides inline versus staged without buffering.
+	// and decides inline versus staged without buffering. A Body that is
+	// also an io.Seeker (a file) lets a staging upload that failed for a
+	// passing reason start again; any other body fails at the first such
+	// failure.
 	Body io.Reader
 	Size int64
+	// Progress, when set, hears how many bytes of a staged blob the
+	// staging bucket acknowledged so far (0 again when the upload
+	// restarts).
+	Progress func(sent int64)
 	// Expect holds addresses the producer claims for the blob.
 	Expect []digest.Address
 }
@@ -171,16 +168,11 @@ func (c *Client) Put(ctx context.Context, p Put) (*Pending, error) {
 			cmd.Inline = []byte{}
 		}
 	} else {
-		obs, err := c.staging(ctx)
-		if err != nil {
-			return nil, err
-		}
-		r := p.Body
-		if body != nil {
-			r = io.MultiReader(bytes.NewReader(body), p.Body)
-		}
-		if _, err := obs.Put(ctx, jetstream.ObjectMeta{Name: id, Description: p.Package + ":" + p.Path}, r); err != nil {
-			return nil, fmt.Errorf("producer: stage %s in %s: %w", p.Path, c.cfg.Topology.StagingBucket, err)
+		if _, err := c.stage.stage(ctx, id, p.Package+":"+p.Path, body, p.Body, p.Progress); err != nil {
+			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+				return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
+			}
+			return nil, fmt.Errorf("%s: %w", p.Path, err)
 		}
 		cmd.Staged = id
 	}

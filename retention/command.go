@@ -36,6 +36,11 @@ const (
 	// StatusRejected: the change was refused; Code and Reason say why, and
 	// the refusal is recorded as an event.
 	StatusRejected = "rejected"
+	// StatusFailed: the pipeline could not handle the command (PostgreSQL
+	// down for longer than the retry budget, a worker lost); nothing was
+	// changed or recorded. Code is commands.CodeUnavailable or
+	// commands.CodeInternal, Reason names the cause.
+	StatusFailed = "failed"
 )
 
 // Rejection codes of retention commands, besides the commands package's
@@ -156,9 +161,11 @@ type Reply struct {
 	CommandID string `cbor:"command_id" json:"command_id"`
 	Action    string `cbor:"action,omitempty" json:"action,omitempty"`
 	Package   string `cbor:"package,omitempty" json:"package,omitempty"`
-	// Status is StatusApplied, StatusUnchanged or StatusRejected.
+	// Status is StatusApplied, StatusUnchanged, StatusRejected or
+	// StatusFailed.
 	Status string `cbor:"status" json:"status"`
-	// Code and Reason are set when Status is StatusRejected.
+	// Code and Reason are set when Status is StatusRejected or
+	// StatusFailed.
 	Code   string `cbor:"code,omitempty" json:"code,omitempty"`
 	Reason string `cbor:"reason,omitempty" json:"reason,omitempty"`
 	// Class, RetainUntil (nil: never expires) and LegalHold describe the
@@ -178,12 +185,15 @@ type Reply struct {
 	Duplicate bool `cbor:"duplicate,omitempty" json:"duplicate,omitempty"`
 }
 
-// Err returns the refusal as a *commands.Error, or nil.
+// Err returns the refusal or failure as a *commands.Error, or nil.
 func (r Reply) Err() error {
-	if r.Status != StatusRejected {
-		return nil
+	switch r.Status {
+	case StatusRejected:
+		return &commands.Error{Code: r.Code, Reason: r.Reason}
+	case StatusFailed:
+		return &commands.Error{Code: r.Code, Reason: r.Reason, Failed: true}
 	}
-	return &commands.Error{Code: r.Code, Reason: r.Reason}
+	return nil
 }
 
 // EncodeCommand validates c and encodes it as deterministic CBOR, or JSON

@@ -70,8 +70,8 @@ type Config struct {
 	// Concurrency is how many commands one process handles at once.
 	// Default 4.
 	Concurrency int
-	// RetryDelay is the redelivery delay after a transient failure.
-	// Default 2 s.
+	// RetryDelay, when positive, is the redelivery delay after a transient
+	// failure. Default 0: the consume loop's backoff (bus.RetryBudget).
 	RetryDelay time.Duration
 	// Consumer tunes the consume loop; Concurrency and Logger are set from
 	// this config.
@@ -89,8 +89,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Concurrency <= 0 {
 		c.Concurrency = 4
 	}
-	if c.RetryDelay <= 0 {
-		c.RetryDelay = 2 * time.Second
+	if c.RetryDelay < 0 {
+		c.RetryDelay = 0
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -128,6 +128,9 @@ func (h *Handler) Start(ctx context.Context, js jetstream.JetStream, t bus.Topol
 	opts.Logger = h.log
 	if opts.DeadLetterSubjectPrefix == "" {
 		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
+	}
+	if opts.Answer == nil {
+		opts.Answer = h.Answer
 	}
 	c, err := bus.NewConsumer(js, t.CommandsStream, t.RetentionConsumer, h.Handle, opts)
 	if err != nil {
@@ -201,7 +204,7 @@ func (h *Handler) transient(ctx context.Context, err error) error {
 		return err
 	}
 	h.log.Warn().Err(err).Msg("transient failure; the command will be redelivered")
-	return bus.Retry(err, h.cfg.RetryDelay)
+	return &bus.RetryError{Err: err, Delay: h.cfg.RetryDelay, Dependency: bus.DependencyPostgres}
 }
 
 // finish replies and returns the consume loop's verdict.

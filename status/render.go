@@ -36,7 +36,39 @@ func Render(w io.Writer, r Report) error {
 		}
 		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t\n", c.Name, c.Pending, c.AckPending, c.Redelivered)
 	}
-	fmt.Fprintf(tw, "  dead letters\t%d\t\t\t\n\n", r.DeadLetters)
+	fmt.Fprintf(tw, "  dead letters\t%d\t\t\t\n", r.DeadLetters)
+	for _, d := range r.RecentDeadLetters {
+		fmt.Fprintf(tw, "    %s, recent\t%d failed\t%d refused\t\t\n", d.Consumer, d.Failed, d.Refused)
+	}
+	fmt.Fprintf(tw, "  staged uploads\t%d (%s)\t%d abandoned (%s)\t\t\n\n", r.Staged.Uploads, humanBytes(r.Staged.Bytes),
+		r.AbandonedStaged.Uploads, humanBytes(r.AbandonedStaged.Bytes))
+
+	if len(r.Leaders) > 0 {
+		fmt.Fprintln(tw, "LEADERS\tprocess\tpostgres pid\tsince\t")
+		for _, l := range r.Leaders {
+			if l.Holder == "" {
+				fmt.Fprintf(tw, "  %s\t(nobody)\t\t\t\n", l.Role)
+				continue
+			}
+			since := ""
+			if l.Since != nil {
+				since = l.Since.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d (%s)\t%s\t\n", l.Role, l.Holder, l.PID, l.Client, since)
+		}
+		fmt.Fprintln(tw)
+	}
+	if len(r.Backends) > 0 {
+		fmt.Fprintln(tw, "STORAGE\tfree\tused\t\t")
+		for _, b := range r.Backends {
+			state := ""
+			if !b.Healthy {
+				state = "UNHEALTHY: " + b.Detail
+			}
+			fmt.Fprintf(tw, "  %s\t%s (%.1f%%)\t%s\t%s\t\n", b.ID, humanBytes(int64(b.FreeBytes)), b.FreePct, humanBytes(int64(b.UsedBytes)), state)
+		}
+		fmt.Fprintln(tw)
+	}
 
 	fmt.Fprintln(tw, "EVENT LOG\tsequence\tlag\t\t")
 	fmt.Fprintf(tw, "  head\t%d\t\t\t\n", r.LogHead)

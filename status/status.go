@@ -1,5 +1,7 @@
 // Package status answers "is the pipeline healthy?" on one screen: work
-// waiting in each JetStream consumer, dead letters, projector and relay lag,
+// waiting in each JetStream consumer, recent dead letters (failures apart
+// from refusals), abandoned staged uploads, the storage backends' free
+// space, who leads each single-active role, projector and relay lag,
 // objects by state, bytes stored, the next expiries and scrub coverage.
 package status
 
@@ -12,6 +14,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/storage"
 )
 
 // Consumer is the backlog of one durable consumer.
@@ -32,13 +37,20 @@ type Expiry struct {
 
 // Report is everything status shows.
 type Report struct {
-	At          time.Time  `json:"at"`
-	Healthy     bool       `json:"healthy"`
-	Problems    []string   `json:"problems,omitempty"`
-	Notes       []string   `json:"notes,omitempty"`
-	NATSError   string     `json:"nats_error,omitempty"`
-	Consumers   []Consumer `json:"consumers,omitempty"`
-	DeadLetters uint64     `json:"dead_letters"`
+	At        time.Time  `json:"at"`
+	Healthy   bool       `json:"healthy"`
+	Problems  []string   `json:"problems,omitempty"`
+	Notes     []string   `json:"notes,omitempty"`
+	NATSError string     `json:"nats_error,omitempty"`
+	Consumers []Consumer `json:"consumers,omitempty"`
+	// DeadLetters is every message of the dead-letter stream (kept 30
+	// days); RecentDeadLetters counts the window's by kind.
+	DeadLetters       uint64        `json:"dead_letters"`
+	RecentDeadLetters []DeadLetters `json:"recent_dead_letters,omitempty"`
+	Staged            Staged        `json:"staged"`
+	AbandonedStaged   Staged        `json:"abandoned_staged"`
+	Backends          []Backend     `json:"backends,omitempty"`
+	Leaders           []Leader      `json:"leaders,omitempty"`
 
 	LogHead            int64   `json:"log_head"`
 	ProjectorCheckpt   int64   `json:"projector_checkpoint"`
@@ -60,7 +72,8 @@ type Report struct {
 }
 
 // Sources are what status reads. JS may be nil when NATS is unreachable;
-// NATSErr then says why.
+// NATSErr then says why. Zero values of the optional fields turn their
+// part of the report off.
 type Sources struct {
 	Pool           *pgxpool.Pool
 	JS             jetstream.JetStream
@@ -75,6 +88,29 @@ type Sources struct {
 	// reported unhealthy.
 	MaxLag int64
 	Now    func() time.Time
+
+	// DeadLetterPrefix is the subject prefix of dead letters
+	// (<prefix>.<consumer>.<kind>); with DeadLetterWindow set, the
+	// window's dead letters are counted by kind, and a failure is a
+	// problem.
+	DeadLetterPrefix string
+	DeadLetterWindow time.Duration
+	// Topology names the staging bucket and the ingest consumer; with
+	// StagedMaxAge set, staged uploads older than it that nothing will
+	// consume are a problem (bus.AbandonedStaged), Handled telling which
+	// command ids were handled.
+	Topology     bus.Topology
+	StagedMaxAge time.Duration
+	Handled      func(ctx context.Context, ids []string) (map[string]bool, error)
+	// Backends reports the storage backends' health and space; a backend
+	// unhealthy or with less free space than MinFreeBytes or
+	// MinFreePercent is a problem.
+	Backends       func(ctx context.Context) map[string]storage.Health
+	MinFreeBytes   uint64
+	MinFreePercent float64
+	// LeaderLocks are the single-active roles whose leader is shown
+	// (besides the projector's, found from Projector).
+	LeaderLocks []LeaderLock
 }
 
 // Gather builds the report. It fails only when PostgreSQL cannot be read;
@@ -104,11 +140,11 @@ func Gather(ctx context.Context, src Sources) (Report, error) {
 	if m := r.ObjectsByState["missing"]; m > 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("%d missing objects", m))
 	}
-	if r.DeadLetters > 0 {
-		// Not a problem by itself: every refused command (a digest
-		// mismatch, a retention change that would shorten a promise) is
-		// dead-lettered besides its event and its reply.
-		r.Notes = append(r.Notes, fmt.Sprintf("%d dead letters (refused or undeliverable commands): inspect with 'nats stream view %s'", r.DeadLetters, src.DeadLetters))
+	if src.Backends != nil {
+		gatherBackends(ctx, src, &r)
+	}
+	if err := gatherLeaders(ctx, src, &r); err != nil {
+		return r, err
 	}
 	if src.MaxLag > 0 && r.ProjectorLagEvents > src.MaxLag {
 		r.Problems = append(r.Problems, fmt.Sprintf("projector is %d events behind: is 'artifactstore project' running?", r.ProjectorLagEvents))
@@ -144,7 +180,12 @@ func gatherNATS(ctx context.Context, src Sources, r *Report) {
 		}
 		if err != nil {
 			r.Problems = append(r.Problems, fmt.Sprintf("dead-letter stream %s: %v", src.DeadLetters, err))
+		} else if src.DeadLetterWindow > 0 && src.DeadLetterPrefix != "" {
+			gatherDeadLetters(ctx, src, r)
 		}
+	}
+	if src.StagedMaxAge > 0 && src.Topology.StagingBucket != "" {
+		gatherStaging(ctx, src, r)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/digest/blaketree"
@@ -63,8 +64,18 @@ func NewPutter(opts ...PutterOption) *Putter {
 // nothing is stored. Putting content the backend already holds drains the
 // stream and leaves the stored bytes untouched (the receipt says
 // Deduplicated). Put does not close r; it stops between chunks when ctx is
-// done.
+// done. A full file system or quota (ENOSPC, EDQUOT) fails with an error
+// matching ErrInsufficientStorage, so that the ingester answers it as such
+// rather than retrying it.
 func (p *Putter) Put(ctx context.Context, b Backend, r io.Reader, opts PutOptions) (Receipt, error) {
+	rc, err := p.put(ctx, b, r, opts)
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		err = fmt.Errorf("%w: %w", ErrInsufficientStorage, err)
+	}
+	return rc, err
+}
+
+func (p *Putter) put(ctx context.Context, b Backend, r io.Reader, opts PutOptions) (Receipt, error) {
 	primary, err := ValidateOptions(opts)
 	if err != nil {
 		return Receipt{}, err

@@ -137,6 +137,11 @@ type Reply struct {
 	// built (stored before trees existed) or rebuilt (it was damaged).
 	// Empty for other outcomes and duplicates.
 	Tree string `cbor:"tree,omitempty" json:"tree,omitempty"`
+	// Code is set for OutcomeError: "malformed", "unknown_location",
+	// "deleted", "unknown_backend" when the request was refused, or
+	// "unavailable" / "internal" when the pipeline gave up on it (a
+	// dependency down for longer than the retry budget, a worker lost).
+	Code string `cbor:"code,omitempty" json:"code,omitempty"`
 }
 
 // Failed reports whether the reply is anything but verified.

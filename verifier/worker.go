@@ -91,8 +91,9 @@ type WorkerConfig struct {
 	Concurrency int
 	// Actor is recorded as the actor of every event. Default "verifier".
 	Actor string
-	// RetryDelay is the redelivery delay after a database failure.
-	// Default 2 seconds.
+	// RetryDelay, when positive, is the redelivery delay after a database
+	// or storage failure. Default 0: the consume loop's backoff
+	// (bus.RetryBudget).
 	RetryDelay time.Duration
 	// Logger receives the worker's log lines. Default: discard.
 	Logger *zerolog.Logger
@@ -110,8 +111,8 @@ func (c WorkerConfig) withDefaults() WorkerConfig {
 	if c.Actor == "" {
 		c.Actor = "verifier"
 	}
-	if c.RetryDelay <= 0 {
-		c.RetryDelay = 2 * time.Second
+	if c.RetryDelay < 0 {
+		c.RetryDelay = 0
 	}
 	if c.Logger == nil {
 		nop := zerolog.Nop()
@@ -152,6 +153,9 @@ func (w *Worker) Start(ctx context.Context, js jetstream.JetStream, t bus.Topolo
 	if opts.DeadLetterSubjectPrefix == "" {
 		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
 	}
+	if opts.Answer == nil {
+		opts.Answer = w.Answer
+	}
 	c, err := bus.NewConsumer(js, t.CommandsStream, t.VerifyConsumer, w.Handle, opts)
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
@@ -186,7 +190,7 @@ func (w *Worker) Handle(ctx context.Context, m bus.Message) error {
 		replyTo = req.ReplyTo
 	}
 	if err != nil {
-		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Outcome: OutcomeError, Reason: err.Error()}, asJSON)
+		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Outcome: OutcomeError, Code: codeMalformed, Reason: err.Error()}, asJSON)
 		return bus.Reject(err, codeMalformed)
 	}
 	rep, err := w.Verify(ctx, req)
@@ -201,13 +205,14 @@ func (w *Worker) Handle(ctx context.Context, m bus.Message) error {
 			code = codeUnknownBackend
 		}
 		if code == "" {
+			dep := bus.DependencyStorage
 			if isDatabaseError(err) {
-				return bus.Retry(err, w.cfg.RetryDelay)
+				dep = bus.DependencyPostgres
 			}
-			return err
+			return &bus.RetryError{Err: err, Delay: w.cfg.RetryDelay, Dependency: dep}
 		}
 		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Address: req.Address.String(),
-			BackendID: req.BackendID, Outcome: OutcomeError, Reason: err.Error()}, asJSON)
+			BackendID: req.BackendID, Outcome: OutcomeError, Code: code, Reason: err.Error()}, asJSON)
 		return bus.Reject(err, code)
 	}
 	w.reply(replyTo, rep, asJSON)

@@ -93,7 +93,13 @@ func (c putCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	}
 	defer nc.Close()
 	host, _ := os.Hostname()
-	client, err := producer.New(ctx, producer.Config{NATS: nc, JetStream: js, Topology: bus.DefaultTopology(), Producer: "put@" + host, JSON: c.SendJSON})
+	var outMu sync.Mutex
+	client, err := producer.New(ctx, producer.Config{NATS: nc, JetStream: js, Topology: bus.DefaultTopology(), Producer: "put@" + host, JSON: c.SendJSON,
+		OnRetry: func(name string, attempt int, err error, wait time.Duration) {
+			outMu.Lock()
+			defer outMu.Unlock()
+			fmt.Fprintf(s.err, "staging: %v; uploading again in %s (attempt %d)\n", err, wait.Round(100*time.Millisecond), attempt+1)
+		}})
 	if err != nil {
 		return err
 	}
@@ -139,8 +145,30 @@ func (c putCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 			continue
 		}
 		results[i].reply, results[i].err = p.Wait(wctx)
+		if results[i].err != nil && wctx.Err() != nil && ctx.Err() == nil {
+			results[i].err = noReply(ctx, js, bus.DefaultTopology().IngestConsumer, c.Timeout, p.CommandID)
+		}
 	}
 	return c.report(s, pkg, results)
+}
+
+// noReply says precisely why a command has no reply after --timeout: where
+// it stands in the queue and whether any worker pulls, and what to do.
+func noReply(ctx context.Context, js jetstream.JetStream, durable string, timeout time.Duration, commandID string) error {
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	where := "the queue could not be read"
+	if cons, err := js.Consumer(ictx, bus.DefaultTopology().CommandsStream, durable); err == nil {
+		if info, err := cons.Info(ictx); err == nil {
+			pulling := "no worker is pulling"
+			if info.NumWaiting > 0 {
+				pulling = fmt.Sprintf("%d pull request(s) of workers are waiting", info.NumWaiting)
+			}
+			where = fmt.Sprintf("consumer %s holds %d command(s) not yet delivered and %d in progress; %s", durable, info.NumPending, info.NumAckPending, pulling)
+		}
+	}
+	return fmt.Errorf("no reply to command %s within --timeout %s (%s): the command may still be handled later, or its reply was lost; "+
+		"run put again to store the file (storing it twice is harmless), and check 'artifactstore status'", commandID, timeout, where)
 }
 
 func (c putCmd) send(ctx context.Context, client *producer.Client, pkg string, f putFile, bar *progressbar.ProgressBar) (*producer.Pending, error) {
@@ -149,13 +177,19 @@ func (c putCmd) send(ctx context.Context, client *producer.Client, pkg string, f
 		return nil, err
 	}
 	defer fh.Close()
-	var body io.Reader = fh
+	var progress func(int64)
 	if bar != nil && f.size > int64(client.InlineMax()) {
-		body = io.TeeReader(fh, bar)
+		var shown int64
+		progress = func(sent int64) {
+			_ = bar.Add64(sent - shown) // back to 0 when an upload restarts
+			shown = sent
+		}
 	}
+	// The file itself is the body, so that a staging upload that failed
+	// for a passing reason can read it again.
 	return client.Put(ctx, producer.Put{
 		Package: pkg, Path: f.path, Class: c.Class, Metadata: c.Meta, MediaType: c.MediaType,
-		Body: body, Size: f.size,
+		Body: fh, Size: f.size, Progress: progress,
 	})
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/user"
@@ -10,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/retention"
 )
@@ -94,6 +96,9 @@ func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd 
 		return err
 	}
 	if err := rep.Err(); err != nil {
+		if errors.Is(err, commands.ErrFailed) {
+			return fmt.Errorf("%s of package %q failed, nothing was changed: %w", cmd.Action, cmd.Package, err)
+		}
 		return fmt.Errorf("%s of package %q refused (recorded as event %d): %w", cmd.Action, cmd.Package, rep.Sequence, err)
 	}
 	until := "never expires"

@@ -37,8 +37,10 @@ type runCmd struct {
 	IngestConcurrency int           `help:"Commands the ingester handles at once." default:"32"`
 	VerifyConcurrency int           `help:"Verifications run at once." default:"2"`
 	ScrubInterval     time.Duration `help:"Re-verify each stored object once per this interval." default:"168h"`
+	ScrubTick         time.Duration `help:"Pause between two scrub passes of the scheduler." default:"1m"`
 	VerifyRateLimit   string        `help:"Bytes per second scrub may read, 0 for unlimited (e.g. 50MiB)." default:"0"`
 	StopTimeout       time.Duration `help:"How long SIGINT/SIGTERM waits for in-flight work before cancelling it (cancelled work is redelivered)." default:"30s"`
+	stagingFlags      `embed:""`
 	replicasFlag      `embed:""`
 
 	APIToken       string `name:"api-token" help:"Bearer token every API request must carry." placeholder:"TOKEN"`
@@ -52,6 +54,13 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	rateLimit, err := verifier.ParseBytes(c.VerifyRateLimit)
 	if err != nil {
 		return fmt.Errorf("--verify-rate-limit: %w", err)
+	}
+	if c.ScrubInterval <= 0 || c.ScrubTick <= 0 {
+		return fmt.Errorf("--scrub-interval (%s) and --scrub-tick (%s) must be positive, e.g. 168h and 1m", c.ScrubInterval, c.ScrubTick)
+	}
+	reserve, err := c.reserve()
+	if err != nil {
+		return err
 	}
 	lg, err := g.logger(s.err)
 	if err != nil {
@@ -120,7 +129,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	// Consumers: started here, stopped gracefully below.
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: evlog, Codec: codec, DataPlane: dp, NATS: nc, JetStream: js, Topology: top,
-		Concurrency: c.IngestConcurrency, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
+		Concurrency: c.IngestConcurrency, StorageReserve: reserve, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
 		return err
@@ -162,7 +171,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	proj := projector.New(pool, evlog, codec, projector.Config{Logger: &lg})
 	goLoop("projector", proj.Run)
 	sched := verifier.NewScheduler(pool, js, codec, verifier.SchedulerConfig{
-		Interval: c.ScrubInterval, Subject: top.Subject(bus.CmdVerify), Logger: &lg,
+		Interval: c.ScrubInterval, Tick: c.ScrubTick, Subject: top.Subject(bus.CmdVerify), Logger: &lg,
 	})
 	goLoop("scrub scheduler", func(ctx context.Context) error {
 		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)
@@ -174,6 +183,11 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		return err
 	}
 	goLoop("events relay", func(ctx context.Context) error { return leader.Run(ctx, pool, leader.KeyRelay, lg, rel.Run) })
+	janitor, err := c.janitor(pool, js, top, lg)
+	if err != nil {
+		return err
+	}
+	goLoop("staging janitor", janitor)
 	var rc reapCmd
 	if err := kong.ApplyDefaults(&rc); err != nil {
 		return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -12,8 +14,12 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/ingest"
+	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/status"
+	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/verifier"
 )
 
 // statusCmd prints one screen about the health of the whole pipeline.
@@ -21,6 +27,10 @@ type statusCmd struct {
 	JSON          bool          `name:"json" help:"Print the report as JSON."`
 	ScrubInterval time.Duration `help:"The scrub interval the coverage figure is measured against (as the verifier's --scrub-interval)." default:"168h"`
 	MaxLag        int64         `help:"Projector lag, in events, above which the pipeline is reported unhealthy." default:"10000"`
+	Window        time.Duration `name:"dead-letter-window" help:"How far back failed dead letters (commands the pipeline gave up on) make the pipeline unhealthy." default:"24h"`
+	StagedMaxAge  time.Duration `help:"Age above which a staged upload nothing will consume is reported abandoned (the ingesters' janitor purges them after --staging-max-age, 30m by default)." default:"1h"`
+	MinFree       string        `help:"Free space of a storage backend below which the pipeline is reported unhealthy; suffixes KiB, MiB, GiB." default:"2GiB" placeholder:"BYTES"`
+	MinFreePct    float64       `name:"min-free-percent" help:"Free share of a storage backend, in percent, below which the pipeline is reported unhealthy." default:"5"`
 }
 
 func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -36,7 +46,15 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
+	minFree, err := verifier.ParseBytes(c.MinFree)
+	if err != nil {
+		return fmt.Errorf("--min-free: %w", err)
+	}
 	src := statusSources(pool, nil, c.ScrubInterval, c.MaxLag, "")
+	src.DeadLetterWindow, src.StagedMaxAge = c.Window, c.StagedMaxAge
+	src.MinFreeBytes, src.MinFreePercent = uint64(minFree), c.MinFreePct
+	src.Handled = ingest.HandledCommands(pool)
+	src.Backends = localSpace(g.objectsDir())
 	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	nc, js, err := g.natsConn(nctx, bus.RoleStatus, lg.Level(zerolog.WarnLevel))
@@ -69,16 +87,35 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 // so scripts and probes can act on it.
 var errUnhealthy = errors.New("the pipeline needs attention (see above)")
 
+// localSpace reports the space of the local backend's file system under
+// dir, without opening the backend (status only reads).
+func localSpace(dir string) func(context.Context) map[string]storage.Health {
+	return func(context.Context) map[string]storage.Health {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			return map[string]storage.Health{"local": {Detail: fmt.Sprintf("statfs %s: %v (is --data-dir the data directory of the ingesters?)", dir, err)}}
+		}
+		bs := uint64(st.Bsize)
+		return map[string]storage.Health{"local": {Healthy: true, Detail: "ok",
+			FreeBytes: uint64(st.Bavail) * bs, UsedBytes: (uint64(st.Blocks) - uint64(st.Bfree)) * bs}}
+	}
+}
+
 // statusSources names what status (and the status metrics) read: the
 // default topology's consumers and streams, the projector and relay
-// checkpoints. With a role name, the NATS part is only what that role
-// checks at start, which its permissions let it read (an ingester's
-// /metrics shows its own backlog); with "", everything.
+// checkpoints, the leader locks. With a role name, the NATS part is only
+// what that role checks at start, which its permissions let it read (an
+// ingester's /metrics shows its own backlog); with "", everything.
 func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval time.Duration, maxLag int64, role string) status.Sources {
 	top := bus.DefaultTopology()
 	src := status.Sources{
 		Pool: pool, JS: js, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream,
 		Projector: projector.DefaultName, Relay: "events", ScrubInterval: scrubInterval, MaxLag: maxLag,
+		DeadLetterPrefix: top.DeadLetterSubjectPrefix(), Topology: top,
+		LeaderLocks: []status.LeaderLock{
+			{Role: "scrub scheduler", Key: leader.KeyScrubScheduler}, {Role: "reaper", Key: leader.KeyReaper},
+			{Role: "events relay", Key: leader.KeyRelay}, {Role: "staging janitor", Key: leader.KeyStagingJanitor},
+		},
 	}
 	if role == "" {
 		for _, f := range top.Consumers() {

@@ -31,7 +31,56 @@ type Globals struct {
 
 	DataDir      string `help:"Data directory: object storage root (unless --storage says otherwise) and, in 'run', the embedded NATS store." default:"./data" type:"path" placeholder:"DIR"`
 	storageFlags `embed:""`
-	HTTPAddr     string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz)." default:"127.0.0.1:8080" placeholder:"HOST:PORT"`
+	HTTPAddr     string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz). Default per role, so that roles run side by side on one host: run and serve 127.0.0.1:8080, ingest :8081, project :8082, verify :8083, reap :8084, relay :8085." placeholder:"HOST:PORT"`
+	Instance     string `help:"Name of this process in PostgreSQL's application_name (artifactstore/<role>/<instance>), which 'status' shows for the leader of each single-active role. Default <hostname>:<pid>." placeholder:"NAME"`
+
+	// role is the command being run (its first word), set before it runs.
+	role string
+}
+
+// opsPort is the default port of a role's HTTP server on 127.0.0.1:
+// distinct per role, so that two roles started on one host with default
+// flags both run. The API roles (run, serve) keep 8080.
+func opsPort(role string) int {
+	switch role {
+	case "ingest":
+		return 8081
+	case "project":
+		return 8082
+	case "verify":
+		return 8083
+	case "reap":
+		return 8084
+	case "relay":
+		return 8085
+	}
+	return 8080
+}
+
+// defaults fills in the defaults that depend on the command: the HTTP
+// address of the role and the instance name.
+func (g *Globals) defaults(command string) {
+	g.role, _, _ = strings.Cut(command, " ")
+	if g.HTTPAddr == "" {
+		g.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", opsPort(g.role))
+	}
+	if g.Instance == "" {
+		host, _ := os.Hostname()
+		g.Instance = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+}
+
+// applicationName is what this process's PostgreSQL sessions are called.
+func (g *Globals) applicationName() string {
+	role := g.role
+	if role == "" {
+		role = "client"
+	}
+	name := "artifactstore/" + role + "/" + g.Instance
+	if len(name) > 63 { // NAMEDATALEN - 1: PostgreSQL truncates silently
+		name = name[:63]
+	}
+	return name
 }
 
 // logger builds the process logger. It is created once here and injected
@@ -63,6 +112,10 @@ func (g *Globals) pool(ctx context.Context) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(g.DatabaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("--database-url is not a valid PostgreSQL URL: %w", err)
+	}
+	if _, set := cfg.ConnConfig.RuntimeParams["application_name"]; !set {
+		// 'status' reads it to show who leads each single-active role.
+		cfg.ConnConfig.RuntimeParams["application_name"] = g.applicationName()
 	}
 	if !strings.Contains(g.DatabaseURL, "pool_max_conns") {
 		// pgxpool's default (max(4, CPUs)) starves 32 ingest handlers plus

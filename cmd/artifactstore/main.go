@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 		fmt.Fprintf(stderr, "artifactstore: %v\nRun 'artifactstore --help' for usage.\n", err)
 		return 2
 	}
+	c.Globals.defaults(kctx.Command())
 	if err := kctx.Run(&c.Globals); err != nil {
 		fmt.Fprintf(stderr, "artifactstore %s: %v\n", kctx.Command(), err)
 		var ee *exitError

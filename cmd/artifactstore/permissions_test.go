@@ -519,6 +519,9 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	// Least privilege: every grant of the table was used by its role.
 	for _, r := range bus.DefaultTopology().Roles() {
 		for _, g := range r.Publish {
+			if slices.Contains(r.Rare, g.Subject) {
+				continue // a failure path this run does not provoke
+			}
 			if !anyMatch(g.Subject, u.pub[r.Name]) {
 				t.Errorf("role %s never published on %s (%s); remove the grant or exercise it. It published: %v", r.Name, g.Subject, g.Why, keys(u.pub[r.Name]))
 			}

@@ -43,6 +43,7 @@ type Server struct {
 	srv      *server.Server
 	storeDir string
 	port     int
+	tune     func(*server.Options)
 }
 
 // Start returns a NATS server with JetStream for the test. Without
@@ -61,6 +62,19 @@ func Start(t testing.TB) *Server {
 		return s
 	}
 	s := &Server{storeDir: t.TempDir(), port: -1}
+	s.start(t)
+	t.Cleanup(func() { s.shutdown() })
+	return s
+}
+
+// StartEmbedded is Start with an embedded server whose options tune
+// adjusts (at every start, restarts included), e.g. a small stream ingest
+// queue so that a fast publisher meets 429 too many requests. It ignores
+// ARTIFACTSTORE_TEST_NATS_URL: the options need a server of the test's
+// own.
+func StartEmbedded(t testing.TB, tune func(*server.Options)) *Server {
+	t.Helper()
+	s := &Server{storeDir: t.TempDir(), port: -1, tune: tune}
 	s.start(t)
 	t.Cleanup(func() { s.shutdown() })
 	return s
@@ -132,6 +146,9 @@ func (s *Server) start(t testing.TB) {
 		// limits are computed from the machine's memory and disk.
 		JetStreamMaxMemory: 256 << 20,
 		JetStreamMaxStore:  4 << 30,
+	}
+	if s.tune != nil {
+		s.tune(opts)
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

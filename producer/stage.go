@@ -1,0 +1,257 @@
+package producer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/bus"
+)
+
+// Staging uploads. A blob too large to ride inline is put into the staging
+// bucket in the JetStream object store's own format (chunks on
+// $O.<bucket>.C.<nuid>, then the object's info on $O.<bucket>.M.<name>),
+// so that the ingester (and any object store client) reads it as a stored
+// object. The client writes the format itself rather than calling
+// ObjectStore.Put for two reasons:
+//
+//   - flow control: Put publishes every chunk asynchronously with up to
+//     4,000 unacknowledged, and a 1 GiB upload on a busy server overruns
+//     the stream's ingest queue, which answers 429 too many requests; here
+//     at most stageWindow chunks wait for their acknowledgement;
+//   - retries: a chunk refused for a passing reason (429, a timeout, a
+//     connection reset) restarts the upload after a backoff, with a fresh
+//     chunk subject, after purging the partial one; Put gives up at once.
+const (
+	// stageChunkSize is the size of one chunk, the object store's default.
+	stageChunkSize = 128 << 10
+	// stageWindow is how many chunks may wait for their acknowledgement,
+	// at first; every 429 halves it (down to stageMinWindow).
+	stageWindow    = 64
+	stageMinWindow = 4
+	// stageAttempts bounds the restarts of one upload.
+	stageAttempts = 8
+	// stageAckTimeout bounds the wait for one chunk's acknowledgement; a
+	// chunk published just before a connection reset is never answered.
+	stageAckTimeout = 30 * time.Second
+)
+
+// errNotRewindable reports a body that cannot be read again for a retry.
+var errNotRewindable = errors.New("the body cannot be read again (not an io.Seeker)")
+
+// stager uploads staged blobs.
+type stager struct {
+	js     jetstream.JetStream // with an async publish timeout
+	bucket string
+	// onRetry hears about every restarted upload.
+	onRetry func(name string, attempt int, err error, wait time.Duration)
+	// inject, in tests, fails the publish of chunk i of an attempt when
+	// it returns an error.
+	inject func(attempt, chunk int) error
+}
+
+func newStager(nc *nats.Conn, bucket string, onRetry func(string, int, error, time.Duration)) (*stager, error) {
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncTimeout(stageAckTimeout),
+		jetstream.WithPublishAsyncMaxPending(2*stageWindow))
+	if err != nil {
+		return nil, fmt.Errorf("producer: JetStream context for staging: %w", err)
+	}
+	return &stager{js: js, bucket: bucket, onRetry: onRetry}, nil
+}
+
+// stage uploads body under name. prefix holds bytes already read from body
+// (they come first). A failed attempt restarts from the beginning when
+// body is an io.Seeker (rewound to where it stood at the call); progress,
+// when not nil, hears the bytes acknowledged so far in the current attempt.
+func (s *stager) stage(ctx context.Context, name, description string, prefix []byte, body io.Reader, progress func(int64)) (*jetstream.ObjectInfo, error) {
+	var start int64
+	seeker, rewindable := body.(io.Seeker)
+	if rewindable {
+		pos, err := seeker.Seek(0, io.SeekCurrent)
+		if err != nil {
+			rewindable = false
+		}
+		start = pos
+	}
+	window := stageWindow
+	for attempt := 1; ; attempt++ {
+		info, err := s.attempt(ctx, attempt, name, description, io.MultiReader(bytes.NewReader(prefix), body), window, progress)
+		if err == nil {
+			return info, nil
+		}
+		if !bus.Transient(err) || ctx.Err() != nil || attempt == stageAttempts {
+			return nil, fmt.Errorf("producer: stage %s in %s (attempt %d of %d): %w", name, s.bucket, attempt, stageAttempts, err)
+		}
+		if !rewindable {
+			return nil, fmt.Errorf("producer: stage %s in %s: %w, and %w", name, s.bucket, err, errNotRewindable)
+		}
+		if _, serr := seeker.Seek(start, io.SeekStart); serr != nil {
+			return nil, fmt.Errorf("producer: stage %s in %s: %w; rewind for a retry: %w", name, s.bucket, err, serr)
+		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.Code == 429 {
+			window = max(window/2, stageMinWindow)
+		}
+		wait := bus.DefaultBackoff(uint64(attempt))
+		if s.onRetry != nil {
+			s.onRetry(name, attempt, err, wait)
+		}
+		if progress != nil {
+			progress(0)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("producer: stage %s in %s: %w", name, s.bucket, context.Cause(ctx))
+		}
+	}
+}
+
+// attempt uploads r once, with at most window chunks unacknowledged. On
+// failure it purges the chunks it published.
+func (s *stager) attempt(ctx context.Context, attempt int, name, description string, r io.Reader, window int, progress func(int64)) (_ *jetstream.ObjectInfo, err error) {
+	id := strings.ReplaceAll(uuid.NewString(), "-", "")
+	chunkSubj := fmt.Sprintf("$O.%s.C.%s", s.bucket, id)
+	type sent struct {
+		f jetstream.PubAckFuture
+		n int
+	}
+	// Buffers are reused once their chunk is acknowledged: the future
+	// keeps the message until then.
+	bufs := make([][]byte, window)
+	var inflight []sent
+	var acked int64
+	published := false
+	defer func() {
+		if err != nil && published {
+			// Chunks still in flight would land after the purge.
+			for _, f := range inflight {
+				settle(f.f)
+			}
+			s.purge(chunkSubj)
+		}
+	}()
+	waitOldest := func() error {
+		head := inflight[0]
+		inflight = inflight[1:]
+		t := time.NewTimer(stageAckTimeout + time.Second) // the future times out first
+		defer t.Stop()
+		select {
+		case <-head.f.Ok():
+			acked += int64(head.n)
+			if progress != nil {
+				progress(acked)
+			}
+			return nil
+		case err := <-head.f.Err():
+			return err
+		case <-t.C:
+			return jetstream.ErrAsyncPublishTimeout
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	h := sha256.New()
+	var size uint64
+	var chunks uint32
+	for i := 0; ; i++ {
+		if len(inflight) == window {
+			if err := waitOldest(); err != nil {
+				return nil, err
+			}
+		}
+		if bufs[i%window] == nil {
+			bufs[i%window] = make([]byte, stageChunkSize)
+		}
+		buf := bufs[i%window]
+		n, rerr := io.ReadFull(r, buf)
+		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("read the blob: %w", rerr)
+		}
+		if n > 0 {
+			h.Write(buf[:n])
+			if s.inject != nil {
+				if err := s.inject(attempt, i); err != nil {
+					return nil, err
+				}
+			}
+			m := nats.NewMsg(chunkSubj)
+			m.Data = buf[:n]
+			f, err := s.js.PublishMsgAsync(m)
+			if err != nil {
+				return nil, err
+			}
+			published = true
+			inflight = append(inflight, sent{f, n})
+			size += uint64(n)
+			chunks++
+		}
+		if rerr != nil { // EOF: the blob is read
+			break
+		}
+	}
+	for len(inflight) > 0 {
+		if err := waitOldest(); err != nil {
+			return nil, err
+		}
+	}
+	info := &jetstream.ObjectInfo{
+		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: description,
+			Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize}},
+		Bucket: s.bucket, NUID: id, Size: size, Chunks: chunks,
+		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)),
+	}
+	data, err := json.Marshal(info)
+	if err != nil {
+		return nil, fmt.Errorf("encode the object info: %w", err)
+	}
+	meta := nats.NewMsg(fmt.Sprintf("$O.%s.M.%s", s.bucket, base64.URLEncoding.EncodeToString([]byte(name))))
+	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	meta.Data = data
+	mctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
+	defer cancel()
+	if _, err := s.js.PublishMsg(mctx, meta); err != nil {
+		return nil, err
+	}
+	info.ModTime = time.Now().UTC()
+	return info, nil
+}
+
+// settle waits until a chunk's publish is acknowledged or failed.
+func settle(f jetstream.PubAckFuture) {
+	t := time.NewTimer(stageAckTimeout + time.Second)
+	defer t.Stop()
+	select {
+	case <-f.Ok():
+	case <-f.Err():
+	case <-t.C:
+	}
+}
+
+// purge removes the chunks of a failed attempt, so that they do not wait
+// for the bucket's TTL (the staging janitor would remove them too).
+func (s *stager) purge(chunkSubj string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = bus.RetryTransient(ctx, 30*time.Second, func(ctx context.Context) error {
+		st, err := s.js.Stream(ctx, "OBJ_"+s.bucket)
+		if err != nil {
+			return err
+		}
+		return st.Purge(ctx, jetstream.WithPurgeSubject(chunkSubj))
+	}, nil)
+}
