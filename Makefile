@@ -54,7 +54,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s).
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-30s} ./digest
 	$(GO) test -run '^$$' -fuzz FuzzDecodePayload -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzScanHeads -fuzztime $${FUZZTIME:-30s} ./events
-	$(GO) test -run '^$$$$' -fuzz FuzzChainV2Encoding -fuzztime $${FUZZTIME:-30s} ./events
+	$(GO) test -run '^$$' -fuzz FuzzChainV2Encoding -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIngest -fuzztime $${FUZZTIME:-30s} ./commands
 
 .PHONY: clean
