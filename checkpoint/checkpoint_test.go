@@ -129,7 +129,7 @@ func newEnv(t *testing.T) *env {
 		pool: pool, log: events.NewLog(pool, events.NewCodec()), js: js,
 		stream: checkpoint.NewStream(js, top.CheckpointsStream, top.CheckpointsSubject()),
 		table:  checkpoint.NewTable(pool), keys: newKeys(t, "test-log"),
-		now:    time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC),
+		now: time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC),
 	}
 }
 
