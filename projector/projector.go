@@ -386,7 +386,8 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	if err := write(ctx, tx, b, t, s); err != nil {
 		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
 	}
-	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, checkpoint, last)
+	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now(),
+		stopped_at = NULL, stop_reason = NULL, stop_message = NULL WHERE projector = $1`, checkpoint, last)
 	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
@@ -400,9 +401,10 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 
 // Run is the projector process: it waits to be elected leader, catches up,
 // then tails the log until ctx ends (returning nil) or the log cannot be
-// projected (ErrLogAltered, ErrUnknownEvent, ErrGap, or a payload that
-// matches its digest but does not decode, events.ErrMalformed: returned,
-// after an error log line). A lost database connection makes it step down
+// projected (ErrLogAltered, ErrUnknownEvent, ErrGap, events.ErrBeyondHead,
+// or a payload that matches its digest but does not decode,
+// events.ErrMalformed: returned, after an error log line and with the stop
+// recorded in its checkpoint row for status and the metrics). A lost database connection makes it step down
 // and stand for election again; other database errors are logged and
 // retried every PollInterval.
 func (p *Projector) Run(ctx context.Context) error {
@@ -422,6 +424,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case isFatal(err):
+			p.recordStop(err)
 			return err
 		}
 		p.lg.Warn().Err(err).Msg("stepped down; standing for election again")
@@ -434,8 +437,41 @@ func (p *Projector) Run(ctx context.Context) error {
 // isFatal reports whether err stops the projector for good: retrying
 // cannot help, a person must act (the log is immutable).
 func isFatal(err error) bool {
-	return errors.Is(err, ErrLogAltered) || errors.Is(err, ErrUnknownEvent) || errors.Is(err, ErrGap) ||
-		errors.Is(err, events.ErrMalformed)
+	return StopReason(err) != ""
+}
+
+// StopReason names why err stops the projector for good, "" when it does
+// not: log_altered, unknown_event, gap, beyond_head (a row written behind
+// the append path's back) or malformed.
+func StopReason(err error) string {
+	switch {
+	case errors.Is(err, ErrLogAltered):
+		return "log_altered"
+	case errors.Is(err, ErrUnknownEvent):
+		return "unknown_event"
+	case errors.Is(err, ErrGap):
+		return "gap"
+	case errors.Is(err, events.ErrBeyondHead):
+		return "beyond_head"
+	case errors.Is(err, events.ErrMalformed):
+		return "malformed"
+	}
+	return ""
+}
+
+// recordStop writes why the projector stopped into its checkpoint row
+// (stopped_at, stop_reason, stop_message), where status and the metrics
+// read the alarm; the next batch applied clears it.
+func (p *Projector) recordStop(stop error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := p.pool.Exec(ctx, `INSERT INTO projector_checkpoints (projector, stopped_at, stop_reason, stop_message)
+		VALUES ($1, now(), $2, $3)
+		ON CONFLICT (projector) DO UPDATE SET stopped_at = now(), stop_reason = $2, stop_message = $3`,
+		p.cfg.Name, StopReason(stop), stop.Error())
+	if err != nil {
+		p.lg.Error().Err(err).Msg("could not record the stop in projector_checkpoints")
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
