@@ -45,6 +45,7 @@ const (
 	KeyScrubScheduler int64 = 0x4153_0000_0000_0002
 	KeyReaper         int64 = 0x4153_0000_0000_0003
 	KeyRelay          int64 = 0x4153_0000_0000_0004
+	KeyCheckpointer   int64 = 0x4153_0000_0000_0005
 )
 
 // KeyPackageState is not a leader lock: it is the transaction-level
