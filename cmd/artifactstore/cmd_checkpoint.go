@@ -153,7 +153,7 @@ func (c checkpointSignCmd) Run(ctx context.Context, g *Globals, s *ioStreams) er
 
 type checkpointVerifyCmd struct {
 	PublicKey string   `name:"checkpoint-public-key" help:"Public key file of the signer (the .pub of 'checkpoint keygen'), or the key itself in a file." type:"path" placeholder:"FILE" required:""`
-	Files     []string `arg:"" optional:"" help:"Signed checkpoint files (e.g. saved with 'nats stream get ARTIFACTS_CHECKPOINTS'). Without any, every checkpoint of the stream and the table is read." type:"path"`
+	Files     []string `arg:"" optional:"" help:"Signed checkpoint files (each the body of a message of the checkpoints stream, or a note of the event_checkpoints table). Without any, every checkpoint of the stream and the table is read." type:"path"`
 	NoLog     bool     `name:"no-log" help:"Check the signatures only; do not read the event log."`
 }
 
