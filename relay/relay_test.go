@@ -162,7 +162,7 @@ func TestRelayCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	var (
-		want int64 = 1
+		want int64    = 1
 		prev [32]byte // every column is in the messages: the chain can be recomputed from them
 	)
 	for want <= head {
