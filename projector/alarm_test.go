@@ -85,3 +85,41 @@ func TestForgedRowBeyondTheHeadStopsWithAlarm(t *testing.T) {
 		t.Fatalf("stop_reason after a good batch = %v, %v; want NULL", reason, err)
 	}
 }
+
+// TestForgedRowAtTheHeadStops: a row inserted at head+1 passes the
+// database's trigger (it cannot compute BLAKE3) but not the projector,
+// which checks each chain link before it applies an event.
+func TestForgedRowAtTheHeadStops(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	pool, _ := pgtest.NewDB(t)
+	codec := events.NewCodec()
+	log := events.NewLog(pool, codec)
+	if _, err := log.Append(ctx, events.Batch{Events: []events.Draft{{SubjectKind: events.SubjectPackage, SubjectID: "a", Actor: "test",
+		Payload: events.PackageCreatedV1{Name: "a", RetentionClass: "transient"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	p := projector.New(pool, log, codec, projector.Config{})
+	if n, err := p.CatchUp(ctx); err != nil || n != 1 {
+		t.Fatalf("CatchUp = %d, %v", n, err)
+	}
+	payload, sum, err := codec.EncodePayload(events.PackageCreatedV1{Name: "forged", RetentionClass: "permanent-record"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO events (sequence, event_id, occurred_at, event_type, payload_version,
+		subject_kind, subject_id, actor, payload, payload_digest, chain_digest)
+		VALUES (2, gen_random_uuid(), now(), 'package.created', 1, 'package', 'forged', 'mallory', $1, $2, $3)`,
+		payload, sum[:], make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.CatchUp(ctx)
+	if !errors.Is(err, projector.ErrLogAltered) || !errors.Is(err, events.ErrChainBroken) || !strings.Contains(err.Error(), "sequence 2") {
+		t.Fatalf("CatchUp over a forged row = %v, want ErrLogAltered, ErrChainBroken at sequence 2", err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM artifact_packages WHERE name = 'forged'`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("forged package projected: %d rows (%v)", n, err)
+	}
+}

@@ -53,10 +53,11 @@ import (
 	"github.com/artifactstore/artifactstore/events"
 )
 
-// ErrLogAltered means an event's payload does not match its digest: the
-// log was changed after it was written. The projector stops at that
-// sequence; run `artifactstore audit` and restore the log from a backup.
-// Errors wrapping it also wrap events.ErrPayloadDigest.
+// ErrLogAltered means an event's payload does not match its digest, or
+// its chain digest does not link it to its predecessor: the log was
+// changed after it was written. The projector stops at that sequence; run
+// `artifactstore audit` and restore the log from a backup. Errors wrapping
+// it also wrap events.ErrPayloadDigest or events.ErrChainBroken.
 var ErrLogAltered = errors.New("the event log was altered")
 
 // ErrUnknownEvent means an event has a type or payload version this
@@ -238,12 +239,25 @@ func (p *Projector) startFetch(ctx context.Context, after int64, limit int) *fet
 }
 
 // read returns the events after the sequence after, with their decoded
-// payloads. A payload that does not match its digest, or has a type or
-// version without an effect, stops the projection there.
+// payloads. A payload that does not match its digest, a type or version
+// without an effect, or a chain digest that is not the link of the event
+// to its predecessor (a row forged or altered behind the append path's
+// back), stops the projection there.
 func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.Event, []events.Payload, error) {
 	evs, err := p.log.Read(ctx, after, limit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read events after %d: %w", after, err)
+	}
+	var prev [32]byte // the chain digest before sequence 1
+	if after > 0 && len(evs) > 0 {
+		at, err := p.log.Read(ctx, after-1, 1)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read event %d: %w", after, err)
+		}
+		if len(at) == 0 || at[0].Sequence != after {
+			return nil, nil, fmt.Errorf("%w: the event at checkpoint %d is gone", ErrGap, after)
+		}
+		prev = at[0].ChainDigest
 	}
 	payloads := make([]events.Payload, len(evs))
 	for i, e := range evs {
@@ -261,6 +275,11 @@ func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.
 		case err != nil:
 			return nil, nil, fmt.Errorf("projection stopped at sequence %d: %w; the checkpoint stays at %d", e.Sequence, err, after)
 		}
+		if link, err := events.ChainLink(prev, e); err != nil || link != e.ChainDigest {
+			return nil, nil, fmt.Errorf("%w: projection stopped at sequence %d (%s): %w: its chain digest is not the link of its columns to its predecessor; the checkpoint stays at %d — run `artifactstore audit` and restore the log",
+				ErrLogAltered, e.Sequence, e.Type, events.ErrChainBroken, after)
+		}
+		prev = e.ChainDigest
 		payloads[i] = pl
 	}
 	return evs, payloads, nil
