@@ -344,3 +344,35 @@ func TestForgedCheckpointInTheTable(t *testing.T) {
 		t.Fatalf("Collect = %+v, want 1 forged (table), 1 of another key, 1 valid", got)
 	}
 }
+
+func TestSignerRefusesALogRolledBack(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	e := newEnv(t)
+	s := e.signer(t, nil)
+	e.append(t, 20)
+	round(t, s)
+	var chain10 []byte
+	if err := e.pool.QueryRow(ctx, `SELECT chain_digest FROM events WHERE sequence = 10`).Scan(&chain10); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	for _, stmt := range []string{`SET session_replication_role = replica`, `DELETE FROM events WHERE sequence > 10`} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `UPDATE event_log_head SET last_sequence = 10, last_chain_digest = $1`, chain10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `RESET session_replication_role`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Round(ctx); !errors.Is(err, checkpoint.ErrLogNotExtended) || !strings.Contains(err.Error(), "behind the last checkpoint") {
+		t.Fatalf("Round after a rollback = %v, want ErrLogNotExtended", err)
+	}
+}

@@ -157,6 +157,9 @@ func (s *Signer) Round(ctx context.Context) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the log head: %w", err)
 	}
+	if err := s.checkBehind(head); err != nil {
+		return nil, err
+	}
 	due := head > s.last.Sequence &&
 		(head-s.last.Sequence >= s.cfg.Every || s.cfg.Now().Sub(s.last.Time) >= s.cfg.Interval)
 	if !due {
@@ -177,6 +180,9 @@ func (s *Signer) SignNow(ctx context.Context) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the log head: %w", err)
 	}
+	if err := s.checkBehind(head); err != nil {
+		return nil, err
+	}
 	if head <= s.last.Sequence {
 		if s.pending != nil {
 			return s.pending, s.put(ctx, *s.pending)
@@ -184,6 +190,18 @@ func (s *Signer) SignNow(ctx context.Context) (*Checkpoint, error) {
 		return nil, nil
 	}
 	return s.sign(ctx, head)
+}
+
+// checkBehind raises the alarm when the head is behind the last
+// checkpoint: signed events were removed and the head moved back.
+func (s *Signer) checkBehind(head int64) error {
+	if head >= s.last.Sequence {
+		return nil
+	}
+	err := fmt.Errorf("%w: the log head is at %d, behind the last checkpoint (%s): signed events were removed", ErrLogNotExtended, head, s.last)
+	s.broken = err.Error()
+	s.cfg.Metrics.observe(s)
+	return err
 }
 
 func (s *Signer) sign(ctx context.Context, head int64) (*Checkpoint, error) {
