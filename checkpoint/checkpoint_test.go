@@ -376,3 +376,62 @@ func TestSignerRefusesALogRolledBack(t *testing.T) {
 		t.Fatalf("Round after a rollback = %v, want ErrLogNotExtended", err)
 	}
 }
+
+// TestWalkChecksACopyOfTheLog checks events as a subscriber of the events
+// stream has them (rebuilt from their columns) against the checkpoints.
+func TestWalkChecksACopyOfTheLog(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	e := newEnv(t)
+	s := e.signer(t, nil)
+	e.append(t, 12)
+	round(t, s)
+	e.append(t, 12)
+	round(t, s)
+	e.append(t, 3)
+	evs, err := e.log.Read(ctx, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := e.collect(t).Valid
+	walk := func(from int, alter func(*events.Event)) (checkpoint.WalkReport, error) {
+		w := checkpoint.NewWalk(valid)
+		for i, ev := range evs[from:] {
+			if alter != nil && i == 5 {
+				alter(&ev)
+			}
+			if err := w.Add(ev); err != nil {
+				return w.Report, err
+			}
+		}
+		return w.Report, nil
+	}
+	if r, err := walk(0, nil); err != nil || r.First != 1 || r.Last != 27 || r.Matched != 2 || r.Newest != 24 {
+		t.Fatalf("walk of the whole log = %+v, %v; want 1..27, 2 checkpoints, newest 24", r, err)
+	}
+	// A copy that starts late (the stream's max age) is checked after its first event.
+	if r, err := walk(4, nil); err != nil || r.First != 6 || r.Matched != 2 {
+		t.Fatalf("walk from event 5 = %+v, %v; want checked from 6", r, err)
+	}
+	// One column of one event changed in the copy: caught at that event.
+	if _, err := walk(0, func(ev *events.Event) { ev.Actor = "mallory" }); !errors.Is(err, events.ErrChainBroken) || !strings.Contains(err.Error(), "sequence 6") {
+		t.Fatalf("walk of an altered copy = %v, want ErrChainBroken at 6", err)
+	}
+	// A copy rewritten consistently: caught at the checkpoint.
+	rewritten := append([]events.Event(nil), evs...)
+	prev := rewritten[14].ChainDigest
+	for i := 15; i < len(rewritten); i++ {
+		rewritten[i].Actor = "mallory"
+		rewritten[i].ChainDigest = events.ChainDigestV2(prev, rewritten[i])
+		prev = rewritten[i].ChainDigest
+	}
+	w := checkpoint.NewWalk(valid)
+	for _, ev := range rewritten {
+		if err = w.Add(ev); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, events.ErrChainBroken) || !strings.Contains(err.Error(), "sequence 24") || !strings.Contains(err.Error(), "checkpoint") {
+		t.Fatalf("walk of a consistently rewritten copy = %v, want a mismatch with the checkpoint at 24", err)
+	}
+}

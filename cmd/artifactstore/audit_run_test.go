@@ -105,6 +105,10 @@ func TestRunKeepsServingWhenTheLogIsForged(t *testing.T) {
 	if out := cli(0, "checkpoint", "verify", "--checkpoint-public-key", pub, cpFile); !strings.Contains(out, "the log agrees with all 1 checkpoints") {
 		t.Fatalf("checkpoint verify:\n%s", out)
 	}
+	waitRelay(t, pool, head)
+	if out := cli(0, "checkpoint", "verify", "--checkpoint-public-key", pub, "--events-stream"); !strings.Contains(out, "events stream intact: events 1..") {
+		t.Fatalf("checkpoint verify --events-stream:\n%s", out)
+	}
 
 	// 2. A forged row far beyond the head.
 	payload, sum, err := events.NewCodec().EncodePayload(events.PackageCreatedV1{Name: "forged", RetentionClass: "permanent-record"})
@@ -226,6 +230,21 @@ func waitCheckpoint(t *testing.T, pool *pgxpool.Pool, seq int64) string {
 	}
 	t.Fatalf("no checkpoint at sequence %d within 60s", seq)
 	return ""
+}
+
+// waitRelay waits (60 s at most) until the relay has published seq.
+func waitRelay(t *testing.T, pool *pgxpool.Pool, seq int64) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		var cp int64
+		err := pool.QueryRow(context.Background(), `SELECT sequence FROM relay_checkpoints WHERE relay = 'events'`).Scan(&cp)
+		if err == nil && cp >= seq {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("the relay did not publish sequence %d within 60s", seq)
 }
 
 func httpAddr(t *testing.T, logFile string) string {

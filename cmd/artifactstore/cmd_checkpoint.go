@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +19,7 @@ import (
 	"github.com/artifactstore/artifactstore/checkpoint"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/relay"
 )
 
 // checkpointCmd groups the commands of signed checkpoints.
@@ -155,6 +157,7 @@ type checkpointVerifyCmd struct {
 	PublicKey string   `name:"checkpoint-public-key" help:"Public key file of the signer (the .pub of 'checkpoint keygen'), or the key itself in a file." type:"path" placeholder:"FILE" required:""`
 	Files     []string `arg:"" optional:"" help:"Signed checkpoint files (each the body of a message of the checkpoints stream, or a note of the event_checkpoints table). Without any, every checkpoint of the stream and the table is read." type:"path"`
 	NoLog     bool     `name:"no-log" help:"Check the signatures only; do not read the event log."`
+	Events    bool     `name:"events-stream" help:"Check the copy of the log in the JetStream events stream (artifacts.events.>) instead of PostgreSQL: needs only NATS and the public key. Without files, checkpoints come from the checkpoints stream only."`
 }
 
 func (c checkpointVerifyCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
@@ -169,6 +172,9 @@ func (c checkpointVerifyCmd) Run(ctx context.Context, g *Globals, s *ioStreams) 
 	var sources []checkpoint.NoteSource
 	for _, f := range c.Files {
 		sources = append(sources, fileSource(f))
+	}
+	if c.Events {
+		return c.verifyEventsStream(ctx, g, s, lg, ver, sources)
 	}
 	var closeAll func()
 	if len(sources) == 0 {
@@ -323,4 +329,101 @@ func ensureKeyPair(lg zerolog.Logger, flag, dataDir string) (string, error) {
 	lg.Warn().Str("private_key", prefix+".key").Str("public_key", pub).
 		Msg("created a checkpoint signing key; copy the public key somewhere the database's administrators cannot change it, and pass --checkpoint-key in production")
 	return prefix + ".key", nil
+}
+
+// verifyEventsStream checks the events stream against the checkpoints,
+// without PostgreSQL.
+func (c checkpointVerifyCmd) verifyEventsStream(ctx context.Context, g *Globals, s *ioStreams, lg zerolog.Logger, ver note.Verifier, sources []checkpoint.NoteSource) error {
+	nc, js, err := g.natsConn(ctx, "checkpoint-verify", lg.Level(zerolog.WarnLevel))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	top := bus.DefaultTopology()
+	if len(sources) == 0 {
+		sources = []checkpoint.NoteSource{{Name: "stream " + top.CheckpointsStream,
+			Notes: checkpoint.NewStream(js, top.CheckpointsStream, top.CheckpointsSubject()).Notes}}
+	}
+	got, err := checkpoint.Collect(ctx, ver, sources...)
+	if err != nil {
+		return err
+	}
+	if err := reportCheckpoints(s, ver, got); err != nil {
+		return err
+	}
+	w := checkpoint.NewWalk(got.Valid)
+	err = readEventsStream(ctx, js, top.EventsStream, func(m relay.Message) error {
+		e, err := m.Event()
+		if err != nil {
+			return err
+		}
+		return w.Add(e)
+	})
+	if errors.Is(err, events.ErrChainBroken) {
+		fmt.Fprintf(s.out, "events stream ALTERED: %v\n", err)
+		return &exitError{code: 3, err: errors.New("the events stream does not match the checkpoints")}
+	}
+	if err != nil {
+		return err
+	}
+	r := w.Report
+	switch {
+	case r.Last == 0:
+		return fmt.Errorf("the events stream %s is empty: nothing to check", top.EventsStream)
+	case r.Matched == 0:
+		return fmt.Errorf("events %d..%d of the stream link correctly, but no checkpoint falls among them: nothing vouches for them yet", r.First, r.Last)
+	}
+	_, err = fmt.Fprintf(s.out, "events stream intact: events %d..%d agree with %d checkpoints (the newest covers up to %d); events %d..%d link correctly, not yet signed\n",
+		r.First, r.Newest, r.Matched, r.Newest, r.Newest+1, r.Last)
+	return err
+}
+
+// readEventsStream calls f with every message of the events stream, in
+// order.
+func readEventsStream(ctx context.Context, js jetstream.JetStream, name string, f func(relay.Message) error) error {
+	st, err := js.Stream(ctx, name)
+	if err != nil {
+		return fmt.Errorf("events stream %s: %w", name, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("events stream %s: %w", name, err)
+	}
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return fmt.Errorf("read events stream %s: %w", name, err)
+	}
+	for {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(30*time.Second))
+		if err != nil {
+			return fmt.Errorf("read events stream %s: %w", name, err)
+		}
+		n := 0
+		for msg := range batch.Messages() {
+			n++
+			var m relay.Message
+			if err := json.Unmarshal(msg.Data(), &m); err != nil {
+				return fmt.Errorf("events stream %s: a message is not an event: %w", name, err)
+			}
+			if err := f(m); err != nil {
+				return err
+			}
+			meta, err := msg.Metadata()
+			if err != nil {
+				return err
+			}
+			if meta.Sequence.Stream >= info.State.LastSeq {
+				return nil
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return fmt.Errorf("read events stream %s: %w", name, err)
+		}
+		if n == 0 {
+			return fmt.Errorf("read events stream %s: no message within 30s before stream sequence %d", name, info.State.LastSeq)
+		}
+	}
 }
