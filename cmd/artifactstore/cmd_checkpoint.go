@@ -71,7 +71,7 @@ func writeKeyPair(prefix, name string) (string, error) {
 
 // signerFlags configure a checkpoint signer (in 'checkpoint sign' and 'run').
 type signerFlags struct {
-	CheckpointKey      string        `name:"checkpoint-key" help:"Private key file that signs checkpoints (from 'artifactstore checkpoint keygen')." type:"path" placeholder:"FILE"`
+	CheckpointKey      string        `name:"checkpoint-key" help:"Private key file that signs checkpoints (from 'artifactstore checkpoint keygen'). In 'run', empty means <data-dir>/checkpoint.key, created on first start." type:"path" placeholder:"FILE"`
 	CheckpointEvery    int64         `name:"checkpoint-every" help:"Sign a checkpoint once the log grew by this many events since the last one." default:"1000" placeholder:"N"`
 	CheckpointInterval time.Duration `name:"checkpoint-interval" help:"Sign a checkpoint at least this often while events are appended." default:"10m"`
 }
