@@ -343,6 +343,18 @@ func TestForgedCheckpointInTheTable(t *testing.T) {
 	if len(got.Forged) != 1 || !strings.Contains(got.Forged[0], "table") || got.OtherKeys != 1 || len(got.Valid) != 1 {
 		t.Fatalf("Collect = %+v, want 1 forged (table), 1 of another key, 1 valid", got)
 	}
+	// A forged note published last on the subject does not stop a
+	// (re)starting signer.
+	junk := *c
+	junk.Sequence = 13
+	junk.Note = bytes.Replace(c.Note, []byte("sequence 12"), []byte("sequence 13"), 1)
+	if err := e.stream.Put(ctx, junk); err != nil {
+		t.Fatal(err)
+	}
+	e.append(t, 12)
+	if c, err := e.signer(t, nil).SignNow(ctx); err != nil || c == nil || c.Sequence != 24 {
+		t.Fatalf("SignNow after a forged note on the stream = %v, %v; want a checkpoint at 24", c, err)
+	}
 }
 
 func TestSignerRefusesALogRolledBack(t *testing.T) {
