@@ -2,6 +2,10 @@ package checkpoint_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"context"
 	"errors"
 	"fmt"
@@ -445,5 +449,46 @@ func TestWalkChecksACopyOfTheLog(t *testing.T) {
 	}
 	if !errors.Is(err, events.ErrChainBroken) || !strings.Contains(err.Error(), "sequence 24") || !strings.Contains(err.Error(), "checkpoint") {
 		t.Fatalf("walk of a consistently rewritten copy = %v, want a mismatch with the checkpoint at 24", err)
+	}
+}
+
+// TestOutsiderVerifiesWithTheStandardLibrary follows only the package
+// documentation, with crypto/ed25519 and crypto/sha256, to check a
+// checkpoint: the format is enough to re-implement the check.
+func TestOutsiderVerifiesWithTheStandardLibrary(t *testing.T) {
+	t.Parallel()
+	k := newKeys(t, "prod-log")
+	var chain [32]byte
+	chain[5] = 9
+	c, err := checkpoint.Sign(k.signer, 77, chain, time.Date(2026, 12, 1, 2, 15, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The public key file: <name>+<8 hex key hash>+<base64(0x01 ‖ key)>.
+	parts := strings.Split(k.public, "+")
+	raw, err := base64.StdEncoding.DecodeString(parts[2])
+	if err != nil || len(raw) != 33 || raw[0] != 1 {
+		t.Fatalf("public key %q", k.public)
+	}
+	pub := ed25519.PublicKey(raw[1:])
+	sum := sha256.Sum256(append([]byte(parts[0]+"\n"), raw...))
+	if hex.EncodeToString(sum[:4]) != parts[1] {
+		t.Fatalf("key hash %x, file says %s", sum[:4], parts[1])
+	}
+	// The note: four text lines, an empty line, "— <name> <base64(hash ‖ sig)>".
+	text, sigLine, ok := strings.Cut(string(c.Note), "\n\n")
+	if !ok || !strings.HasPrefix(sigLine, "— prod-log ") {
+		t.Fatalf("note:\n%s", c.Note)
+	}
+	sig, err := base64.StdEncoding.DecodeString(strings.TrimSuffix(strings.TrimPrefix(sigLine, "— prod-log "), "\n"))
+	if err != nil || len(sig) != 4+ed25519.SignatureSize || !bytes.Equal(sig[:4], sum[:4]) {
+		t.Fatalf("signature line %q", sigLine)
+	}
+	if !ed25519.Verify(pub, []byte(text+"\n"), sig[4:]) {
+		t.Fatal("the signature does not verify over the four lines")
+	}
+	want := "artifactstore event log checkpoint v1\nsequence 77\nchain " + hex.EncodeToString(chain[:]) + "\ntime 2026-12-01T02:15:00Z"
+	if text != want {
+		t.Fatalf("text = %q, want %q", text, want)
 	}
 }
