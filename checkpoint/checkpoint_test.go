@@ -2,11 +2,11 @@ package checkpoint_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
-	"context"
 	"errors"
 	"fmt"
 	"strings"
