@@ -78,6 +78,7 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 30s); FuzzRequest needs Post
 	$(GO) test -run '^$$' -fuzz FuzzReader -fuzztime $${FUZZTIME:-30s} ./digest/blaketree
 	$(GO) test -run '^$$' -fuzz FuzzDecodePayload -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzScanHeads -fuzztime $${FUZZTIME:-30s} ./events
+	$(GO) test -run '^$$' -fuzz FuzzChainV2Encoding -fuzztime $${FUZZTIME:-30s} ./events
 	$(GO) test -run '^$$' -fuzz FuzzDecodeIngest -fuzztime $${FUZZTIME:-30s} ./commands
 	$(GO) test -run '^$$' -fuzz FuzzRequest -fuzztime $${FUZZTIME:-30s} ./api
 

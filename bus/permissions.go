@@ -14,6 +14,11 @@ const (
 	RoleRelay      = "relay"
 	RoleStatus     = "status"
 	RoleSubscriber = "subscriber"
+	// RoleCheckpointer signs the chain head (`checkpoint sign`, and `run`).
+	RoleCheckpointer = "checkpointer"
+	// RoleAuditor reads the signed checkpoints and the events stream
+	// (`audit --checkpoints`, `checkpoint verify`).
+	RoleAuditor = "auditor"
 )
 
 // Grant is one subject a role may publish or subscribe to, with why it
@@ -181,6 +186,30 @@ func (t Topology) Roles() []Role {
 				{api + ".STREAM.INFO." + t.EventsStream, "check the events stream, find where to resume"},
 				{api + ".STREAM.MSG.GET." + t.EventsStream, "read the last published event"},
 				{t.SubjectRoot + ".events.>", "publish committed events"},
+			},
+			Subscribe: []Grant{inbox},
+		},
+		{
+			Name:     RoleCheckpointer,
+			Commands: "`checkpoint sign`",
+			Needs:    []Item{need(KindStream, t.CheckpointsStream)},
+			Publish: []Grant{
+				{api + ".STREAM.INFO." + t.CheckpointsStream, "check the checkpoints stream"},
+				{api + ".STREAM.MSG.GET." + t.CheckpointsStream, "read the last checkpoint, which the next must extend"},
+				{t.CheckpointsSubject(), "publish signed checkpoints"},
+			},
+			Subscribe: []Grant{inbox},
+		},
+		{
+			Name:     RoleAuditor,
+			Commands: "`audit --checkpoints`, `checkpoint verify`",
+			Publish: []Grant{
+				{api + ".STREAM.INFO." + t.CheckpointsStream, "open the checkpoints stream"},
+				{api + ".CONSUMER.CREATE." + t.CheckpointsStream + ".*." + t.CheckpointsSubject(), "read every checkpoint (ordered consumer)"},
+				{api + ".CONSUMER.MSG.NEXT." + t.CheckpointsStream + ".*", "pull the checkpoints"},
+				{api + ".STREAM.INFO." + t.EventsStream, "open the events stream (`checkpoint verify --events-stream`)"},
+				{api + ".CONSUMER.CREATE." + t.EventsStream + ".*." + t.SubjectRoot + ".events.>", "read the published events (ordered consumer)"},
+				{api + ".CONSUMER.MSG.NEXT." + t.EventsStream + ".*", "pull the published events"},
 			},
 			Subscribe: []Grant{inbox},
 		},

@@ -98,6 +98,13 @@ type Topology struct {
 	// falls further behind reads PostgreSQL. Default 30 days.
 	EventsMaxAge time.Duration
 
+	// CheckpointsStream is the name of the stream of signed checkpoints of
+	// the event log's chain head, on <root>.checkpoints (package
+	// checkpoint). Default "ARTIFACTS_CHECKPOINTS". Kept forever (no
+	// MaxAge), DenyDelete and DenyPurge: it is the copy of the chain head
+	// outside the database.
+	CheckpointsStream string
+
 	// StagingBucket is the object-store bucket where producers stage blobs
 	// too large to ride inline. Default "ARTIFACTS_STAGING".
 	StagingBucket string
@@ -155,6 +162,8 @@ func DefaultTopology() Topology {
 		EventsDuplicateWindow: 10 * time.Minute,
 		EventsMaxAge:          30 * 24 * time.Hour,
 
+		CheckpointsStream: "ARTIFACTS_CHECKPOINTS",
+
 		StagingBucket:   "ARTIFACTS_STAGING",
 		StagingTTL:      24 * time.Hour,
 		StagingMaxBytes: -1,
@@ -177,6 +186,7 @@ func (t Topology) WithPrefix(prefix string) Topology {
 	t.CommandsStream = prefix + "_" + t.CommandsStream
 	t.DeadLetterStream = prefix + "_" + t.DeadLetterStream
 	t.EventsStream = prefix + "_" + t.EventsStream
+	t.CheckpointsStream = prefix + "_" + t.CheckpointsStream
 	t.StagingBucket = prefix + "_" + t.StagingBucket
 	return t
 }
@@ -194,6 +204,10 @@ func (t Topology) DeadLetterSubjectPrefix() string { return t.SubjectRoot + ".de
 func (t Topology) EventsSubject(eventType string) string {
 	return t.SubjectRoot + ".events." + eventType
 }
+
+// CheckpointsSubject is the subject of signed checkpoints:
+// <root>.checkpoints.
+func (t Topology) CheckpointsSubject() string { return t.SubjectRoot + ".checkpoints" }
 
 // ConsumerFamily is one durable consumer of the commands stream.
 type ConsumerFamily struct {
@@ -218,8 +232,8 @@ func (t Topology) Consumers() []ConsumerFamily {
 	}
 }
 
-// StreamConfigs returns the configuration of the commands, dead-letter and
-// events streams, in that order.
+// StreamConfigs returns the configuration of the commands, dead-letter,
+// events and checkpoints streams, in that order.
 func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
 		{
@@ -265,6 +279,20 @@ func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 			Replicas:    t.Replicas,
 			Duplicates:  t.EventsDuplicateWindow,
 		},
+		{
+			Name:        t.CheckpointsStream,
+			Description: "artifactstore signed checkpoints of the event log's chain head",
+			Subjects:    []string{t.CheckpointsSubject()},
+			Retention:   jetstream.LimitsPolicy,
+			MaxMsgs:     -1,
+			MaxBytes:    -1,
+			Discard:     jetstream.DiscardNew,
+			Storage:     jetstream.FileStorage,
+			Replicas:    t.Replicas,
+			Duplicates:  t.EventsDuplicateWindow,
+			DenyDelete:  true,
+			DenyPurge:   true,
+		},
 	}
 }
 
@@ -301,7 +329,7 @@ func (t Topology) Validate() error {
 	var errs []error
 	for name, v := range map[string]string{
 		"SubjectRoot": t.SubjectRoot, "CommandsStream": t.CommandsStream,
-		"DeadLetterStream": t.DeadLetterStream, "EventsStream": t.EventsStream,
+		"DeadLetterStream": t.DeadLetterStream, "EventsStream": t.EventsStream, "CheckpointsStream": t.CheckpointsStream,
 		"StagingBucket": t.StagingBucket, "IngestConsumer": t.IngestConsumer,
 		"RetentionConsumer": t.RetentionConsumer, "VerifyConsumer": t.VerifyConsumer,
 	} {

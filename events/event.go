@@ -48,10 +48,15 @@ type Event struct {
 	Payload []byte
 	// PayloadDigest is BLAKE3-256 of Payload.
 	PayloadDigest [32]byte
-	// ChainDigest is BLAKE3-256 of the previous event's chain digest (zeros
-	// before the first), the sequence as 8 big-endian bytes, the type and
-	// PayloadDigest: altering any event breaks every later chain digest.
+	// ChainDigest links the event to its predecessor: BLAKE3-256 over the
+	// previous event's chain digest (zeros before the first) and every
+	// other field of the event (see ChainDigestV2), so that altering any
+	// column of any event breaks every later chain digest. Events written
+	// before chain v2 carry a v1 link (ChainDigestV1).
 	ChainDigest [32]byte
+	// ChainVersion is the rule ChainDigest was computed with: ChainV2 for
+	// every event appended by this release, ChainV1 for older ones.
+	ChainVersion int
 }
 
 // Draft is an event not yet appended: the log assigns its sequence, id,

@@ -28,6 +28,12 @@ const MaxReadLimit = 10000
 // Nothing was appended.
 var ErrInvalidBatch = errors.New("invalid batch")
 
+// ErrBeyondHead means the events table holds a row after the sequence the
+// log head records: a row written behind the append path's back (with the
+// database's triggers switched off). Readers stop there rather than pass
+// it on; `artifactstore audit` names it.
+var ErrBeyondHead = errors.New("event beyond the log head: written outside the append path")
+
 // ErrCommandNotFound means no events were appended under a command id.
 var ErrCommandNotFound = errors.New("command not found in the event log")
 
@@ -186,7 +192,7 @@ func (l *Log) prepare(batches []Batch) ([]preparedBatch, error) {
 }
 
 const eventColumns = `sequence, event_id, occurred_at, event_type, payload_version,
-	subject_kind, subject_id, actor, command_id, payload, payload_digest, chain_digest`
+	subject_kind, subject_id, actor, command_id, payload, payload_digest, chain_digest, chain_version`
 
 func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedBatch) ([]Result, error) {
 	var ids []string
@@ -271,9 +277,9 @@ func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedB
 			e := Event{
 				Sequence: seq, EventID: id, OccurredAt: at, Type: pe.typ, PayloadVersion: pe.version,
 				SubjectKind: pe.draft.SubjectKind, SubjectID: pe.draft.SubjectID, Actor: pe.draft.Actor,
-				CommandID: b.commandID, Payload: pe.payload, PayloadDigest: pe.digest,
+				CommandID: b.commandID, Payload: pe.payload, PayloadDigest: pe.digest, ChainVersion: CurrentChain,
 			}
-			e.ChainDigest = ChainDigest(prev, seq, e.Type, e.PayloadDigest)
+			e.ChainDigest = ChainDigestV2(prev, e)
 			prev = e.ChainDigest
 			evs[j] = e
 			cols.add(e)
@@ -284,8 +290,9 @@ func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedB
 		}
 	}
 
-	// Round trip 2: the inserts, the head and the notification, plus the
-	// events of duplicate commands.
+	// Round trip 2: the inserts and the notification, plus the events of
+	// duplicate commands. The insert trigger of the events table checks
+	// that the rows follow the head and moves the head to the last one.
 	wb := &pgx.Batch{}
 	dupEvents := map[string][]Event{}
 	if len(dupIDs) > 0 {
@@ -305,19 +312,17 @@ func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedB
 	}
 	if seq > lastSeq {
 		wb.Queue(`INSERT INTO events (`+eventColumns+`)
-			SELECT s, i, $3, t, v, sk, sid, a, c, p, pd, cd
+			SELECT s, i, $3, t, v, sk, sid, a, c, p, pd, cd, $13
 			FROM unnest($1::bigint[], $2::uuid[], $4::text[], $5::smallint[], $6::text[], $7::text[],
 			            $8::text[], $9::text[], $10::bytea[], $11::bytea[], $12::bytea[])
 			     AS u(s, i, t, v, sk, sid, a, c, p, pd, cd)`,
 			cols.seq, cols.id, at, cols.typ, cols.version, cols.subjectKind, cols.subjectID,
-			cols.actor, cols.commandID, cols.payload, cols.payloadDigest, cols.chainDigest)
+			cols.actor, cols.commandID, cols.payload, cols.payloadDigest, cols.chainDigest, int16(CurrentChain))
 		if len(cmdCols.id) > 0 {
 			wb.Queue(`INSERT INTO commands (command_id, first_sequence, last_sequence, appended_at)
 				SELECT c, f, l, $4 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(c, f, l)`,
 				cmdCols.id, cmdCols.first, cmdCols.last, at)
 		}
-		wb.Queue(`UPDATE event_log_head SET last_sequence = $1, last_chain_digest = $2, updated_at = $3`,
-			seq, prev[:], at)
 		wb.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, strconv.FormatInt(seq, 10))
 	}
 	if wb.Len() > 0 {
@@ -388,17 +393,39 @@ func (c *commandColumns) add(id string, first, last int64) {
 // ascending order. Because appends commit in sequence order, the result is
 // always a contiguous run: a reader that continues from the last sequence
 // it saw never skips an event. limit must be in 1..MaxReadLimit.
+//
+// Events up to the log head are returned; when the next event lies beyond
+// the head (a row inserted behind the append path's back), Read returns
+// the events before it and, once none is left before it, an error wrapping
+// ErrBeyondHead.
 func (l *Log) Read(ctx context.Context, after int64, limit int) ([]Event, error) {
 	if limit < 1 || limit > MaxReadLimit {
 		return nil, fmt.Errorf("read events: limit %d out of range 1..%d", limit, MaxReadLimit)
 	}
-	rows, err := l.pool.Query(ctx, `SELECT `+eventColumns+` FROM events
-		WHERE sequence > $1 ORDER BY sequence LIMIT $2`, after, limit)
+	// One statement, so the head and the rows come from one snapshot.
+	rows, err := l.pool.Query(ctx, `SELECT h.last_sequence, `+prefixed("e.", eventColumns)+`
+		FROM events e CROSS JOIN event_log_head h
+		WHERE e.sequence > $1 ORDER BY e.sequence LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, translate("read events", err)
 	}
-	evs, err := collectEvents(rows)
-	if err != nil {
+	defer rows.Close()
+	var evs []Event
+	for rows.Next() {
+		var head int64
+		e, err := scanEvent(rows, &head)
+		if err != nil {
+			return nil, translate("read events", err)
+		}
+		if e.Sequence > head {
+			if len(evs) > 0 {
+				return evs, nil
+			}
+			return nil, fmt.Errorf("read events after %d: %w: event %d, the head is %d; run `artifactstore audit`", after, ErrBeyondHead, e.Sequence, head)
+		}
+		evs = append(evs, e)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, translate("read events", err)
 	}
 	return evs, nil
@@ -453,18 +480,19 @@ func collectEvents(rows pgx.Rows) ([]Event, error) {
 func scanEvent(rows pgx.Rows, extra ...any) (Event, error) {
 	var (
 		e                    Event
-		version              int16
+		version, chainVer    int16
 		commandID            *string
 		typ                  string
 		payloadDig, chainDig []byte
 	)
 	dest := append(extra, &e.Sequence, &e.EventID, &e.OccurredAt, &typ, &version,
-		&e.SubjectKind, &e.SubjectID, &e.Actor, &commandID, &e.Payload, &payloadDig, &chainDig)
+		&e.SubjectKind, &e.SubjectID, &e.Actor, &commandID, &e.Payload, &payloadDig, &chainDig, &chainVer)
 	if err := rows.Scan(dest...); err != nil {
 		return Event{}, fmt.Errorf("scan event: %w", err)
 	}
 	e.Type = Type(typ)
 	e.PayloadVersion = int(version)
+	e.ChainVersion = int(chainVer)
 	e.OccurredAt = e.OccurredAt.UTC()
 	if commandID != nil {
 		e.CommandID = *commandID

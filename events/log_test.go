@@ -115,7 +115,7 @@ func TestAppendReadRoundTrip(t *testing.T) {
 			if !reflect.DeepEqual(p, d.Payload) {
 				t.Errorf("event %d payload = %#v, want %#v", e.Sequence, p, d.Payload)
 			}
-			if want := events.ChainDigest(prev, e.Sequence, e.Type, e.PayloadDigest); e.ChainDigest != want {
+			if want := events.ChainDigestV2(prev, e); e.ChainDigest != want || e.ChainVersion != events.ChainV2 {
 				t.Errorf("event %d chain digest = %x, want %x", e.Sequence, e.ChainDigest, want)
 			}
 			prev = e.ChainDigest
@@ -248,7 +248,7 @@ func TestAppendTxRollbackLeavesNoHole(t *testing.T) {
 	if res[0].Duplicate || res[0].Events[0].Sequence != 1 {
 		t.Fatalf("append after rollback = %+v, want fresh event at sequence 1", res[0])
 	}
-	if rep, err := log.Audit(ctx, nil); err != nil || !rep.OK() {
+	if rep, err := log.Audit(ctx, events.AuditOptions{}); err != nil || !rep.OK() {
 		t.Fatalf("Audit = %+v, %v", rep, err)
 	}
 }
@@ -636,7 +636,7 @@ func TestGapFreeUnderConcurrentAppends(t *testing.T) {
 			t.Fatalf("event %d has sequence %d: the log has a hole", i+1, e.Sequence)
 		}
 	}
-	if rep, err := log.Audit(testCtx(t), nil); err != nil || !rep.OK() {
+	if rep, err := log.Audit(testCtx(t), events.AuditOptions{}); err != nil || !rep.OK() {
 		t.Fatalf("Audit = %+v, %v", rep, err)
 	}
 }

@@ -53,10 +53,11 @@ import (
 	"github.com/artifactstore/artifactstore/events"
 )
 
-// ErrLogAltered means an event's payload does not match its digest: the
-// log was changed after it was written. The projector stops at that
-// sequence; run `artifactstore audit` and restore the log from a backup.
-// Errors wrapping it also wrap events.ErrPayloadDigest.
+// ErrLogAltered means an event's payload does not match its digest, or
+// its chain digest does not link it to its predecessor: the log was
+// changed after it was written. The projector stops at that sequence; run
+// `artifactstore audit` and restore the log from a backup. Errors wrapping
+// it also wrap events.ErrPayloadDigest or events.ErrChainBroken.
 var ErrLogAltered = errors.New("the event log was altered")
 
 // ErrUnknownEvent means an event has a type or payload version this
@@ -301,12 +302,25 @@ func (p *Projector) startFetch(ctx context.Context, after int64, limit int) *fet
 }
 
 // read returns the events after the sequence after, with their decoded
-// payloads. A payload that does not match its digest, or has a type or
-// version without an effect, stops the projection there.
+// payloads. A payload that does not match its digest, a type or version
+// without an effect, or a chain digest that is not the link of the event
+// to its predecessor (a row forged or altered behind the append path's
+// back), stops the projection there.
 func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.Event, []events.Payload, error) {
 	evs, err := p.log.Read(ctx, after, limit)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read events after %d: %w", after, err)
+	}
+	var prev [32]byte // the chain digest before sequence 1
+	if after > 0 && len(evs) > 0 {
+		at, err := p.log.Read(ctx, after-1, 1)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read event %d: %w", after, err)
+		}
+		if len(at) == 0 || at[0].Sequence != after {
+			return nil, nil, fmt.Errorf("%w: the event at checkpoint %d is gone", ErrGap, after)
+		}
+		prev = at[0].ChainDigest
 	}
 	payloads := make([]events.Payload, len(evs))
 	for i, e := range evs {
@@ -324,6 +338,11 @@ func (p *Projector) read(ctx context.Context, after int64, limit int) ([]events.
 		case err != nil:
 			return nil, nil, fmt.Errorf("projection stopped at sequence %d: %w; the checkpoint stays at %d", e.Sequence, err, after)
 		}
+		if link, err := events.ChainLink(prev, e); err != nil || link != e.ChainDigest {
+			return nil, nil, fmt.Errorf("%w: projection stopped at sequence %d (%s): %w: its chain digest is not the link of its columns to its predecessor; the checkpoint stays at %d — run `artifactstore audit` and restore the log",
+				ErrLogAltered, e.Sequence, e.Type, events.ErrChainBroken, after)
+		}
+		prev = e.ChainDigest
 		payloads[i] = pl
 	}
 	return evs, payloads, nil
@@ -466,7 +485,8 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	if err := write(ctx, tx, b, t, s); err != nil {
 		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
 	}
-	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now() WHERE projector = $1`, checkpoint, last)
+	b.Queue(`UPDATE projector_checkpoints SET sequence = $2, updated_at = now(),
+		stopped_at = NULL, stop_reason = NULL, stop_message = NULL WHERE projector = $1`, checkpoint, last)
 	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, checkpoint+":"+strconv.FormatInt(last, 10))
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return 0, 0, nil, fmt.Errorf("write projection up to sequence %d: %w", last, err)
@@ -483,9 +503,10 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 
 // Run is the projector process: it waits to be elected leader, catches up,
 // then tails the log until ctx ends (returning nil) or the log cannot be
-// projected (ErrLogAltered, ErrUnknownEvent, ErrGap, or a payload that
-// matches its digest but does not decode, events.ErrMalformed: returned,
-// after an error log line). A lost database connection makes it step down
+// projected (ErrLogAltered, ErrUnknownEvent, ErrGap, events.ErrBeyondHead,
+// or a payload that matches its digest but does not decode,
+// events.ErrMalformed: returned, after an error log line and with the stop
+// recorded in its checkpoint row for status and the metrics). A lost database connection makes it step down
 // and stand for election again; other database errors are logged and
 // retried every PollInterval.
 func (p *Projector) Run(ctx context.Context) error {
@@ -505,6 +526,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case isFatal(err):
+			p.recordStop(err)
 			return err
 		}
 		p.lg.Warn().Err(err).Msg("stepped down; standing for election again")
@@ -517,8 +539,41 @@ func (p *Projector) Run(ctx context.Context) error {
 // isFatal reports whether err stops the projector for good: retrying
 // cannot help, a person must act (the log is immutable).
 func isFatal(err error) bool {
-	return errors.Is(err, ErrLogAltered) || errors.Is(err, ErrUnknownEvent) || errors.Is(err, ErrGap) ||
-		errors.Is(err, events.ErrMalformed)
+	return StopReason(err) != ""
+}
+
+// StopReason names why err stops the projector for good, "" when it does
+// not: log_altered, unknown_event, gap, beyond_head (a row written behind
+// the append path's back) or malformed.
+func StopReason(err error) string {
+	switch {
+	case errors.Is(err, ErrLogAltered):
+		return "log_altered"
+	case errors.Is(err, ErrUnknownEvent):
+		return "unknown_event"
+	case errors.Is(err, ErrGap):
+		return "gap"
+	case errors.Is(err, events.ErrBeyondHead):
+		return "beyond_head"
+	case errors.Is(err, events.ErrMalformed):
+		return "malformed"
+	}
+	return ""
+}
+
+// recordStop writes why the projector stopped into its checkpoint row
+// (stopped_at, stop_reason, stop_message), where status and the metrics
+// read the alarm; the next batch applied clears it.
+func (p *Projector) recordStop(stop error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := p.pool.Exec(ctx, `INSERT INTO projector_checkpoints (projector, stopped_at, stop_reason, stop_message)
+		VALUES ($1, now(), $2, $3)
+		ON CONFLICT (projector) DO UPDATE SET stopped_at = now(), stop_reason = $2, stop_message = $3`,
+		p.cfg.Name, StopReason(stop), stop.Error())
+	if err != nil {
+		p.lg.Error().Err(err).Msg("could not record the stop in projector_checkpoints")
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
@@ -106,6 +107,37 @@ type Message struct {
 	PayloadCBOR   []byte          `json:"payload_cbor"`
 	PayloadDigest string          `json:"payload_digest"`
 	ChainDigest   string          `json:"chain_digest"`
+	// ChainVersion is the rule ChainDigest follows (events.ChainV2 for
+	// every event since chain v2): with it, every column of the event is
+	// in the message, so a subscriber can recompute the chain from a
+	// signed checkpoint onwards without touching PostgreSQL.
+	ChainVersion int `json:"chain_version"`
+}
+
+// Event rebuilds the event the message was made from, every column
+// included, so that a subscriber can check its chain digest
+// (events.ChainLink) against the previous one without PostgreSQL.
+func (m Message) Event() (events.Event, error) {
+	e := events.Event{
+		Sequence: m.Sequence, OccurredAt: m.OccurredAt.UTC(), Type: m.Type, PayloadVersion: m.Version,
+		SubjectKind: m.SubjectKind, SubjectID: m.SubjectID, Actor: m.Actor, CommandID: m.CommandID,
+		Payload: m.PayloadCBOR, ChainVersion: m.ChainVersion,
+	}
+	var err error
+	if e.EventID, err = uuid.Parse(m.EventID); err != nil {
+		return e, fmt.Errorf("event %d: event_id: %w", m.Sequence, err)
+	}
+	for _, d := range []struct {
+		dst *[32]byte
+		hex string
+	}{{&e.PayloadDigest, m.PayloadDigest}, {&e.ChainDigest, m.ChainDigest}} {
+		b, err := hex.DecodeString(d.hex)
+		if err != nil || len(b) != 32 {
+			return e, fmt.Errorf("event %d: a digest is not 64 hex digits", m.Sequence)
+		}
+		copy(d.dst[:], b)
+	}
+	return e, nil
 }
 
 // Run publishes until ctx ends. It returns ctx's error on a normal stop.
@@ -195,6 +227,7 @@ func (r *Relay) message(e events.Event) (*nats.Msg, error) {
 		Type: e.Type, Version: e.PayloadVersion, SubjectKind: e.SubjectKind, SubjectID: e.SubjectID,
 		Actor: e.Actor, CommandID: e.CommandID, Payload: pj, PayloadCBOR: e.Payload,
 		PayloadDigest: hex.EncodeToString(e.PayloadDigest[:]), ChainDigest: hex.EncodeToString(e.ChainDigest[:]),
+		ChainVersion: e.ChainVersion,
 	})
 	if err != nil {
 		return nil, err

@@ -175,7 +175,10 @@ func TestRelayCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var want int64 = 1
+	var (
+		want int64    = 1
+		prev [32]byte // every column is in the messages: the chain can be recomputed from them
+	)
 	for want <= head {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(time.Minute)) // returns as soon as messages are there
 		if err != nil {
@@ -191,6 +194,14 @@ func TestRelayCrash(t *testing.T) {
 			if msg.Sequence != want {
 				t.Fatalf("stream holds event %d where %d was expected (duplicate or gap)", msg.Sequence, want)
 			}
+			ev, err := msg.Event()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if link, err := events.ChainLink(prev, ev); err != nil || link != ev.ChainDigest || ev.ChainVersion != events.ChainV2 {
+				t.Fatalf("event %d: chain recomputed from the message = %x, %v; message says %x (v%d)", want, link, err, ev.ChainDigest, ev.ChainVersion)
+			}
+			prev = ev.ChainDigest
 			if m.Headers().Get(HeaderSequence) != strconv.FormatInt(want, 10) || m.Subject() != top.EventsSubject("package.sealed") {
 				t.Fatalf("event %d: headers %v subject %s", want, m.Headers(), m.Subject())
 			}

@@ -16,6 +16,7 @@ type Collector struct {
 
 	up, consumerPending, consumerAckPending, deadLetters *prometheus.Desc
 	logHead, projectorLag, projectorLagSeconds, relayLag *prometheus.Desc
+	projectorStopped, checkpointSeq                      *prometheus.Desc
 	objects, bytesStored, packages, legalHolds           *prometheus.Desc
 	scrubCoverage, neverVerified                         *prometheus.Desc
 }
@@ -38,6 +39,8 @@ func NewCollector(src Sources) *Collector {
 		projectorLag:        d("projector_lag_events", "Events committed but not yet projected."),
 		projectorLagSeconds: d("projector_lag_seconds", "Age of the oldest event not yet projected."),
 		relayLag:            d("relay_lag_events", "Events committed but not yet published to the events stream."),
+		projectorStopped:    d("projector_stopped", "1 while the projector is stopped on the event log (reason: log_altered, gap, beyond_head, unknown_event, malformed); run 'artifactstore audit --checkpoints'.", "reason"),
+		checkpointSeq:       d("checkpoint_signed_sequence", "Sequence covered by the newest signed checkpoint in the database."),
 		objects:             d("objects", "Stored object locations by state.", "state"),
 		bytesStored:         d("stored_bytes", "Bytes of object locations not deleted."),
 		packages:            d("packages", "Packages by state.", "state"),
@@ -50,7 +53,7 @@ func NewCollector(src Sources) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.consumerPending, c.consumerAckPending, c.deadLetters, c.logHead,
-		c.projectorLag, c.projectorLagSeconds, c.relayLag, c.objects, c.bytesStored, c.packages, c.legalHolds,
+		c.projectorLag, c.projectorLagSeconds, c.relayLag, c.projectorStopped, c.checkpointSeq, c.objects, c.bytesStored, c.packages, c.legalHolds,
 		c.scrubCoverage, c.neverVerified} {
 		ch <- d
 	}
@@ -82,6 +85,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.projectorLag, float64(r.ProjectorLagEvents))
 	g(c.projectorLagSeconds, r.ProjectorLagSecs)
 	g(c.relayLag, float64(r.LogHead-r.RelayCheckpoint))
+	if r.ProjectorStop != nil {
+		g(c.projectorStopped, 1, r.ProjectorStop.Reason)
+	} else {
+		g(c.projectorStopped, 0, "")
+	}
+	if r.LastCheckpoint != nil {
+		g(c.checkpointSeq, float64(r.LastCheckpoint.Sequence))
+	}
 	for _, state := range []string{"ok", "corrupt", "missing", "deleted"} {
 		g(c.objects, float64(r.ObjectsByState[state]), state)
 	}

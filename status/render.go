@@ -72,8 +72,13 @@ func Render(w io.Writer, r Report) error {
 
 	fmt.Fprintln(tw, "EVENT LOG\tsequence\tlag\t\t")
 	fmt.Fprintf(tw, "  head\t%d\t\t\t\n", r.LogHead)
-	fmt.Fprintf(tw, "  projector\t%d\t%d events, %.1fs\t\t\n", r.ProjectorCheckpt, r.ProjectorLagEvents, r.ProjectorLagSecs)
-	fmt.Fprintf(tw, "  events relay\t%d\t%d events\t\t\n\n", r.RelayCheckpoint, r.LogHead-r.RelayCheckpoint)
+	fmt.Fprintf(tw, "  projector\t%d\t%d events, %.1fs\t%s\t\n", r.ProjectorCheckpt, r.ProjectorLagEvents, r.ProjectorLagSecs, projectorState(r))
+	fmt.Fprintf(tw, "  events relay\t%d\t%d events\t\t\n", r.RelayCheckpoint, r.LogHead-r.RelayCheckpoint)
+	if c := r.LastCheckpoint; c != nil {
+		fmt.Fprintf(tw, "  signed checkpoint\t%d\t%d events\tsigned %s\t\n\n", c.Sequence, r.LogHead-c.Sequence, c.SignedAt.UTC().Format(time.RFC3339))
+	} else {
+		fmt.Fprintf(tw, "  signed checkpoint\tnone\t\t\t\n\n")
+	}
 
 	fmt.Fprintf(tw, "OBJECTS\t%s stored\t\t\t\n", humanBytes(r.BytesStored))
 	for _, k := range sortedKeys(r.ObjectsByState) {
@@ -103,6 +108,13 @@ func Render(w io.Writer, r Report) error {
 	fmt.Fprintf(tw, "  never verified\t%d\t\t\t\n", r.NeverVerified)
 	fmt.Fprintf(tw, "  last verification\t%s\t\t\t\n", last)
 	return tw.Flush()
+}
+
+func projectorState(r Report) string {
+	if r.ProjectorStop != nil {
+		return "STOPPED (" + r.ProjectorStop.Reason + ")"
+	}
+	return ""
 }
 
 func sortedKeys(m map[string]int64) []string {

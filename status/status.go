@@ -57,6 +57,12 @@ type Report struct {
 	ProjectorLagEvents int64   `json:"projector_lag_events"`
 	ProjectorLagSecs   float64 `json:"projector_lag_seconds"`
 	RelayCheckpoint    int64   `json:"relay_checkpoint"`
+	// ProjectorStop is set while the projector is stopped on the log (an
+	// altered, gapped or forged row, an unknown event).
+	ProjectorStop *ProjectorStop `json:"projector_stop,omitempty"`
+	// LastCheckpoint is the newest signed checkpoint in the database's
+	// checkpoints table, if any.
+	LastCheckpoint *Checkpoint `json:"last_checkpoint,omitempty"`
 
 	ObjectsByState  map[string]int64 `json:"objects_by_state"`
 	BytesStored     int64            `json:"bytes_stored"`
@@ -69,6 +75,19 @@ type Report struct {
 	NeverVerified      int64         `json:"never_verified"`
 	LastVerification   *time.Time    `json:"last_verification,omitempty"`
 	ScrubCoveragePct   float64       `json:"scrub_coverage_percent"`
+}
+
+// ProjectorStop is why the projector stopped.
+type ProjectorStop struct {
+	At      time.Time `json:"at"`
+	Reason  string    `json:"reason"`
+	Message string    `json:"message"`
+}
+
+// Checkpoint is the newest signed checkpoint of the log's chain head.
+type Checkpoint struct {
+	Sequence int64     `json:"sequence"`
+	SignedAt time.Time `json:"signed_at"`
 }
 
 // Sources are what status reads. JS may be nil when NATS is unreachable;
@@ -146,6 +165,10 @@ func Gather(ctx context.Context, src Sources) (Report, error) {
 	if err := gatherLeaders(ctx, src, &r); err != nil {
 		return r, err
 	}
+	if st := r.ProjectorStop; st != nil {
+		r.Problems = append(r.Problems, fmt.Sprintf("projector STOPPED since %s (%s): %s; run 'artifactstore audit --checkpoints', restore the log, then restart the projector",
+			st.At.UTC().Format(time.RFC3339), st.Reason, st.Message))
+	}
 	if src.MaxLag > 0 && r.ProjectorLagEvents > src.MaxLag {
 		r.Problems = append(r.Problems, fmt.Sprintf("projector is %d events behind: is 'artifactstore project' running?", r.ProjectorLagEvents))
 	}
@@ -206,6 +229,23 @@ func gatherDB(ctx context.Context, src Sources, r *Report) error {
 	}
 	if err := optionalInt(ctx, q, `SELECT sequence FROM relay_checkpoints WHERE relay = $1`, src.Relay, &r.RelayCheckpoint); err != nil {
 		return err
+	}
+	var st ProjectorStop
+	err := q.QueryRow(ctx, `SELECT stopped_at, stop_reason, coalesce(stop_message, '') FROM projector_checkpoints
+		WHERE projector = $1 AND stop_reason IS NOT NULL`, src.Projector).Scan(&st.At, &st.Reason, &st.Message)
+	switch {
+	case err == nil:
+		r.ProjectorStop = &st
+	case !errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("read the projector's stop (has 'artifactstore migrate up' run?): %w", err)
+	}
+	var cp Checkpoint
+	err = q.QueryRow(ctx, `SELECT sequence, signed_at FROM event_checkpoints ORDER BY sequence DESC LIMIT 1`).Scan(&cp.Sequence, &cp.SignedAt)
+	switch {
+	case err == nil:
+		r.LastCheckpoint = &cp
+	case !errors.Is(err, pgx.ErrNoRows):
+		return fmt.Errorf("read the newest checkpoint: %w", err)
 	}
 
 	rows, err := q.Query(ctx, `SELECT state, count(*), coalesce(sum(size_bytes), 0) FROM storage_locations GROUP BY state`)

@@ -145,3 +145,45 @@ artifactstore_stored_bytes 4096
 		t.Fatalf("consumer gauges without NATS: %d, %v; want none", n, err)
 	}
 }
+
+func TestProjectorStopNeedsAttention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, _ := pgtest.NewDB(t)
+	if _, err := pool.Exec(ctx, `INSERT INTO projector_checkpoints (projector, sequence, stopped_at, stop_reason, stop_message)
+		VALUES ('projector', 0, now(), 'beyond_head', 'event 1000, the head is 3')`); err != nil {
+		t.Fatal(err)
+	}
+	src := Sources{Pool: pool, Projector: "projector", Relay: "events", ScrubInterval: time.Hour}
+	r, err := Gather(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ProjectorStop == nil || r.ProjectorStop.Reason != "beyond_head" {
+		t.Fatalf("ProjectorStop = %+v, want beyond_head", r.ProjectorStop)
+	}
+	var found bool
+	for _, p := range r.Problems {
+		found = found || strings.Contains(p, "projector STOPPED") && strings.Contains(p, "event 1000")
+	}
+	if r.Healthy || !found {
+		t.Fatalf("healthy=%v problems=%v; want the projector's stop as a problem", r.Healthy, r.Problems)
+	}
+	var out bytes.Buffer
+	if err := Render(&out, r); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "STOPPED (beyond_head)") {
+		t.Fatalf("rendered status lacks the stop:\n%s", out.String())
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src))
+	want := `
+# HELP artifactstore_projector_stopped 1 while the projector is stopped on the event log (reason: log_altered, gap, beyond_head, unknown_event, malformed); run 'artifactstore audit --checkpoints'.
+# TYPE artifactstore_projector_stopped gauge
+artifactstore_projector_stopped{reason="beyond_head"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "artifactstore_projector_stopped"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -79,8 +78,7 @@ func (c projectCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 // projectErr gives the stops that need a person a distinct exit status (3),
 // as 'audit' does for an altered log.
 func projectErr(err error) error {
-	if errors.Is(err, projector.ErrLogAltered) || errors.Is(err, projector.ErrUnknownEvent) || errors.Is(err, projector.ErrGap) ||
-		errors.Is(err, events.ErrMalformed) {
+	if projector.StopReason(err) != "" {
 		return &exitError{code: 3, err: err}
 	}
 	return err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/api"
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/checkpoint"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/internal/dbmigrate"
@@ -45,6 +46,10 @@ type runCmd struct {
 
 	APIToken       string `name:"api-token" help:"Bearer token every API request must carry." placeholder:"TOKEN"`
 	InsecureNoAuth bool   `name:"insecure-no-auth" help:"Serve the API without a token on an address other hosts can reach."`
+
+	// Without --checkpoint-key, run signs with <data-dir>/checkpoint.key,
+	// created on first start.
+	signerFlags `embed:""`
 }
 
 func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
@@ -112,6 +117,16 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	srv := ops.New(lg)
 	addReadyChecks(srv, pool, nc, dp)
 	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0, "")))
+	keyFile, err := ensureKeyPair(lg, c.CheckpointKey, g.DataDir)
+	if err != nil {
+		return err
+	}
+	sf := c.signerFlags
+	sf.CheckpointKey = keyFile
+	sg, err := sf.newSigner(lg, evlog, js, top, checkpoint.NewTable(pool), checkpoint.NewMetrics(srv.Registry))
+	if err != nil {
+		return err
+	}
 	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err
@@ -169,7 +184,18 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		})
 	}
 	proj := projector.New(pool, evlog, codec, projector.Config{Logger: &lg})
-	goLoop("projector", proj.Run)
+	wg.Go(func() {
+		// A projector stopped on the log (altered, gapped or forged rows,
+		// an unknown event) needs a person, not the end of every role:
+		// the API keeps serving what was projected, ingest keeps
+		// appending, and the alarm is up (status, /metrics'
+		// artifactstore_projector_stopped) until the log is repaired and
+		// run restarted.
+		if err := proj.Run(loops); err != nil && loops.Err() == nil {
+			lg.Error().Err(err).Str("reason", projector.StopReason(err)).
+				Msg("PROJECTOR STOPPED: the other roles keep running; run 'artifactstore audit --checkpoints', repair the log, then restart")
+		}
+	})
 	sched := verifier.NewScheduler(pool, js, codec, verifier.SchedulerConfig{
 		Interval: c.ScrubInterval, Tick: c.ScrubTick, Subject: top.Subject(bus.CmdVerify), Logger: &lg,
 	})
@@ -188,6 +214,9 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		return err
 	}
 	goLoop("staging janitor", janitor)
+	goLoop("checkpoint signer", func(ctx context.Context) error {
+		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyCheckpointer, Name: "checkpoint-signer", Logger: &lg}, sg.Run)
+	})
 	var rc reapCmd
 	if err := kong.ApplyDefaults(&rc); err != nil {
 		return err
@@ -201,7 +230,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	})
 
 	lg.Info().Str("http", srv.Addr()).Str("nats", g.NATSURL).Str("data_dir", g.DataDir).
-		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, API; stop with Ctrl-C")
+		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, checkpoints, API; stop with Ctrl-C")
 
 	select {
 	case <-ctx.Done():

@@ -31,7 +31,7 @@ type Globals struct {
 
 	DataDir      string `help:"Data directory: object storage root (unless --storage says otherwise) and, in 'run', the embedded NATS store." default:"./data" type:"path" placeholder:"DIR"`
 	storageFlags `embed:""`
-	HTTPAddr     string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz). Default per role, so that roles run side by side on one host: run and serve 127.0.0.1:8080, ingest :8081, project :8082, verify :8083, reap :8084, relay :8085." placeholder:"HOST:PORT"`
+	HTTPAddr     string `name:"http-addr" help:"Address of the HTTP server (API, /metrics, /healthz, /readyz). Default per role, so that roles run side by side on one host: run and serve 127.0.0.1:8080, ingest :8081, project :8082, verify :8083, reap :8084, relay :8085, checkpoint sign :8086." placeholder:"HOST:PORT"`
 	Instance     string `help:"Name of this process in PostgreSQL's application_name (artifactstore/<role>/<instance>), which 'status' shows for the leader of each single-active role. Default <hostname>:<pid>." placeholder:"NAME"`
 
 	// role is the command being run (its first word), set before it runs.
@@ -53,6 +53,8 @@ func opsPort(role string) int {
 		return 8084
 	case "relay":
 		return 8085
+	case "checkpoint":
+		return 8086
 	}
 	return 8080
 }

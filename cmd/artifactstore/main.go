@@ -41,10 +41,12 @@ type cli struct {
 
 	Migrate  migrateCmd  `cmd:"" group:"admin" help:"Apply, roll back or show the PostgreSQL schema migrations."`
 	Topology topologyCmd `cmd:"" group:"admin" help:"Create, update or check the JetStream streams, consumers and bucket; print the NATS permissions of every role."`
-	Audit    auditCmd    `cmd:"" group:"admin" help:"Walk the whole event log and check every payload and chain digest."`
+	Audit    auditCmd    `cmd:"" group:"admin" help:"Walk the whole event log and check every column of every event against the hash chain; with --checkpoints, also against the signed checkpoints kept outside the database. Exits 3 when the log was altered."`
 	Schema   schemaCmd   `cmd:"" group:"admin" help:"Set or list the JSON Schemas that package metadata must satisfy (per retention class)."`
 	Docs     docsCmd     `cmd:"" group:"admin" hidden:"" help:"Print the configuration reference as Markdown."`
 	Version  versionCmd  `cmd:"" group:"admin" help:"Print the version."`
+
+	Checkpoint checkpointCmd `cmd:"" group:"admin" help:"Signed checkpoints of the log's chain head: keygen, sign (the signer role), verify (with only the public key)."`
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

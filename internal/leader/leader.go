@@ -48,6 +48,8 @@ const (
 	// KeyStagingJanitor elects the ingest process that purges abandoned
 	// staged uploads (ingest.Janitor).
 	KeyStagingJanitor int64 = 0x4153_0000_0000_0005
+	// KeyCheckpointer elects the checkpoint signer (checkpoint.Signer).
+	KeyCheckpointer int64 = 0x4153_0000_0000_0006
 )
 
 // KeyPackageState is not a leader lock: it is the transaction-level
