@@ -411,8 +411,8 @@ func (w *quotaWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (w *quotaWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource) (storage.Committed, error) {
-	c, err := w.ObjectWriter.Commit(ctx, addr, tree)
+func (w *quotaWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource, mode storage.CommitMode) (storage.Committed, error) {
+	c, err := w.ObjectWriter.Commit(ctx, addr, tree, mode)
 	if err == nil && !c.Deduplicated {
 		w.q.mu.Lock()
 		w.q.used += w.written

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sync"
 	"syscall"
 
@@ -23,6 +24,20 @@ type PutterOption func(*Putter)
 // while it is built (an unlinked temp file; default os.TempDir()).
 func WithSpillDir(dir string) PutterOption { return func(p *Putter) { p.spillDir = dir } }
 
+// WithSampleGroups sets how many chunk groups, besides the first and the
+// last, a put proves of a stored copy before it deduplicates against it
+// (default DefaultSampleGroups; 0 proves the first and last only).
+func WithSampleGroups(n int) PutterOption {
+	return func(p *Putter) { p.sampleN = max(n, 0) }
+}
+
+// WithSampleRand sets where the sampled groups come from: intN(n) returns
+// a number in [0, n). The default is math/rand/v2; tests pass their own
+// to choose the groups.
+func WithSampleRand(intN func(n int64) int64) PutterOption {
+	return func(p *Putter) { p.intN = intN }
+}
+
 // WithoutTrees stores objects without their trees, as before trees
 // existed (the data plane then builds a tree at the first read). It exists
 // to measure what the tree costs a put; production wiring never uses it.
@@ -37,17 +52,26 @@ func WithoutTrees() PutterOption { return func(p *Putter) { p.noTrees = true } }
 // under the address computed from the bytes, with its tree. A failure
 // aborts the write: nothing is left behind.
 //
+// Content the backend already holds is not simply trusted: before a put
+// deduplicates against a stored copy it checks that copy (see check and
+// PutOptions.Condition), and a copy that is damaged or lost is replaced
+// by the put's own verified bytes, atomically (CommitReplace); the
+// receipt then says Repaired. A re-upload never reports as stored bytes
+// that no longer match.
+//
 // It is safe for concurrent use; memory per put is two chunk buffers
 // and the tree's bounded node store, whatever the object's size.
 type Putter struct {
 	bufs     sync.Pool
 	spillDir string
 	noTrees  bool
+	sampleN  int
+	intN     func(int64) int64
 }
 
 // NewPutter returns a Putter.
 func NewPutter(opts ...PutterOption) *Putter {
-	p := &Putter{}
+	p := &Putter{sampleN: DefaultSampleGroups, intN: rand.Int64N}
 	p.bufs.New = func() any { b := make([]byte, putBufSize); return &b }
 	for _, o := range opts {
 		o(p)
@@ -62,8 +86,11 @@ func NewPutter(opts ...PutterOption) *Putter {
 // A wrong claim fails with a *MismatchError (ErrDigestMismatch,
 // ErrSizeMismatch), a stream over MaxSize with ErrTooLarge; either way
 // nothing is stored. Putting content the backend already holds drains the
-// stream and leaves the stored bytes untouched (the receipt says
-// Deduplicated). Put does not close r; it stops between chunks when ctx is
+// stream and, when the stored copy passes the check, leaves it untouched
+// (the receipt says Deduplicated); a stored copy that fails the check, or
+// that opts.Condition says is damaged, is replaced, and a recorded copy
+// the backend lost is stored again (the receipt says Repaired). Put does
+// not close r; it stops between chunks when ctx is
 // done. A full file system or quota (ENOSPC, EDQUOT) fails with an error
 // matching ErrInsufficientStorage, so that the ingester answers it as such
 // rather than retrying it.
@@ -110,11 +137,20 @@ func (p *Putter) put(ctx context.Context, b Backend, r io.Reader, opts PutOption
 		tree = h.Tree()
 	}
 	addr := d.Address(primary)
-	c, err := w.Commit(ctx, addr, tree)
+	mode, repair, err := p.judge(ctx, b, addr, d, opts)
+	if err != nil {
+		return Receipt{}, err
+	}
+	c, err := w.Commit(ctx, addr, tree, mode)
 	if err != nil {
 		return Receipt{}, fmt.Errorf("store %s on %q: %w", addr, b.ID(), err)
 	}
-	return Receipt{Address: addr, Digests: d, BackendID: b.ID(), StoredAt: c.StoredAt, Deduplicated: c.Deduplicated}, nil
+	if c.Deduplicated {
+		// A lost copy that a concurrent put stored again meanwhile: that
+		// put reports the repair.
+		repair = nil
+	}
+	return Receipt{Address: addr, Digests: d, BackendID: b.ID(), StoredAt: c.StoredAt, Deduplicated: c.Deduplicated, Repaired: repair}, nil
 }
 
 // createHints passes the claims of opts on to the backend: the claimed

@@ -63,6 +63,47 @@ type PutOptions struct {
 	// MaxSize caps the object size; 0 means unlimited. A longer stream fails
 	// with ErrTooLarge after at most MaxSize+1 bytes were read from it.
 	MaxSize int64
+	// Condition, when set, tells what the caller's records say of the
+	// object at an address on a backend. Putter asks it once the bytes are
+	// hashed and before it looks at the stored copy, so that a copy the
+	// records know to be damaged is replaced rather than deduplicated
+	// against, and a copy the records hold but the backend lost counts as
+	// repaired. An error fails the put (nothing is stored).
+	Condition func(ctx context.Context, backendID string, addr digest.Address) (Condition, error)
+}
+
+// Condition is what the caller's records say of one stored object
+// (PutOptions.Condition).
+type Condition struct {
+	// Recorded is true when the records say the backend holds the
+	// object: a copy that turns out absent was lost, and storing it
+	// again is a repair.
+	Recorded bool
+	// Damage is what the records say is wrong with the stored copy:
+	// DamageCorrupt, DamageMissing, or "" when nothing is known.
+	Damage string
+	// Detail says it in words (for the repair's record).
+	Detail string
+}
+
+// What was wrong with a stored copy before a put repaired it
+// (Condition.Damage, Repair.Was).
+const (
+	// DamageCorrupt: the stored bytes or their tree did not match the
+	// address (or could not be read).
+	DamageCorrupt = "corrupt"
+	// DamageMissing: the backend did not hold the object.
+	DamageMissing = "missing"
+)
+
+// Repair says that a put found the stored copy of its content damaged or
+// lost, and what it was; the put then stored its own verified bytes in
+// its place.
+type Repair struct {
+	// Was is DamageCorrupt or DamageMissing.
+	Was string
+	// Detail says what was found, in words.
+	Detail string
 }
 
 // Receipt describes a successful Put.
@@ -80,6 +121,9 @@ type Receipt struct {
 	// Deduplicated is true when the backend already held the content and
 	// left it untouched.
 	Deduplicated bool
+	// Repaired is set when the stored copy was damaged or missing and the
+	// put's verified bytes replaced it (then Deduplicated is false).
+	Repaired *Repair
 }
 
 // ObjectInfo describes one stored object.
@@ -173,16 +217,35 @@ type ObjectWriter interface {
 	// tree, the tree visible no later than the object, and ends the
 	// writer. A nil tree means the object's tree has no nodes (one chunk
 	// group): nothing is stored for it. When the backend already holds
-	// addr, the bytes written are discarded, the stored object is left
-	// untouched (a missing tree is added) and Deduplicated is true. The
-	// caller vouches that addr is the address of the bytes and tree
-	// their tree; a backend does not check.
-	Commit(ctx context.Context, addr digest.Address, tree TreeSource) (Committed, error)
+	// addr, mode decides: CommitKeep discards the bytes written, leaves
+	// the stored object untouched (a missing tree is added) and reports
+	// Deduplicated; CommitReplace replaces the stored object and its tree
+	// (see CommitReplace). The caller vouches that addr is the address
+	// of the bytes and tree their tree; a backend does not check.
+	Commit(ctx context.Context, addr digest.Address, tree TreeSource, mode CommitMode) (Committed, error)
 
 	// Abort discards the bytes written and ends the writer. It is safe
 	// after Commit (then it does nothing) and more than once.
 	Abort() error
 }
+
+// CommitMode says what ObjectWriter.Commit does when the backend already
+// holds the address.
+type CommitMode int
+
+const (
+	// CommitKeep keeps the stored object: content is stored once, and a
+	// second copy of it is discarded (deduplicated).
+	CommitKeep CommitMode = iota
+	// CommitReplace puts the bytes written and their tree in place of
+	// whatever is stored under the address, atomically: a reader opening
+	// the object sees the old bytes or the new ones, never a mix, and the
+	// new tree is in place no later than the new bytes. A stale tree of
+	// an object that now has none (one chunk group) is removed. It is how
+	// a verified upload repairs a damaged copy; with nothing stored it is
+	// a plain store.
+	CommitReplace
+)
 
 // Committed is the backend's part of a Receipt.
 type Committed struct {

@@ -185,7 +185,7 @@ func commitLegacy(t *testing.T, f fixture, p []byte, addr digest.Address) {
 	if _, err := w.Write(p); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Commit(t.Context(), addr, nil); err != nil {
+	if _, err := w.Commit(t.Context(), addr, nil, storage.CommitKeep); err != nil {
 		t.Fatal(err)
 	}
 }

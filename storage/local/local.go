@@ -23,7 +23,8 @@
 // that put; it is never retried.
 // Linking (rather than renaming) makes "store unless present" atomic: a
 // concurrent or repeated put of the same content finds the existing file
-// and leaves it untouched.
+// and leaves it untouched. A repair (storage.CommitReplace) renames the
+// tree and then the object over the stored ones instead.
 //
 // Each writer holds an flock on its temp file, so Open can remove the temp
 // files of crashed writers without touching those of a live process that
@@ -314,8 +315,9 @@ func (w *objectWriter) Abort() error {
 // Commit implements storage.ObjectWriter: fsync the object's temp file,
 // write and fsync its tree's, then put the tree in place before linking
 // the object, and fsync the shard directory (and the parent of every
-// directory created) once for both.
-func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource) (storage.Committed, error) {
+// directory created) once for both. With storage.CommitReplace the tree
+// and then the object are renamed over whatever is stored (see replace).
+func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource, mode storage.CommitMode) (storage.Committed, error) {
 	if w.done {
 		return storage.Committed{}, errors.New("local: Commit after Commit or Abort")
 	}
@@ -335,6 +337,12 @@ func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree sto
 		return storage.Committed{}, fmt.Errorf("local: stat temp file: %w", err)
 	}
 	rel := addr.RelPath()
+	if mode == storage.CommitReplace {
+		if err := b.replace(w.tmpName, rel, tree); err != nil {
+			return storage.Committed{}, fmt.Errorf("local: replace %s: %w", addr, err)
+		}
+		return storage.Committed{StoredAt: fi.ModTime()}, nil
+	}
 	// Content already stored: leave it, and give it the tree it lacks.
 	if ofi, err := b.root.Stat(rel); err == nil && ofi.Mode().IsRegular() {
 		if err := b.addMissingTree(rel, tree); err != nil {
@@ -404,6 +412,72 @@ func (b *Backend) addMissingTree(rel string, tree storage.TreeSource) error {
 		return fmt.Errorf("put the tree in place: %w", err)
 	}
 	return nil
+}
+
+// replace puts the fsynced temp file tmpName at rel, over whatever is
+// there, with tree (written to its own fsynced temp file first) renamed
+// over the stored tree before it; an object without tree nodes loses any
+// stale tree file. Each rename is atomic, so a reader that opens the
+// object gets the old file or the new one whole (a reader holding the old
+// file keeps reading it). One fsync of the shard directory makes both
+// renames durable; shard directories are created as needed (the parent
+// of each created one fsynced too), and a concurrent delete that removes
+// a shard directory meanwhile makes it try again.
+func (b *Backend) replace(tmpName, rel string, tree storage.TreeSource) error {
+	tmpTree := ""
+	if tree != nil {
+		var err error
+		if tmpTree, err = b.writeTreeTemp(tree); err != nil {
+			return err
+		}
+		defer b.root.Remove(tmpTree)
+	}
+	if fi, err := b.root.Lstat(rel); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s exists but is not a regular file (%v); quarantine it", rel, fi.Mode().Type())
+	}
+	dir := path.Dir(rel)
+	var created []string
+	for attempt := 1; ; attempt++ {
+		var err error
+		if tmpTree != "" {
+			err = b.root.Rename(tmpTree, treeRel(rel))
+			if err == nil {
+				tmpTree = ""
+			}
+		} else if tree == nil {
+			if rerr := b.root.Remove(treeRel(rel)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				err = fmt.Errorf("remove the stale tree: %w", rerr)
+			}
+		}
+		if err == nil {
+			err = b.root.Rename(tmpName, rel)
+		}
+		switch {
+		case err == nil:
+			if err := b.syncNew(dir, created); err != nil {
+				// Not durable: take the new copy back, so that a retry
+				// stores it again rather than trusting an entry that
+				// may not survive a crash.
+				b.root.Remove(rel)
+				return err
+			}
+			return nil
+		case errors.Is(err, fs.ErrNotExist):
+			if _, serr := b.root.Lstat(tmpName); serr != nil {
+				return fmt.Errorf("temp file %s vanished (did another process open this root and clean it?): %w", tmpName, serr)
+			}
+			c, merr := b.mkdirs(dir)
+			created = append(created, c...)
+			if merr != nil && !errors.Is(merr, fs.ErrNotExist) {
+				return merr
+			}
+		default:
+			return err
+		}
+		if attempt >= linkTries {
+			return fmt.Errorf("gave up after %d attempts racing with deletes in %s: %w", attempt, dir, err)
+		}
+	}
 }
 
 // writebackChunk is how many written bytes of a large object are handed to

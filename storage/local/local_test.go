@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"lukechampine.com/blake3"
+	"lukechampine.com/blake3/bao"
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/digest/blaketree"
@@ -463,6 +464,9 @@ type putCase struct {
 	syncs func(a digest.Address) []syncCall
 	// dedup: the object is already stored, so the put deduplicates.
 	dedup bool
+	// replace: the object is stored but cannot be proven, so the put
+	// replaces it (storage.CommitReplace) and reports a repair.
+	replace bool
 }
 
 // shardDirs returns the leaf directory of a and its ancestors up to the
@@ -550,24 +554,50 @@ var putCases = []putCase{{
 			t.Fatal(err)
 		}
 		w.Write(p)
-		if _, err := w.Commit(t.Context(), blake3Addr(p), nil); err != nil {
+		if _, err := w.Commit(t.Context(), blake3Addr(p), nil, storage.CommitKeep); err != nil {
 			t.Fatal(err)
 		}
 		return p, 1
 	},
-	// The re-put leaves the bytes and adds the tree they lack.
+	// Without a tree the stored copy cannot be proven: the re-put renames
+	// its tree and its bytes over it, and one sync of the leaf directory
+	// covers both.
 	syncs: func(a digest.Address) []syncCall {
 		d := shardDirs(a)
 		return []syncCall{
 			{syncTempFile, tmpAny, true},
 			{syncTreeFile, tmpAny, true},
 			{syncLeafDir, d[0], true},
-			{syncAncestorDir, d[1], true},
-			{syncAncestorDir, d[2], true},
-			{syncAncestorDir, d[3], true},
 		}
 	},
-	dedup: true,
+	replace: true,
+}, {
+	name: "damaged object",
+	setup: func(t *testing.T, b *Backend) ([]byte, int) {
+		p := bytes.Repeat([]byte("a damaged object "), 3*blaketree.GroupSize/17)
+		bad := bytes.Clone(p)
+		bad[1] ^= 1
+		w, err := b.Create(t.Context(), storage.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(bad)
+		tree, _ := bao.EncodeBuf(p, blaketree.Group, true)
+		if _, err := w.Commit(t.Context(), blake3Addr(p), treeBytes(tree), storage.CommitKeep); err != nil {
+			t.Fatal(err)
+		}
+		return p, 1
+	},
+	// The check finds the first group bad: as for a legacy object.
+	syncs: func(a digest.Address) []syncCall {
+		d := shardDirs(a)
+		return []syncCall{
+			{syncTempFile, tmpAny, true},
+			{syncTreeFile, tmpAny, true},
+			{syncLeafDir, d[0], true},
+		}
+	},
+	replace: true,
 }}
 
 // TestPutFsyncs: a put makes every fsync of the protocol, in order: the
@@ -583,8 +613,9 @@ func TestPutFsyncs(t *testing.T) {
 			p, _ := c.setup(t, b)
 			a := blake3Addr(p)
 			rec := recordSyncs(b, a)
-			if rc := mustPut(t, b, p, noClaims); rc.Deduplicated != c.dedup {
-				t.Fatalf("Deduplicated = %v, want %v", rc.Deduplicated, c.dedup)
+			rc := mustPut(t, b, p, noClaims)
+			if rc.Deduplicated != c.dedup || (rc.Repaired != nil) != c.replace {
+				t.Fatalf("Deduplicated = %v, repair %+v; want %v, a repair: %v", rc.Deduplicated, rc.Repaired, c.dedup, c.replace)
 			}
 			checkSyncs(t, "put "+c.name, rec.seen(), c.syncs(a))
 		})
@@ -624,6 +655,21 @@ func TestFsyncFailure(t *testing.T) {
 					t.Fatalf("temp dir holds %v after the failed put", left)
 				}
 				_, herr := b.Head(t.Context(), a)
+				if c.replace {
+					// The stored copy was not trusted: the retry below
+					// must replace it, or store it when the failed put
+					// took its unsynced replacement back (then, without
+					// records, it is a plain store).
+					rec.reset(syncCall{})
+					rc := mustPut(t, b, p, noClaims)
+					if rc.Deduplicated || (rc.Repaired == nil) != (sc.kind == syncLeafDir) {
+						t.Fatalf("put after the failed repair: %+v (repair %+v); want a new copy", rc, rc.Repaired)
+					}
+					if got := readObject(t, b, a); !bytes.Equal(got, p) {
+						t.Fatal("the repaired object is not the put's bytes")
+					}
+					return
+				}
 				if c.dedup {
 					// Stored and acknowledged by an earlier put: it stays.
 					if herr != nil {
@@ -785,4 +831,18 @@ func (b treeBytes) Size() int64 { return int64(len(b)) }
 func (b treeBytes) WriteTo(w io.Writer) (int64, error) {
 	n, err := w.Write(b)
 	return int64(n), err
+}
+
+func readObject(t *testing.T, b *Backend, a digest.Address) []byte {
+	t.Helper()
+	rc, err := b.Get(t.Context(), a, nil)
+	if err != nil {
+		t.Fatalf("Get(%s): %v", a, err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
 }

@@ -389,7 +389,7 @@ func TestMismatchLeavesNothing(t *testing.T) {
 	if _, err := w.Write(p); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Commit(t.Context(), digestsOf(p).Address(digest.BLAKE3), nil); err == nil {
+	if _, err := w.Commit(t.Context(), digestsOf(p).Address(digest.BLAKE3), nil, storage.CommitKeep); err == nil {
 		t.Fatal("Commit under another address than the claimed one succeeded")
 	}
 	requireEmpty(t, b)

@@ -342,7 +342,11 @@ func (w *objectWriter) Write(p []byte) (int, error) {
 // Commit implements storage.ObjectWriter: the tree first, then the object
 // under its address, written only if absent; a deduplicated commit
 // leaves the stored object as it is and adds its tree if it lacks one.
-func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource) (storage.Committed, error) {
+// With storage.CommitReplace the tree and the object are written
+// unconditionally (a PUT, or the completion of a multipart upload or
+// copy, without If-None-Match), so each replaces the stored one whole,
+// and the tree of an object that has none is deleted.
+func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree storage.TreeSource, mode storage.CommitMode) (storage.Committed, error) {
 	if w.done {
 		return storage.Committed{}, errors.New("s3: Commit after Commit or Abort")
 	}
@@ -368,25 +372,32 @@ func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree sto
 	if err := w.up.flush(); err != nil {
 		return fail(err)
 	}
-	if c, ok, err := b.existing(ctx, addr, tree); err != nil || ok {
-		if err != nil {
-			return fail(err)
+	replace := mode == storage.CommitReplace
+	if !replace {
+		if c, ok, err := b.existing(ctx, addr, tree); err != nil || ok {
+			if err != nil {
+				return fail(err)
+			}
+			return c, nil
 		}
-		return c, nil
 	}
 	if tree != nil {
 		if err := b.writeTree(ctx, addr, tree); err != nil {
 			return fail(err)
 		}
+	} else if replace {
+		if err := b.deleteKey(ctx, b.treeKey(addr)); err != nil {
+			return fail(fmt.Errorf("delete the stale tree: %w", err))
+		}
 	}
 	key := b.objectKey(addr)
 	var err error
 	if w.tmpKey == "" {
-		err = w.up.finish(ctx, key, true)
+		err = w.up.finish(ctx, key, !replace)
 	} else {
 		if err = w.up.finish(ctx, w.tmpKey, false); err == nil {
 			w.tmpDone = true
-			err = b.copyObject(ctx, w.tmpKey, key, w.up.n, true)
+			err = b.copyObject(ctx, w.tmpKey, key, w.up.n, !replace)
 		}
 	}
 	if errors.Is(err, errExists) {

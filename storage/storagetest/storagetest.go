@@ -57,6 +57,11 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"LegacyObjectGetsTree", testLegacyObject},
 		{"DeleteRemovesTree", testDeleteRemovesTree},
 		{"AbortLeavesNothing", testAbort},
+		{"ReplaceCommit", testReplaceCommit},
+		{"ReplaceCommitOfAbsent", testReplaceAbsent},
+		{"RePutRepairsDamage", testRePutRepairs},
+		{"RePutRepairsRecordedDamage", testRePutRecordedDamage},
+		{"RePutRestoresLostCopy", testRePutLost},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -674,7 +679,7 @@ func testLegacyObject(t *testing.T, b storage.Backend) {
 		if _, err := w.Write(p); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := w.Commit(t.Context(), addr, nil); err != nil {
+		if _, err := w.Commit(t.Context(), addr, nil, storage.CommitKeep); err != nil {
 			t.Fatalf("Commit without a tree: %v", err)
 		}
 	}
@@ -693,12 +698,14 @@ func testLegacyObject(t *testing.T, b storage.Backend) {
 		t.Fatalf("PutTree of a missing object: %v, want ErrNotFound", err)
 	}
 
-	// A re-put of a legacy object adds its tree and leaves its bytes.
+	// A re-put of a legacy object cannot prove the stored copy without
+	// a tree, so it replaces it, tree and all (a rename, cheaper than
+	// reading the copy back), and says so.
 	q := pattern("tree-legacy-2", treeObject)
 	qaddr := digestsOf(q).Address(digest.BLAKE3)
 	commitWithoutTree(q, qaddr)
-	if rc := put(t, b, q, noClaims); !rc.Deduplicated {
-		t.Fatal("re-put of a legacy object was not deduplicated")
+	if rc := put(t, b, q, noClaims); rc.Deduplicated || rc.Repaired == nil {
+		t.Fatalf("re-put of a legacy object: %+v; want its copy replaced (Repaired)", rc)
 	}
 	wantQ, _ := bao.EncodeBuf(q, blaketree.Group, true)
 	if got := readTree(t, b, qaddr); !bytes.Equal(got, wantQ) {
@@ -750,7 +757,7 @@ func testAbort(t *testing.T, b storage.Backend) {
 	}
 	w.Write(p)
 	addr := digestsOf(p).Address(digest.BLAKE3)
-	if _, err := w.Commit(t.Context(), addr, nil); err != nil {
+	if _, err := w.Commit(t.Context(), addr, nil, storage.CommitKeep); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.Abort(); err != nil {
@@ -791,3 +798,205 @@ func (c *cancelingReader) Read(p []byte) (int, error) {
 type errReader struct{ err error }
 
 func (e *errReader) Read([]byte) (int, error) { return 0, e.err }
+
+// commitRaw stores p under addr with tree (nil: none) as it is: the
+// backend trusts the caller, so this is how a test plants a damaged copy.
+func commitRaw(t *testing.T, b storage.Backend, p []byte, addr digest.Address, tree storage.TreeSource, mode storage.CommitMode) storage.Committed {
+	t.Helper()
+	w, err := b.Create(t.Context(), storage.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	if _, err := w.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	c, err := w.Commit(t.Context(), addr, tree, mode)
+	if err != nil {
+		t.Fatalf("Commit(%s, mode %d): %v", addr, mode, err)
+	}
+	return c
+}
+
+func treeOf(p []byte) bytesTree {
+	enc, _ := bao.EncodeBuf(p, blaketree.Group, true)
+	return bytesTree(enc)
+}
+
+// requireIntact checks that the backend holds exactly p, with its tree,
+// under its blake3 address, and that a proven read of it passes.
+func requireIntact(t *testing.T, b storage.Backend, p []byte) {
+	t.Helper()
+	d := digestsOf(p)
+	addr := d.Address(digest.BLAKE3)
+	if got := readAll(t, b, addr, nil); !bytes.Equal(got, p) {
+		t.Fatalf("the stored copy of %s is not the object's bytes (%d bytes read, %d expected)", addr, len(got), len(p))
+	}
+	if !blaketree.HasNodes(d.Size) {
+		if _, err := b.Tree(t.Context(), addr); !errors.Is(err, storage.ErrNoTree) {
+			t.Fatalf("Tree of a one-group object: %v, want ErrNoTree (a stale tree must go)", err)
+		}
+		return
+	}
+	if got := readTree(t, b, addr); !bytes.Equal(got, treeOf(p)) {
+		t.Fatal("the stored tree is not the object's")
+	}
+	if got, err := provenRead(t, b, addr, d.BLAKE3, d.Size, 0, d.Size); err != nil || !bytes.Equal(got, p) {
+		t.Fatalf("proven read of the whole object: %v", err)
+	}
+}
+
+func flipped(p []byte, at int) []byte {
+	q := bytes.Clone(p)
+	q[at] ^= 0x01
+	return q
+}
+
+// testReplaceCommit: CommitReplace puts new bytes and tree over a stored
+// copy, which CommitKeep would have kept.
+func testReplaceCommit(t *testing.T, b storage.Backend) {
+	p := pattern("replace", treeObject)
+	addr := digestsOf(p).Address(digest.BLAKE3)
+	bad := flipped(p, 3*blaketree.GroupSize+5)
+	commitRaw(t, b, bad, addr, treeOf(bad), storage.CommitKeep)
+	if c := commitRaw(t, b, p, addr, treeOf(p), storage.CommitKeep); !c.Deduplicated {
+		t.Fatal("CommitKeep over a stored object did not report Deduplicated")
+	}
+	if got := readAll(t, b, addr, nil); !bytes.Equal(got, bad) {
+		t.Fatal("CommitKeep changed the stored object")
+	}
+	c := commitRaw(t, b, p, addr, treeOf(p), storage.CommitReplace)
+	if c.Deduplicated || c.StoredAt.IsZero() {
+		t.Fatalf("CommitReplace = %+v; want a new store with its time", c)
+	}
+	requireIntact(t, b, p)
+	requireCount(t, b, 1)
+
+	// A one-group object replaced over a copy that had a (stale) tree.
+	small := pattern("replace-small", 3000)
+	saddr := digestsOf(small).Address(digest.BLAKE3)
+	commitRaw(t, b, flipped(small, 0), saddr, treeOf(pattern("x", treeObject)), storage.CommitKeep)
+	commitRaw(t, b, small, saddr, nil, storage.CommitReplace)
+	requireIntact(t, b, small)
+	requireCount(t, b, 2)
+}
+
+// testReplaceAbsent: CommitReplace with nothing stored is a plain store.
+func testReplaceAbsent(t *testing.T, b storage.Backend) {
+	p := pattern("replace-absent", treeObject)
+	c := commitRaw(t, b, p, digestsOf(p).Address(digest.BLAKE3), treeOf(p), storage.CommitReplace)
+	if c.Deduplicated {
+		t.Fatal("CommitReplace of an absent object reported Deduplicated")
+	}
+	requireIntact(t, b, p)
+	requireCount(t, b, 1)
+}
+
+// testRePutRepairs: a put whose content is stored damaged finds the
+// damage with its check (size, sampled groups, tree) and replaces the
+// copy; an intact copy is deduplicated against and left alone.
+func testRePutRepairs(t *testing.T, b storage.Backend) {
+	p := pattern("reput", treeObject)
+	addr := digestsOf(p).Address(digest.BLAKE3)
+	node := bytesTree(bytes.Clone(treeOf(p)))
+	node[blaketree.HeaderSize+3] ^= 0x01
+	small := pattern("reput-small", 4096)
+	for _, tc := range []struct {
+		name string
+		p    []byte
+		bad  []byte
+		tree storage.TreeSource
+	}{
+		{"byte flipped in the first group", p, flipped(p, 17), treeOf(p)},
+		{"byte flipped in the last group", p, flipped(p, len(p)-3), treeOf(p)},
+		{"shorter copy", p, p[:len(p)-1], treeOf(p)},
+		{"no tree", p, p, nil},
+		{"damaged tree", p, p, node},
+		{"one-group object with a byte flipped", small, flipped(small, 4000), nil},
+	} {
+		a := digestsOf(tc.p).Address(digest.BLAKE3)
+		if _, err := b.Delete(t.Context(), a); err != nil {
+			t.Fatal(err)
+		}
+		commitRaw(t, b, tc.bad, a, tc.tree, storage.CommitKeep)
+		rc := put(t, b, tc.p, noClaims)
+		if rc.Repaired == nil || rc.Repaired.Was != storage.DamageCorrupt || rc.Deduplicated {
+			t.Fatalf("%s: re-put receipt %+v (repair %+v); want a repair of a corrupt copy", tc.name, rc, rc.Repaired)
+		}
+		t.Logf("%s: %s", tc.name, rc.Repaired.Detail)
+		requireIntact(t, b, tc.p)
+	}
+	rc := put(t, b, p, noClaims)
+	if rc.Repaired != nil || !rc.Deduplicated {
+		t.Fatalf("re-put of an intact copy: %+v (repair %+v); want deduplicated, no repair", rc, rc.Repaired)
+	}
+	_ = addr
+	requireCount(t, b, 2)
+}
+
+// testRePutRecordedDamage: damage the sample does not reach is repaired
+// when the caller's records say the copy is corrupt.
+func testRePutRecordedDamage(t *testing.T, b storage.Backend) {
+	p := pattern("reput-recorded", treeObject)
+	addr := digestsOf(p).Address(digest.BLAKE3)
+	commitRaw(t, b, flipped(p, 3*blaketree.GroupSize+9), addr, treeOf(p), storage.CommitKeep)
+	firstLast := storage.NewPutter(storage.WithSampleGroups(0))
+	rc, err := firstLast.Put(t.Context(), b, bytes.NewReader(p), noClaims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Repaired != nil || !rc.Deduplicated {
+		t.Fatalf("a put that samples the first and last groups only found damage in group 3: %+v", rc)
+	}
+	asked := 0
+	opts := noClaims
+	opts.Condition = func(_ context.Context, backendID string, a digest.Address) (storage.Condition, error) {
+		asked++
+		if backendID != b.ID() || a != addr {
+			t.Errorf("Condition asked of %s on %q, want %s on %q", a, backendID, addr, b.ID())
+		}
+		return storage.Condition{Recorded: true, Damage: storage.DamageCorrupt, Detail: "verify found it corrupt"}, nil
+	}
+	rc, err = firstLast.Put(t.Context(), b, bytes.NewReader(p), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != 1 || rc.Repaired == nil || rc.Repaired.Was != storage.DamageCorrupt || rc.Repaired.Detail != "verify found it corrupt" || rc.Deduplicated {
+		t.Fatalf("re-put of a copy recorded corrupt (asked %d): %+v (repair %+v)", asked, rc, rc.Repaired)
+	}
+	requireIntact(t, b, p)
+
+	// A failing lookup fails the put.
+	boom := errors.New("records unavailable")
+	opts.Condition = func(context.Context, string, digest.Address) (storage.Condition, error) { return storage.Condition{}, boom }
+	if _, err := firstLast.Put(t.Context(), b, bytes.NewReader(p), opts); !errors.Is(err, boom) {
+		t.Fatalf("put with a failing Condition: %v, want it wrapped", err)
+	}
+}
+
+// testRePutLost: content the records say is stored but the backend lost
+// is stored again and reported repaired; unrecorded content is a plain
+// store.
+func testRePutLost(t *testing.T, b storage.Backend) {
+	p := pattern("reput-lost", treeObject)
+	recorded := noClaims
+	recorded.Condition = func(context.Context, string, digest.Address) (storage.Condition, error) {
+		return storage.Condition{Recorded: true}, nil
+	}
+	rc := put(t, b, p, recorded)
+	if rc.Repaired == nil || rc.Repaired.Was != storage.DamageMissing || rc.Deduplicated {
+		t.Fatalf("put of a recorded but absent object: %+v (repair %+v); want a repair of a missing copy", rc, rc.Repaired)
+	}
+	requireIntact(t, b, p)
+	if rc := put(t, b, p, recorded); rc.Repaired != nil || !rc.Deduplicated {
+		t.Fatalf("re-put of the restored copy: %+v (repair %+v); want deduplicated", rc, rc.Repaired)
+	}
+	q := pattern("reput-new", 1000)
+	unrecorded := noClaims
+	unrecorded.Condition = func(context.Context, string, digest.Address) (storage.Condition, error) {
+		return storage.Condition{}, nil
+	}
+	if rc := put(t, b, q, unrecorded); rc.Repaired != nil || rc.Deduplicated {
+		t.Fatalf("put of new content: %+v (repair %+v); want a plain store", rc, rc.Repaired)
+	}
+}
