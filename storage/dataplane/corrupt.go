@@ -1,12 +1,15 @@
 package dataplane
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/digest/blaketree"
+	"github.com/artifactstore/artifactstore/storage"
 )
 
 // ErrCorrupt is wrapped by every *CorruptError.
@@ -59,9 +62,51 @@ func (d *DataPlane) corrupt(backendID string, addr digest.Address, me *blaketree
 }
 
 func (d *DataPlane) reportCorrupt(ce *CorruptError) {
-	if d.marks.add(ce) && d.reporter != nil {
+	if d.marks.add(ce, d.storedAt(ce.BackendID, ce.Address)) && d.reporter != nil {
 		d.reporter.ReportCorruption(ce)
 	}
+}
+
+// markHeadTimeout bounds the look at a corrupt copy's store time when it
+// is remembered (see storedAt).
+const markHeadTimeout = 10 * time.Second
+
+// storedAt returns when the backend stored the copy of addr that was just
+// found corrupt, or the zero time when it cannot tell. A mark remembers
+// it so that a copy replaced since (a repair by an ingester in another
+// process, whose data plane this one does not hear from) is served again
+// instead of being refused on the old copy's account (see stillCorrupt).
+func (d *DataPlane) storedAt(backendID string, addr digest.Address) time.Time {
+	b, err := d.backend(backendID)
+	if err != nil {
+		return time.Time{}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), markHeadTimeout)
+	defer cancel()
+	info, err := b.Head(ctx, addr)
+	if err != nil {
+		return time.Time{}
+	}
+	return info.StoredAt
+}
+
+// stillCorrupt returns the remembered *CorruptError of addr on b, or nil
+// when there is none or the copy it was about has been replaced since:
+// then the mark is dropped and the new copy is proven like any other.
+func (d *DataPlane) stillCorrupt(ctx context.Context, b storage.Backend, addr digest.Address) *CorruptError {
+	m, ok := d.marks.lookup(b.ID(), addr)
+	if !ok {
+		return nil
+	}
+	if m.storedAt.IsZero() {
+		return m.ce
+	}
+	info, err := b.Head(ctx, addr)
+	if err != nil || info.StoredAt.Equal(m.storedAt) {
+		return m.ce
+	}
+	d.marks.remove(b.ID(), addr)
+	return nil
 }
 
 // Corrupt returns the remembered *CorruptError of the object at addr on
@@ -79,22 +124,30 @@ type markKey struct {
 	addr    digest.Address
 }
 
+// mark is one remembered corrupt copy: the error and when the backend
+// had stored that copy (zero: unknown).
+type mark struct {
+	ce       *CorruptError
+	storedAt time.Time
+}
+
 // marks remembers corrupt objects, oldest forgotten first past max (by
 // then the event log's projection says it).
 type marks struct {
 	mu    sync.Mutex
 	max   int
-	m     map[markKey]*CorruptError
+	m     map[markKey]mark
 	order []markKey
 }
 
-// add remembers ce and reports whether it was new.
-func (m *marks) add(ce *CorruptError) bool {
+// add remembers ce, found in the copy stored at storedAt, and reports
+// whether it was new.
+func (m *marks) add(ce *CorruptError, storedAt time.Time) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := markKey{ce.BackendID, ce.Address}
 	if m.m == nil {
-		m.m = make(map[markKey]*CorruptError)
+		m.m = make(map[markKey]mark)
 	}
 	if _, ok := m.m[k]; ok {
 		return false
@@ -103,15 +156,21 @@ func (m *marks) add(ce *CorruptError) bool {
 		delete(m.m, m.order[0])
 		m.order = m.order[1:]
 	}
-	m.m[k] = ce
+	m.m[k] = mark{ce: ce, storedAt: storedAt}
 	m.order = append(m.order, k)
 	return true
 }
 
 func (m *marks) get(backend string, addr digest.Address) *CorruptError {
+	mk, _ := m.lookup(backend, addr)
+	return mk.ce
+}
+
+func (m *marks) lookup(backend string, addr digest.Address) (mark, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.m[markKey{backend, addr}]
+	mk, ok := m.m[markKey{backend, addr}]
+	return mk, ok
 }
 
 func (m *marks) remove(backend string, addr digest.Address) {

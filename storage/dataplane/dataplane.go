@@ -8,8 +8,11 @@
 //
 // A served read that finds bytes that do not match their tree stops before
 // them with a *CorruptError, remembers the object as corrupt (every later
-// Serve of it fails at once until a Verify proves it good again) and tells
-// the CorruptionReporter, which records it in the event log.
+// Serve of it fails at once until a Verify proves it good again or its
+// copy is replaced, e.g. by a repairing ingest) and tells the
+// CorruptionReporter, which records it in the event log. An ingest of
+// content whose stored copy is corrupt or lost replaces the copy with its
+// own verified bytes (see Ingest).
 package dataplane
 
 import (
@@ -115,6 +118,10 @@ type IngestHints struct {
 	ExpectSize int64
 	// MaxSize caps the object size; 0 means unlimited.
 	MaxSize int64
+	// Condition, when set, says what the caller's records know of the
+	// stored copy (see storage.PutOptions.Condition); the data plane adds
+	// what it remembers itself: a copy a served read found corrupt.
+	Condition func(ctx context.Context, backendID string, addr digest.Address) (storage.Condition, error)
 }
 
 // IngestResult is the outcome of a successful ingest.
@@ -134,6 +141,12 @@ type IngestResult struct {
 // storage.ErrSizeMismatch (a *storage.MismatchError carries the actual
 // digests) and stores nothing; a stream over MaxSize fails with
 // storage.ErrTooLarge. Ingest does not close r.
+//
+// Content already stored is deduplicated against only when its copy is
+// trusted: a copy this data plane found corrupt, one h.Condition reports
+// damaged, or one that fails the Putter's check is replaced by the new
+// verified bytes, and a recorded copy the backend lost is stored again;
+// the receipt's Repaired says so.
 func (d *DataPlane) Ingest(ctx context.Context, r io.Reader, h IngestHints) (IngestResult, error) {
 	b, err := d.backend(h.BackendID)
 	if err != nil {
@@ -144,13 +157,26 @@ func (d *DataPlane) Ingest(ctx context.Context, r io.Reader, h IngestHints) (Ing
 		Expect:     h.Expect,
 		ExpectSize: h.ExpectSize,
 		MaxSize:    h.MaxSize,
+		Condition: func(ctx context.Context, backendID string, addr digest.Address) (storage.Condition, error) {
+			var c storage.Condition
+			if h.Condition != nil {
+				var err error
+				if c, err = h.Condition(ctx, backendID, addr); err != nil {
+					return c, err
+				}
+			}
+			if ce := d.marks.get(backendID, addr); ce != nil && c.Damage == "" {
+				c.Recorded, c.Damage, c.Detail = true, storage.DamageCorrupt, "a served read found it corrupt: "+ce.Error()
+			}
+			return c, nil
+		},
 	})
 	if err != nil {
 		return IngestResult{}, fmt.Errorf("dataplane: ingest into %q: %w", b.ID(), err)
 	}
 	if !rc.Deduplicated {
-		// New bytes (e.g. after a delete): whatever was remembered of the
-		// old ones no longer holds.
+		// New bytes (after a delete, or a repair): whatever was
+		// remembered of the old ones no longer holds.
 		d.marks.remove(b.ID(), rc.Address)
 	}
 	return IngestResult{Address: rc.Address, Digests: rc.Digests, Receipt: rc}, nil

@@ -46,7 +46,8 @@ type Object interface {
 // Read fails with a *CorruptError before the first bad byte. Either way
 // the object is remembered as corrupt and reported (see
 // CorruptionReporter): every later Serve of it fails at once with the
-// same *CorruptError, until Verify proves it good.
+// same *CorruptError, until Verify proves it good or the copy is
+// replaced (a repair; see stillCorrupt).
 //
 // An object stored before trees existed first gets its tree: it is read
 // whole once and checked against its address, and its tree stored.
@@ -64,7 +65,7 @@ func (d *DataPlane) Serve(ctx context.Context, backendID string, addr digest.Add
 	if err := storage.ValidateAddress(addr); err != nil {
 		return fail(err)
 	}
-	if ce := d.marks.get(b.ID(), addr); ce != nil {
+	if ce := d.stillCorrupt(ctx, b, addr); ce != nil {
 		return nil, ce
 	}
 	size := exp.Size
@@ -341,7 +342,7 @@ func (d *DataPlane) Proof(ctx context.Context, backendID string, addr digest.Add
 	if err := storage.ValidateAddress(addr); err != nil {
 		return nil, 0, fmt.Errorf("dataplane: proof of %s: %w", addr, err)
 	}
-	if ce := d.marks.get(b.ID(), addr); ce != nil {
+	if ce := d.stillCorrupt(ctx, b, addr); ce != nil {
 		return nil, 0, ce
 	}
 	root, err := rootOf(addr, exp)
