@@ -968,7 +968,9 @@ func testRePutRecordedDamage(t *testing.T, b storage.Backend) {
 
 	// A failing lookup fails the put.
 	boom := errors.New("records unavailable")
-	opts.Condition = func(context.Context, string, digest.Address) (storage.Condition, error) { return storage.Condition{}, boom }
+	opts.Condition = func(context.Context, string, digest.Address) (storage.Condition, error) {
+		return storage.Condition{}, boom
+	}
 	if _, err := firstLast.Put(t.Context(), b, bytes.NewReader(p), opts); !errors.Is(err, boom) {
 		t.Fatalf("put with a failing Condition: %v, want it wrapped", err)
 	}
