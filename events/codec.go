@@ -207,7 +207,7 @@ func v1Payloads() []Payload {
 		PackageCreatedV1{}, PackageSealedV1{}, FileAddedV1{}, ObjectStoredV1{},
 		RetentionAssignedV1{}, RetentionChangedV1{}, LegalHoldSetV1{}, LegalHoldReleasedV1{},
 		ObjectVerifiedV1{}, ObjectCorruptV1{}, ObjectMissingV1{}, RetentionExpiredV1{},
-		ObjectDeletedV1{}, IngestRejectedV1{}, CommandRejectedV1{},
+		ObjectDeletedV1{}, IngestRejectedV1{}, CommandRejectedV1{}, ObjectRepairedV1{},
 	}
 }
 
@@ -281,6 +281,8 @@ func (c *Codec) decodePayload(t Type, v int, b []byte) (p Payload, ok bool, err 
 		p, err = decodeAs[IngestRejectedV1](c, b)
 	case TypeCommandRejected:
 		p, err = decodeAs[CommandRejectedV1](c, b)
+	case TypeObjectRepaired:
+		p, err = decodeAs[ObjectRepairedV1](c, b)
 	default:
 		return nil, false, nil
 	}

@@ -107,6 +107,17 @@ func goldenPayloads() []Payload {
 			Code:      "retention_shorten_refused",
 			Reason:    "release-evidence may be lengthened, never shortened",
 		},
+		ObjectRepairedV1{
+			Address:   addr(digest.BLAKE3, fixB3),
+			BLAKE3:    fixB3,
+			SHA256:    fixS2,
+			Size:      123456,
+			BackendID: "local",
+			Was:       RepairedCorrupt,
+			Detail:    "bytes 65536-131071 of the stored copy do not match the address",
+			Source:    RepairSourceReupload,
+			CommandID: "cmd-0003",
+		},
 	}
 }
 
@@ -198,7 +209,7 @@ func TestPayloadRegistry(t *testing.T) {
 		TypePackageCreated, TypePackageSealed, TypeFileAdded, TypeObjectStored,
 		TypeRetentionAssigned, TypeRetentionChanged, TypeLegalHoldSet, TypeLegalHoldReleased,
 		TypeObjectVerified, TypeObjectCorrupt, TypeObjectMissing, TypeRetentionExpired,
-		TypeObjectDeleted, TypeIngestRejected, TypeCommandRejected,
+		TypeObjectDeleted, TypeIngestRejected, TypeCommandRejected, TypeObjectRepaired,
 	}
 	if got := KnownTypes(); !reflect.DeepEqual(got, design) {
 		t.Errorf("KnownTypes() = %v, want %v", got, design)
@@ -243,6 +254,7 @@ func TestRoundTrip(t *testing.T) {
 		LegalHoldReleasedV1{Package: "p"},
 		IngestRejectedV1{Code: "missing_command_id", Reason: "the command has no Nats-Msg-Id header; set one"},
 		FileAddedV1{Package: "p", Path: "empty", Address: addr(digest.SHA256, fixS2), BLAKE3: fixB3, SHA256: fixS2},
+		ObjectRepairedV1{Address: addr(digest.SHA256, fixS2), BLAKE3: fixB3, SHA256: fixS2, BackendID: "s3", Was: RepairedMissing, Source: "replica:local"},
 	}
 	for _, p := range append(goldenPayloads(), minimal...) {
 		b, sum, err := c.EncodePayload(p)
@@ -606,6 +618,8 @@ func TestEncodeRefusesInvalidPayloads(t *testing.T) {
 		{"zero required time", RetentionExpiredV1{Package: "p", Class: "c"}, "zero time"},
 		{"pointer to zero time", RetentionAssignedV1{Package: "p", Class: "c", RetainUntil: &time.Time{}}, "zero time"},
 		{"legal hold without reason", LegalHoldSetV1{Package: "p"}, `"reason" is empty`},
+		{"repair of an unknown damage", ObjectRepairedV1{Address: addr(digest.BLAKE3, fixB3), BLAKE3: fixB3, SHA256: fixS2, BackendID: "local", Was: "tired", Source: RepairSourceReupload}, `"was" is "tired"`},
+		{"repair without a source", ObjectRepairedV1{Address: addr(digest.BLAKE3, fixB3), BLAKE3: fixB3, SHA256: fixS2, BackendID: "local", Was: RepairedMissing}, `"source" is empty`},
 		{"too many metadata pairs", PackageCreatedV1{Name: "p", RetentionClass: "c", Metadata: bigMeta}, "would not decode"},
 		{"string over the cap", PackageSealedV1{Name: strings.Repeat("x", maxString+1)}, "would not decode"},
 		{"invalid UTF-8", PackageCreatedV1{Name: "p", RetentionClass: "c", Metadata: map[string]string{"k": "\xff"}}, "would not decode"},

@@ -39,6 +39,7 @@ const (
 	TypeObjectDeleted     Type = "object.deleted"
 	TypeIngestRejected    Type = "ingest.rejected"
 	TypeCommandRejected   Type = "command.rejected"
+	TypeObjectRepaired    Type = "object.repaired"
 )
 
 // PackageCreatedV1 records that a package came into being (subject:
@@ -294,6 +295,62 @@ func (p ObjectMissingV1) Validate() error {
 	return firstError(p.EventType(),
 		address("address", p.Address),
 		required("backend_id", p.BackendID))
+}
+
+// What was wrong with a repaired copy (ObjectRepairedV1.Was).
+const (
+	RepairedCorrupt = "corrupt"
+	RepairedMissing = "missing"
+)
+
+// RepairSourceReupload is ObjectRepairedV1.Source when a producer put the
+// content again; a copy taken from another backend will be
+// "replica:<backend id>".
+const RepairSourceReupload = "reupload"
+
+// ObjectRepairedV1 records that the stored copy of an object on a backend
+// was damaged or lost and that bytes verified against the address
+// replaced it (subject: content address). Only this event and
+// object.verified bring a corrupt or missing location back to ok.
+type ObjectRepairedV1 struct {
+	Address   digest.Address `cbor:"address"`
+	BLAKE3    []byte         `cbor:"blake3"`
+	SHA256    []byte         `cbor:"sha256"`
+	Size      int64          `cbor:"size"`
+	BackendID string         `cbor:"backend_id"`
+	// Was is what was wrong with the copy before: RepairedCorrupt
+	// (bytes or tree did not match, or could not be read) or
+	// RepairedMissing (the backend did not hold it).
+	Was string `cbor:"was"`
+	// Detail says what was found, in words.
+	Detail string `cbor:"detail,omitempty"`
+	// Source is where the good bytes came from: RepairSourceReupload, or
+	// "replica:<backend id>".
+	Source string `cbor:"source"`
+	// CommandID is the command whose upload repaired the copy, when one
+	// did.
+	CommandID string `cbor:"command_id,omitempty"`
+}
+
+// EventType returns TypeObjectRepaired.
+func (ObjectRepairedV1) EventType() Type { return TypeObjectRepaired }
+
+// PayloadVersion returns 1.
+func (ObjectRepairedV1) PayloadVersion() int { return 1 }
+
+// Validate requires both digests, an Address that is the address of one
+// of them, a non-negative Size, BackendID, a known Was and a Source.
+func (p ObjectRepairedV1) Validate() error {
+	var was error
+	if p.Was != RepairedCorrupt && p.Was != RepairedMissing {
+		was = fmt.Errorf("field %q is %q; it must be %q or %q", "was", p.Was, RepairedCorrupt, RepairedMissing)
+	}
+	return firstError(p.EventType(),
+		objectDigests(p.Address, p.BLAKE3, p.SHA256),
+		nonNegative("size", p.Size),
+		required("backend_id", p.BackendID),
+		was,
+		required("source", p.Source))
 }
 
 // RetentionExpiredV1 records that the package's retain-until passed with no
