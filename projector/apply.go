@@ -69,6 +69,8 @@ type locRow struct {
 	StoredAt     time.Time
 	LastVerified *time.Time
 	Verified     int64
+	RepairedAt   *time.Time
+	Repairs      int64
 	Tier         string
 	Restore      *string
 	dirty        bool
@@ -169,10 +171,13 @@ func tp(t time.Time) *time.Time { return &t }
 //     package's file_count and total_bytes follow (a replaced file's size is
 //     subtracted). A file of a package not (yet) created is recorded but
 //     counted nowhere.
-//   - object.stored: inserts the location (ok); for a location that was
-//     corrupt, missing or deleted the bytes were written again: state ok,
-//     stored_at = event time. A deduplicated store of an ok location changes
-//     nothing.
+//   - object.stored: inserts the location (ok); for a deleted location
+//     the bytes were written again: state ok, stored_at = event time. It
+//     never changes a corrupt or missing location: a store, deduplicated
+//     or not, says nothing of the copy's health; only object.repaired and
+//     object.verified make such a location ok again.
+//   - object.repaired: state ok, stored_at = repaired_at = event time,
+//     repair_count + 1 (a location the log never stored is inserted so).
 //   - retention.assigned, retention.changed: upsert retention_state's class
 //     and retain-until; the package's class follows.
 //   - legal_hold.set / released: retention_state.legal_hold and its reason.
@@ -255,11 +260,24 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 			})
 			return nil
 		}
-		if l.State != LocationOK {
+		if l.State == LocationDeleted {
 			l.State = LocationOK
 			l.StoredAt = at
 			l.dirty = true
 		}
+	case events.ObjectRepairedV1:
+		k := locKey{p.Address.String(), p.BackendID}
+		l := s.locs[k]
+		if l == nil {
+			l = &locRow{
+				Address: k.Address, Backend: k.Backend, Algorithm: p.Address.Algorithm().String(),
+				BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, Tier: "hot",
+			}
+			s.putLoc(l)
+		}
+		l.State, l.StoredAt, l.RepairedAt = LocationOK, at, tp(at)
+		l.Repairs++
+		l.dirty = true
 	case events.RetentionAssignedV1:
 		s.setRetention(p.Package, p.Class, p.RetainUntil)
 	case events.RetentionChangedV1:

@@ -13,15 +13,15 @@ import (
 
 // mix weighs the generator's operations.
 type mix struct {
-	newPkg, addFile, seal, verify, hold, change, expire, restore, reject, dangling int
+	newPkg, addFile, seal, verify, hold, change, expire, restore, repair, reject, dangling int
 }
 
 // coverageMix makes every event type and every state transition common.
-var coverageMix = mix{newPkg: 8, addFile: 30, seal: 5, verify: 25, hold: 6, change: 4, expire: 8, restore: 4, reject: 3, dangling: 2}
+var coverageMix = mix{newPkg: 8, addFile: 30, seal: 5, verify: 25, hold: 6, change: 4, expire: 8, restore: 4, repair: 4, reject: 3, dangling: 2}
 
 // realisticMix is mostly ingest: stored + added per file, a package every
 // few files, a scrub event per few files, a trickle of retention.
-var realisticMix = mix{newPkg: 4, addFile: 60, seal: 3, verify: 25, hold: 1, change: 1, expire: 3, restore: 1, reject: 1, dangling: 0}
+var realisticMix = mix{newPkg: 4, addFile: 60, seal: 3, verify: 25, hold: 1, change: 1, expire: 3, restore: 1, repair: 1, reject: 1, dangling: 0}
 
 type genObject struct {
 	addr   digest.Address
@@ -58,7 +58,7 @@ type gen struct {
 
 func newGen(seed uint64, m mix) *gen {
 	g := &gen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), m: m, backends: []string{"local", "s3"}}
-	g.total = m.newPkg + m.addFile + m.seal + m.verify + m.hold + m.change + m.expire + m.restore + m.reject + m.dangling
+	g.total = m.newPkg + m.addFile + m.seal + m.verify + m.hold + m.change + m.expire + m.restore + m.repair + m.reject + m.dangling
 	return g
 }
 
@@ -194,7 +194,26 @@ func (g *gen) next() []events.Draft {
 		if o == nil {
 			return nil
 		}
-		return []events.Draft{objDraft(o.addr, events.ObjectStoredV1{Address: o.addr, BLAKE3: o.b3, SHA256: o.s2, Size: o.size, BackendID: backend})}
+		return []events.Draft{objDraft(o.addr, events.ObjectStoredV1{Address: o.addr, BLAKE3: o.b3, SHA256: o.s2, Size: o.size, BackendID: backend, Deduplicated: g.r.IntN(2) == 0})}
+	case pick(g.m.repair):
+		// A re-upload (or, now and then, a replica) repairs a location
+		// in any state; one of a location the log never stored records
+		// it.
+		o, backend := g.storedLocation()
+		if o == nil || g.r.IntN(10) == 0 {
+			o, backend = g.newObject(), g.backends[g.r.IntN(len(g.backends))]
+			g.objects = append(g.objects, o)
+		}
+		o.locs[backend] = true
+		was, source := events.RepairedCorrupt, events.RepairSourceReupload
+		if g.r.IntN(3) == 0 {
+			was = events.RepairedMissing
+		}
+		if g.r.IntN(4) == 0 {
+			source = "replica:" + g.backends[0]
+		}
+		return []events.Draft{objDraft(o.addr, events.ObjectRepairedV1{Address: o.addr, BLAKE3: o.b3, SHA256: o.s2, Size: o.size,
+			BackendID: backend, Was: was, Detail: "re-put found it " + was, Source: source, CommandID: fmt.Sprintf("cmd-%d", g.n)})}
 	case pick(g.m.reject):
 		id := fmt.Sprintf("cmd-%d", g.n)
 		if g.r.IntN(2) == 0 {

@@ -254,6 +254,8 @@ func TestIncrementalEqualsRebuild(t *testing.T) {
 		`SELECT count(*) FROM storage_locations WHERE state = 'missing'`,
 		`SELECT count(*) FROM storage_locations WHERE state = 'deleted'`,
 		`SELECT count(*) FROM storage_locations WHERE state = 'ok' AND verification_count > 1`,
+		`SELECT count(*) FROM storage_locations WHERE state = 'ok' AND repair_count > 1`,
+		`SELECT count(*) FROM storage_locations WHERE repair_count > 0 AND state <> 'ok'`,
 		`SELECT count(*) FROM retention_state WHERE legal_hold`,
 		`SELECT count(*) FROM retention_state WHERE NOT legal_hold AND legal_hold_reason IS NULL AND expired_at IS NULL`,
 		`SELECT count(*) FROM retention_state WHERE expired_at IS NOT NULL AND reaped_at IS NULL`,

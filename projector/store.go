@@ -81,6 +81,8 @@ func collectKeys(ps []events.Payload) keys {
 			k.locs[locKey{p.Address.String(), p.BackendID}] = true
 		case events.ObjectMissingV1:
 			k.locs[locKey{p.Address.String(), p.BackendID}] = true
+		case events.ObjectRepairedV1:
+			k.locs[locKey{p.Address.String(), p.BackendID}] = true
 		case events.RetentionExpiredV1:
 			k.pkgs[p.Package] = true
 			k.expiredPkgs[p.Package] = true
@@ -122,7 +124,7 @@ func nullText(t pgtype.Text) *string {
 const (
 	pkgCols  = `name, retention_class, metadata::text, created_at, sealed_at, file_count, total_bytes, state`
 	fileCols = `package, path, content_address, digest_algorithm, digest_primary, digest_blake3, digest_sha256, size_bytes, media_type, added_at`
-	locCols  = `content_address, backend_id, digest_algorithm, digest_blake3, digest_sha256, size_bytes, state, stored_at, last_verified_at, verification_count, retrieval_tier, restore_status`
+	locCols  = `content_address, backend_id, digest_algorithm, digest_blake3, digest_sha256, size_bytes, state, stored_at, last_verified_at, verification_count, retrieval_tier, restore_status, repaired_at, repair_count`
 	retCols  = `package, retention_class, retain_until, legal_hold, legal_hold_reason, expired_at, reaped_at`
 )
 
@@ -152,13 +154,14 @@ func scanFile(row pgx.CollectableRow) (*fileRow, error) {
 
 func scanLoc(row pgx.CollectableRow) (*locRow, error) {
 	var r locRow
-	var lv pgtype.Timestamptz
+	var lv, ra pgtype.Timestamptz
 	var rs pgtype.Text
-	if err := row.Scan(&r.Address, &r.Backend, &r.Algorithm, &r.BLAKE3, &r.SHA256, &r.Size, &r.State, &r.StoredAt, &lv, &r.Verified, &r.Tier, &rs); err != nil {
+	if err := row.Scan(&r.Address, &r.Backend, &r.Algorithm, &r.BLAKE3, &r.SHA256, &r.Size, &r.State, &r.StoredAt, &lv, &r.Verified, &r.Tier, &rs, &ra, &r.Repairs); err != nil {
 		return nil, err
 	}
 	r.StoredAt = r.StoredAt.UTC()
 	r.LastVerified = nullTime(lv)
+	r.RepairedAt = nullTime(ra)
 	r.Restore = nullText(rs)
 	r.existed = true
 	return &r, nil
@@ -495,9 +498,9 @@ func write(ctx context.Context, tx pgx.Tx, b *pgx.Batch, t tables, s *state) err
 	var (
 		la, lb, lalg, lst, ltier []string
 		lb3, ls2                 [][]byte
-		lsz, lcnt                []int64
+		lsz, lcnt, lrc           []int64
 		lsa                      []time.Time
-		llv                      []pgtype.Timestamptz
+		llv, lra                 []pgtype.Timestamptz
 		lrs                      []pgtype.Text
 	)
 	for _, r := range s.locs {
@@ -508,15 +511,18 @@ func write(ctx context.Context, tx pgx.Tx, b *pgx.Batch, t tables, s *state) err
 		lb3, ls2 = append(lb3, r.BLAKE3), append(ls2, r.SHA256)
 		lsz, lcnt = append(lsz, r.Size), append(lcnt, r.Verified)
 		lsa, llv, lrs = append(lsa, r.StoredAt), append(llv, ts(r.LastVerified)), append(lrs, txt(r.Restore))
+		lra, lrc = append(lra, ts(r.RepairedAt)), append(lrc, r.Repairs)
 	}
 	if len(la) > 0 {
 		b.Queue(`INSERT INTO `+t.locations+` (`+locCols+`)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bytea[], $6::bigint[], $7::text[],
-			                     $8::timestamptz[], $9::timestamptz[], $10::bigint[], $11::text[], $12::text[])
+			                     $8::timestamptz[], $9::timestamptz[], $10::bigint[], $11::text[], $12::text[],
+			                     $13::timestamptz[], $14::bigint[])
 			ON CONFLICT (content_address, backend_id) DO UPDATE SET state = EXCLUDED.state,
 			  stored_at = EXCLUDED.stored_at, last_verified_at = EXCLUDED.last_verified_at,
-			  verification_count = EXCLUDED.verification_count`,
-			la, lb, lalg, lb3, ls2, lsz, lst, lsa, llv, lcnt, ltier, lrs)
+			  verification_count = EXCLUDED.verification_count,
+			  repaired_at = EXCLUDED.repaired_at, repair_count = EXCLUDED.repair_count`,
+			la, lb, lalg, lb3, ls2, lsz, lst, lsa, llv, lcnt, ltier, lrs, lra, lrc)
 	}
 
 	var (
@@ -567,10 +573,10 @@ func copyNew(ctx context.Context, tx pgx.Tx, t tables, s *state) error {
 	rows = rows[:0]
 	for _, r := range s.locs {
 		if r.dirty && !r.existed {
-			rows = append(rows, []any{r.Address, r.Backend, r.Algorithm, r.BLAKE3, r.SHA256, r.Size, r.State, r.StoredAt, ts(r.LastVerified), r.Verified, r.Tier, txt(r.Restore)})
+			rows = append(rows, []any{r.Address, r.Backend, r.Algorithm, r.BLAKE3, r.SHA256, r.Size, r.State, r.StoredAt, ts(r.LastVerified), r.Verified, r.Tier, txt(r.Restore), ts(r.RepairedAt), r.Repairs})
 		}
 	}
-	if err := copyRows(ctx, tx, t.locations, []string{"content_address", "backend_id", "digest_algorithm", "digest_blake3", "digest_sha256", "size_bytes", "state", "stored_at", "last_verified_at", "verification_count", "retrieval_tier", "restore_status"}, rows); err != nil {
+	if err := copyRows(ctx, tx, t.locations, []string{"content_address", "backend_id", "digest_algorithm", "digest_blake3", "digest_sha256", "size_bytes", "state", "stored_at", "last_verified_at", "verification_count", "retrieval_tier", "restore_status", "repaired_at", "repair_count"}, rows); err != nil {
 		return err
 	}
 	rows = rows[:0]
