@@ -12,6 +12,11 @@ import (
 const (
 	// StatusStored: the blob is durable and the events are committed.
 	StatusStored = "stored"
+	// StatusRepaired: as StatusStored, and the backend's copy of the
+	// content was corrupt or missing, so the blob's verified bytes
+	// replaced it (Repaired says what was wrong; an object.repaired event
+	// records it). A success, like stored.
+	StatusRepaired = "repaired"
 	// StatusSealed: the package is sealed (now or before).
 	StatusSealed = "sealed"
 	// StatusRejected: the command was refused by a decision (malformed,
@@ -64,6 +69,9 @@ type Reply struct {
 	Size    int64  `cbor:"size" json:"size"`
 	// Deduplicated is true when the backend already held the bytes.
 	Deduplicated bool `cbor:"deduplicated,omitempty" json:"deduplicated,omitempty"`
+	// Repaired is set with StatusRepaired: what was wrong with the stored
+	// copy ("corrupt" or "missing").
+	Repaired string `cbor:"repaired,omitempty" json:"repaired,omitempty"`
 	// Duplicate is true when the command id had been handled before: the
 	// reply describes the first outcome and nothing new happened.
 	Duplicate bool `cbor:"duplicate,omitempty" json:"duplicate,omitempty"`

@@ -172,6 +172,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 			return err
 		}
 		st.cfg = cfg
+		reapedNotLost(group, gcStates)
 
 		firstOf := map[string]int{}
 		var (

@@ -12,6 +12,7 @@ import (
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
@@ -298,9 +299,18 @@ func (st *state) decideIngest(j *job) decided {
 		}
 	}
 	dg := res.Digests
-	d.events = append(d.events, events.Draft{SubjectKind: events.SubjectObject, SubjectID: addr, Actor: j.actor,
-		Payload: events.ObjectStoredV1{Address: res.Address, BLAKE3: dg.BLAKE3[:], SHA256: dg.SHA256[:], Size: dg.Size,
-			BackendID: res.Receipt.BackendID, Deduplicated: res.Receipt.Deduplicated}})
+	if r := res.Receipt.Repaired; r != nil {
+		// The stored copy was damaged or lost and the blob replaced it: the
+		// repair is the object's event (a store would leave a corrupt or
+		// missing location as it is).
+		d.events = append(d.events, events.Draft{SubjectKind: events.SubjectObject, SubjectID: addr, Actor: j.actor,
+			Payload: events.ObjectRepairedV1{Address: res.Address, BLAKE3: dg.BLAKE3[:], SHA256: dg.SHA256[:], Size: dg.Size,
+				BackendID: res.Receipt.BackendID, Was: r.Was, Detail: r.Detail, Source: events.RepairSourceReupload, CommandID: j.commandID}})
+	} else {
+		d.events = append(d.events, events.Draft{SubjectKind: events.SubjectObject, SubjectID: addr, Actor: j.actor,
+			Payload: events.ObjectStoredV1{Address: res.Address, BLAKE3: dg.BLAKE3[:], SHA256: dg.SHA256[:], Size: dg.Size,
+				BackendID: res.Receipt.BackendID, Deduplicated: res.Receipt.Deduplicated}})
+	}
 	if !has || cur != addr {
 		d.events = append(d.events, events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
 			Payload: events.FileAddedV1{Package: c.Package, Path: c.Path, Address: res.Address, BLAKE3: dg.BLAKE3[:],
@@ -310,6 +320,9 @@ func (st *state) decideIngest(j *job) decided {
 	}
 	st.pkgs[c.Package] = ps
 	d.reply = storedReply(j.commandID, c.Package, c.Path, res.Address, dg, res.Receipt.Deduplicated)
+	if r := res.Receipt.Repaired; r != nil {
+		d.reply.Status, d.reply.Repaired = commands.StatusRepaired, r.Was
+	}
 	return d
 }
 
@@ -319,6 +332,23 @@ func storedReply(cmdID, pkg, path string, addr digest.Address, dg digest.Digests
 		Address: addr.String(),
 		BLAKE3:  digest.New(digest.BLAKE3, dg.BLAKE3).Hex(), SHA256: digest.New(digest.SHA256, dg.SHA256).Hex(),
 		Size: dg.Size, Deduplicated: dedup,
+	}
+}
+
+// reapedNotLost takes back the repair of a copy the put found missing when
+// the object's gc row, read under its lock, is not live: the reaper
+// deleted the bytes (or is about to) because nothing referenced them, so
+// they were not lost, and this ingest stored them anew like any new
+// content (keepObjects makes the row live again).
+func reapedNotLost(group []*job, states map[gcKey]string) {
+	for _, j := range group {
+		r := j.stored.Receipt.Repaired
+		if j.kind != jobIngest || r == nil || r.Was != storage.DamageMissing {
+			continue
+		}
+		if states[gcKey{j.stored.Address.String(), j.stored.Receipt.BackendID}] != "live" {
+			j.stored.Receipt.Repaired = nil
+		}
 	}
 }
 
@@ -372,7 +402,10 @@ func replyFromEvents(codec *events.Codec, cmdID string, evs []events.Event) (com
 		return r, nil, fmt.Errorf("command %s has no events", cmdID)
 	}
 	r.Sequence = evs[len(evs)-1].Sequence
-	var stored *events.ObjectStoredV1
+	var (
+		stored   *events.ObjectStoredV1
+		repaired *events.ObjectRepairedV1
+	)
 	for _, e := range evs {
 		p, err := codec.DecodeEvent(e)
 		if err != nil {
@@ -386,6 +419,9 @@ func replyFromEvents(codec *events.Codec, cmdID string, evs []events.Event) (com
 			r.Status, r.Package = commands.StatusSealed, p.Name
 		case events.ObjectStoredV1:
 			stored = &p
+		case events.ObjectRepairedV1:
+			repaired = &p
+			stored = &events.ObjectStoredV1{Address: p.Address, BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, BackendID: p.BackendID}
 		case events.FileAddedV1:
 			r.Package, r.Path = p.Package, p.Path
 		case events.PackageCreatedV1:
@@ -399,6 +435,9 @@ func replyFromEvents(codec *events.Codec, cmdID string, evs []events.Event) (com
 		dg.Size = stored.Size
 		rep := storedReply(cmdID, r.Package, r.Path, stored.Address, dg, stored.Deduplicated)
 		rep.Duplicate, rep.Sequence = true, r.Sequence
+		if repaired != nil {
+			rep.Status, rep.Repaired = commands.StatusRepaired, repaired.Was
+		}
 		return rep, nil, nil
 	}
 	return r, nil, nil

@@ -24,6 +24,19 @@
 // leads to a redelivery, which finds the command id in the log and replies
 // the same outcome again.)
 //
+// # Repairs
+//
+// A blob whose content is already stored is not simply deduplicated
+// against: the data plane first asks what the records say of the stored
+// copy (condition: the gc row and the projected location state), then
+// checks the copy itself (size, sampled chunk groups proven against its
+// tree; see storage.Putter). A copy recorded corrupt or missing, or that
+// fails the check, is replaced by the blob's verified bytes, and a copy
+// the records hold but the backend lost is stored again: the ingest then
+// appends object.repaired instead of object.stored and replies
+// "repaired". A copy the put found missing whose gc row, under its lock
+// at commit, is not live was reaped, not lost: that is a plain store.
+//
 // # Rejections
 //
 // A malformed or oversized command, an invalid path or package name, an
@@ -381,6 +394,7 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 	hints := dataplane.IngestHints{
 		Primary: ing.cfg.Primary, BackendID: ing.cfg.BackendID,
 		Expect: append([]digest.Address(nil), c.Expect...), ExpectSize: storage.NoSizeClaim,
+		Condition: ing.condition,
 	}
 	if ing.cfg.MaxBlobSize > 0 {
 		hints.MaxSize = ing.cfg.MaxBlobSize
@@ -644,10 +658,14 @@ func (ing *Ingester) transient(ctx context.Context, dependency, what string, err
 }
 
 // storeDependency names what failed when storing a blob: NATS when the
-// staged object could not be read, else the storage backend.
+// staged object could not be read, PostgreSQL when the records of the
+// stored copy could not (see condition), else the storage backend.
 func storeDependency(err error) string {
 	if errors.Is(err, errStagedRead) {
 		return bus.DependencyNATS
+	}
+	if errors.Is(err, errRecords) {
+		return bus.DependencyPostgres
 	}
 	return bus.DependencyStorage
 }

@@ -18,6 +18,7 @@ type Metrics struct {
 	duration   prometheus.Histogram
 	groupSize  prometheus.Histogram
 	groupTime  prometheus.Histogram
+	repairs    *prometheus.CounterVec
 }
 
 // NewMetrics registers the ingester's metrics on reg:
@@ -27,7 +28,9 @@ type Metrics struct {
 // histograms artifactstore_ingest_duration_seconds (a command's handling,
 // from delivery to commit and reply), artifactstore_ingest_commit_group_size
 // (commands per group commit: near 1 under load means commits do not
-// batch) and artifactstore_ingest_commit_seconds (one group's transaction).
+// batch), artifactstore_ingest_commit_seconds (one group's transaction)
+// and artifactstore_ingest_repairs_total{was} (stored copies a re-upload
+// replaced because they were corrupt or missing).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		bytes: prometheus.NewCounter(prometheus.CounterOpts{
@@ -62,9 +65,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14), // 0.5 ms .. 4 s
 		}),
 	}
+	m.repairs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "artifactstore_ingest_repairs_total",
+		Help: "Stored copies replaced by a re-upload's verified bytes, by what was wrong with them (corrupt, missing).",
+	}, []string{"was"})
 	m.objects.WithLabelValues("false")
 	m.objects.WithLabelValues("true")
-	reg.MustRegister(m.bytes, m.objects, m.rejections, m.failures, m.duration, m.groupSize, m.groupTime)
+	m.repairs.WithLabelValues("corrupt")
+	m.repairs.WithLabelValues("missing")
+	reg.MustRegister(m.bytes, m.objects, m.rejections, m.failures, m.duration, m.groupSize, m.groupTime, m.repairs)
 	return m
 }
 
@@ -76,9 +85,12 @@ func (m *Metrics) outcome(r commands.Reply) {
 	switch r.Status {
 	case commands.StatusRejected:
 		m.rejections.WithLabelValues(r.Code).Inc()
-	case commands.StatusStored:
+	case commands.StatusStored, commands.StatusRepaired:
 		m.bytes.Add(float64(r.Size))
 		m.objects.WithLabelValues(strconv.FormatBool(r.Deduplicated)).Inc()
+		if r.Status == commands.StatusRepaired && !r.Duplicate {
+			m.repairs.WithLabelValues(r.Repaired).Inc()
+		}
 	}
 }
 
