@@ -57,6 +57,10 @@ type Location struct {
 	StoredAt          time.Time  `json:"stored_at"`
 	LastVerifiedAt    *time.Time `json:"last_verified_at,omitempty"`
 	VerificationCount int64      `json:"verification_count"`
+	// RepairedAt is when a damaged or lost copy was last replaced by
+	// verified bytes; RepairCount how many times that happened.
+	RepairedAt  *time.Time `json:"repaired_at,omitempty"`
+	RepairCount int64      `json:"repair_count"`
 }
 
 // Retention is a package's retention as projected from the log.
@@ -107,14 +111,15 @@ type ObjectReport struct {
 func (x *Explainer) Object(ctx context.Context, addr digest.Address) (*ObjectReport, error) {
 	a := addr.String()
 	rep := &ObjectReport{Address: a, Locations: []Location{}, References: []Reference{}, History: []Entry{}}
-	rows, err := x.db.Query(ctx, `SELECT backend_id, state, size_bytes, stored_at, last_verified_at, verification_count
+	rows, err := x.db.Query(ctx, `SELECT backend_id, state, size_bytes, stored_at, last_verified_at, verification_count,
+			repaired_at, repair_count
 		FROM storage_locations WHERE content_address = $1 ORDER BY backend_id`, a)
 	if err != nil {
 		return nil, fmt.Errorf("explain %s: read locations: %w", a, err)
 	}
 	rep.Locations, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Location, error) {
 		var l Location
-		err := r.Scan(&l.Backend, &l.State, &l.Size, &l.StoredAt, &l.LastVerifiedAt, &l.VerificationCount)
+		err := r.Scan(&l.Backend, &l.State, &l.Size, &l.StoredAt, &l.LastVerifiedAt, &l.VerificationCount, &l.RepairedAt, &l.RepairCount)
 		return l, err
 	})
 	if err != nil {

@@ -56,11 +56,28 @@ func summarize(p events.Payload) string {
 		return fmt.Sprintf("MISSING on %s: the backend does not hold the bytes", p.BackendID)
 	case events.ObjectDeletedV1:
 		return fmt.Sprintf("deleted from %s (%d bytes): %s", p.BackendID, p.Size, p.Reason)
+	case events.ObjectRepairedV1:
+		s := fmt.Sprintf("REPAIRED on %s from %s (%d bytes): the stored copy was %s", p.BackendID, repairSource(p.Source), p.Size, p.Was)
+		if p.Detail != "" {
+			s += ": " + p.Detail
+		}
+		return s
 	case events.IngestRejectedV1:
 		return fmt.Sprintf("ingest rejected (%s): %s", p.Code, p.Reason)
 	default:
 		return fmt.Sprintf("%s v%d", p.EventType(), p.PayloadVersion())
 	}
+}
+
+// repairSource says where a repair's good bytes came from, in words.
+func repairSource(src string) string {
+	if src == events.RepairSourceReupload {
+		return "a re-upload"
+	}
+	if b, ok := strings.CutPrefix(src, "replica:"); ok {
+		return "the copy on backend " + b
+	}
+	return src
 }
 
 func until(t *time.Time) string {
@@ -118,6 +135,11 @@ func objectVerdict(r *ObjectReport, hist []event) string {
 		return "No stored location is recorded (never stored, or the projector has not caught up); " + refs() + "."
 	case "ok":
 		v := "Present and served; " + refs() + "."
+		if rp := lastRepair(hist); rp != nil {
+			p := rp.payload.(events.ObjectRepairedV1)
+			v = fmt.Sprintf("Present and served, repaired at %s from %s (the copy on %s was %s); %s.",
+				day(rp.At), repairSource(p.Source), p.BackendID, p.Was, refs())
+		}
 		if len(keepers) == 0 {
 			v += " Nothing keeps it: the reaper may delete it on its next run."
 		}
@@ -146,6 +168,24 @@ func objectVerdict(r *ObjectReport, hist []event) string {
 	default:
 		return fmt.Sprintf("In storage state %q; %s.", state, refs())
 	}
+}
+
+// lastRepair returns the object's last object.repaired event when no
+// verification found the object damaged after it (the repair is what
+// made the object ok), or nil.
+func lastRepair(hist []event) *event {
+	for i := len(hist) - 1; i >= 0; i-- {
+		switch events.Type(hist[i].Type) {
+		case events.TypeObjectRepaired:
+			if _, ok := hist[i].payload.(events.ObjectRepairedV1); ok {
+				return &hist[i]
+			}
+			return nil
+		case events.TypeObjectCorrupt, events.TypeObjectMissing:
+			return nil
+		}
+	}
+	return nil
 }
 
 func rank(state string) int {
@@ -287,6 +327,9 @@ func (r *ObjectReport) WriteText(w io.Writer) error {
 		v := "never verified"
 		if l.LastVerifiedAt != nil {
 			v = fmt.Sprintf("last verified %s (%d verifications)", day(*l.LastVerifiedAt), l.VerificationCount)
+		}
+		if l.RepairedAt != nil {
+			v += fmt.Sprintf(", repaired %s (%d repairs)", day(*l.RepairedAt), l.RepairCount)
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%d bytes\tstored %s\t%s\n", l.Backend, l.State, l.Size, day(l.StoredAt), v)
 	}

@@ -195,7 +195,7 @@ func (c putCmd) send(ctx context.Context, client *producer.Client, pkg string, f
 
 // report prints one line per file and fails when any file was not stored.
 func (c putCmd) report(s *ioStreams, pkg string, results []putResult) error {
-	failed := 0
+	failed, repaired := 0, 0
 	for _, r := range results {
 		if r.err == nil {
 			r.err = r.reply.Err()
@@ -223,11 +223,22 @@ func (c putCmd) report(s *ioStreams, pkg string, results []putResult) error {
 			if strings.HasPrefix(r.reply.Address, "sha256:") {
 				other = "blake3:" + r.reply.BLAKE3
 			}
-			fmt.Fprintf(s.out, "%s  %s  %s  %d bytes\n", r.file.path, r.reply.Address, other, r.reply.Size)
+			line := fmt.Sprintf("%s  %s  %s  %d bytes", r.file.path, r.reply.Address, other, r.reply.Size)
+			if r.reply.Status == commands.StatusRepaired {
+				line += fmt.Sprintf("  repaired (the stored copy was %s; this upload replaced it)", r.reply.Repaired)
+			}
+			fmt.Fprintln(s.out, line)
+		}
+		if r.reply.Status == commands.StatusRepaired {
+			repaired++
 		}
 	}
 	if !c.JSON {
-		fmt.Fprintf(s.err, "package %s: %d of %d file(s) stored\n", pkg, len(results)-failed, len(results))
+		msg := fmt.Sprintf("package %s: %d of %d file(s) stored", pkg, len(results)-failed, len(results))
+		if repaired > 0 {
+			msg += fmt.Sprintf(", %d of them repaired", repaired)
+		}
+		fmt.Fprintln(s.err, msg)
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d of %d file(s) were not stored (reasons above)", failed, len(results))
