@@ -38,6 +38,13 @@ func WithSampleRand(intN func(n int64) int64) PutterOption {
 	return func(p *Putter) { p.intN = intN }
 }
 
+// WithoutDedupCheck trusts a stored copy as before repairs existed: no
+// look at the caller's records, no proof of sampled groups; content
+// already stored is deduplicated against whatever its copy holds. It
+// exists to measure what the check costs a re-put (BenchmarkDedup);
+// production wiring never uses it.
+func WithoutDedupCheck() PutterOption { return func(p *Putter) { p.noCheck = true } }
+
 // WithoutTrees stores objects without their trees, as before trees
 // existed (the data plane then builds a tree at the first read). It exists
 // to measure what the tree costs a put; production wiring never uses it.
@@ -67,6 +74,7 @@ type Putter struct {
 	noTrees  bool
 	sampleN  int
 	intN     func(int64) int64
+	noCheck  bool
 }
 
 // NewPutter returns a Putter.

@@ -150,3 +150,43 @@ func byteSize(n int) string {
 		return fmt.Sprintf("%dKiB", n>>10)
 	}
 }
+
+// BenchmarkDedup measures a re-put of content already stored: the whole
+// stream is read and hashed, then deduplicated. checked is production's
+// Putter, which first proves the stored copy's size and four sampled
+// chunk groups against its tree (storage.DefaultSampleGroups);
+// baseline_unchecked trusts the copy (storage.WithoutDedupCheck), so the
+// difference is the check's cost. Neither writes the object again.
+func BenchmarkDedup(b *testing.B) {
+	for _, size := range []int{4 << 10, 1 << 20, 256 << 20} {
+		b.Run(byteSize(size), func(b *testing.B) {
+			be := openBench(b)
+			p := make([]byte, size)
+			binary.LittleEndian.PutUint64(p, uint64(size))
+			if _, err := be.Put(context.Background(), bytes.NewReader(p), storage.PutOptions{ExpectSize: storage.NoSizeClaim}); err != nil {
+				b.Fatal(err)
+			}
+			for _, bc := range []struct {
+				name string
+				opts []storage.PutterOption
+			}{
+				{"checked", nil},
+				{"baseline_unchecked", []storage.PutterOption{storage.WithoutDedupCheck()}},
+			} {
+				b.Run(bc.name, func(b *testing.B) {
+					putter := storage.NewPutter(bc.opts...)
+					b.SetBytes(int64(size))
+					for b.Loop() {
+						rc, err := putter.Put(context.Background(), be, bytes.NewReader(p), storage.PutOptions{ExpectSize: storage.NoSizeClaim})
+						if err != nil {
+							b.Fatal(err)
+						}
+						if !rc.Deduplicated || rc.Repaired != nil {
+							b.Fatalf("re-put of stored content: %+v", rc)
+						}
+					}
+				})
+			}
+		})
+	}
+}
