@@ -897,7 +897,6 @@ func testReplaceAbsent(t *testing.T, b storage.Backend) {
 // copy; an intact copy is deduplicated against and left alone.
 func testRePutRepairs(t *testing.T, b storage.Backend) {
 	p := pattern("reput", treeObject)
-	addr := digestsOf(p).Address(digest.BLAKE3)
 	node := bytesTree(bytes.Clone(treeOf(p)))
 	node[blaketree.HeaderSize+3] ^= 0x01
 	small := pattern("reput-small", 4096)
@@ -930,7 +929,6 @@ func testRePutRepairs(t *testing.T, b storage.Backend) {
 	if rc.Repaired != nil || !rc.Deduplicated {
 		t.Fatalf("re-put of an intact copy: %+v (repair %+v); want deduplicated, no repair", rc, rc.Repaired)
 	}
-	_ = addr
 	requireCount(t, b, 2)
 }
 
