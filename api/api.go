@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
@@ -51,7 +52,7 @@ type Options struct {
 // Server is the read API. It holds no per-request state and is safe for
 // concurrent use.
 type Server struct {
-	db      *pgxpool.Pool
+	catalog catalogReader
 	objects ObjectServer
 	token   [sha256.Size]byte
 	auth    bool
@@ -70,7 +71,7 @@ func New(db *pgxpool.Pool, objects ObjectServer, opts Options) (*Server, error) 
 		return nil, errors.New("api: a database pool and an object server are required")
 	}
 	s := &Server{
-		db:      db,
+		catalog: catalog.New(db),
 		objects: objects,
 		logger:  opts.Logger.With().Str("service", "api").Logger(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

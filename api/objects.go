@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/storage"
@@ -44,7 +45,7 @@ func (s *Server) getObject(w http.ResponseWriter, r *http.Request) {
 // found later aborts the response before the bad bytes. what names the
 // requested thing in error messages.
 func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route string, o object, what, contentType, cacheControl string) {
-	if o.State != stateOK {
+	if o.State != catalog.LocationOK {
 		s.fail(w, r, unservable(what, o.State))
 		return
 	}
@@ -149,7 +150,7 @@ func (s *Server) failOpen(w http.ResponseWriter, r *http.Request, err error, o o
 	case errors.Is(err, dataplane.ErrCorrupt):
 		s.logger.Error().Err(err).Str("address", o.Address.String()).Str("backend", o.Backend).
 			Msg("refused to serve corrupt bytes")
-		ae := unservable(what, stateCorrupt)
+		ae := unservable(what, catalog.LocationCorrupt)
 		var ce *dataplane.CorruptError
 		if errors.As(err, &ce) {
 			ae.msg += fmt.Sprintf(" (bytes %d-%d on backend %q failed their check)", ce.Offset, ce.Offset+ce.Length-1, ce.BackendID)
@@ -158,7 +159,7 @@ func (s *Server) failOpen(w http.ResponseWriter, r *http.Request, err error, o o
 	case errors.Is(err, storage.ErrNotFound):
 		s.logger.Error().Err(err).Str("address", o.Address.String()).Str("backend", o.Backend).
 			Msg("catalog says ok but the backend does not hold the object")
-		s.fail(w, r, unservable(what, stateMissing))
+		s.fail(w, r, unservable(what, catalog.LocationMissing))
 	case errors.Is(err, storage.ErrInvalidRange):
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", o.Size))
 		s.fail(w, r, &apiError{status: http.StatusRequestedRangeNotSatisfiable, code: CodeRangeNotSatisfiable,
@@ -198,7 +199,7 @@ func (s *Server) getTree(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	what := "the tree of object " + addr.String()
-	if o.State != stateOK {
+	if o.State != catalog.LocationOK {
 		s.fail(w, r, unservable(what, o.State))
 		return
 	}

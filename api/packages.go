@@ -13,10 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/commands"
-	"github.com/artifactstore/artifactstore/digest"
 )
 
 // Page sizes of GET /v1/packages.
@@ -24,9 +22,6 @@ const (
 	DefaultPageSize = 100
 	MaxPageSize     = 1000
 )
-
-// packageStates are the values of artifact_packages.state.
-var packageStates = []string{"open", "sealed", "expired", "reaped"}
 
 // PackageList is the body of GET /v1/packages.
 type PackageList struct {
@@ -37,16 +32,16 @@ type PackageList struct {
 
 // Package is one package. Files is set only by GET /v1/packages/{name}.
 type Package struct {
-	Name           string          `json:"name"`
-	RetentionClass string          `json:"retention_class"`
-	State          string          `json:"state"`
-	Metadata       json.RawMessage `json:"metadata"`
-	CreatedAt      time.Time       `json:"created_at"`
-	SealedAt       *time.Time      `json:"sealed_at,omitempty"`
-	FileCount      int64           `json:"file_count"`
-	TotalBytes     int64           `json:"total_bytes"`
-	Retention      *Retention      `json:"retention,omitempty"`
-	Files          []File          `json:"files,omitempty"`
+	Name           string               `json:"name"`
+	RetentionClass string               `json:"retention_class"`
+	State          catalog.PackageState `json:"state"`
+	Metadata       json.RawMessage      `json:"metadata"`
+	CreatedAt      time.Time            `json:"created_at"`
+	SealedAt       *time.Time           `json:"sealed_at,omitempty"`
+	FileCount      int64                `json:"file_count"`
+	TotalBytes     int64                `json:"total_bytes"`
+	Retention      *Retention           `json:"retention,omitempty"`
+	Files          []File               `json:"files,omitempty"`
 }
 
 // Retention is the retention state of a package.
@@ -76,37 +71,21 @@ type File struct {
 // ok, corrupt, missing, deleted, or unknown when no location is recorded
 // (yet).
 type Verification struct {
-	State             string     `json:"state"`
-	Backend           string     `json:"backend,omitempty"`
-	LastVerifiedAt    *time.Time `json:"last_verified_at,omitempty"`
-	VerificationCount int64      `json:"verification_count"`
+	State             catalog.LocationState `json:"state"`
+	Backend           string                `json:"backend,omitempty"`
+	LastVerifiedAt    *time.Time            `json:"last_verified_at,omitempty"`
+	VerificationCount int64                 `json:"verification_count"`
 }
 
-const packageColumns = `p.name, p.retention_class, p.state, p.metadata, p.created_at, p.sealed_at,
-	p.file_count, p.total_bytes, r.retention_class, r.retain_until, coalesce(r.legal_hold, false),
-	r.legal_hold_reason, r.expired_at, r.reaped_at`
-
-func scanPackage(row pgx.Row) (Package, error) {
-	var (
-		p                  Package
-		meta               []byte
-		rClass, holdReason *string
-		r                  Retention
-	)
-	err := row.Scan(&p.Name, &p.RetentionClass, &p.State, &meta, &p.CreatedAt, &p.SealedAt,
-		&p.FileCount, &p.TotalBytes, &rClass, &r.RetainUntil, &r.LegalHold, &holdReason, &r.ExpiredAt, &r.ReapedAt)
-	if err != nil {
-		return p, err
+// packageJSON is the API's form of a package.
+func packageJSON(p catalog.Package) Package {
+	out := Package{Name: p.Name, RetentionClass: p.Class, State: p.State, Metadata: json.RawMessage(p.Metadata),
+		CreatedAt: p.CreatedAt, SealedAt: p.SealedAt, FileCount: p.FileCount, TotalBytes: p.TotalBytes}
+	if r := p.Retention; r != nil {
+		out.Retention = &Retention{Class: r.Class, RetainUntil: r.RetainUntil, LegalHold: r.LegalHold,
+			LegalHoldReason: r.LegalHoldReason, ExpiredAt: r.ExpiredAt, ReapedAt: r.ReapedAt}
 	}
-	p.Metadata = json.RawMessage(meta)
-	if rClass != nil {
-		r.Class = *rClass
-		if holdReason != nil {
-			r.LegalHoldReason = *holdReason
-		}
-		p.Retention = &r
-	}
-	return p, nil
+	return out
 }
 
 func badParam(format string, args ...any) *apiError {
@@ -124,9 +103,9 @@ func (s *Server) listPackages(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	state := q.Get("state")
-	if state != "" && !contains(packageStates, state) {
-		s.fail(w, r, badParam("state=%q is unknown; use one of %s", state, strings.Join(packageStates, ", ")))
+	state := catalog.PackageState(q.Get("state"))
+	if state != "" && !state.Known() {
+		s.fail(w, r, badParam("state=%q is unknown; use one of %s", state, packageStateList()))
 		return
 	}
 	after := ""
@@ -138,31 +117,15 @@ func (s *Server) listPackages(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	rows, err := s.db.Query(r.Context(), `SELECT `+packageColumns+`
-		FROM artifact_packages p LEFT JOIN retention_state r ON r.package = p.name
-		WHERE ($1 = '' OR starts_with(p.name, $1))
-		  AND ($2 = '' OR p.retention_class = $2)
-		  AND ($3 = '' OR p.state = $3)
-		  AND p.name COLLATE "C" > $4
-		ORDER BY p.name COLLATE "C" LIMIT $5`,
-		q.Get("prefix"), q.Get("class"), state, after, limit+1)
+	pkgs, err := s.catalog.Packages(r.Context(), catalog.PackageQuery{
+		Prefix: q.Get("prefix"), Class: q.Get("class"), State: state, After: after, Limit: limit + 1})
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("list packages: %w", err))
+		s.fail(w, r, err)
 		return
 	}
-	list := PackageList{Packages: []Package{}}
-	for rows.Next() {
-		p, err := scanPackage(rows)
-		if err != nil {
-			rows.Close()
-			s.fail(w, r, fmt.Errorf("list packages: %w", err))
-			return
-		}
-		list.Packages = append(list.Packages, p)
-	}
-	if err := rows.Err(); err != nil {
-		s.fail(w, r, fmt.Errorf("list packages: %w", err))
-		return
+	list := PackageList{Packages: make([]Package, 0, len(pkgs))}
+	for _, p := range pkgs {
+		list.Packages = append(list.Packages, packageJSON(p))
 	}
 	if len(list.Packages) > limit {
 		list.Packages = list.Packages[:limit]
@@ -171,13 +134,13 @@ func (s *Server) listPackages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, list)
 }
 
-func contains(set []string, v string) bool {
-	for _, s := range set {
-		if s == v {
-			return true
-		}
+// packageStateList names the package states for an error message.
+func packageStateList() string {
+	var names []string
+	for _, st := range catalog.PackageStates() {
+		names = append(names, string(st))
 	}
-	return false
+	return strings.Join(names, ", ")
 }
 
 // A cursor is the last name of a page, versioned so that its form can
@@ -207,15 +170,13 @@ func (s *Server) getPackage(w http.ResponseWriter, r *http.Request) {
 		s.getTar(w, r, strings.TrimSuffix(name, ".tar"))
 		return
 	}
-	p, err := scanPackage(s.db.QueryRow(r.Context(), `SELECT `+packageColumns+`
-		FROM artifact_packages p LEFT JOIN retention_state r ON r.package = p.name
-		WHERE p.name = $1`, name))
-	if errors.Is(err, pgx.ErrNoRows) {
+	cp, err := s.catalog.Package(r.Context(), name)
+	if errors.Is(err, catalog.ErrNotFound) {
 		s.fail(w, r, packageNotFound(name))
 		return
 	}
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("read package %q: %w", name, err))
+		s.fail(w, r, err)
 		return
 	}
 	files, err := s.packageFiles(r, name)
@@ -223,6 +184,7 @@ func (s *Server) getPackage(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	p := packageJSON(cp)
 	p.Files = make([]File, 0, len(files))
 	for _, f := range files {
 		p.Files = append(p.Files, f.File)
@@ -244,53 +206,23 @@ type fileRow struct {
 // packageFiles returns the files of a package in byte order of their paths,
 // each with the best location of its object.
 func (s *Server) packageFiles(r *http.Request, name string) ([]fileRow, error) {
-	rows, err := s.db.Query(r.Context(), `SELECT f.path, f.content_address, f.digest_blake3, f.digest_sha256,
-			f.size_bytes, f.media_type, f.added_at,
-			l.backend_id, l.state, l.last_verified_at, l.verification_count, l.stored_at
-		FROM artifact_files f
-		LEFT JOIN LATERAL (SELECT * FROM storage_locations l
-			WHERE l.content_address = f.content_address ORDER BY `+locationOrder+` LIMIT 1) l ON true
-		WHERE f.package = $1
-		ORDER BY f.path COLLATE "C"`, name)
+	files, err := s.catalog.PackageFiles(r.Context(), name)
 	if err != nil {
-		return nil, fmt.Errorf("read files of package %q: %w", name, err)
+		return nil, err
 	}
-	defer rows.Close()
-	var out []fileRow
-	for rows.Next() {
-		var (
-			f             fileRow
-			b3, s256      []byte
-			media         *string
-			backend, st   *string
-			verifiedCount *int64
-			storedAt      *time.Time
-		)
-		if err := rows.Scan(&f.Path, &f.Address, &b3, &s256, &f.Size, &media, &f.AddedAt,
-			&backend, &st, &f.Verification.LastVerifiedAt, &verifiedCount, &storedAt); err != nil {
-			return nil, fmt.Errorf("read files of package %q: %w", name, err)
+	out := make([]fileRow, 0, len(files))
+	for _, cf := range files {
+		f := fileRow{File: File{Path: cf.Path, Address: cf.Address.String(),
+			BLAKE3: hex.EncodeToString(cf.BLAKE3[:]), SHA256: hex.EncodeToString(cf.SHA256[:]),
+			Size: cf.Size, MediaType: cf.MediaType, AddedAt: cf.AddedAt}}
+		f.Verification.State = catalog.LocationUnknown
+		f.obj.Address, f.obj.Size, f.obj.BLAKE3, f.obj.SHA256 = cf.Address, cf.Size, cf.BLAKE3, cf.SHA256
+		if l := cf.Best; l != nil {
+			f.Verification = Verification{State: l.State, Backend: l.Backend,
+				LastVerifiedAt: l.LastVerifiedAt, VerificationCount: l.VerificationCount}
+			f.obj.Backend, f.obj.State, f.obj.StoredAt = l.Backend, l.State, l.StoredAt
 		}
-		f.BLAKE3, f.SHA256 = hex.EncodeToString(b3), hex.EncodeToString(s256)
-		if media != nil {
-			f.MediaType = *media
-		}
-		f.Verification.State = "unknown"
-		if st != nil {
-			f.Verification.State, f.Verification.Backend = *st, *backend
-			f.Verification.VerificationCount = *verifiedCount
-			f.obj.Backend, f.obj.State, f.obj.StoredAt = *backend, *st, *storedAt
-		}
-		addr, err := digest.Parse(f.Address)
-		if err != nil {
-			return nil, fmt.Errorf("package %q file %q: the catalog holds a bad address: %w", name, f.Path, err)
-		}
-		f.obj.Address, f.obj.Size = addr, f.Size
-		copy(f.obj.BLAKE3[:], b3)
-		copy(f.obj.SHA256[:], s256)
 		out = append(out, f)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read files of package %q: %w", name, err)
 	}
 	return out, nil
 }
@@ -307,16 +239,11 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, badPath("%s; GET /v1/packages/%s lists the package's files", msg, urlSegment(name)))
 		return
 	}
-	var (
-		address string
-		media   *string
-	)
-	err := s.db.QueryRow(r.Context(), `SELECT content_address, media_type FROM artifact_files
-		WHERE package = $1 AND path = $2`, name, path).Scan(&address, &media)
-	if errors.Is(err, pgx.ErrNoRows) {
-		var exists bool
-		if err := s.db.QueryRow(r.Context(), `SELECT EXISTS (SELECT 1 FROM artifact_packages WHERE name = $1)`, name).Scan(&exists); err != nil {
-			s.fail(w, r, fmt.Errorf("read package %q: %w", name, err))
+	file, err := s.catalog.File(r.Context(), name, path)
+	if errors.Is(err, catalog.ErrNotFound) {
+		exists, err := s.catalog.PackageExists(r.Context(), name)
+		if err != nil {
+			s.fail(w, r, err)
 			return
 		}
 		if !exists {
@@ -328,27 +255,23 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.fail(w, r, fmt.Errorf("read file %q of package %q: %w", path, name, err))
+		s.fail(w, r, err)
 		return
 	}
-	addr, err := digest.Parse(address)
-	if err != nil {
-		s.fail(w, r, fmt.Errorf("package %q file %q: the catalog holds a bad address: %w", name, path, err))
-		return
-	}
+	addr := file.Address
 	what := fmt.Sprintf("file %q of package %q (object %s)", path, name, addr)
 	o, err := s.lookupObject(r.Context(), addr)
 	if err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.code == CodeNotFound {
-			err = unservable(what, stateMissing)
+			err = unservable(what, catalog.LocationMissing)
 		}
 		s.fail(w, r, err)
 		return
 	}
 	ct := "application/octet-stream"
-	if media != nil && *media != "" {
-		ct = *media
+	if file.MediaType != "" {
+		ct = file.MediaType
 	}
 	// A path of an open package may be bound to other bytes later:
 	// revalidate with the ETag every time.
@@ -362,9 +285,9 @@ func urlSegment(name string) string { return strings.ReplaceAll(name, "/", "%2F"
 // file whose object is not servable fails the request before any byte is
 // sent.
 func (s *Server) getTar(w http.ResponseWriter, r *http.Request, name string) {
-	var exists bool
-	if err := s.db.QueryRow(r.Context(), `SELECT EXISTS (SELECT 1 FROM artifact_packages WHERE name = $1)`, name).Scan(&exists); err != nil {
-		s.fail(w, r, fmt.Errorf("read package %q: %w", name, err))
+	exists, err := s.catalog.PackageExists(r.Context(), name)
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	if !exists {
@@ -379,17 +302,17 @@ func (s *Server) getTar(w http.ResponseWriter, r *http.Request, name string) {
 	var worst *apiError
 	var bad []string
 	for i, f := range files {
-		if f.obj.State == stateOK && s.objects.Corrupt(f.obj.Backend, f.obj.Address) != nil {
+		if f.obj.State == catalog.LocationOK && s.objects.Corrupt(f.obj.Backend, f.obj.Address) != nil {
 			// A read found it corrupt; the projection does not say so yet.
-			files[i].obj.State, files[i].Verification.State = stateCorrupt, stateCorrupt
+			files[i].obj.State, files[i].Verification.State = catalog.LocationCorrupt, catalog.LocationCorrupt
 			f = files[i]
 		}
-		if f.obj.State == stateOK {
+		if f.obj.State == catalog.LocationOK {
 			continue
 		}
 		st := f.obj.State
 		if st == "" {
-			st = stateMissing
+			st = catalog.LocationMissing
 		}
 		e := unservable("", st)
 		if worst == nil || worseThan(e.code, worst.code) {
@@ -451,7 +374,7 @@ func (s *Server) copyObject(r *http.Request, w io.Writer, o object) error {
 func countOK(files []fileRow) int {
 	n := 0
 	for _, f := range files {
-		if f.obj.State == stateOK {
+		if f.obj.State == catalog.LocationOK {
 			n++
 		}
 	}

@@ -203,12 +203,13 @@ func (t Topology) Roles() []Role {
 		{
 			Name:     RoleAuditor,
 			Commands: "`audit --checkpoints`, `checkpoint verify`",
+			// Both streams are read through ephemeral consumers that expire
+			// on their own (bus.ReadStream): no consumer delete, which would
+			// let the auditor delete other systems' durables.
 			Publish: []Grant{
-				{api + ".STREAM.INFO." + t.CheckpointsStream, "open the checkpoints stream"},
-				{api + ".CONSUMER.CREATE." + t.CheckpointsStream + ".*." + t.CheckpointsSubject(), "read every checkpoint (ordered consumer)"},
+				{api + ".CONSUMER.CREATE." + t.CheckpointsStream + ".*." + t.CheckpointsSubject(), "read every checkpoint (ephemeral consumer)"},
 				{api + ".CONSUMER.MSG.NEXT." + t.CheckpointsStream + ".*", "pull the checkpoints"},
-				{api + ".STREAM.INFO." + t.EventsStream, "open the events stream (`checkpoint verify --events-stream`)"},
-				{api + ".CONSUMER.CREATE." + t.EventsStream + ".*." + t.SubjectRoot + ".events.>", "read the published events (ordered consumer)"},
+				{api + ".CONSUMER.CREATE." + t.EventsStream + ".*." + t.SubjectRoot + ".events.>", "read the published events (`checkpoint verify --events-stream`; ephemeral consumer)"},
 				{api + ".CONSUMER.MSG.NEXT." + t.EventsStream + ".*", "pull the published events"},
 			},
 			Subscribe: []Grant{inbox},

@@ -465,7 +465,8 @@ func TestOutsiderVerifiesWithTheStandardLibrary(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The public key file: <name>+<8 hex key hash>+<base64(0x01 ‖ key)>.
-	parts := strings.Split(k.public, "+")
+	// The name holds no '+', the base64 key may: split at the first two.
+	parts := strings.SplitN(k.public, "+", 3)
 	raw, err := base64.StdEncoding.DecodeString(parts[2])
 	if err != nil || len(raw) != 33 || raw[0] != 1 {
 		t.Fatalf("public key %q", k.public)

@@ -18,9 +18,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 )
@@ -33,11 +33,23 @@ var ErrNotFound = errors.New("nothing is known about it")
 // thousands of packages gives a readable answer.
 const maxHistoryPackages = 50
 
+// catalogReader is what an Explainer reads of the projections.
+type catalogReader interface {
+	Locations(ctx context.Context, addr digest.Address) ([]catalog.Location, error)
+	References(ctx context.Context, addr digest.Address) ([]catalog.Reference, error)
+	Package(ctx context.Context, name string) (catalog.Package, error)
+	Retention(ctx context.Context, name string) (catalog.Retention, error)
+	FileSummaries(ctx context.Context, pkg string) ([]catalog.FileSummary, error)
+}
+
+var _ catalogReader = (*catalog.Catalog)(nil)
+
 // Explainer reads the log and the projections of one database.
 type Explainer struct {
-	db    *pgxpool.Pool
-	codec *events.Codec
-	now   func() time.Time
+	db      *pgxpool.Pool // the event log
+	catalog catalogReader
+	codec   *events.Codec
+	now     func() time.Time
 }
 
 // New returns an Explainer; now is the clock that decides whether a
@@ -46,17 +58,17 @@ func New(db *pgxpool.Pool, codec *events.Codec, now func() time.Time) *Explainer
 	if now == nil {
 		now = time.Now
 	}
-	return &Explainer{db: db, codec: codec, now: now}
+	return &Explainer{db: db, catalog: catalog.New(db), codec: codec, now: now}
 }
 
 // Location is one storage location of an object.
 type Location struct {
-	Backend           string     `json:"backend"`
-	State             string     `json:"state"`
-	Size              int64      `json:"size"`
-	StoredAt          time.Time  `json:"stored_at"`
-	LastVerifiedAt    *time.Time `json:"last_verified_at,omitempty"`
-	VerificationCount int64      `json:"verification_count"`
+	Backend           string                `json:"backend"`
+	State             catalog.LocationState `json:"state"`
+	Size              int64                 `json:"size"`
+	StoredAt          time.Time             `json:"stored_at"`
+	LastVerifiedAt    *time.Time            `json:"last_verified_at,omitempty"`
+	VerificationCount int64                 `json:"verification_count"`
 	// RepairedAt is when a damaged or lost copy was last replaced by
 	// verified bytes; RepairCount how many times that happened.
 	RepairedAt  *time.Time `json:"repaired_at,omitempty"`
@@ -76,10 +88,10 @@ type Retention struct {
 
 // Reference is one path of one package that names the object.
 type Reference struct {
-	Package      string    `json:"package"`
-	Path         string    `json:"path"`
-	PackageState string    `json:"package_state"`
-	Retention    Retention `json:"retention"`
+	Package      string               `json:"package"`
+	Path         string               `json:"path"`
+	PackageState catalog.PackageState `json:"package_state"`
+	Retention    Retention            `json:"retention"`
 	// Keeps is true when this reference alone keeps the bytes from being
 	// reaped; Why says why (or why not) in words.
 	Keeps bool   `json:"keeps"`
@@ -111,44 +123,24 @@ type ObjectReport struct {
 func (x *Explainer) Object(ctx context.Context, addr digest.Address) (*ObjectReport, error) {
 	a := addr.String()
 	rep := &ObjectReport{Address: a, Locations: []Location{}, References: []Reference{}, History: []Entry{}}
-	rows, err := x.db.Query(ctx, `SELECT backend_id, state, size_bytes, stored_at, last_verified_at, verification_count,
-			repaired_at, repair_count
-		FROM storage_locations WHERE content_address = $1 ORDER BY backend_id`, a)
+	locs, err := x.catalog.Locations(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("explain %s: read locations: %w", a, err)
+		return nil, fmt.Errorf("explain %s: %w", a, err)
 	}
-	rep.Locations, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Location, error) {
-		var l Location
-		err := r.Scan(&l.Backend, &l.State, &l.Size, &l.StoredAt, &l.LastVerifiedAt, &l.VerificationCount, &l.RepairedAt, &l.RepairCount)
-		return l, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("explain %s: read locations: %w", a, err)
+	for _, l := range locs {
+		rep.Locations = append(rep.Locations, Location{Backend: l.Backend, State: l.State, Size: l.Size,
+			StoredAt: l.StoredAt, LastVerifiedAt: l.LastVerifiedAt, VerificationCount: l.VerificationCount,
+			RepairedAt: l.RepairedAt, RepairCount: l.RepairCount})
 	}
-
-	rows, err = x.db.Query(ctx, `SELECT f.package, f.path, coalesce(p.state, 'unknown'),
-			coalesce(r.retention_class, p.retention_class, ''), r.retain_until, coalesce(c.never_expires, false),
-			coalesce(r.legal_hold, false), coalesce(r.legal_hold_reason, ''), r.expired_at, r.reaped_at
-		FROM artifact_files f
-		LEFT JOIN artifact_packages p ON p.name = f.package
-		LEFT JOIN retention_state r ON r.package = f.package
-		LEFT JOIN retention_classes c ON c.name = coalesce(r.retention_class, p.retention_class)
-		WHERE f.content_address = $1
-		ORDER BY f.package COLLATE "C", f.path COLLATE "C"`, a)
+	refs, err := x.catalog.References(ctx, addr)
 	if err != nil {
-		return nil, fmt.Errorf("explain %s: read references: %w", a, err)
+		return nil, fmt.Errorf("explain %s: %w", a, err)
 	}
 	now := x.now()
-	rep.References, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Reference, error) {
-		var ref Reference
-		rt := &ref.Retention
-		err := r.Scan(&ref.Package, &ref.Path, &ref.PackageState, &rt.Class, &rt.RetainUntil, &rt.NeverExpires,
-			&rt.LegalHold, &rt.LegalHoldReason, &rt.ExpiredAt, &rt.ReapedAt)
-		ref.Keeps, ref.Why = keeps(*rt, now)
-		return ref, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("explain %s: read references: %w", a, err)
+	for _, r := range refs {
+		ref := Reference{Package: r.Package, Path: r.Path, PackageState: r.PackageState, Retention: retention(r.Retention)}
+		ref.Keeps, ref.Why = keeps(ref.Retention, now)
+		rep.References = append(rep.References, ref)
 	}
 
 	var pkgs []string
@@ -179,6 +171,11 @@ func (x *Explainer) Object(ctx context.Context, addr digest.Address) (*ObjectRep
 	}
 	rep.Verdict = objectVerdict(rep, hist)
 	return rep, nil
+}
+
+func retention(r catalog.Retention) Retention {
+	return Retention{Class: r.Class, RetainUntil: r.RetainUntil, NeverExpires: r.NeverExpires, LegalHold: r.LegalHold,
+		LegalHoldReason: r.LegalHoldReason, ExpiredAt: r.ExpiredAt, ReapedAt: r.ReapedAt}
 }
 
 // keeps applies the retention rules to one package.

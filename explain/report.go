@@ -10,8 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/events"
 )
 
@@ -97,9 +96,9 @@ func short(b []byte) string {
 
 // objectVerdict is the one-paragraph answer for an object.
 func objectVerdict(r *ObjectReport, hist []event) string {
-	state := ""
+	var state catalog.LocationState
 	for _, l := range r.Locations {
-		if state == "" || rank(l.State) < rank(state) {
+		if state == "" || l.State.Rank() < state.Rank() {
 			state = l.State
 		}
 	}
@@ -133,7 +132,7 @@ func objectVerdict(r *ObjectReport, hist []event) string {
 	switch state {
 	case "":
 		return "No stored location is recorded (never stored, or the projector has not caught up); " + refs() + "."
-	case "ok":
+	case catalog.LocationOK:
 		v := "Present and served; " + refs() + "."
 		if rp := lastRepair(hist); rp != nil {
 			p := rp.payload.(events.ObjectRepairedV1)
@@ -144,7 +143,7 @@ func objectVerdict(r *ObjectReport, hist []event) string {
 			v += " Nothing keeps it: the reaper may delete it on its next run."
 		}
 		return v
-	case "deleted":
+	case catalog.LocationDeleted:
 		v := "Deleted"
 		if d := last(events.TypeObjectDeleted); d != nil {
 			v += " at " + day(d.At) + " by " + d.Actor
@@ -153,13 +152,13 @@ func objectVerdict(r *ObjectReport, hist []event) string {
 			}
 		}
 		return v + "; " + refs() + "."
-	case "corrupt":
+	case catalog.LocationCorrupt:
 		v := "Corrupt: its bytes failed verification"
 		if c := last(events.TypeObjectCorrupt); c != nil {
 			v += " at " + day(c.At)
 		}
 		return v + " and are not served; restore it from another copy. " + capitalize(refs()) + "."
-	case "missing":
+	case catalog.LocationMissing:
 		v := "Missing: the backend does not hold its bytes"
 		if c := last(events.TypeObjectMissing); c != nil {
 			v += " (found at " + day(c.At) + ")"
@@ -188,19 +187,6 @@ func lastRepair(hist []event) *event {
 	return nil
 }
 
-func rank(state string) int {
-	switch state {
-	case "ok":
-		return 0
-	case "corrupt":
-		return 1
-	case "missing":
-		return 2
-	default:
-		return 3
-	}
-}
-
 func capitalize(s string) string {
 	if s == "" {
 		return s
@@ -215,65 +201,51 @@ type PackageFile struct {
 	Size    int64  `json:"size"`
 	// State is the best location state of the object (ok, corrupt,
 	// missing, deleted) or "unknown" when none is recorded.
-	State string `json:"state"`
+	State catalog.LocationState `json:"state"`
 	// SharedWith counts the other packages that reference the object.
 	SharedWith int `json:"shared_with"`
 }
 
 // PackageReport explains one package.
 type PackageReport struct {
-	Name       string        `json:"name"`
-	Verdict    string        `json:"verdict"`
-	State      string        `json:"state"`
-	CreatedAt  *time.Time    `json:"created_at,omitempty"`
-	SealedAt   *time.Time    `json:"sealed_at,omitempty"`
-	FileCount  int64         `json:"file_count"`
-	TotalBytes int64         `json:"total_bytes"`
-	Retention  *Retention    `json:"retention,omitempty"`
-	Files      []PackageFile `json:"files"`
-	History    []Entry       `json:"history"`
+	Name       string               `json:"name"`
+	Verdict    string               `json:"verdict"`
+	State      catalog.PackageState `json:"state"`
+	CreatedAt  *time.Time           `json:"created_at,omitempty"`
+	SealedAt   *time.Time           `json:"sealed_at,omitempty"`
+	FileCount  int64                `json:"file_count"`
+	TotalBytes int64                `json:"total_bytes"`
+	Retention  *Retention           `json:"retention,omitempty"`
+	Files      []PackageFile        `json:"files"`
+	History    []Entry              `json:"history"`
 }
 
 // Package explains the package name. It fails with ErrNotFound when
 // neither the projections nor the log know it.
 func (x *Explainer) Package(ctx context.Context, name string) (*PackageReport, error) {
-	rep := &PackageReport{Name: name, State: "unknown", Files: []PackageFile{}, History: []Entry{}}
+	rep := &PackageReport{Name: name, State: catalog.PackageUnknown, Files: []PackageFile{}, History: []Entry{}}
 	var class string
-	err := x.db.QueryRow(ctx, `SELECT state, created_at, sealed_at, file_count, total_bytes, retention_class
-		FROM artifact_packages WHERE name = $1`, name).
-		Scan(&rep.State, &rep.CreatedAt, &rep.SealedAt, &rep.FileCount, &rep.TotalBytes, &class)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("explain package %q: %w", name, err)
-	}
-	var rt Retention
-	err = x.db.QueryRow(ctx, `SELECT r.retention_class, r.retain_until, coalesce(c.never_expires, false), r.legal_hold,
-			coalesce(r.legal_hold_reason, ''), r.expired_at, r.reaped_at
-		FROM retention_state r LEFT JOIN retention_classes c ON c.name = r.retention_class
-		WHERE r.package = $1`, name).
-		Scan(&rt.Class, &rt.RetainUntil, &rt.NeverExpires, &rt.LegalHold, &rt.LegalHoldReason, &rt.ExpiredAt, &rt.ReapedAt)
+	p, err := x.catalog.Package(ctx, name)
 	switch {
 	case err == nil:
-		rep.Retention = &rt
-	case !errors.Is(err, pgx.ErrNoRows):
+		rep.State, rep.CreatedAt, rep.SealedAt, rep.FileCount, rep.TotalBytes, class = p.State, &p.CreatedAt, p.SealedAt, p.FileCount, p.TotalBytes, p.Class
+	case !errors.Is(err, catalog.ErrNotFound):
 		return nil, fmt.Errorf("explain package %q: %w", name, err)
 	}
-	rows, err := x.db.Query(ctx, `SELECT f.path, f.content_address, f.size_bytes,
-			coalesce((SELECT state FROM storage_locations l WHERE l.content_address = f.content_address
-				ORDER BY CASE state WHEN 'ok' THEN 0 WHEN 'corrupt' THEN 1 WHEN 'missing' THEN 2 ELSE 3 END LIMIT 1), 'unknown'),
-			(SELECT count(DISTINCT o.package) FROM artifact_files o WHERE o.content_address = f.content_address AND o.package <> f.package)
-		FROM artifact_files f WHERE f.package = $1 ORDER BY f.path COLLATE "C"`, name)
-	if err != nil {
-		return nil, fmt.Errorf("explain package %q: read files: %w", name, err)
+	rt, err := x.catalog.Retention(ctx, name)
+	switch {
+	case err == nil:
+		r := retention(rt)
+		rep.Retention = &r
+	case !errors.Is(err, catalog.ErrNotFound):
+		return nil, fmt.Errorf("explain package %q: %w", name, err)
 	}
-	rep.Files, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (PackageFile, error) {
-		var f PackageFile
-		var shared int64
-		err := r.Scan(&f.Path, &f.Address, &f.Size, &f.State, &shared)
-		f.SharedWith = int(shared)
-		return f, err
-	})
+	files, err := x.catalog.FileSummaries(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("explain package %q: read files: %w", name, err)
+		return nil, fmt.Errorf("explain package %q: %w", name, err)
+	}
+	for _, f := range files {
+		rep.Files = append(rep.Files, PackageFile{Path: f.Path, Address: f.Address, Size: f.Size, State: f.State, SharedWith: int(f.SharedWith)})
 	}
 	hist, err := x.history(ctx, `subject_kind = 'package' AND subject_id = $1`, name)
 	if err != nil {
@@ -282,7 +254,7 @@ func (x *Explainer) Package(ctx context.Context, name string) (*PackageReport, e
 	for _, h := range hist {
 		rep.History = append(rep.History, h.Entry)
 	}
-	if rep.State == "unknown" && rep.Retention == nil && len(rep.Files) == 0 && len(rep.History) == 0 {
+	if rep.State == catalog.PackageUnknown && rep.Retention == nil && len(rep.Files) == 0 && len(rep.History) == 0 {
 		return nil, fmt.Errorf("package %q: %w: no projection row and no event names it", name, ErrNotFound)
 	}
 	if class == "" && rep.Retention != nil {
@@ -297,12 +269,12 @@ func packageVerdict(r *PackageReport, class string, now time.Time) string {
 		return fmt.Sprintf("Package in state %s with no retention recorded yet (the projector may be behind).", r.State)
 	}
 	_, why := keeps(*r.Retention, now)
-	counts := map[string]int{}
+	counts := map[catalog.LocationState]int{}
 	for _, f := range r.Files {
 		counts[f.State]++
 	}
 	var parts []string
-	for _, st := range []string{"ok", "corrupt", "missing", "deleted", "unknown"} {
+	for _, st := range append(catalog.LocationStates(), catalog.LocationUnknown) {
 		if counts[st] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[st], st))
 		}

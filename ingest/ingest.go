@@ -81,6 +81,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
@@ -226,6 +227,8 @@ type Ingester struct {
 	config  *configCache
 	commit  *committer
 	staging jetstream.ObjectStore
+	// locations reads the projected state of stored copies (condition).
+	locations locationReader
 
 	mu       sync.Mutex
 	consumer *bus.Consumer
@@ -245,6 +248,8 @@ func New(cfg Config) (*Ingester, error) {
 		dec:    commands.NewDecoder(cfg.Codec),
 		config: newConfigCache(cfg.ConfigMaxAge, cfg.Now),
 		stop:   make(chan struct{}),
+
+		locations: catalog.New(cfg.Pool),
 	}
 	ing.commit = newCommitter(ing)
 	return ing, nil

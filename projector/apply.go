@@ -4,23 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/events"
-)
-
-// Package states (artifact_packages.state).
-const (
-	StateOpen    = "open"
-	StateSealed  = "sealed"
-	StateExpired = "expired"
-	StateReaped  = "reaped"
-)
-
-// Location states (storage_locations.state).
-const (
-	LocationOK      = "ok"
-	LocationCorrupt = "corrupt"
-	LocationMissing = "missing"
-	LocationDeleted = "deleted"
 )
 
 type pkgRow struct {
@@ -31,7 +16,7 @@ type pkgRow struct {
 	SealedAt   *time.Time
 	FileCount  int64
 	TotalBytes int64
-	State      string
+	State      catalog.PackageState
 	dirty      bool
 	existed    bool // loaded from the table (else created in this batch)
 }
@@ -65,13 +50,13 @@ type locRow struct {
 	BLAKE3       []byte
 	SHA256       []byte
 	Size         int64
-	State        string
+	State        catalog.LocationState
 	StoredAt     time.Time
 	LastVerified *time.Time
 	Verified     int64
 	RepairedAt   *time.Time
 	Repairs      int64
-	Tier         string
+	Tier         catalog.RetrievalTier
 	Restore      *string
 	dirty        bool
 	existed      bool
@@ -212,7 +197,7 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		// Counters start at zero even if files were recorded for the name
 		// before its creation: the effect must not depend on rows outside
 		// the event's own keys.
-		pr := &pkgRow{Name: p.Name, Class: p.RetentionClass, Metadata: meta, CreatedAt: at, State: StateOpen, dirty: true}
+		pr := &pkgRow{Name: p.Name, Class: p.RetentionClass, Metadata: meta, CreatedAt: at, State: catalog.PackageOpen, dirty: true}
 		s.pkgs[p.Name] = pr
 	case events.PackageSealedV1:
 		pr := s.pkgs[p.Name]
@@ -222,8 +207,8 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		}
 		if pr.SealedAt == nil {
 			pr.SealedAt = tp(at)
-			if pr.State == StateOpen {
-				pr.State = StateSealed
+			if pr.State == catalog.PackageOpen {
+				pr.State = catalog.PackageSealed
 			}
 			pr.dirty = true
 		}
@@ -256,12 +241,12 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		if l == nil {
 			s.putLoc(&locRow{
 				Address: k.Address, Backend: k.Backend, Algorithm: p.Address.Algorithm().String(),
-				BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, State: LocationOK, StoredAt: at, Tier: "hot", dirty: true,
+				BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, State: catalog.LocationOK, StoredAt: at, Tier: catalog.TierHot, dirty: true,
 			})
 			return nil
 		}
-		if l.State == LocationDeleted {
-			l.State = LocationOK
+		if l.State == catalog.LocationDeleted {
+			l.State = catalog.LocationOK
 			l.StoredAt = at
 			l.dirty = true
 		}
@@ -271,11 +256,11 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		if l == nil {
 			l = &locRow{
 				Address: k.Address, Backend: k.Backend, Algorithm: p.Address.Algorithm().String(),
-				BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, Tier: "hot",
+				BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, Tier: catalog.TierHot,
 			}
 			s.putLoc(l)
 		}
-		l.State, l.StoredAt, l.RepairedAt = LocationOK, at, tp(at)
+		l.State, l.StoredAt, l.RepairedAt = catalog.LocationOK, at, tp(at)
 		l.Repairs++
 		l.dirty = true
 	case events.RetentionAssignedV1:
@@ -298,11 +283,11 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		}
 		r.Hold, r.HoldReason, r.dirty = false, nil, true
 	case events.ObjectVerifiedV1:
-		s.verify(e, p.Address.String(), p.BackendID, LocationOK, at)
+		s.verify(e, p.Address.String(), p.BackendID, catalog.LocationOK, at)
 	case events.ObjectCorruptV1:
-		s.verify(e, p.Address.String(), p.BackendID, LocationCorrupt, at)
+		s.verify(e, p.Address.String(), p.BackendID, catalog.LocationCorrupt, at)
 	case events.ObjectMissingV1:
-		s.verify(e, p.Address.String(), p.BackendID, LocationMissing, at)
+		s.verify(e, p.Address.String(), p.BackendID, catalog.LocationMissing, at)
 	case events.RetentionExpiredV1:
 		r := s.ret[p.Package]
 		if r == nil {
@@ -311,8 +296,8 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 		}
 		if r.ExpiredAt == nil {
 			r.ExpiredAt, r.dirty = tp(at), true
-			if pr := s.pkgs[p.Package]; pr != nil && pr.State != StateReaped {
-				pr.State, pr.dirty = StateExpired, true
+			if pr := s.pkgs[p.Package]; pr != nil && pr.State != catalog.PackageReaped {
+				pr.State, pr.dirty = catalog.PackageExpired, true
 			}
 		}
 		s.reap(p.Package, at)
@@ -323,8 +308,8 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 			s.dangle(e.Sequence, e.Type, "location %s on %q does not exist", k.Address, k.Backend)
 			return nil
 		}
-		if l.State != LocationDeleted {
-			l.State, l.dirty = LocationDeleted, true
+		if l.State != catalog.LocationDeleted {
+			l.State, l.dirty = catalog.LocationDeleted, true
 		}
 		for name := range s.pkgsByAddr[k.Address] {
 			s.reap(name, at)
@@ -354,7 +339,7 @@ func (s *state) setRetention(pkg, class string, until *time.Time) {
 	}
 }
 
-func (s *state) verify(e events.Event, addr, backend, st string, at time.Time) {
+func (s *state) verify(e events.Event, addr, backend string, st catalog.LocationState, at time.Time) {
 	l := s.locs[locKey{addr, backend}]
 	if l == nil {
 		s.dangle(e.Sequence, e.Type, "location %s on %q does not exist", addr, backend)
@@ -362,7 +347,7 @@ func (s *state) verify(e events.Event, addr, backend, st string, at time.Time) {
 	}
 	l.LastVerified = tp(at)
 	l.Verified++
-	if l.State != LocationDeleted {
+	if l.State != catalog.LocationDeleted {
 		l.State = st
 	}
 	l.dirty = true
@@ -382,13 +367,13 @@ func (s *state) reap(pkg string, at time.Time) {
 	for fk := range s.filesByPkg[pkg] {
 		f := s.files[fk]
 		for lk := range s.locsByAddr[f.Address] {
-			if s.locs[lk].State != LocationDeleted {
+			if s.locs[lk].State != catalog.LocationDeleted {
 				return
 			}
 		}
 	}
 	r.ReapedAt, r.dirty = tp(at), true
 	if pr := s.pkgs[pkg]; pr != nil {
-		pr.State, pr.dirty = StateReaped, true
+		pr.State, pr.dirty = catalog.PackageReaped, true
 	}
 }

@@ -60,7 +60,7 @@ func BenchmarkCatchUp(b *testing.B) {
 
 	var baseline, project float64
 	b.Run("baseline_copyfrom", func(b *testing.B) {
-		if _, err := f.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS events_copy (LIKE events)`); err != nil {
+		if _, err := f.pool.Exec(ctx, `CREATE TABLE IF NOT EXISTS events_copy (LIKE events INCLUDING DEFAULTS)`); err != nil {
 			b.Fatal(err)
 		}
 		var total time.Duration

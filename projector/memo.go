@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/artifactstore/artifactstore/catalog"
 )
 
 // memo is what the projector remembers between batches, valid only while
@@ -275,7 +277,7 @@ func (x *memo) update(s *state, seq int64) {
 func (s *state) liveLocation(pkg string) (locKey, bool) {
 	for fk := range s.filesByPkg[pkg] {
 		for lk := range s.locsByAddr[s.files[fk].Address] {
-			if s.locs[lk].State != LocationDeleted {
+			if s.locs[lk].State != catalog.LocationDeleted {
 				return lk, true
 			}
 		}
@@ -289,7 +291,7 @@ func loadMemo(ctx context.Context, tx pgx.Tx, t tables, seq int64, oid uint32) (
 		LEFT JOIN LATERAL (
 			SELECT l.content_address, l.backend_id FROM `+t.files+` f
 			JOIN `+t.locations+` l ON l.content_address = f.content_address
-			WHERE f.package = r.package AND l.state <> 'deleted' LIMIT 1) w ON true
+			WHERE f.package = r.package AND l.state <> '`+string(catalog.LocationDeleted)+`' LIMIT 1) w ON true
 		WHERE r.expired_at IS NOT NULL AND r.reaped_at IS NULL`)
 	if err != nil {
 		return nil, fmt.Errorf("load expired packages: %w", err)

@@ -50,6 +50,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/events"
 )
 
@@ -689,17 +690,9 @@ func (p *Projector) Status(ctx context.Context) (Status, error) {
 }
 
 // Checkpoint returns the last sequence the projector name applied (0 if it
-// never ran).
+// never ran), as the catalog reads it.
 func Checkpoint(ctx context.Context, pool *pgxpool.Pool, name string) (int64, error) {
-	var cp int64
-	err := pool.QueryRow(ctx, `SELECT sequence FROM projector_checkpoints WHERE projector = $1`, name).Scan(&cp)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("read checkpoint of projector %q: %w", name, err)
-	}
-	return cp, nil
+	return catalog.New(pool).Checkpoint(ctx, name)
 }
 
 // WaitFor blocks until the default projector has applied sequence seq
@@ -724,9 +717,9 @@ func WaitForProjector(ctx context.Context, pool *pgxpool.Pool, name string, seq 
 	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
 		return fmt.Errorf("wait for projection of %d: %w", seq, err)
 	}
+	cat := catalog.New(conn)
 	for {
-		var cp int64
-		err := conn.QueryRow(ctx, `SELECT coalesce((SELECT sequence FROM projector_checkpoints WHERE projector = $1), 0)`, name).Scan(&cp)
+		cp, err := cat.Checkpoint(ctx, name)
 		if err != nil {
 			return fmt.Errorf("wait for projection of %d: %w", seq, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/projector"
@@ -65,7 +66,7 @@ func TestReapIndexFollowsFiles(t *testing.T) {
 		if err := f.pool.QueryRow(ctx, `SELECT state FROM artifact_packages WHERE name = $1`, pkg).Scan(&state); err != nil {
 			t.Fatal(err)
 		}
-		if want := map[bool]string{true: projector.StateReaped, false: projector.StateExpired}[i == len(steps)-1]; i > 0 && state != want {
+		if want := map[bool]string{true: string(catalog.PackageReaped), false: string(catalog.PackageExpired)}[i == len(steps)-1]; i > 0 && state != want {
 			t.Errorf("after step %d: package state %q, want %q", i, state, want)
 		}
 	}

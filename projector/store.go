@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/events"
 )
 
@@ -131,9 +132,11 @@ const (
 func scanPkg(row pgx.CollectableRow) (*pkgRow, error) {
 	var r pkgRow
 	var sealed pgtype.Timestamptz
-	if err := row.Scan(&r.Name, &r.Class, &r.Metadata, &r.CreatedAt, &sealed, &r.FileCount, &r.TotalBytes, &r.State); err != nil {
+	var st string
+	if err := row.Scan(&r.Name, &r.Class, &r.Metadata, &r.CreatedAt, &sealed, &r.FileCount, &r.TotalBytes, &st); err != nil {
 		return nil, err
 	}
+	r.State = catalog.PackageState(st)
 	r.CreatedAt = r.CreatedAt.UTC()
 	r.SealedAt = nullTime(sealed)
 	r.existed = true
@@ -156,9 +159,11 @@ func scanLoc(row pgx.CollectableRow) (*locRow, error) {
 	var r locRow
 	var lv, ra pgtype.Timestamptz
 	var rs pgtype.Text
-	if err := row.Scan(&r.Address, &r.Backend, &r.Algorithm, &r.BLAKE3, &r.SHA256, &r.Size, &r.State, &r.StoredAt, &lv, &r.Verified, &r.Tier, &rs, &ra, &r.Repairs); err != nil {
+	var st, tier string
+	if err := row.Scan(&r.Address, &r.Backend, &r.Algorithm, &r.BLAKE3, &r.SHA256, &r.Size, &st, &r.StoredAt, &lv, &r.Verified, &tier, &rs, &ra, &r.Repairs); err != nil {
 		return nil, err
 	}
+	r.State, r.Tier = catalog.LocationState(st), catalog.RetrievalTier(tier)
 	r.StoredAt = r.StoredAt.UTC()
 	r.LastVerified = nullTime(lv)
 	r.RepairedAt = nullTime(ra)
@@ -174,7 +179,10 @@ func scanPartialFile(row pgx.CollectableRow) (*fileRow, error) {
 
 func scanPartialLoc(row pgx.CollectableRow) (*locRow, error) {
 	r := locRow{existed: true, partial: true}
-	return &r, row.Scan(&r.Address, &r.Backend, &r.State)
+	var st string
+	err := row.Scan(&r.Address, &r.Backend, &st)
+	r.State = catalog.LocationState(st)
+	return &r, err
 }
 
 func scanRet(row pgx.CollectableRow) (*retRow, error) {
@@ -454,7 +462,7 @@ func write(ctx context.Context, tx pgx.Tx, b *pgx.Batch, t tables, s *state) err
 		if !r.dirty || !r.existed {
 			continue
 		}
-		pn, pc, pm, ps = append(pn, r.Name), append(pc, r.Class), append(pm, r.Metadata), append(ps, r.State)
+		pn, pc, pm, ps = append(pn, r.Name), append(pc, r.Class), append(pm, r.Metadata), append(ps, string(r.State))
 		pca, psa = append(pca, r.CreatedAt), append(psa, ts(r.SealedAt))
 		pfc, ptb = append(pfc, r.FileCount), append(ptb, r.TotalBytes)
 	}
@@ -507,7 +515,7 @@ func write(ctx context.Context, tx pgx.Tx, b *pgx.Batch, t tables, s *state) err
 		if !r.dirty || !r.existed {
 			continue
 		}
-		la, lb, lalg, lst, ltier = append(la, r.Address), append(lb, r.Backend), append(lalg, r.Algorithm), append(lst, r.State), append(ltier, r.Tier)
+		la, lb, lalg, lst, ltier = append(la, r.Address), append(lb, r.Backend), append(lalg, r.Algorithm), append(lst, string(r.State)), append(ltier, string(r.Tier))
 		lb3, ls2 = append(lb3, r.BLAKE3), append(ls2, r.SHA256)
 		lsz, lcnt = append(lsz, r.Size), append(lcnt, r.Verified)
 		lsa, llv, lrs = append(lsa, r.StoredAt), append(llv, ts(r.LastVerified)), append(lrs, txt(r.Restore))
@@ -555,7 +563,7 @@ func copyNew(ctx context.Context, tx pgx.Tx, t tables, s *state) error {
 	var rows [][]any
 	for _, r := range s.pkgs {
 		if r.dirty && !r.existed {
-			rows = append(rows, []any{r.Name, r.Class, []byte(r.Metadata), r.CreatedAt, ts(r.SealedAt), r.FileCount, r.TotalBytes, r.State})
+			rows = append(rows, []any{r.Name, r.Class, []byte(r.Metadata), r.CreatedAt, ts(r.SealedAt), r.FileCount, r.TotalBytes, string(r.State)})
 		}
 	}
 	if err := copyRows(ctx, tx, t.packages, []string{"name", "retention_class", "metadata", "created_at", "sealed_at", "file_count", "total_bytes", "state"}, rows); err != nil {
@@ -573,7 +581,7 @@ func copyNew(ctx context.Context, tx pgx.Tx, t tables, s *state) error {
 	rows = rows[:0]
 	for _, r := range s.locs {
 		if r.dirty && !r.existed {
-			rows = append(rows, []any{r.Address, r.Backend, r.Algorithm, r.BLAKE3, r.SHA256, r.Size, r.State, r.StoredAt, ts(r.LastVerified), r.Verified, r.Tier, txt(r.Restore), ts(r.RepairedAt), r.Repairs})
+			rows = append(rows, []any{r.Address, r.Backend, r.Algorithm, r.BLAKE3, r.SHA256, r.Size, string(r.State), r.StoredAt, ts(r.LastVerified), r.Verified, string(r.Tier), txt(r.Restore), ts(r.RepairedAt), r.Repairs})
 		}
 	}
 	if err := copyRows(ctx, tx, t.locations, []string{"content_address", "backend_id", "digest_algorithm", "digest_blake3", "digest_sha256", "size_bytes", "state", "stored_at", "last_verified_at", "verification_count", "retrieval_tier", "restore_status", "repaired_at", "repair_count"}, rows); err != nil {

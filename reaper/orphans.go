@@ -3,10 +3,12 @@ package reaper
 import (
 	"context"
 	"fmt"
+	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/storage"
 )
 
@@ -71,11 +73,15 @@ func (r *Reaper) classify(ctx context.Context, s Store, batch []storage.ObjectIn
 		if err != nil {
 			return err
 		}
-		referenced, err := addressSet(ctx, tx, `SELECT content_address FROM ingest_files WHERE content_address = ANY($2)
-			UNION SELECT content_address FROM storage_locations WHERE backend_id = $1 AND state <> 'deleted' AND content_address = ANY($2)`, s.BackendID, addrs)
+		referenced, err := addressSet(ctx, tx, `SELECT content_address FROM ingest_files WHERE content_address = ANY($1)`, addrs)
 		if err != nil {
 			return err
 		}
+		live, err := liveIn(tx).LiveAddresses(ctx, s.BackendID, addrs)
+		if err != nil {
+			return err
+		}
+		maps.Copy(referenced, live)
 		now := r.cfg.Now().UTC()
 		for _, oi := range batch {
 			a := oi.Address.String()
@@ -121,6 +127,18 @@ func (r *Reaper) classify(ctx context.Context, s Store, batch []storage.ObjectIn
 	}
 	return r.lockedTx(ctx, work)
 }
+
+// liveLocations is what the orphan check reads of the projections: which
+// addresses have a location on a backend that is not deleted.
+type liveLocations interface {
+	LiveAddresses(ctx context.Context, backendID string, addrs []string) (map[string]bool, error)
+}
+
+var _ liveLocations = (*catalog.Catalog)(nil)
+
+// liveIn reads the catalog in the transaction tx, so that the check sees
+// what the transaction sees.
+func liveIn(tx pgx.Tx) liveLocations { return catalog.New(tx) }
 
 func addressSet(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[string]bool, error) {
 	rows, err := tx.Query(ctx, sql, args...)

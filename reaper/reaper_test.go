@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/reaper"
@@ -280,6 +281,37 @@ func TestOrphans(t *testing.T) {
 	}
 	if n := e.countEvents(events.TypeObjectDeleted); n != 0 {
 		t.Fatalf("an orphan produced %d object.deleted events", n)
+	}
+}
+
+// TestOrphansKnownByTheCatalog: a file no package-state row knows, but
+// that has a location on its backend in the catalog (not deleted), is
+// adopted, not quarantined; a deleted location, or one on another backend,
+// does not save a file.
+func TestOrphansKnownByTheCatalog(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	located, deleted, elsewhere := e.store([]byte("located")), e.store([]byte("deleted")), e.store([]byte("elsewhere"))
+	for _, l := range []struct {
+		data    string
+		backend string
+		state   catalog.LocationState
+	}{{"located", e.be.ID(), catalog.LocationOK}, {"deleted", e.be.ID(), catalog.LocationDeleted}, {"elsewhere", "other", catalog.LocationOK}} {
+		d, err := digest.Compute(strings.NewReader(l.data), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.exec(`INSERT INTO storage_locations (content_address, backend_id, digest_algorithm, digest_blake3, digest_sha256, size_bytes, state, stored_at)
+			VALUES ($1, $2, 'blake3', $3, $4, $5, $6, $7)`, d.Address(digest.BLAKE3).String(), l.backend, d.BLAKE3[:], d.SHA256[:], d.Size, string(l.state), e.clock.Now())
+	}
+	e.clock.Advance(2 * day)
+	rep := e.runOnce(e.reaper(nil))
+	if !rep.OrphanScan || rep.Adopted != 1 || rep.Orphans != 2 || rep.Quarantined != 2 {
+		t.Fatalf("scan = %+v; want 1 adopted, 2 orphans quarantined", rep)
+	}
+	if e.gcState(located) != "live" || !e.exists(located) || e.exists(deleted) || e.exists(elsewhere) {
+		t.Fatalf("after the scan: located %s (exists %v), deleted exists %v, elsewhere exists %v; want only the located one kept, live",
+			e.gcState(located), e.exists(located), e.exists(deleted), e.exists(elsewhere))
 	}
 }
 

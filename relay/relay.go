@@ -8,6 +8,12 @@
 // event published just before a crash is not published again even when the
 // stream's duplicate window has passed; inside the window a republish is
 // dropped by JetStream anyway.
+//
+// In order and without gaps: resuming after the stream's last event is
+// right only if nothing before it is missing. Publishes are pipelined, so
+// each carries the stream sequence it must follow (Nats-Expected-Last-
+// Sequence): when JetStream refuses event N, it refuses every later event
+// of the round too, and the next round starts again at N.
 package relay
 
 import (
@@ -164,7 +170,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // RunOnce publishes at most one batch and returns how many events it
 // published.
 func (r *Relay) RunOnce(ctx context.Context) (int, error) {
-	after, cp, err := r.resumePoint(ctx)
+	after, cp, streamSeq, err := r.resumePoint(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -182,12 +188,17 @@ func (r *Relay) RunOnce(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	futures := make([]jetstream.PubAckFuture, 0, len(evs))
-	for _, e := range evs {
+	for i, e := range evs {
 		msg, err := r.message(e)
 		if err != nil {
 			return 0, err
 		}
-		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(strconv.FormatInt(e.Sequence, 10)), jetstream.WithExpectStream(r.cfg.Stream))
+		// Event i may only land right after event i-1: should JetStream
+		// refuse one event, the ones after it, already on their way, must
+		// not be stored, or the next round would resume past the refused
+		// one.
+		f, err := r.js.PublishMsgAsync(msg, jetstream.WithMsgID(strconv.FormatInt(e.Sequence, 10)), jetstream.WithExpectStream(r.cfg.Stream),
+			jetstream.WithExpectLastSequence(streamSeq+uint64(i)))
 		if err != nil {
 			return 0, fmt.Errorf("publish event %d: %w", e.Sequence, err)
 		}
@@ -240,33 +251,34 @@ func (r *Relay) message(e events.Event) (*nats.Msg, error) {
 	return m, nil
 }
 
-// resumePoint returns the larger of the checkpoint and the newest sequence
-// in the stream, and the checkpoint.
-func (r *Relay) resumePoint(ctx context.Context) (after, checkpoint int64, err error) {
+// resumePoint returns the larger of the checkpoint and the newest event
+// sequence in the stream, the checkpoint, and the stream's last message
+// sequence (which the next publish must follow).
+func (r *Relay) resumePoint(ctx context.Context) (after, checkpoint int64, streamSeq uint64, err error) {
 	cp, err := r.Checkpoint(ctx)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	s, err := r.js.Stream(ctx, r.cfg.Stream)
 	if err != nil {
-		return 0, 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
+		return 0, 0, 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return 0, 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
+		return 0, 0, 0, fmt.Errorf("events stream %s: %w", r.cfg.Stream, err)
 	}
 	if info.State.Msgs == 0 {
-		return cp, cp, nil
+		return cp, cp, info.State.LastSeq, nil
 	}
 	last, err := s.GetMsg(ctx, info.State.LastSeq)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read the last message of %s: %w", r.cfg.Stream, err)
+		return 0, 0, 0, fmt.Errorf("read the last message of %s: %w", r.cfg.Stream, err)
 	}
 	seq, err := strconv.ParseInt(last.Header.Get(HeaderSequence), 10, 64)
 	if err != nil {
-		return 0, 0, fmt.Errorf("last message of %s has no valid %s header: %w", r.cfg.Stream, HeaderSequence, err)
+		return 0, 0, 0, fmt.Errorf("last message of %s has no valid %s header: %w", r.cfg.Stream, HeaderSequence, err)
 	}
-	return max(cp, seq), cp, nil
+	return max(cp, seq), cp, info.State.LastSeq, nil
 }
 
 // Checkpoint returns the last sequence the relay recorded as published.

@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -273,5 +275,94 @@ func TestResumeAfterLostCheckpoint(t *testing.T) {
 	}
 	if cp, _ := r.Checkpoint(ctx); cp != 55 {
 		t.Fatalf("checkpoint %d, want 55", cp)
+	}
+}
+
+// TestFailedPublishIsNotSkipped: JetStream refuses one event of a batch
+// (too large for the stream, a real refusal of the server) while the events
+// after it would fit. The relay must neither skip the refused event nor let
+// a later one overtake it: once the stream accepts it, the stream holds
+// every event once, in log order.
+func TestFailedPublishIsNotSkipped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool, _ := pgtest.NewDB(t)
+	ns := natstest.Start(t)
+	js, err := jetstream.New(ns.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := topology(natstest.Prefix(t))
+	if err := bus.EnsureTopology(ctx, js, top); err != nil {
+		t.Fatal(err)
+	}
+	setMaxMsgSize := func(n int32) {
+		t.Helper()
+		s, err := js.Stream(ctx, top.EventsStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.MaxMsgSize = n
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An ordinary event's message is well under 4 KiB; event 3's name
+	// alone is 16 KiB.
+	setMaxMsgSize(4 << 10)
+	log := events.NewLog(pool, events.NewCodec())
+	for i := 1; i <= 6; i++ {
+		name := fmt.Sprintf("pkg-%d", i)
+		if i == 3 {
+			name += "-" + strings.Repeat("x", 16<<10)
+		}
+		if _, err := log.Append(ctx, events.Batch{Events: []events.Draft{{SubjectKind: events.SubjectPackage, SubjectID: name, Actor: "test",
+			Payload: events.PackageSealedV1{Name: name}}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := newRelay(t, pool, js, top, zerolog.New(zerolog.NewTestWriter(t)))
+	if n, err := r.RunOnce(ctx); err == nil || !strings.Contains(err.Error(), "publish event 3") || n != 2 {
+		t.Fatalf("RunOnce with event 3 refused = %d, %v; want 2 published and an error naming event 3", n, err)
+	}
+	// The refusal lasts: the relay retries event 3, never gets past it.
+	if _, err := r.RunOnce(ctx); err == nil || !strings.Contains(err.Error(), "publish event 3") {
+		t.Fatalf("second RunOnce while event 3 is refused: %v; want event 3 refused again", err)
+	}
+	if cp, err := r.Checkpoint(ctx); err != nil || cp != 2 {
+		t.Fatalf("checkpoint %d, %v while event 3 is refused; want 2", cp, err)
+	}
+
+	setMaxMsgSize(-1)
+	for round := 0; ; round++ {
+		if _, err := r.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if cp, err := r.Checkpoint(ctx); err != nil || cp == 6 {
+			break
+		}
+		if round == 3 {
+			t.Fatal("the relay did not reach event 6 in 4 rounds after the stream accepted event 3")
+		}
+	}
+	s, err := js.Stream(ctx, top.EventsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("stream message %d: %v", seq, err)
+		}
+		got = append(got, m.Header.Get(HeaderSequence))
+	}
+	if want := []string{"1", "2", "3", "4", "5", "6"}; !slices.Equal(got, want) {
+		t.Fatalf("the stream holds events %v, want %v", got, want)
 	}
 }

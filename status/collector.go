@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/artifactstore/artifactstore/catalog"
 )
 
 // Collector exports the status report as Prometheus gauges, gathered afresh
@@ -93,12 +95,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if r.LastCheckpoint != nil {
 		g(c.checkpointSeq, float64(r.LastCheckpoint.Sequence))
 	}
-	for _, state := range []string{"ok", "corrupt", "missing", "deleted"} {
-		g(c.objects, float64(r.ObjectsByState[state]), state)
+	for _, state := range catalog.LocationStates() {
+		g(c.objects, float64(r.ObjectsByState[state]), string(state))
 	}
 	g(c.bytesStored, float64(r.BytesStored))
 	for state, n := range r.PackagesByState {
-		g(c.packages, float64(n), state)
+		g(c.packages, float64(n), string(state))
 	}
 	g(c.legalHolds, float64(r.LegalHolds))
 	g(c.scrubCoverage, r.ScrubCoveragePct/100)

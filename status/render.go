@@ -3,7 +3,8 @@ package status
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -117,13 +118,8 @@ func projectorState(r Report) string {
 	return ""
 }
 
-func sortedKeys(m map[string]int64) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+func sortedKeys[K ~string](m map[K]int64) []K {
+	return slices.Sorted(maps.Keys(m))
 }
 
 func humanBytes(n int64) string {

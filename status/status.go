@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/storage"
 )
 
@@ -64,11 +65,11 @@ type Report struct {
 	// checkpoints table, if any.
 	LastCheckpoint *Checkpoint `json:"last_checkpoint,omitempty"`
 
-	ObjectsByState  map[string]int64 `json:"objects_by_state"`
-	BytesStored     int64            `json:"bytes_stored"`
-	PackagesByState map[string]int64 `json:"packages_by_state"`
-	LegalHolds      int64            `json:"legal_holds"`
-	NextExpiries    []Expiry         `json:"next_expiries"`
+	ObjectsByState  map[catalog.LocationState]int64 `json:"objects_by_state"`
+	BytesStored     int64                           `json:"bytes_stored"`
+	PackagesByState map[catalog.PackageState]int64  `json:"packages_by_state"`
+	LegalHolds      int64                           `json:"legal_holds"`
+	NextExpiries    []Expiry                        `json:"next_expiries"`
 
 	ScrubInterval      time.Duration `json:"scrub_interval"`
 	ScrubbedInInterval int64         `json:"scrubbed_in_interval"`
@@ -139,7 +140,7 @@ func Gather(ctx context.Context, src Sources) (Report, error) {
 	if src.Now != nil {
 		now = src.Now
 	}
-	r := Report{At: now().UTC(), ScrubInterval: src.ScrubInterval, ObjectsByState: map[string]int64{}, PackagesByState: map[string]int64{}}
+	r := Report{At: now().UTC(), ScrubInterval: src.ScrubInterval, ObjectsByState: map[catalog.LocationState]int64{}, PackagesByState: map[catalog.PackageState]int64{}}
 	if src.JS == nil {
 		msg := "unreachable"
 		if src.NATSErr != nil {
@@ -153,10 +154,10 @@ func Gather(ctx context.Context, src Sources) (Report, error) {
 	if err := gatherDB(ctx, src, &r); err != nil {
 		return r, err
 	}
-	if c := r.ObjectsByState["corrupt"]; c > 0 {
+	if c := r.ObjectsByState[catalog.LocationCorrupt]; c > 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("%d corrupt objects: run 'artifactstore explain ADDR' and restore them", c))
 	}
-	if m := r.ObjectsByState["missing"]; m > 0 {
+	if m := r.ObjectsByState[catalog.LocationMissing]; m > 0 {
 		r.Problems = append(r.Problems, fmt.Sprintf("%d missing objects", m))
 	}
 	if src.Backends != nil {
@@ -212,14 +213,34 @@ func gatherNATS(ctx context.Context, src Sources, r *Report) {
 	}
 }
 
+// catalogReader is what status reads of the projections and of the
+// projector's progress.
+type catalogReader interface {
+	Checkpoint(ctx context.Context, projector string) (int64, error)
+	ProjectorStop(ctx context.Context, projector string) (*catalog.Stop, error)
+	LocationCounts(ctx context.Context) (map[catalog.LocationState]catalog.StateCount, error)
+	PackageCounts(ctx context.Context) (map[catalog.PackageState]int64, error)
+	LegalHolds(ctx context.Context) (int64, error)
+	NextExpiries(ctx context.Context, limit int) ([]catalog.Expiry, error)
+	ScrubCoverage(ctx context.Context, since time.Time) (catalog.Coverage, error)
+}
+
+var _ catalogReader = (*catalog.Catalog)(nil)
+
+// nextExpiries is how many of the next expiries the report lists.
+const nextExpiries = 5
+
 func gatherDB(ctx context.Context, src Sources, r *Report) error {
 	q := src.Pool
+	var cat catalogReader = catalog.New(q)
 	if err := q.QueryRow(ctx, `SELECT last_sequence FROM event_log_head`).Scan(&r.LogHead); err != nil {
 		return fmt.Errorf("read the log head (has 'artifactstore migrate up' run?): %w", err)
 	}
-	if err := optionalInt(ctx, q, `SELECT sequence FROM projector_checkpoints WHERE projector = $1`, src.Projector, &r.ProjectorCheckpt); err != nil {
+	cp, err := cat.Checkpoint(ctx, src.Projector)
+	if err != nil {
 		return err
 	}
+	r.ProjectorCheckpt = cp
 	r.ProjectorLagEvents = r.LogHead - r.ProjectorCheckpt
 	if r.ProjectorLagEvents > 0 {
 		var oldest time.Time
@@ -230,92 +251,53 @@ func gatherDB(ctx context.Context, src Sources, r *Report) error {
 	if err := optionalInt(ctx, q, `SELECT sequence FROM relay_checkpoints WHERE relay = $1`, src.Relay, &r.RelayCheckpoint); err != nil {
 		return err
 	}
-	var st ProjectorStop
-	err := q.QueryRow(ctx, `SELECT stopped_at, stop_reason, coalesce(stop_message, '') FROM projector_checkpoints
-		WHERE projector = $1 AND stop_reason IS NOT NULL`, src.Projector).Scan(&st.At, &st.Reason, &st.Message)
-	switch {
-	case err == nil:
-		r.ProjectorStop = &st
-	case !errors.Is(err, pgx.ErrNoRows):
-		return fmt.Errorf("read the projector's stop (has 'artifactstore migrate up' run?): %w", err)
+	stop, err := cat.ProjectorStop(ctx, src.Projector)
+	if err != nil {
+		return err
 	}
-	var cp Checkpoint
-	err = q.QueryRow(ctx, `SELECT sequence, signed_at FROM event_checkpoints ORDER BY sequence DESC LIMIT 1`).Scan(&cp.Sequence, &cp.SignedAt)
+	if stop != nil {
+		r.ProjectorStop = &ProjectorStop{At: stop.At, Reason: stop.Reason, Message: stop.Message}
+	}
+	var ck Checkpoint
+	err = q.QueryRow(ctx, `SELECT sequence, signed_at FROM event_checkpoints ORDER BY sequence DESC LIMIT 1`).Scan(&ck.Sequence, &ck.SignedAt)
 	switch {
 	case err == nil:
-		r.LastCheckpoint = &cp
+		r.LastCheckpoint = &ck
 	case !errors.Is(err, pgx.ErrNoRows):
 		return fmt.Errorf("read the newest checkpoint: %w", err)
 	}
 
-	rows, err := q.Query(ctx, `SELECT state, count(*), coalesce(sum(size_bytes), 0) FROM storage_locations GROUP BY state`)
+	locs, err := cat.LocationCounts(ctx)
 	if err != nil {
-		return fmt.Errorf("count objects: %w", err)
+		return err
 	}
-	for rows.Next() {
-		var state string
-		var n, bytes int64
-		if err := rows.Scan(&state, &n, &bytes); err != nil {
-			return err
-		}
-		r.ObjectsByState[state] = n
-		if state != "deleted" {
-			r.BytesStored += bytes
+	for state, n := range locs {
+		r.ObjectsByState[state] = n.Locations
+		if state != catalog.LocationDeleted {
+			r.BytesStored += n.Bytes
 		}
 	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("count objects: %w", err)
+	if r.PackagesByState, err = cat.PackageCounts(ctx); err != nil {
+		return err
+	}
+	if r.LegalHolds, err = cat.LegalHolds(ctx); err != nil {
+		return err
+	}
+	exp, err := cat.NextExpiries(ctx, nextExpiries)
+	if err != nil {
+		return err
+	}
+	for _, e := range exp {
+		r.NextExpiries = append(r.NextExpiries, Expiry{Package: e.Package, Class: e.Class, RetainUntil: e.RetainUntil})
 	}
 
-	rows, err = q.Query(ctx, `SELECT state, count(*) FROM artifact_packages GROUP BY state`)
+	cv, err := cat.ScrubCoverage(ctx, r.At.Add(-src.ScrubInterval))
 	if err != nil {
-		return fmt.Errorf("count packages: %w", err)
+		return err
 	}
-	for rows.Next() {
-		var state string
-		var n int64
-		if err := rows.Scan(&state, &n); err != nil {
-			return err
-		}
-		r.PackagesByState[state] = n
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("count packages: %w", err)
-	}
-	if err := q.QueryRow(ctx, `SELECT count(*) FROM retention_state WHERE legal_hold`).Scan(&r.LegalHolds); err != nil {
-		return fmt.Errorf("count legal holds: %w", err)
-	}
-
-	rows, err = q.Query(ctx, `
-		SELECT package, retention_class, retain_until FROM retention_state
-		WHERE retain_until IS NOT NULL AND expired_at IS NULL AND NOT legal_hold
-		ORDER BY retain_until, package LIMIT 5`)
-	if err != nil {
-		return fmt.Errorf("list next expiries: %w", err)
-	}
-	for rows.Next() {
-		var e Expiry
-		if err := rows.Scan(&e.Package, &e.Class, &e.RetainUntil); err != nil {
-			return err
-		}
-		r.NextExpiries = append(r.NextExpiries, e)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("list next expiries: %w", err)
-	}
-
-	var live int64
-	err = q.QueryRow(ctx, `
-		SELECT count(*) FILTER (WHERE state <> 'deleted'),
-		       count(*) FILTER (WHERE state <> 'deleted' AND last_verified_at >= $1),
-		       count(*) FILTER (WHERE state <> 'deleted' AND last_verified_at IS NULL),
-		       max(last_verified_at)
-		FROM storage_locations`, r.At.Add(-src.ScrubInterval)).Scan(&live, &r.ScrubbedInInterval, &r.NeverVerified, &r.LastVerification)
-	if err != nil {
-		return fmt.Errorf("scrub coverage: %w", err)
-	}
-	if live > 0 {
-		r.ScrubCoveragePct = 100 * float64(r.ScrubbedInInterval) / float64(live)
+	r.ScrubbedInInterval, r.NeverVerified, r.LastVerification = cv.Since, cv.Never, cv.Last
+	if cv.Live > 0 {
+		r.ScrubCoveragePct = 100 * float64(r.ScrubbedInInterval) / float64(cv.Live)
 	}
 	return nil
 }

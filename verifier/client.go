@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 )
@@ -36,8 +37,17 @@ type Target struct {
 	Path string
 }
 
+// copyFinder is what FindTargets reads of the projections.
+type copyFinder interface {
+	PackageCopies(ctx context.Context, pkg string) ([]catalog.Copy, error)
+	ObjectCopies(ctx context.Context, addr digest.Address) ([]catalog.Copy, error)
+	AllCopies(ctx context.Context) ([]catalog.Copy, error)
+}
+
+var _ copyFinder = (*catalog.Catalog)(nil)
+
 // FindTargets lists the stored copies a selector covers, from the
-// projections (artifact_files, storage_locations), in a stable order.
+// catalog, in a stable order.
 // Deleted copies are left out; corrupt and missing ones are included, so
 // that a repair can be checked.
 func FindTargets(ctx context.Context, pool *pgxpool.Pool, sel Selector) ([]Target, error) {
@@ -51,47 +61,28 @@ func FindTargets(ctx context.Context, pool *pgxpool.Pool, sel Selector) ([]Targe
 		return nil, errors.New("verifier: choose exactly one of a package, an object or all")
 	}
 	var (
-		query string
-		args  []any
-		what  string
+		cat    copyFinder = catalog.New(pool)
+		copies []catalog.Copy
+		err    error
+		what   string
 	)
 	switch {
 	case sel.Package != "":
-		query = `SELECT l.content_address, l.backend_id, f.path
-			FROM artifact_files f JOIN storage_locations l ON l.content_address = f.content_address
-			WHERE f.package = $1 AND l.state <> 'deleted'
-			ORDER BY f.path, l.backend_id`
-		args, what = []any{sel.Package}, fmt.Sprintf("package %q has no stored files (check the name with `artifactstore status`)", sel.Package)
+		copies, err = cat.PackageCopies(ctx, sel.Package)
+		what = fmt.Sprintf("package %q has no stored files (check the name with `artifactstore status`)", sel.Package)
 	case sel.All:
-		query = `SELECT content_address, backend_id, '' FROM storage_locations
-			WHERE state <> 'deleted' ORDER BY content_address, backend_id`
+		copies, err = cat.AllCopies(ctx)
 		what = "no stored objects"
 	default:
-		query = `SELECT content_address, backend_id, '' FROM storage_locations
-			WHERE content_address = $1 AND state <> 'deleted' ORDER BY backend_id`
-		args, what = []any{sel.Object.String()}, fmt.Sprintf("object %s is not stored on any backend", sel.Object)
+		copies, err = cat.ObjectCopies(ctx, sel.Object)
+		what = fmt.Sprintf("object %s is not stored on any backend", sel.Object)
 	}
-	rows, err := pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("verifier: find objects to verify: %w", err)
 	}
-	defer rows.Close()
-	var out []Target
-	for rows.Next() {
-		var (
-			t    Target
-			addr string
-		)
-		if err := rows.Scan(&addr, &t.BackendID, &t.Path); err != nil {
-			return nil, fmt.Errorf("verifier: find objects to verify: %w", err)
-		}
-		if t.Address, err = digest.Parse(addr); err != nil {
-			return nil, fmt.Errorf("verifier: storage_locations holds an invalid address: %w", err)
-		}
-		out = append(out, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("verifier: find objects to verify: %w", err)
+	out := make([]Target, 0, len(copies))
+	for _, c := range copies {
+		out = append(out, Target{Address: c.Address, BackendID: c.Backend, Path: c.Path})
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNothingSelected, what)

@@ -15,7 +15,7 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/artifactstore/artifactstore/bus"
-	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/events"
 )
 
@@ -82,18 +82,26 @@ func (c SchedulerConfig) withDefaults() SchedulerConfig {
 // leader.KeyScrubScheduler); a second one would only publish duplicates
 // that JetStream and the workers drop.
 type Scheduler struct {
-	pool   *pgxpool.Pool
+	pool   *pgxpool.Pool // scrub_queue
+	due    dueFinder
 	js     jetstream.JetStream
 	codec  *events.Codec
 	cfg    SchedulerConfig
 	logger zerolog.Logger
 }
 
-// NewScheduler returns a scheduler that reads storage_locations and
-// scrub_queue in pool's database and publishes on js.
+// dueFinder is what the scheduler reads of the projections.
+type dueFinder interface {
+	DueForScrub(ctx context.Context, cutoff time.Time, limit int) ([]catalog.Due, error)
+}
+
+var _ dueFinder = (*catalog.Catalog)(nil)
+
+// NewScheduler returns a scheduler that reads the catalog and scrub_queue
+// in pool's database and publishes on js.
 func NewScheduler(pool *pgxpool.Pool, js jetstream.JetStream, codec *events.Codec, cfg SchedulerConfig) *Scheduler {
 	cfg = cfg.withDefaults()
-	return &Scheduler{pool: pool, js: js, codec: codec, cfg: cfg,
+	return &Scheduler{pool: pool, due: catalog.New(pool), js: js, codec: codec, cfg: cfg,
 		logger: cfg.Logger.With().Str("service", "scrub-scheduler").Logger()}
 }
 
@@ -135,39 +143,12 @@ func (s *Scheduler) RunOnce(ctx context.Context) (int, error) {
 	}
 }
 
-// due is one location to queue.
-type due struct {
-	addr, backend string
-	lastVerified  *time.Time
-}
-
 func (s *Scheduler) batch(ctx context.Context) (int, error) {
 	now := s.cfg.Now()
 	cutoff := now.Add(-s.cfg.Interval)
-	rows, err := s.pool.Query(ctx, `
-		SELECT l.content_address, l.backend_id, l.last_verified_at
-		FROM storage_locations l
-		LEFT JOIN scrub_queue q USING (content_address, backend_id)
-		WHERE l.state = 'ok'
-		  AND (l.last_verified_at IS NULL OR l.last_verified_at < $1)
-		  AND (q.queued_at IS NULL OR q.queued_at < $1)
-		ORDER BY l.last_verified_at ASC NULLS FIRST, l.stored_at, l.content_address, l.backend_id
-		LIMIT $2`, cutoff, s.cfg.BatchSize)
+	batch, err := s.due.DueForScrub(ctx, cutoff, s.cfg.BatchSize)
 	if err != nil {
-		return 0, fmt.Errorf("scrub: find due objects: %w", err)
-	}
-	var batch []due
-	for rows.Next() {
-		var d due
-		if err := rows.Scan(&d.addr, &d.backend, &d.lastVerified); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("scrub: read due objects: %w", err)
-		}
-		batch = append(batch, d)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("scrub: read due objects: %w", err)
+		return 0, fmt.Errorf("scrub: %w", err)
 	}
 
 	var addrs, backends, ids []string
@@ -178,7 +159,7 @@ func (s *Scheduler) batch(ctx context.Context) (int, error) {
 			pubErr = err
 			break
 		}
-		addrs, backends, ids = append(addrs, d.addr), append(backends, d.backend), append(ids, id)
+		addrs, backends, ids = append(addrs, d.Address.String()), append(backends, d.Backend), append(ids, id)
 	}
 	if len(addrs) > 0 {
 		// Record even a partial batch: what was published is queued.
@@ -198,13 +179,9 @@ func (s *Scheduler) batch(ctx context.Context) (int, error) {
 	return len(batch), nil
 }
 
-func (s *Scheduler) publish(ctx context.Context, d due, now time.Time) (string, error) {
-	addr, err := digest.Parse(d.addr)
-	if err != nil {
-		return "", fmt.Errorf("scrub: storage_locations holds an invalid address: %w", err)
-	}
+func (s *Scheduler) publish(ctx context.Context, d catalog.Due, now time.Time) (string, error) {
 	id := s.requestID(d, now)
-	body, err := EncodeRequest(s.codec, Request{V: RequestVersion, RequestID: id, Address: addr, BackendID: d.backend, Origin: OriginScrub}, false)
+	body, err := EncodeRequest(s.codec, Request{V: RequestVersion, RequestID: id, Address: d.Address, BackendID: d.Backend, Origin: OriginScrub}, false)
 	if err != nil {
 		return "", err
 	}
@@ -220,13 +197,13 @@ func (s *Scheduler) publish(ctx context.Context, d due, now time.Time) (string, 
 // drops, and appends nothing twice (the id is the event's command id); and
 // it changes in the next window, so that an object is re-read even while
 // the projector lags.
-func (s *Scheduler) requestID(d due, now time.Time) string {
+func (s *Scheduler) requestID(d catalog.Due, now time.Time) string {
 	last := "never"
-	if d.lastVerified != nil {
-		last = strconv.FormatInt(d.lastVerified.UnixNano(), 10)
+	if d.LastVerifiedAt != nil {
+		last = strconv.FormatInt(d.LastVerifiedAt.UnixNano(), 10)
 	}
 	window := strconv.FormatInt(now.UnixNano()/int64(s.cfg.Interval), 10)
-	sum := blake3.Sum256([]byte(d.addr + "\x00" + d.backend + "\x00" + last + "\x00" + window))
+	sum := blake3.Sum256([]byte(d.Address.String() + "\x00" + d.Backend + "\x00" + last + "\x00" + window))
 	return "scrub-" + hex.EncodeToString(sum[:16])
 }
 

@@ -34,13 +34,13 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/storage"
@@ -59,15 +59,18 @@ type EventLog interface {
 	ByCommand(ctx context.Context, commandID string) ([]events.Event, error)
 }
 
-// Querier reads storage_locations (a *pgxpool.Pool is one).
-type Querier interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+// locations is what a worker reads of the projections: the recorded
+// digests, size and state of the copy it verifies.
+type locations interface {
+	Location(ctx context.Context, addr digest.Address, backendID string) (catalog.Location, error)
 }
+
+var _ locations = (*catalog.Catalog)(nil)
 
 // Errors of a verification that no retry can fix. Handle rejects the
 // request (dead letter) and replies with OutcomeError.
 var (
-	// ErrUnknownLocation: storage_locations has no row for the address on
+	// ErrUnknownLocation: the catalog has no location of the address on
 	// that backend (never stored there, or not projected yet).
 	ErrUnknownLocation = errors.New("verifier: no stored object at this address on this backend")
 	// ErrDeleted: the object was deleted by the reaper; there is nothing
@@ -126,7 +129,7 @@ func (c WorkerConfig) withDefaults() WorkerConfig {
 type Worker struct {
 	dp     DataPlane
 	log    EventLog
-	db     Querier
+	locs   locations
 	codec  *events.Codec
 	nc     *nats.Conn // for replies; nil: no replies
 	cfg    WorkerConfig
@@ -135,11 +138,12 @@ type Worker struct {
 	consumer *bus.Consumer
 }
 
-// NewWorker returns a worker. nc, used for replies only, may be nil.
-func NewWorker(dp DataPlane, log EventLog, db Querier, codec *events.Codec, nc *nats.Conn, cfg WorkerConfig) *Worker {
+// NewWorker returns a worker reading the locations to verify from the
+// catalog in db. nc, used for replies only, may be nil.
+func NewWorker(dp DataPlane, log EventLog, db catalog.DB, codec *events.Codec, nc *nats.Conn, cfg WorkerConfig) *Worker {
 	cfg = cfg.withDefaults()
 	return &Worker{
-		dp: dp, log: log, db: db, codec: codec, nc: nc, cfg: cfg,
+		dp: dp, log: log, locs: catalog.New(db), codec: codec, nc: nc, cfg: cfg,
 		logger: cfg.Logger.With().Str("service", "verifier").Logger(),
 	}
 }
@@ -239,7 +243,7 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 		return Reply{}, err
 	}
 	res, err := w.dp.Verify(ctx, req.BackendID, req.Address, dataplane.Expected{
-		BLAKE3: &loc.blake3, SHA256: &loc.sha256, Size: loc.size,
+		BLAKE3: &loc.BLAKE3, SHA256: &loc.SHA256, Size: loc.Size,
 	})
 	if err != nil {
 		return Reply{}, fmt.Errorf("verifier: %w", err)
@@ -255,7 +259,7 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 		payload = events.ObjectCorruptV1{
 			Address: req.Address, BackendID: req.BackendID,
 			ActualBLAKE3: res.Actual.BLAKE3[:], ActualSHA256: res.Actual.SHA256[:],
-			ActualSize: res.Actual.Size, ExpectedSize: loc.size,
+			ActualSize: res.Actual.Size, ExpectedSize: loc.Size,
 		}
 	}
 	results, err := w.log.Append(ctx, events.Batch{CommandID: req.RequestID, Events: []events.Draft{{
@@ -266,7 +270,7 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 	}
 	rep, err := w.replyFromEvent(req, results[0].Events[0])
 	rep.Duplicate = results[0].Duplicate
-	rep.ExpectedSize = loc.size
+	rep.ExpectedSize = loc.Size
 	if !rep.Duplicate && !res.Verified {
 		rep.Reason = res.Reason
 	}
@@ -318,34 +322,19 @@ func (w *Worker) replyFromEvent(req Request, ev events.Event) (Reply, error) {
 	return rep, nil
 }
 
-type location struct {
-	blake3, sha256 [32]byte
-	size           int64
-}
-
-func (w *Worker) location(ctx context.Context, addr digest.Address, backendID string) (location, error) {
-	var (
-		loc      location
-		b3, s256 []byte
-		state    string
-	)
-	err := w.db.QueryRow(ctx, `SELECT digest_blake3, digest_sha256, size_bytes, state
-		FROM storage_locations WHERE content_address = $1 AND backend_id = $2`,
-		addr.String(), backendID).Scan(&b3, &s256, &loc.size, &state)
-	if errors.Is(err, pgx.ErrNoRows) {
+// location returns the copy of addr on backendID to verify, or why none
+// can be.
+func (w *Worker) location(ctx context.Context, addr digest.Address, backendID string) (catalog.Location, error) {
+	loc, err := w.locs.Location(ctx, addr, backendID)
+	if errors.Is(err, catalog.ErrNotFound) {
 		return loc, fmt.Errorf("%w: %s on backend %q; check the address and backend id (artifactstore status), or retry once the projector has caught up", ErrUnknownLocation, addr, backendID)
 	}
 	if err != nil {
-		return loc, fmt.Errorf("verifier: read storage_locations for %s: %w", addr, err)
+		return loc, fmt.Errorf("verifier: %w", err)
 	}
-	if state == "deleted" {
+	if loc.State == catalog.LocationDeleted {
 		return loc, fmt.Errorf("%w: %s on backend %q", ErrDeleted, addr, backendID)
 	}
-	if len(b3) != 32 || len(s256) != 32 {
-		return loc, fmt.Errorf("verifier: storage_locations row of %s holds digests of %d and %d bytes", addr, len(b3), len(s256))
-	}
-	copy(loc.blake3[:], b3)
-	copy(loc.sha256[:], s256)
 	return loc, nil
 }
 

@@ -51,6 +51,12 @@ func TestCheckpointKeygenSignVerify(t *testing.T) {
 		Payload: events.PackageCreatedV1{Name: "p", RetentionClass: "transient"}}}}); err != nil {
 		t.Fatal(err)
 	}
+	// The signer checks that the checkpoints stream exists; the admin
+	// creates it.
+	if out := cli(1, "checkpoint", "sign", "--once", "--no-ops", "--checkpoint-key", prefix+".key"); !strings.Contains(out, "artifactstore topology apply") {
+		t.Fatalf("sign --once before the topology exists:\n%s", out)
+	}
+	cli(0, "topology", "apply")
 	note := cli(0, "checkpoint", "sign", "--once", "--no-ops", "--checkpoint-key", prefix+".key")
 	if !strings.Contains(note, "sequence 1\n") || !strings.Contains(note, "— prod-log ") {
 		t.Fatalf("sign --once printed:\n%s", note)

@@ -353,7 +353,7 @@ func (c checkpointVerifyCmd) verifyEventsStream(ctx context.Context, g *Globals,
 		return err
 	}
 	w := checkpoint.NewWalk(got.Valid)
-	err = readEventsStream(ctx, js, top.EventsStream, func(m relay.Message) error {
+	err = readEventsStream(ctx, js, top, func(m relay.Message) error {
 		e, err := m.Event()
 		if err != nil {
 			return err
@@ -379,52 +379,14 @@ func (c checkpointVerifyCmd) verifyEventsStream(ctx context.Context, g *Globals,
 	return err
 }
 
-// readEventsStream calls f with every message of the events stream, in
+// readEventsStream calls f with every event of the events stream, in
 // order.
-func readEventsStream(ctx context.Context, js jetstream.JetStream, name string, f func(relay.Message) error) error {
-	st, err := js.Stream(ctx, name)
-	if err != nil {
-		return fmt.Errorf("events stream %s: %w", name, err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("events stream %s: %w", name, err)
-	}
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		return fmt.Errorf("read events stream %s: %w", name, err)
-	}
-	for {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(30*time.Second))
-		if err != nil {
-			return fmt.Errorf("read events stream %s: %w", name, err)
+func readEventsStream(ctx context.Context, js jetstream.JetStream, top bus.Topology, f func(relay.Message) error) error {
+	return bus.ReadStream(ctx, js, top.EventsStream, top.EventsSubject(">"), func(msg jetstream.Msg) error {
+		var m relay.Message
+		if err := json.Unmarshal(msg.Data(), &m); err != nil {
+			return fmt.Errorf("events stream %s: message %s is not an event: %w", top.EventsStream, msg.Subject(), err)
 		}
-		n := 0
-		for msg := range batch.Messages() {
-			n++
-			var m relay.Message
-			if err := json.Unmarshal(msg.Data(), &m); err != nil {
-				return fmt.Errorf("events stream %s: a message is not an event: %w", name, err)
-			}
-			if err := f(m); err != nil {
-				return err
-			}
-			meta, err := msg.Metadata()
-			if err != nil {
-				return err
-			}
-			if meta.Sequence.Stream >= info.State.LastSeq {
-				return nil
-			}
-		}
-		if err := batch.Error(); err != nil {
-			return fmt.Errorf("read events stream %s: %w", name, err)
-		}
-		if n == 0 {
-			return fmt.Errorf("read events stream %s: no message within 30s before stream sequence %d", name, info.State.LastSeq)
-		}
-	}
+		return f(m)
+	})
 }

@@ -51,6 +51,12 @@ func printVersion(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
+	if v == 0 && !dirty {
+		// Migrations are numbered from 1: version 0 is golang-migrate's
+		// "nil version", an empty schema, not a schema at version 0.
+		_, err = fmt.Fprintln(s.out, "no migration applied (run 'artifactstore migrate up')")
+		return err
+	}
 	state := "clean"
 	if dirty {
 		state = "dirty: a migration failed half-way; fix the schema by hand, then force the version with the migrate CLI"

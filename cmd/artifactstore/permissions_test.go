@@ -344,6 +344,15 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		t.Fatalf("object.stored events: %d, %v", staged, err)
 	}
 
+	// The checkpointer signs the head once (on an empty checkpoints
+	// stream), then runs its leader loop, signing at every new event.
+	keyPrefix := filepath.Join(t.TempDir(), "checkpoint")
+	cliOK(t, "checkpoint", "keygen", keyPrefix)
+	if out := cliOK(t, as(bus.RoleCheckpointer, "checkpoint", "sign", "--once", "--no-ops", "--checkpoint-key", keyPrefix+".key")...); !strings.Contains(out, "\nsequence ") {
+		t.Fatalf("checkpoint sign --once printed:\n%s", out)
+	}
+	signerP := startCLI(t, as(bus.RoleCheckpointer, "checkpoint", "sign", "--http-addr", "127.0.0.1:0", "--checkpoint-key", keyPrefix+".key", "--checkpoint-every", "1")...)
+
 	// A staged upload whose file fails half-way is cleaned up by the producer.
 	pnc, err := nats.Connect(url, nats.UserInfo(bus.RoleProducer, pw[bus.RoleProducer]))
 	if err != nil {
@@ -497,14 +506,59 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		}
 	}
 
-	for _, p := range []*roleProc{ingester, verifierP, reaperP, relayP, projectP} {
-		if code := p.stop(t); code != 0 {
-			t.Errorf("artifactstore %v exited %d after stop:\n%s", p.args, code, p.errOut.String())
-		}
-		if log := p.errOut.String(); strings.Contains(strings.ToLower(log), "permissions violation") {
-			t.Errorf("artifactstore %v met a permissions violation:\n%s", p.args, log)
+	stop := func(procs ...*roleProc) {
+		t.Helper()
+		for _, p := range procs {
+			if code := p.stop(t); code != 0 {
+				t.Errorf("artifactstore %v exited %d after stop:\n%s", p.args, code, p.errOut.String())
+			}
+			if log := p.errOut.String(); strings.Contains(strings.ToLower(log), "permissions violation") {
+				t.Errorf("artifactstore %v met a permissions violation:\n%s", p.args, log)
+			}
 		}
 	}
+	// The roles that append events stop; the relay and the checkpointer
+	// catch up with the head they leave.
+	stop(ingester, verifierP, reaperP, projectP)
+	var head int64
+	if err := pool.QueryRow(ctx, `SELECT max(sequence) FROM events`).Scan(&head); err != nil {
+		t.Fatal(err)
+	}
+	for got := last; got < head; got++ {
+		select {
+		case <-replayed:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("the subscriber replayed %d of %d events", got, head)
+		}
+	}
+	eventuallyTrue(t, "the checkpointer's leader loop signs the head", func() bool {
+		var signed int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(sequence), 0) FROM event_checkpoints`).Scan(&signed)
+		return err == nil && signed == head
+	})
+	resp, err := http.Get("http://" + opsAddr(t, signerP) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("artifactstore_checkpoint_last_sequence %d\n", head); !strings.Contains(string(body), want) {
+		t.Errorf("/metrics of the checkpointer lacks %q:\n%s", want, body)
+	}
+	stop(relayP, signerP)
+
+	// The auditor checks the log, and the events stream, against the
+	// checkpoints outside the database.
+	auditor := func(want string, args ...string) {
+		t.Helper()
+		p := startCLI(t, as(bus.RoleAuditor, args...)...)
+		if code := p.wait(t); code != 0 || !strings.Contains(p.out.String(), want) || strings.Contains(p.errOut.String(), "NATS unreachable") {
+			t.Errorf("artifactstore %v: exit %d, want 0 and %q\nstdout:\n%s\nstderr:\n%s", args, code, want, p.out.String(), p.errOut.String())
+		}
+	}
+	auditor("the log agrees with all", "audit", "--checkpoints", "--checkpoint-public-key", keyPrefix+".pub")
+	auditor(fmt.Sprintf("the newest covers events 1..%d", head), "checkpoint", "verify", "--checkpoint-public-key", keyPrefix+".pub")
+	auditor(fmt.Sprintf("events stream intact: events 1..%d agree", head), "checkpoint", "verify", "--events-stream", "--checkpoint-public-key", keyPrefix+".pub")
 	cc.Stop()
 	client.Close()
 	pnc.Close()

@@ -1,5 +1,5 @@
 // Package archtest holds tests about the shape of the code base itself: which
-// package may import which.
+// package may import which, and which package may name which table.
 package archtest
 
 import (
@@ -15,6 +15,8 @@ const module = "github.com/artifactstore/artifactstore"
 
 type pkg struct {
 	ImportPath   string
+	Dir          string
+	GoFiles      []string
 	Imports      []string
 	TestImports  []string
 	XTestImports []string
