@@ -3,8 +3,9 @@
 // the staging object store, and waits for the ingester's replies. One
 // Client carries any number of outstanding commands.
 //
-// A put is done only when its reply says "stored": the reply is sent after
-// the ingester fsynced the bytes and committed the events. JetStream's own
+// A put is done only when its reply says "stored" (or "repaired": stored,
+// in place of a damaged copy): the reply is sent after the ingester
+// fsynced the bytes and committed the events. JetStream's own
 // acknowledgement of the publish is not durability.
 package producer
 
