@@ -23,8 +23,8 @@ func TestCheckAndApplyTopology(t *testing.T) {
 	ctx := t.Context()
 	top := bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
 	items := top.Items()
-	if len(items) != 7 {
-		t.Fatalf("%d items, want 3 streams, 3 consumers, 1 bucket", len(items))
+	if len(items) != 8 {
+		t.Fatalf("%d items, want 4 streams (commands, dead letters, events, checkpoints), 3 consumers, 1 bucket", len(items))
 	}
 
 	rep, err := bus.CheckTopology(ctx, js, top)
