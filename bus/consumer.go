@@ -117,7 +117,9 @@ type ConsumerOptions struct {
 	// delivers is nak'd rather than left to time out), so it also bounds
 	// how long an idle consumer takes to stop. Default 2 s.
 	FetchWait time.Duration
-	// AckTimeout bounds a DoubleAck and a dead-letter publish. Default 5 s.
+	// AckTimeout bounds one attempt of a DoubleAck (a lost or refused ack
+	// is sent again for up to the AckWait) and a dead-letter publish.
+	// Default 5 s.
 	AckTimeout time.Duration
 	// Backoff gives the redelivery delay after a failure on the given
 	// delivery (1 for the first), for plain errors and for [RetryError]s
@@ -528,9 +530,7 @@ func (c *Consumer) settle(m Message, err error, log zerolog.Logger) {
 	)
 	switch {
 	case err == nil:
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.AckTimeout)
-		defer cancel()
-		if err := m.msg.DoubleAck(ctx); err != nil {
+		if err := c.ack(m); err != nil {
 			log.Error().Err(err).Msg("ack not confirmed; the command may be redelivered (handlers are idempotent)")
 			return
 		}
@@ -567,6 +567,26 @@ func (c *Consumer) settle(m Message, err error, log zerolog.Logger) {
 			log.Warn().Err(err).Msg("nak failed; the message is redelivered after AckWait")
 		}
 	}
+}
+
+// ack double-acks a handled message. An ack lost with its connection
+// (a server restart), or refused while the server is not serving the
+// consumer (no responders), is sent again until the server confirms it, for
+// as long as the server still holds the delivery: up to one AckWait after
+// the handler's last in-progress ack. Repeating an ack is harmless (the
+// server confirms an ack of a message it no longer holds), and each ack
+// confirmed here spares a redelivery after the AckWait and a second run of
+// the handler. A hard stop ends the retries.
+func (c *Consumer) ack(m Message) error {
+	ctx, cancel := context.WithTimeout(c.hardCtx, c.ackWait)
+	defer cancel()
+	return RetryTransient(ctx, c.ackWait, func(ctx context.Context) error {
+		return RetryAcrossReconnects(ctx, c.js.Conn(), func(ctx context.Context) error {
+			actx, cancel := context.WithTimeout(ctx, c.opts.AckTimeout)
+			defer cancel()
+			return m.msg.DoubleAck(actx)
+		})
+	}, nil)
 }
 
 // exhausted is the answer to a command that failed on its last delivery:

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -270,11 +271,16 @@ func (e *env) checkObject(addr string, blake3Hex, sha256Hex string, size int64) 
 }
 
 // waitSettled polls until the ingest consumer holds no pending or
-// unacknowledged message: nothing will be redelivered.
+// unacknowledged message: nothing will be redelivered. A delivery lost
+// with its connection (a pull answered just as the NATS server went down)
+// is redelivered only once the consumer's AckWait has passed, by design,
+// so the bound is that AckWait plus hang, which only stops a hung test.
+// On failure it reports what the stream still holds and where the
+// consume loop's handlers are.
 func (e *env) waitSettled() {
 	e.t.Helper()
-	deadline := time.Now().Add(hang)
-	poll := time.NewTicker(20 * time.Millisecond) // only costs time; hang stops a hung test
+	start := time.Now()
+	poll := time.NewTicker(20 * time.Millisecond) // only costs time; the bound stops a hung test
 	defer poll.Stop()
 	for {
 		ci, err := e.js.Consumer(context.Background(), e.topo.CommandsStream, e.topo.IngestConsumer)
@@ -288,10 +294,49 @@ func (e *env) waitSettled() {
 		if info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
 			return
 		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("consumer not settled: %d pending, %d unacked, %d redelivered", info.NumPending, info.NumAckPending, info.NumRedelivered)
+		if bound := info.Config.AckWait + hang; time.Since(start) > bound {
+			e.reportUnsettled(info)
+			e.t.Fatalf("consumer not settled after %s (AckWait %s + %s): %d pending, %d unacked, %d redelivered",
+				bound, info.Config.AckWait, hang, info.NumPending, info.NumAckPending, info.NumRedelivered)
 		}
 		<-poll.C
+	}
+}
+
+// reportUnsettled logs the consumer's and the commands stream's state,
+// the oldest commands left in the stream, and the stacks of the handlers
+// still running: what a stuck message is, and what holds it.
+func (e *env) reportUnsettled(info *jetstream.ConsumerInfo) {
+	e.t.Helper()
+	ctx := context.Background()
+	e.t.Logf("consumer: delivered stream seq %d, ack floor stream seq %d, waiting pulls %d",
+		info.Delivered.Stream, info.AckFloor.Stream, info.NumWaiting)
+	st, err := e.js.Stream(ctx, e.topo.CommandsStream)
+	if err != nil {
+		e.t.Logf("commands stream: %v", err)
+		return
+	}
+	si, err := st.Info(ctx)
+	if err != nil {
+		e.t.Logf("commands stream: %v", err)
+		return
+	}
+	e.t.Logf("commands stream: %d messages, seq %d to %d", si.State.Msgs, si.State.FirstSeq, si.State.LastSeq)
+	shown := 0
+	for seq := si.State.FirstSeq; seq <= si.State.LastSeq && seq-si.State.FirstSeq < 1000 && shown < 5; seq++ {
+		m, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			continue // acked and removed
+		}
+		shown++
+		e.t.Logf("  seq %d: %s, command %s, stored %s ago", seq, m.Subject, m.Header.Get(bus.HeaderMsgID), time.Since(m.Time).Round(time.Millisecond))
+	}
+	buf := make([]byte, 16<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "bus.(*Consumer).handle(") {
+			e.t.Logf("running handler:\n%s", g)
+		}
 	}
 }
 

@@ -147,7 +147,9 @@ func (r *rig) startIngester(reserve int64) *ingest.Ingester {
 	ing, err := ingest.New(ingest.Config{
 		Pool: r.e.pool, Log: r.e.log, Codec: r.e.codec, DataPlane: dp, NATS: inc, JetStream: ijs, Topology: r.e.topo,
 		Concurrency: 8, StorageReserve: reserve,
-		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel),
+		// Warnings too: transient failures and failed fetches tell what a
+		// fault did, when a fault test fails.
+		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -291,7 +293,9 @@ func (r *rig) outage(t *testing.T, before int, fault func()) {
 			pmu.Unlock()
 		}
 	})
+	faultStart := time.Now()
 	fault()
+	faultEnd := time.Now()
 	close(faultDone)
 	sendWG.Wait()
 	for _, s := range pending {
@@ -306,17 +310,20 @@ func (r *rig) outage(t *testing.T, before int, fault func()) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	answered := time.Now()
 	for i, s := range all {
 		r.checkStored(s, replies[i])
 	}
 	r.e.waitSettled()
+	settled := time.Now()
 	if n := r.e.deadLetters(); n != 0 {
 		t.Fatalf("%d dead letters after an outage shorter than the retry budget", n)
 	}
 	if total := r.e.checkOneSetPerCommand(); total != len(all) {
 		t.Fatalf("%d commands in the log, %d answered stored", total, len(all))
 	}
-	t.Logf("%d commands, all stored; %d queued during the fault", len(all), len(pending))
+	t.Logf("%d commands, all stored; %d queued during the fault; fault %s, last answer %s after it, consumer settled %s after that",
+		len(all), len(pending), faultEnd.Sub(faultStart).Round(time.Millisecond), answered.Sub(faultEnd).Round(time.Millisecond), settled.Sub(answered).Round(time.Millisecond))
 }
 
 func TestFaultPostgresDownForAMinute(t *testing.T) {

@@ -640,11 +640,17 @@ func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, sta
 const stagedDeleteTimeout = 2 * time.Minute
 
 // deleteStaged deletes a staged object once its command's outcome is
-// committed; a failure leaves it to the staging janitor.
+// committed; a failure leaves it to the staging janitor. A delete cut
+// short by a lost connection is made again on the new one (deleting twice
+// is harmless) rather than waited out: its answer never comes, and the
+// command's reply and ack wait behind it.
 func (ing *Ingester) deleteStaged(ctx context.Context, staged string) {
 	dctx, cancel := context.WithTimeout(ctx, stagedDeleteTimeout)
 	defer cancel()
-	if err := ing.staging.Delete(dctx, staged); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+	err := bus.RetryAcrossReconnects(dctx, ing.cfg.JetStream.Conn(), func(ctx context.Context) error {
+		return ing.staging.Delete(ctx, staged)
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; the staging janitor removes it")
 	}
 }
