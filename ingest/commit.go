@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/artifactstore/artifactstore/events"
-	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/pkgstate"
 )
 
 // committer gathers the jobs of concurrent handlers for a short window and
@@ -147,7 +147,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 		// Statements of a batch run in order, each with a snapshot taken
 		// after the lock was granted (READ COMMITTED): they see every
 		// decision committed before.
-		b.Queue(`SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState)
+		pkgstate.QueueLock(b)
 		b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var id string

@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
@@ -49,33 +49,23 @@ type outcome struct {
 	err      error           // the commit failed; nothing was decided
 }
 
-// pkgState is the command-side state of one package.
-type pkgState struct {
-	class     string
-	metadata  map[string]string
-	sealed    bool
-	sealedSeq int64
-	// expired is true once the reaper expired the package: its bytes
-	// are on their way out, so nothing may be added to it.
-	expired bool
-}
-
-type fileKey struct{ pkg, path string }
-
 // state is what a group's decisions read and change.
 type state struct {
 	cfg   *config
 	now   time.Time
-	pkgs  map[string]*pkgState
-	files map[fileKey]string
+	pkgs  map[string]*pkgstate.Package
+	files map[pkgstate.FileKey]string
 }
 
 // queueState queues on b the reads of the state of every package and
 // path the jobs name; the returned state holds them once the batch ran
 // (its cfg is set by the caller).
 func queueState(b *pgx.Batch, now time.Time, jobs []*job) *state {
-	st := &state{now: now, pkgs: map[string]*pkgState{}, files: map[fileKey]string{}}
-	var names, fpkgs, fpaths []string
+	st := &state{now: now, pkgs: map[string]*pkgstate.Package{}, files: map[pkgstate.FileKey]string{}}
+	var (
+		names []string
+		files []pkgstate.FileKey
+	)
 	seen := map[string]bool{}
 	for _, j := range jobs {
 		if j.pkg != "" && !seen[j.pkg] {
@@ -83,54 +73,15 @@ func queueState(b *pgx.Batch, now time.Time, jobs []*job) *state {
 			names = append(names, j.pkg)
 		}
 		if j.kind == jobIngest {
-			fpkgs = append(fpkgs, j.pkg)
-			fpaths = append(fpaths, j.path)
+			files = append(files, pkgstate.FileKey{Package: j.pkg, Path: j.path})
 		}
 	}
 	if len(names) == 0 {
 		return st
 	}
-	b.Queue(`SELECT name, retention_class, metadata, sealed_seq, expired_at IS NOT NULL FROM ingest_packages WHERE name = ANY($1)`, names).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var (
-				name, class string
-				md          []byte
-				sealedSeq   *int64
-				expired     bool
-			)
-			if err := rows.Scan(&name, &class, &md, &sealedSeq, &expired); err != nil {
-				return fmt.Errorf("read package state: %w", err)
-			}
-			ps := &pkgState{class: class, expired: expired}
-			if err := json.Unmarshal(md, &ps.metadata); err != nil {
-				return fmt.Errorf("read package %q metadata: %w", name, err)
-			}
-			if sealedSeq != nil {
-				ps.sealed, ps.sealedSeq = true, *sealedSeq
-			}
-			st.pkgs[name] = ps
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read package state: %w", err)
-		}
-		return nil
-	})
-	if len(fpkgs) > 0 {
-		b.Queue(`SELECT f.package, f.path, f.content_address FROM ingest_files f
-			JOIN unnest($1::text[], $2::text[]) AS u(p, pa) ON f.package = u.p AND f.path = u.pa`, fpkgs, fpaths).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var k fileKey
-				var addr string
-				if err := rows.Scan(&k.pkg, &k.path, &addr); err != nil {
-					return fmt.Errorf("read file state: %w", err)
-				}
-				st.files[k] = addr
-			}
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("read file state: %w", err)
-			}
-			return nil
-		})
+	pkgstate.QueuePackages(b, names, st.pkgs)
+	if len(files) > 0 {
+		pkgstate.QueueFiles(b, files, st.files)
 	}
 	return st
 }
@@ -146,13 +97,13 @@ func (st *state) precheck(c commands.Ingest) *commands.Error {
 		}
 		return st.cfg.checkMetadata(class, c.Metadata)
 	}
-	if rej := ps.conflicts(c); rej != nil {
+	if rej := conflicts(ps, c); rej != nil {
 		return rej
 	}
-	if ps.expired {
+	if ps.Expired {
 		return expiredRejection(c.Package)
 	}
-	if _, has := st.files[fileKey{c.Package, c.Path}]; ps.sealed && !has {
+	if _, has := st.files[pkgstate.FileKey{Package: c.Package, Path: c.Path}]; ps.Sealed && !has {
 		return sealedRejection(c.Package, c.Path)
 	}
 	return nil
@@ -165,13 +116,15 @@ func classOrDefault(c string) string {
 	return c
 }
 
-func (ps *pkgState) conflicts(c commands.Ingest) *commands.Error {
-	if c.RetentionClass != "" && c.RetentionClass != ps.class {
+// conflicts refuses an ingest whose class or metadata differ from those
+// of its existing package ps.
+func conflicts(ps *pkgstate.Package, c commands.Ingest) *commands.Error {
+	if c.RetentionClass != "" && c.RetentionClass != ps.Class {
 		return commands.Rejectf(commands.CodeClassConflict,
 			"package %q has retention class %q, the command says %q; leave the class out or use %q (change a package's retention with a retention command)",
-			c.Package, ps.class, c.RetentionClass, ps.class)
+			c.Package, ps.Class, c.RetentionClass, ps.Class)
 	}
-	if len(c.Metadata) > 0 && !maps.Equal(c.Metadata, ps.metadata) && !(len(ps.metadata) == 0 && len(c.Metadata) == 0) {
+	if len(c.Metadata) > 0 && !maps.Equal(c.Metadata, ps.Metadata) && !(len(ps.Metadata) == 0 && len(c.Metadata) == 0) {
 		return commands.Rejectf(commands.CodeMetadataConflict,
 			"package %q already exists with other metadata; metadata is set when a package is created: send the same metadata or none",
 			c.Package)
@@ -198,17 +151,11 @@ type decided struct {
 	rejected *commands.Error
 	reply    commands.Reply
 	// state writes, applied after the append with the batch's sequences
-	newPkg   *newPackage
-	file     *fileKey
+	newPkg   *pkgstate.NewPackage
+	file     *pkgstate.FileKey
 	address  string
 	sealPkg  string
 	noEvents bool // nothing to append (a seal of a sealed package)
-}
-
-type newPackage struct {
-	name, class string
-	metadata    map[string]string
-	retainUntil *time.Time
 }
 
 // decide takes the decision of one job against st and updates st as if it
@@ -243,11 +190,11 @@ func (st *state) decideSeal(j *job) decided {
 			"package %q does not exist; seal a package after the replies to its ingests arrived", j.pkg))
 	}
 	reply := commands.Reply{V: commands.Version, CommandID: j.commandID, Status: commands.StatusSealed, Package: j.pkg}
-	if ps.sealed {
-		reply.Sequence = ps.sealedSeq
+	if ps.Sealed {
+		reply.Sequence = ps.SealedSeq
 		return decided{noEvents: true, reply: reply}
 	}
-	ps.sealed = true
+	ps.Sealed = true
 	return decided{
 		events: []events.Draft{{SubjectKind: events.SubjectPackage, SubjectID: j.pkg, Actor: j.actor,
 			Payload: events.PackageSealedV1{Name: j.pkg}}},
@@ -270,25 +217,25 @@ func (st *state) decideIngest(j *job) decided {
 		if rej := st.cfg.checkMetadata(class, c.Metadata); rej != nil {
 			return st.rejection(j, rej)
 		}
-		until := rc.retainUntil(st.now)
-		d.newPkg = &newPackage{name: c.Package, class: class, metadata: c.Metadata, retainUntil: until}
+		until := rc.RetainUntil(st.now)
+		d.newPkg = &pkgstate.NewPackage{Name: c.Package, Class: class, Metadata: c.Metadata, RetainUntil: until}
 		d.events = append(d.events,
 			events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
 				Payload: events.PackageCreatedV1{Name: c.Package, RetentionClass: class, Metadata: c.Metadata}},
 			events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: j.actor,
 				Payload: events.RetentionAssignedV1{Package: c.Package, Class: class, RetainUntil: until}},
 		)
-		ps = &pkgState{class: class, metadata: c.Metadata}
-	} else if rej := ps.conflicts(c); rej != nil {
+		ps = &pkgstate.Package{Class: class, Metadata: c.Metadata}
+	} else if rej := conflicts(ps, c); rej != nil {
 		return st.rejection(j, rej)
-	} else if ps.expired {
+	} else if ps.Expired {
 		return st.rejection(j, expiredRejection(c.Package))
 	}
 
 	addr := res.Address.String()
-	key := fileKey{c.Package, c.Path}
+	key := pkgstate.FileKey{Package: c.Package, Path: c.Path}
 	cur, has := st.files[key]
-	if ps.sealed {
+	if ps.Sealed {
 		if !has {
 			return st.rejection(j, sealedRejection(c.Package, c.Path))
 		}
@@ -340,13 +287,13 @@ func storedReply(cmdID, pkg, path string, addr digest.Address, dg digest.Digests
 // deleted the bytes (or is about to) because nothing referenced them, so
 // they were not lost, and this ingest stored them anew like any new
 // content (keepObjects makes the row live again).
-func reapedNotLost(group []*job, states map[gcKey]string) {
+func reapedNotLost(group []*job, states map[pkgstate.ObjectKey]pkgstate.ObjectState) {
 	for _, j := range group {
 		r := j.stored.Receipt.Repaired
 		if j.kind != jobIngest || r == nil || r.Was != storage.DamageMissing {
 			continue
 		}
-		if states[gcKey{j.stored.Address.String(), j.stored.Receipt.BackendID}] != "live" {
+		if states[objectKey(j)] != pkgstate.ObjectLive {
 			j.stored.Receipt.Repaired = nil
 		}
 	}
@@ -355,40 +302,25 @@ func reapedNotLost(group []*job, states map[gcKey]string) {
 // queueWrites queues on b the state changes of the decided jobs (seqs
 // holds the first sequence of each job's batch) and sets the gc_objects
 // rows of keep live.
-func queueWrites(b *pgx.Batch, ds []decided, seqs []int64, keep []keptObject, now time.Time) error {
+func queueWrites(b *pgx.Batch, ds []decided, seqs []int64, keep []pkgstate.Sized, now time.Time) error {
 	if len(keep) > 0 {
-		addrs, backends, sizes := make([]string, len(keep)), make([]string, len(keep)), make([]int64, len(keep))
-		for i, k := range keep {
-			addrs[i], backends[i], sizes[i] = k.key.addr, k.key.backend, k.size
-		}
-		b.Queue(`INSERT INTO gc_objects (content_address, backend_id, size_bytes, state, updated_at)
-			SELECT a, b, s, 'live', $4 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(a, b, s)
-			ON CONFLICT (content_address, backend_id) DO UPDATE SET state = 'live', marked_at = NULL, updated_at = excluded.updated_at`,
-			addrs, backends, sizes, now)
+		pkgstate.QueueKeepLive(b, keep, now)
 	}
 	for i, d := range ds {
 		if d.rejected != nil || d.noEvents {
 			continue
 		}
 		if p := d.newPkg; p != nil {
-			md := p.metadata
-			if md == nil {
-				md = map[string]string{}
-			}
-			mdJSON, err := json.Marshal(md)
-			if err != nil {
+			p.Seq = seqs[i]
+			if err := pkgstate.QueueCreate(b, *p); err != nil {
 				return err
 			}
-			b.Queue(`INSERT INTO ingest_packages (name, retention_class, metadata, retain_until, created_seq) VALUES ($1, $2, $3, $4, $5)`,
-				p.name, p.class, mdJSON, p.retainUntil, seqs[i])
 		}
 		if d.file != nil {
-			b.Queue(`INSERT INTO ingest_files (package, path, content_address, added_seq) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (package, path) DO UPDATE SET content_address = excluded.content_address, added_seq = excluded.added_seq`,
-				d.file.pkg, d.file.path, d.address, seqs[i])
+			pkgstate.QueueSetFile(b, *d.file, d.address, seqs[i])
 		}
 		if d.sealPkg != "" {
-			b.Queue(`UPDATE ingest_packages SET sealed_at = $2, sealed_seq = $3 WHERE name = $1`, d.sealPkg, now, seqs[i])
+			pkgstate.QueueSeal(b, d.sealPkg, now, seqs[i])
 		}
 	}
 	return nil

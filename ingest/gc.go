@@ -11,61 +11,41 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
-// gcKey names one stored object: a content address on a backend, the key
-// of its gc_objects row.
-type gcKey struct{ addr, backend string }
+// objectKey names the object j stored: the key of its gc_objects row.
+func objectKey(j *job) pkgstate.ObjectKey {
+	return pkgstate.ObjectKey{Address: j.stored.Address.String(), Backend: j.stored.Receipt.BackendID}
+}
 
-// queueLockObjects queues on b, after the ingest lock, the read of the
-// gc_objects row of every object an ingest of the group stored, FOR
+// queueLockObjects queues on b, after the package-state lock, the read of
+// the gc_objects row of every object an ingest of the group stored, FOR
 // UPDATE; once the batch ran, the map holds each row's state (no entry:
 // no row). Rows of ingests that the decision then refuses are locked too,
-// which costs nothing: the reaper waits for the ingest lock anyway.
-func queueLockObjects(b *pgx.Batch, group []*job) map[gcKey]string {
-	states := map[gcKey]string{}
-	var addrs, backends []string
-	seen := map[gcKey]bool{}
+// which costs nothing: the reaper waits for the lock anyway.
+func queueLockObjects(b *pgx.Batch, group []*job) map[pkgstate.ObjectKey]pkgstate.ObjectState {
+	states := map[pkgstate.ObjectKey]pkgstate.ObjectState{}
+	var keys []pkgstate.ObjectKey
+	seen := map[pkgstate.ObjectKey]bool{}
 	for _, j := range group {
 		if j.kind != jobIngest {
 			continue
 		}
-		k := gcKey{j.stored.Address.String(), j.stored.Receipt.BackendID}
+		k := objectKey(j)
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
-		addrs = append(addrs, k.addr)
-		backends = append(backends, k.backend)
+		keys = append(keys, k)
 	}
-	if len(addrs) == 0 {
+	if len(keys) == 0 {
 		return states
 	}
-	b.Queue(`SELECT g.content_address, g.backend_id, g.state FROM gc_objects g
-		JOIN unnest($1::text[], $2::text[]) AS u(a, b) ON g.content_address = u.a AND g.backend_id = u.b
-		ORDER BY g.content_address, g.backend_id FOR UPDATE OF g`, addrs, backends).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var k gcKey
-			var state string
-			if err := rows.Scan(&k.addr, &k.backend, &state); err != nil {
-				return fmt.Errorf("lock the gc rows of the stored objects: %w", err)
-			}
-			states[k] = state
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("lock the gc rows of the stored objects: %w", err)
-		}
-		return nil
-	})
+	pkgstate.QueueLockObjects(b, keys, states)
 	return states
-}
-
-// keptObject is a gc_objects row to make live in the commit.
-type keptObject struct {
-	key  gcKey
-	size int64
 }
 
 // keepObjects is the dedup side of the reaper's protocol (see package
@@ -83,26 +63,25 @@ type keptObject struct {
 //
 // It runs before the events are appended, so that the log head is not
 // locked while bytes are rewritten.
-func (c *committer) keepObjects(ctx context.Context, group []*job, ds []decided, dupOf []int, states map[gcKey]string) ([]keptObject, error) {
-	var keep []keptObject
-	seen := map[gcKey]bool{}
+func (c *committer) keepObjects(ctx context.Context, group []*job, ds []decided, dupOf []int, states map[pkgstate.ObjectKey]pkgstate.ObjectState) ([]pkgstate.Sized, error) {
+	var keep []pkgstate.Sized
+	seen := map[pkgstate.ObjectKey]bool{}
 	for i, j := range group {
 		if j.kind != jobIngest || dupOf[i] != -1 || ds[i].rejected != nil {
 			continue
 		}
-		res := j.stored
-		k := gcKey{res.Address.String(), res.Receipt.BackendID}
+		k := objectKey(j)
 		if seen[k] {
 			continue
 		}
 		seen[k] = true
-		if states[k] == "live" {
+		if states[k] == pkgstate.ObjectLive {
 			continue
 		}
 		if err := c.ing.ensureBytes(ctx, j); err != nil {
 			return nil, err
 		}
-		keep = append(keep, keptObject{key: k, size: res.Digests.Size})
+		keep = append(keep, pkgstate.Sized{Key: k, Size: j.stored.Digests.Size})
 	}
 	return keep, nil
 }

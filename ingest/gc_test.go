@@ -12,7 +12,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
-	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/producer"
 )
 
@@ -52,7 +52,7 @@ func TestDedupRewritesReapedBytes(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = tx.Rollback(context.Background()) }()
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pkgstate.KeyPackageState); err != nil {
 				t.Fatal(err)
 			}
 			pend, err := e.client.Put(ctx, blob(producer.Put{Package: "p2", Path: "g"}, data))
@@ -126,7 +126,7 @@ func waitForLockWaiter(ctx context.Context, t *testing.T, e *env) {
 		if err := e.pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
 			AND classid = $1 AND objid = $2 AND objsubid = 1
 			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
-			uint32(leader.KeyPackageState>>32), uint32(leader.KeyPackageState&0xffffffff)).Scan(&n); err != nil {
+			uint32(pkgstate.KeyPackageState>>32), uint32(pkgstate.KeyPackageState&0xffffffff)).Scan(&n); err != nil {
 			t.Fatal(err)
 		}
 		if n > 0 {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/storage"
 )
 
@@ -30,13 +31,11 @@ var errRecords = errors.New("the ingest records could not be read")
 //     recorded in that window is still found by the put's own check when
 //     it lies in a sampled group, and otherwise by the next verification.
 func (ing *Ingester) condition(ctx context.Context, backendID string, addr digest.Address) (storage.Condition, error) {
-	var gc *string
-	err := ing.cfg.Pool.QueryRow(ctx, `SELECT (SELECT state FROM gc_objects WHERE content_address = $1 AND backend_id = $2)`,
-		addr.String(), backendID).Scan(&gc)
+	gc, _, err := pkgstate.ObjectStateOf(ctx, ing.cfg.Pool, pkgstate.ObjectKey{Address: addr.String(), Backend: backendID})
 	if err != nil {
 		return storage.Condition{}, fmt.Errorf("%w: read the gc row of %s on %q: %w", errRecords, addr, backendID, err)
 	}
-	c := storage.Condition{Recorded: gc != nil && *gc == "live"}
+	c := storage.Condition{Recorded: gc == pkgstate.ObjectLive}
 	loc, err := ing.locations.Location(ctx, addr, backendID)
 	switch {
 	case errors.Is(err, catalog.ErrNotFound):

@@ -8,29 +8,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 
 	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/pkgstate"
 )
-
-// retentionClass is one row of retention_classes.
-type retentionClass struct {
-	name         string
-	duration     pgtype.Interval
-	neverExpires bool
-}
-
-// retainUntil is now + the class's default duration, or nil when the class
-// never expires.
-func (c retentionClass) retainUntil(now time.Time) *time.Time {
-	if c.neverExpires || !c.duration.Valid {
-		return nil
-	}
-	t := now.UTC().AddDate(0, int(c.duration.Months), int(c.duration.Days)).
-		Add(time.Duration(c.duration.Microseconds) * time.Microsecond).Truncate(time.Microsecond)
-	return &t
-}
 
 // metadataSchema is one compiled row of metadata_schemas.
 type metadataSchema struct {
@@ -41,7 +23,7 @@ type metadataSchema struct {
 
 // config is a snapshot of the configuration tables the decisions read.
 type config struct {
-	classes map[string]retentionClass
+	classes map[string]pkgstate.Class
 	schemas []metadataSchema
 }
 
@@ -75,26 +57,14 @@ func (c *configCache) cachedRecent() *config {
 // snapshot). Once the batch ran, the returned function builds the snapshot
 // and caches it.
 func (c *configCache) queueLoad(b *pgx.Batch) func() (*config, error) {
-	cfg := &config{classes: map[string]retentionClass{}}
+	cfg := &config{classes: map[string]pkgstate.Class{}}
 	type row struct {
 		id    int64
 		class string
 		doc   string
 	}
 	var raw []row
-	b.Queue(`SELECT name, default_duration, never_expires FROM retention_classes`).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var rc retentionClass
-			if err := rows.Scan(&rc.name, &rc.duration, &rc.neverExpires); err != nil {
-				return fmt.Errorf("read retention classes: %w", err)
-			}
-			cfg.classes[rc.name] = rc
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read retention classes: %w", err)
-		}
-		return nil
-	})
+	pkgstate.QueueClasses(b, nil, cfg.classes)
 	b.Queue(`SELECT id, coalesce(retention_class, ''), schema::text FROM metadata_schemas ORDER BY id`).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var r row
@@ -144,14 +114,14 @@ func CompileSchema(id int64, doc []byte) (*jsonschema.Schema, error) {
 }
 
 // checkClass returns the retention class named, or a rejection.
-func (cfg *config) checkClass(name string) (retentionClass, *commands.Error) {
+func (cfg *config) checkClass(name string) (pkgstate.Class, *commands.Error) {
 	rc, ok := cfg.classes[name]
 	if !ok {
 		known := make([]string, 0, len(cfg.classes))
 		for n := range cfg.classes {
 			known = append(known, n)
 		}
-		return retentionClass{}, commands.Rejectf(commands.CodeUnknownClass,
+		return pkgstate.Class{}, commands.Rejectf(commands.CodeUnknownClass,
 			"retention class %q is unknown; use one of %s", name, strings.Join(sorted(known), ", "))
 	}
 	return rc, nil

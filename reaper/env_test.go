@@ -18,8 +18,8 @@ import (
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
-	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/internal/pgtest"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
@@ -151,7 +151,7 @@ func (e *env) ingest(pkg, class string, files map[string][]byte) map[string]dige
 		sizes[path] = int64(len(data))
 	}
 	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pkgstate.KeyPackageState); err != nil {
 			return err
 		}
 		var exists bool
@@ -267,7 +267,7 @@ func (e *env) checkLiveBytes(ctx context.Context) {
 	e.t.Helper()
 	var addrs []string
 	err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, pkgstate.KeyPackageState); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT DISTINCT f.content_address FROM ingest_files f JOIN ingest_packages p ON p.name = f.package

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/artifactstore/artifactstore/catalog"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/storage"
 )
 
@@ -69,11 +70,11 @@ func (r *Reaper) classify(ctx context.Context, s Store, batch []storage.ObjectIn
 		addrs[i] = oi.Address.String()
 	}
 	work := func(tx pgx.Tx) error {
-		known, err := addressSet(ctx, tx, `SELECT content_address FROM gc_objects WHERE backend_id = $1 AND content_address = ANY($2)`, s.BackendID, addrs)
+		known, err := pkgstate.Known(ctx, tx, s.BackendID, addrs)
 		if err != nil {
 			return err
 		}
-		referenced, err := addressSet(ctx, tx, `SELECT content_address FROM ingest_files WHERE content_address = ANY($1)`, addrs)
+		referenced, err := pkgstate.Referenced(ctx, tx, addrs)
 		if err != nil {
 			return err
 		}
@@ -91,12 +92,11 @@ func (r *Reaper) classify(ctx context.Context, s Store, batch []storage.ObjectIn
 				if dryRun {
 					continue
 				}
-				tag, err := tx.Exec(ctx, `INSERT INTO gc_objects (content_address, backend_id, size_bytes, state, updated_at)
-					VALUES ($1, $2, $3, 'live', $4) ON CONFLICT DO NOTHING`, a, s.BackendID, oi.Size, now)
+				adopted, err := pkgstate.Adopt(ctx, tx, pkgstate.Sized{Key: pkgstate.ObjectKey{Address: a, Backend: s.BackendID}, Size: oi.Size}, now)
 				if err != nil {
 					return err
 				}
-				if tag.RowsAffected() == 1 {
+				if adopted {
 					rep.Adopted++
 					r.log.Info().Str("address", a).Str("backend", s.BackendID).Msg("referenced object had no gc row; adopted")
 				}
@@ -139,20 +139,3 @@ var _ liveLocations = (*catalog.Catalog)(nil)
 // liveIn reads the catalog in the transaction tx, so that the check sees
 // what the transaction sees.
 func liveIn(tx pgx.Tx) liveLocations { return catalog.New(tx) }
-
-func addressSet(ctx context.Context, tx pgx.Tx, sql string, args ...any) (map[string]bool, error) {
-	rows, err := tx.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var a string
-		if err := rows.Scan(&a); err != nil {
-			return nil, err
-		}
-		out[a] = true
-	}
-	return out, rows.Err()
-}

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/pkgstate"
 )
 
 // PlannedPackage is a package a pass would expire now.
@@ -48,54 +49,31 @@ type Plan struct {
 func (r *Reaper) Plan(ctx context.Context, scanOrphans bool) (Plan, error) {
 	p := Plan{Now: r.cfg.Now().UTC()}
 	err := pgx.BeginTxFunc(ctx, r.cfg.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, dueSQL+` ORDER BY p.retain_until, p.name`, p.Now)
+		due, err := pkgstate.DueAt(ctx, tx, p.Now)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var pp PlannedPackage
-			if err := rows.Scan(&pp.Name, &pp.Class, &pp.RetainUntil); err != nil {
-				rows.Close()
-				return err
-			}
-			p.Packages = append(p.Packages, pp)
+		for _, d := range due {
+			p.Packages = append(p.Packages, PlannedPackage{Name: d.Name, Class: d.Class, RetainUntil: d.RetainUntil})
 		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		// Live after the due packages expired: not expired and not due, or
-		// held.
-		rows, err = tx.Query(ctx, `WITH due AS (`+dueSQL+`)
-			SELECT g.content_address, g.backend_id, g.size_bytes, g.marked_at FROM gc_objects g
-			WHERE NOT EXISTS (SELECT 1 FROM ingest_files f JOIN ingest_packages p ON p.name = f.package
-				WHERE f.content_address = g.content_address
-				  AND (p.legal_hold OR (p.expired_at IS NULL AND p.name NOT IN (SELECT name FROM due))))
-			ORDER BY g.content_address, g.backend_id`, p.Now)
+		objs, err := pkgstate.UnreferencedAfterDue(ctx, tx, p.Now)
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var (
-				po       PlannedObject
-				addr     string
-				markedAt *time.Time
-			)
-			if err := rows.Scan(&addr, &po.BackendID, &po.Size, &markedAt); err != nil {
-				return err
-			}
-			if po.Address, err = digest.Parse(addr); err != nil {
-				return fmt.Errorf("gc_objects holds an invalid address %q: %w", addr, err)
+		for _, u := range objs {
+			po := PlannedObject{Object: Object{BackendID: u.Key.Backend, Size: u.Size}}
+			if po.Address, err = digest.Parse(u.Key.Address); err != nil {
+				return fmt.Errorf("the package state holds an invalid address %q: %w", u.Key.Address, err)
 			}
 			from := p.Now
-			if markedAt != nil {
-				po.Marked, po.MarkedAt, from = true, markedAt.UTC(), markedAt.UTC()
+			if u.MarkedAt != nil {
+				po.Marked, po.MarkedAt, from = true, u.MarkedAt.UTC(), u.MarkedAt.UTC()
 			}
 			po.DeletableAt = from.Add(r.cfg.Grace)
 			p.Objects = append(p.Objects, po)
 			p.BytesFreed += po.Size
 		}
-		return rows.Err()
+		return nil
 	})
 	if err != nil {
 		return p, fmt.Errorf("reaper: plan: %w", err)

@@ -72,7 +72,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
-	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
@@ -378,46 +378,18 @@ func (r *Reaper) pause(ctx context.Context) error {
 	}
 }
 
-// lockedTx runs fn in a transaction that holds the ingest lock.
+// lockedTx runs fn in a transaction that holds the package-state lock.
 func (r *Reaper) lockedTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, r.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
-			return fmt.Errorf("take the ingest lock: %w", err)
-		}
-		return fn(tx)
-	})
+	return pkgstate.InTx(ctx, r.cfg.Pool, fn)
 }
-
-// dueSQL selects the packages that expire at $1: retain-until passed, no
-// hold, not expired, and a class that may expire.
-const dueSQL = `SELECT p.name, p.retention_class, p.retain_until
-	FROM ingest_packages p LEFT JOIN retention_classes c ON c.name = p.retention_class
-	WHERE p.expired_at IS NULL AND NOT p.legal_hold AND p.retain_until IS NOT NULL AND p.retain_until <= $1
-	  AND NOT COALESCE(c.never_expires, false)`
 
 func (r *Reaper) expire(ctx context.Context, rep *Report) error {
 	for {
 		now := r.cfg.Now().UTC()
 		n := 0
 		err := r.lockedTx(ctx, func(tx pgx.Tx) error {
-			rows, err := tx.Query(ctx, dueSQL+` ORDER BY p.retain_until, p.name LIMIT $2 FOR UPDATE OF p`, now, r.cfg.BatchSize)
+			ds, err := pkgstate.LockDue(ctx, tx, now, r.cfg.BatchSize)
 			if err != nil {
-				return err
-			}
-			type due struct {
-				name, class string
-				until       time.Time
-			}
-			var ds []due
-			for rows.Next() {
-				var d due
-				if err := rows.Scan(&d.name, &d.class, &d.until); err != nil {
-					rows.Close()
-					return err
-				}
-				ds = append(ds, d)
-			}
-			if err := rows.Err(); err != nil {
 				return err
 			}
 			n = len(ds)
@@ -427,21 +399,21 @@ func (r *Reaper) expire(ctx context.Context, rep *Report) error {
 			batches := make([]events.Batch, len(ds))
 			names := make([]string, len(ds))
 			for i, d := range ds {
-				names[i] = d.name
-				batches[i] = events.Batch{CommandID: "reaper-expire:" + d.name, Events: []events.Draft{{
-					SubjectKind: events.SubjectPackage, SubjectID: d.name, Actor: r.cfg.Actor,
-					Payload: events.RetentionExpiredV1{Package: d.name, Class: d.class, RetainUntil: d.until},
+				names[i] = d.Name
+				batches[i] = events.Batch{CommandID: "reaper-expire:" + d.Name, Events: []events.Draft{{
+					SubjectKind: events.SubjectPackage, SubjectID: d.Name, Actor: r.cfg.Actor,
+					Payload: events.RetentionExpiredV1{Package: d.Name, Class: d.Class, RetainUntil: d.RetainUntil},
 				}}}
 			}
 			if _, err := r.cfg.Log.AppendTx(ctx, tx, batches...); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, `UPDATE ingest_packages SET expired_at = $2 WHERE name = ANY($1)`, names, now); err != nil {
+			if err := pkgstate.Expire(ctx, tx, names, now); err != nil {
 				return err
 			}
 			r.cfg.Hook(ctx, PointExpireBeforeCommit, nil)
 			for _, d := range ds {
-				r.log.Info().Str("package", d.name).Str("class", d.class).Time("retain_until", d.until).Msg("package expired")
+				r.log.Info().Str("package", d.Name).Str("class", d.Class).Time("retain_until", d.RetainUntil).Msg("package expired")
 			}
 			return nil
 		})
@@ -458,66 +430,31 @@ func (r *Reaper) expire(ctx context.Context, rep *Report) error {
 	}
 }
 
-// liveRefSQL is true when a live package (not expired, or held) has a file
-// naming g.content_address.
-const liveRefSQL = `EXISTS (SELECT 1 FROM ingest_files f JOIN ingest_packages p ON p.name = f.package
-	WHERE f.content_address = g.content_address AND (p.expired_at IS NULL OR p.legal_hold))`
-
 // mark walks gc_objects in key order, BatchSize rows per transaction
 // (so the ingest lock is held for a bounded amount of work), and marks the
 // live rows of each chunk that no live package references.
 func (r *Reaper) mark(ctx context.Context, rep *Report) error {
-	var afterAddr, afterBackend string
+	var after pkgstate.ObjectKey
 	for {
 		now := r.cfg.Now().UTC()
 		var chunk, marked int
 		err := r.lockedTx(ctx, func(tx pgx.Tx) error {
-			marked = 0
-			rows, err := tx.Query(ctx, `SELECT content_address, backend_id FROM gc_objects
-				WHERE (content_address, backend_id) > ($1, $2) ORDER BY content_address, backend_id LIMIT $3`,
-				afterAddr, afterBackend, r.cfg.BatchSize)
+			keys, err := pkgstate.ObjectsAfter(ctx, tx, after, r.cfg.BatchSize)
 			if err != nil {
 				return err
 			}
-			var addrs, backends []string
-			for rows.Next() {
-				var a, b string
-				if err := rows.Scan(&a, &b); err != nil {
-					rows.Close()
-					return err
-				}
-				addrs, backends = append(addrs, a), append(backends, b)
-			}
-			if err := rows.Err(); err != nil {
-				return err
-			}
-			chunk = len(addrs)
+			chunk = len(keys)
 			if chunk == 0 {
 				return nil
 			}
-			afterAddr, afterBackend = addrs[chunk-1], backends[chunk-1]
-			rows, err = tx.Query(ctx, `UPDATE gc_objects g SET state = 'marked', marked_at = $3, updated_at = $3
-				FROM unnest($1::text[], $2::text[]) AS k(content_address, backend_id)
-				WHERE g.content_address = k.content_address AND g.backend_id = k.backend_id
-				  AND g.state = 'live' AND NOT `+liveRefSQL+`
-				RETURNING g.content_address, g.backend_id, g.size_bytes`, addrs, backends, now)
+			after = keys[chunk-1]
+			ms, err := pkgstate.MarkUnreferenced(ctx, tx, keys, now)
 			if err != nil {
 				return err
 			}
-			defer rows.Close()
-			for rows.Next() {
-				var (
-					addr, backend string
-					size          int64
-				)
-				if err := rows.Scan(&addr, &backend, &size); err != nil {
-					return err
-				}
-				marked++
-				r.log.Debug().Str("address", addr).Str("backend", backend).Int64("size", size).Msg("object marked")
-			}
-			if err := rows.Err(); err != nil {
-				return err
+			marked = len(ms)
+			for _, m := range ms {
+				r.log.Debug().Str("address", m.Key.Address).Str("backend", m.Key.Backend).Int64("size", m.Size).Msg("object marked")
 			}
 			r.cfg.Hook(ctx, PointMarkBeforeCommit, nil)
 			return nil
@@ -538,38 +475,20 @@ func (r *Reaper) mark(ctx context.Context, rep *Report) error {
 func (r *Reaper) sweep(ctx context.Context, rep *Report) error {
 	// Rows that stay marked after their re-check cannot exist (a failed
 	// delete returns an error), so the loop ends; after stays a guard.
-	var after struct {
-		at            time.Time
-		addr, backend string
-	}
+	var after pkgstate.Marked
 	for {
 		cutoff := r.cfg.Now().UTC().Add(-r.cfg.Grace)
-		rows, err := r.cfg.Pool.Query(ctx, `SELECT content_address, backend_id, size_bytes, marked_at FROM gc_objects
-			WHERE state = 'marked' AND marked_at <= $1 AND (marked_at, content_address, backend_id) > ($2, $3, $4)
-			ORDER BY marked_at, content_address, backend_id LIMIT $5`, cutoff, after.at, after.addr, after.backend, r.cfg.BatchSize)
+		ms, err := pkgstate.MarkedBefore(ctx, r.cfg.Pool, cutoff, after, r.cfg.BatchSize)
 		if err != nil {
 			return err
 		}
-		var objs []Object
-		for rows.Next() {
-			var (
-				o    Object
-				addr string
-			)
-			if err := rows.Scan(&addr, &o.BackendID, &o.Size, &o.MarkedAt); err != nil {
-				rows.Close()
-				return err
-			}
-			a, err := digest.Parse(addr)
+		objs := make([]Object, len(ms))
+		for i, m := range ms {
+			a, err := digest.Parse(m.Key.Address)
 			if err != nil {
-				rows.Close()
-				return fmt.Errorf("gc_objects holds an invalid address %q: %w", addr, err)
+				return fmt.Errorf("the package state holds an invalid address %q: %w", m.Key.Address, err)
 			}
-			o.Address = a
-			objs = append(objs, o)
-		}
-		if err := rows.Err(); err != nil {
-			return err
+			objs[i] = Object{Address: a, BackendID: m.Key.Backend, Size: m.Size, MarkedAt: m.MarkedAt}
 		}
 		for i := range objs {
 			if err := r.sweepOne(ctx, &objs[i], rep); err != nil {
@@ -579,8 +498,7 @@ func (r *Reaper) sweep(ctx context.Context, rep *Report) error {
 		if len(objs) < r.cfg.BatchSize {
 			return nil
 		}
-		last := objs[len(objs)-1]
-		after.at, after.addr, after.backend = last.MarkedAt, last.Address.String(), last.BackendID
+		after = ms[len(ms)-1]
 		if err := r.pause(ctx); err != nil {
 			return err
 		}
@@ -598,30 +516,22 @@ func (r *Reaper) sweepOne(ctx context.Context, o *Object, rep *Report) error {
 	var deleted, unmarked bool
 	r.cfg.Hook(ctx, PointBeforeRecheck, o)
 	err := r.lockedTx(ctx, func(tx pgx.Tx) error {
-		var (
-			state    string
-			markedAt *time.Time
-			size     int64
-			live     bool
-		)
-		err := tx.QueryRow(ctx, `SELECT g.state, g.marked_at, g.size_bytes, `+liveRefSQL+` FROM gc_objects g
-			WHERE g.content_address = $1 AND g.backend_id = $2 FOR UPDATE OF g`, o.Address.String(), o.BackendID).
-			Scan(&state, &markedAt, &size, &live)
-		if errors.Is(err, pgx.ErrNoRows) {
+		key := pkgstate.ObjectKey{Address: o.Address.String(), Backend: o.BackendID}
+		rc, err := pkgstate.LockObject(ctx, tx, key)
+		if errors.Is(err, pkgstate.ErrNotFound) {
 			return nil // deleted meanwhile (by an earlier pass)
 		}
 		if err != nil {
 			return err
 		}
-		if state != "marked" || markedAt == nil || !markedAt.Equal(o.MarkedAt) {
+		if rc.State != pkgstate.ObjectMarked || rc.MarkedAt == nil || !rc.MarkedAt.Equal(o.MarkedAt) {
 			return nil // an ingest took the row (and maybe it was marked again)
 		}
-		if live {
+		if rc.Referenced {
 			unmarked = true
-			_, err := tx.Exec(ctx, `UPDATE gc_objects SET state = 'live', marked_at = NULL, updated_at = $3
-				WHERE content_address = $1 AND backend_id = $2`, o.Address.String(), o.BackendID, r.cfg.Now().UTC())
-			return err
+			return pkgstate.Unmark(ctx, tx, key, r.cfg.Now().UTC())
 		}
+		size := rc.Size
 		o.Size = size
 		r.cfg.Hook(ctx, PointBeforeDelete, o)
 		existed, err := r.cfg.DataPlane.Delete(ctx, o.BackendID, o.Address)
@@ -639,7 +549,7 @@ func (r *Reaper) sweepOne(ctx context.Context, o *Object, rep *Report) error {
 		}}}); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM gc_objects WHERE content_address = $1 AND backend_id = $2`, o.Address.String(), o.BackendID); err != nil {
+		if err := pkgstate.Forget(ctx, tx, key); err != nil {
 			return err
 		}
 		deleted = true

@@ -36,7 +36,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -45,7 +44,7 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/events"
-	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/pkgstate"
 )
 
 // EventLog is what the handler needs of the event log (*events.Log).
@@ -230,32 +229,7 @@ func (h *Handler) finish(m bus.Message, rep Reply, isJSON bool) error {
 }
 
 // pkgRow is the command-side retention state of one package.
-type pkgRow struct {
-	class       string
-	retainUntil *time.Time
-	hold        bool
-	holdReason  *string
-	expiredAt   *time.Time
-	createdAt   time.Time
-}
-
-// classRow is one row of retention_classes.
-type classRow struct {
-	duration     pgtype.Interval
-	mayShorten   bool
-	neverExpires bool
-}
-
-// until is created + the class's default duration, or nil when the class
-// never expires (the same arithmetic as the ingester's).
-func (c classRow) until(created time.Time) *time.Time {
-	if c.neverExpires || !c.duration.Valid {
-		return nil
-	}
-	t := created.UTC().AddDate(0, int(c.duration.Months), int(c.duration.Days)).
-		Add(time.Duration(c.duration.Microseconds) * time.Microsecond).Truncate(time.Microsecond)
-	return &t
-}
+type pkgRow pkgstate.Retention
 
 // decision is the outcome of one command against the package's state.
 type decision struct {
@@ -280,10 +254,7 @@ func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
 		rep Reply
 		dup bool
 	)
-	err := pgx.BeginFunc(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, leader.KeyPackageState); err != nil {
-			return fmt.Errorf("take the ingest lock: %w", err)
-		}
+	err := pkgstate.InTx(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
 		var known bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM commands WHERE command_id = $1)`, c.CommandID).Scan(&known); err != nil {
 			return fmt.Errorf("look up command id: %w", err)
@@ -408,17 +379,14 @@ func (h *Handler) recorded(ctx context.Context, c Command) (Reply, error) {
 
 // decide reads the package under the lock and decides c.
 func (h *Handler) decide(ctx context.Context, tx pgx.Tx, c Command) (decision, error) {
-	var p pkgRow
-	err := tx.QueryRow(ctx, `SELECT p.retention_class, p.retain_until, p.legal_hold, p.legal_hold_reason, p.expired_at, e.occurred_at
-		FROM ingest_packages p JOIN events e ON e.sequence = p.created_seq
-		WHERE p.name = $1 FOR UPDATE OF p`, c.Package).
-		Scan(&p.class, &p.retainUntil, &p.hold, &p.holdReason, &p.expiredAt, &p.createdAt)
-	if errors.Is(err, pgx.ErrNoRows) {
+	r, err := pkgstate.LockRetention(ctx, tx, c.Package)
+	p := pkgRow(r)
+	if errors.Is(err, pkgstate.ErrNotFound) {
 		return h.reject(c, commands.Rejectf(commands.CodeUnknownPackage,
 			"package %q does not exist; check the name (artifactstore status lists packages) and wait for the ingest replies before changing retention", c.Package)), nil
 	}
 	if err != nil {
-		return decision{}, fmt.Errorf("read package state: %w", err)
+		return decision{}, err
 	}
 	switch c.Action {
 	case ActionHold:
@@ -432,61 +400,59 @@ func (h *Handler) decide(ctx context.Context, tx pgx.Tx, c Command) (decision, e
 
 func (p pkgRow) reply(c Command, status string) Reply {
 	return Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Status: status,
-		Class: p.class, RetainUntil: p.retainUntil, LegalHold: p.hold}
+		Class: p.Class, RetainUntil: p.RetainUntil, LegalHold: p.Hold}
 }
 
 func (h *Handler) decideHold(c Command, p pkgRow) decision {
-	if p.hold && p.holdReason != nil && *p.holdReason == c.Reason {
+	if p.Hold && p.HoldReason != nil && *p.HoldReason == c.Reason {
 		return decision{reply: p.reply(c, StatusUnchanged)}
 	}
-	p.hold = true
+	p.Hold = true
 	rep := p.reply(c, StatusApplied)
-	if p.expiredAt != nil {
+	if p.ExpiredAt != nil {
 		rep.Note = fmt.Sprintf("package %q expired at %s: the hold keeps the bytes the reaper has not deleted yet; deleted bytes are gone",
-			c.Package, p.expiredAt.UTC().Format(time.RFC3339))
+			c.Package, p.ExpiredAt.UTC().Format(time.RFC3339))
 	}
 	return decision{
 		reply: rep,
 		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
 			Payload: events.LegalHoldSetV1{Package: c.Package, Reason: c.Reason}},
 		update: func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, `UPDATE ingest_packages SET legal_hold = true, legal_hold_reason = $2 WHERE name = $1`, c.Package, c.Reason)
-			return err
+			return pkgstate.SetHold(ctx, tx, c.Package, c.Reason)
 		},
 	}
 }
 
 func (h *Handler) decideRelease(c Command, p pkgRow) decision {
-	if !p.hold {
+	if !p.Hold {
 		return decision{reply: p.reply(c, StatusUnchanged)}
 	}
-	p.hold = false
+	p.Hold = false
 	return decision{
 		reply: p.reply(c, StatusApplied),
 		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
 			Payload: events.LegalHoldReleasedV1{Package: c.Package, Reason: c.Reason}},
 		update: func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, `UPDATE ingest_packages SET legal_hold = false, legal_hold_reason = NULL WHERE name = $1`, c.Package)
-			return err
+			return pkgstate.ReleaseHold(ctx, tx, c.Package)
 		},
 	}
 }
 
 func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c Command, p pkgRow) (decision, error) {
-	if p.expiredAt != nil {
+	if p.ExpiredAt != nil {
 		return h.reject(c, commands.Rejectf(CodePackageExpired,
 			"package %q expired at %s; its retention can no longer be changed (a legal hold still keeps the bytes not yet deleted: artifactstore hold)",
-			c.Package, p.expiredAt.UTC().Format(time.RFC3339))), nil
+			c.Package, p.ExpiredAt.UTC().Format(time.RFC3339))), nil
 	}
-	classes, err := loadClasses(ctx, tx, p.class, c.Class)
+	classes, err := pkgstate.LoadClasses(ctx, tx, p.Class, c.Class)
 	if err != nil {
 		return decision{}, err
 	}
-	cur, ok := classes[p.class]
+	cur, ok := classes[p.Class]
 	if !ok {
-		return decision{}, fmt.Errorf("package %q has retention class %q, which retention_classes does not hold; restore the class row", c.Package, p.class)
+		return decision{}, fmt.Errorf("package %q has retention class %q, which retention_classes does not hold; restore the class row", c.Package, p.Class)
 	}
-	target := p.class
+	target := p.Class
 	if c.Class != "" {
 		target = c.Class
 	}
@@ -497,65 +463,41 @@ func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c Command, p pkgR
 	}
 	var until *time.Time
 	switch {
-	case tc.neverExpires && c.RetainUntil != nil:
+	case tc.NeverExpires && c.RetainUntil != nil:
 		return h.reject(c, commands.Rejectf(commands.CodeMalformed,
 			"class %q never expires; leave retain_until out", target)), nil
-	case tc.neverExpires:
+	case tc.NeverExpires:
 	case c.RetainUntil != nil:
 		t := c.RetainUntil.UTC().Truncate(time.Microsecond)
 		until = &t
-		if min := tc.until(p.createdAt); !tc.mayShorten && min != nil && t.Before(*min) {
+		if min := tc.RetainUntil(p.CreatedAt); !tc.MayShorten && min != nil && t.Before(*min) {
 			return h.reject(c, commands.Rejectf(CodeShortenRefused,
 				"class %q keeps a package created at %s at least until %s; retain_until %s is earlier — choose a later date or another class",
-				target, p.createdAt.UTC().Format(time.RFC3339), min.Format(time.RFC3339), t.Format(time.RFC3339))), nil
+				target, p.CreatedAt.UTC().Format(time.RFC3339), min.Format(time.RFC3339), t.Format(time.RFC3339))), nil
 		}
 	default:
-		until = tc.until(p.createdAt)
+		until = tc.RetainUntil(p.CreatedAt)
 	}
-	if !cur.mayShorten && earlier(until, p.retainUntil) {
+	if !cur.MayShorten && earlier(until, p.RetainUntil) {
 		return h.reject(c, commands.Rejectf(CodeShortenRefused,
 			"package %q is %s and retained until %s; its retention may be lengthened, never shortened, and the change to %s until %s would end it earlier",
-			c.Package, p.class, fmtUntil(p.retainUntil), target, fmtUntil(until))), nil
+			c.Package, p.Class, fmtUntil(p.RetainUntil), target, fmtUntil(until))), nil
 	}
-	if target == p.class && sameUntil(until, p.retainUntil) {
+	if target == p.Class && sameUntil(until, p.RetainUntil) {
 		return decision{reply: p.reply(c, StatusUnchanged)}, nil
 	}
-	prev := p.retainUntil
-	from := p.class
-	p.class, p.retainUntil = target, until
+	prev := p.RetainUntil
+	from := p.Class
+	p.Class, p.RetainUntil = target, until
 	return decision{
 		reply: p.reply(c, StatusApplied),
 		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
 			Payload: events.RetentionChangedV1{Package: c.Package, FromClass: from, Class: target,
 				RetainUntil: until, PrevRetainTill: prev, Reason: c.Reason}},
 		update: func(ctx context.Context, tx pgx.Tx) error {
-			_, err := tx.Exec(ctx, `UPDATE ingest_packages SET retention_class = $2, retain_until = $3 WHERE name = $1`, c.Package, target, until)
-			return err
+			return pkgstate.SetRetention(ctx, tx, c.Package, target, until)
 		},
 	}, nil
-}
-
-func loadClasses(ctx context.Context, tx pgx.Tx, names ...string) (map[string]classRow, error) {
-	rows, err := tx.Query(ctx, `SELECT name, default_duration, may_shorten, never_expires FROM retention_classes WHERE name = ANY($1)`, names)
-	if err != nil {
-		return nil, fmt.Errorf("read retention classes: %w", err)
-	}
-	defer rows.Close()
-	out := map[string]classRow{}
-	for rows.Next() {
-		var (
-			name string
-			c    classRow
-		)
-		if err := rows.Scan(&name, &c.duration, &c.mayShorten, &c.neverExpires); err != nil {
-			return nil, fmt.Errorf("read retention classes: %w", err)
-		}
-		out[name] = c
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read retention classes: %w", err)
-	}
-	return out, nil
 }
 
 // earlier reports whether retain-until a ends before b (nil: never).

@@ -36,6 +36,25 @@ func TestOnlyCatalogAndProjectorNameProjectionTables(t *testing.T) {
 	})
 }
 
+// packageStateTables are the command side's state, owned by pkgstate.
+var packageStateTables = []string{"ingest_packages", "ingest_files", "gc_objects"}
+
+// TestOnlyPkgstateNamesPackageStateTables fails when a non-test Go file
+// of any package but pkgstate has a string literal that names a
+// package-state table: every read and write of them, and the lock that
+// orders the decisions on them, go through pkgstate, so that the state
+// has one owner (migrations create them in SQL files; tests may set up
+// rows).
+func TestOnlyPkgstateNamesPackageStateTables(t *testing.T) {
+	t.Parallel()
+	table := regexp.MustCompile(`(^|[^a-z0-9_])(` + strings.Join(packageStateTables, "|") + `)($|[^a-z0-9_])`)
+	forEachString(t, []string{module + "/pkgstate"}, func(pos token.Position, s string) {
+		if m := table.FindStringSubmatch(s); m != nil {
+			t.Errorf("%s names the package-state table %s: read or write it through pkgstate (add a function there)", pos, m[2])
+		}
+	})
+}
+
 // TestOnlyCatalogSpellsTheStates fails when a non-test Go file outside
 // catalog has a string literal with a location or package state quoted as
 // an SQL literal ('ok', 'deleted', …): the states are catalog's constants.

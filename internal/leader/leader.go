@@ -23,7 +23,9 @@
 //
 // Lock keys are one bigint space per database; the keys of artifactstore's
 // single-active roles are the Key* constants below, so that they never
-// collide.
+// collide. The one other advisory lock of the database, the transaction
+// lock of the package state, is pkgstate.KeyPackageState; a test of
+// pkgstate keeps it apart from these.
 package leader
 
 import (
@@ -51,14 +53,6 @@ const (
 	// KeyCheckpointer elects the checkpoint signer (checkpoint.Signer).
 	KeyCheckpointer int64 = 0x4153_0000_0000_0006
 )
-
-// KeyPackageState is not a leader lock: it is the transaction-level
-// advisory lock (pg_advisory_xact_lock) under which the ingesters, the
-// retention handler and the reaper take every decision about package and
-// object state (the ingest_* and gc_objects tables), so that the decisions
-// and the events they append commit in one order. It lives here so that
-// every advisory lock key of the database is declared in one place.
-const KeyPackageState int64 = 0x6172746966616374 // "artifact"
 
 // ErrLost is the cause of the work context's cancellation when the lock
 // connection stopped answering: another instance may be the leader now.
