@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/api"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/events"
@@ -32,14 +33,14 @@ type pipelineEnv struct {
 	log     *events.Log
 	codec   *events.Codec
 	proj    *projector.Projector
-	handled chan verifier.Reply
+	handled chan commands.VerifyReply
 }
 
 func newPipelineEnv(t *testing.T) *pipelineEnv {
 	t.Helper()
-	handled := make(chan verifier.Reply, 16)
+	handled := make(chan commands.VerifyReply, 16)
 	rr := verifier.NewReadReporter(verifier.ReadReporterConfig{
-		Done: func(_ *dataplane.CorruptError, rep verifier.Reply, err error) {
+		Done: func(_ *dataplane.CorruptError, rep commands.VerifyReply, err error) {
 			if err != nil {
 				t.Errorf("verification of a corrupt read: %v", err)
 			}
@@ -93,14 +94,14 @@ func (p *pipelineEnv) project() {
 }
 
 // waitHandled waits for the ReadReporter's verification of a detection.
-func (p *pipelineEnv) waitHandled() verifier.Reply {
+func (p *pipelineEnv) waitHandled() commands.VerifyReply {
 	p.t.Helper()
 	select {
 	case rep := <-p.handled:
 		return rep
 	case <-time.After(60 * time.Second):
 		p.t.Fatal("the corrupt read was not verified within 60 s")
-		return verifier.Reply{}
+		return commands.VerifyReply{}
 	}
 }
 
@@ -209,7 +210,7 @@ func TestDamagedObjectWholeGet(t *testing.T) {
 		p.do("GET", "/v1/objects/"+addr.String(), "Range", "bytes=0-9").wantError(t, http.StatusConflict, api.CodeObjectCorrupt)
 		p.do("GET", "/v1/packages/"+pkg+".tar").wantError(t, http.StatusConflict, api.CodeObjectCorrupt)
 
-		if rep := p.waitHandled(); rep.Outcome != verifier.OutcomeCorrupt {
+		if rep := p.waitHandled(); rep.Outcome != commands.OutcomeCorrupt {
 			t.Fatalf("damage at %d: verification outcome %+v, want corrupt", at, rep)
 		}
 		p.project()
@@ -245,7 +246,7 @@ func TestDamagedObjectRangeGet(t *testing.T) {
 	if bytes.Contains(r.body, data[at-100:at-90]) {
 		t.Fatalf("bytes of the range leaked into the error: %s", d.Message)
 	}
-	if rep := p.waitHandled(); rep.Outcome != verifier.OutcomeCorrupt {
+	if rep := p.waitHandled(); rep.Outcome != commands.OutcomeCorrupt {
 		t.Fatalf("verification outcome %+v, want corrupt", rep)
 	}
 	p.project()
@@ -273,7 +274,7 @@ func TestDamagedObjectInTar(t *testing.T) {
 	if i := bytes.Index(r.body, data[:4096]); i < 0 || int64(len(r.body)-i) > at/blaketree.GroupSize*blaketree.GroupSize {
 		t.Fatalf("the tar stream carried %d bytes of the file; want fewer than the bad group's offset", len(r.body)-i)
 	}
-	if rep := p.waitHandled(); rep.Outcome != verifier.OutcomeCorrupt {
+	if rep := p.waitHandled(); rep.Outcome != commands.OutcomeCorrupt {
 		t.Fatalf("verification outcome %+v, want corrupt", rep)
 	}
 }

@@ -177,18 +177,35 @@ func (d *Decoder) decode(data []byte, isJSON bool, v any) error {
 		return Rejectf(CodeMalformed, "command of %d bytes is larger than the limit of %d; stage large blobs in the object store instead of sending them inline", len(data), MaxCommandBytes)
 	}
 	if isJSON {
-		dec := json.NewDecoder(bytes.NewReader(data))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(v); err != nil {
-			return Rejectf(CodeMalformed, "the JSON command does not decode: %v; see the command schema in the commands package documentation", err)
-		}
-		if _, err := dec.Token(); err != io.EOF {
+		err := decodeJSON(data, v)
+		switch {
+		case errors.Is(err, errTrailingJSON):
 			return Rejectf(CodeMalformed, "the JSON command has data after its object; send exactly one JSON object")
+		case err != nil:
+			return Rejectf(CodeMalformed, "the JSON command does not decode: %v; see the command schema in the commands package documentation", err)
 		}
 		return nil
 	}
 	if err := d.codec.Unmarshal(data, v); err != nil {
 		return Rejectf(CodeMalformed, "the CBOR command does not decode: %v; send deterministic CBOR with the documented fields, or JSON with Content-Type: application/json", err)
+	}
+	return nil
+}
+
+// errTrailingJSON reports data after a JSON command's object.
+var errTrailingJSON = errors.New("data after the JSON object")
+
+// decodeJSON decodes exactly one JSON object into v and refuses unknown
+// fields: a command the handler does not fully understand is refused,
+// never half-applied.
+func decodeJSON(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errTrailingJSON
 	}
 	return nil
 }

@@ -4,12 +4,19 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/artifactstore/artifactstore/events"
 )
 
-// Reply statuses.
+// Reply statuses. Every family's reply has one; Code and Reason come with
+// StatusRejected and StatusFailed.
 const (
+	// StatusApplied: a retention change is committed with its event.
+	StatusApplied = "applied"
+	// StatusUnchanged: the package already was as a retention command
+	// asked; nothing was appended.
+	StatusUnchanged = "unchanged"
 	// StatusStored: the blob is durable and the events are committed.
 	StatusStored = "stored"
 	// StatusRepaired: as StatusStored, and the backend's copy of the
@@ -49,8 +56,11 @@ const (
 	CodeInternal = "internal"
 )
 
-// Reply is the ingester's answer to one command, sent only after the
-// outcome is durable. Digests are lowercase hex.
+// Reply is the answer to an ingest, seal or retention command, sent only
+// after the outcome is durable (or, StatusFailed, when the pipeline gave
+// up on it). Digests are lowercase hex. The fields of one family are
+// empty in the replies of the others. (A verify request has its own
+// reply, VerifyReply, which says what was read.)
 type Reply struct {
 	V         int    `cbor:"v" json:"v"`
 	CommandID string `cbor:"command_id" json:"command_id"`
@@ -60,6 +70,8 @@ type Reply struct {
 	Code   string `cbor:"code,omitempty" json:"code,omitempty"`
 	Reason string `cbor:"reason,omitempty" json:"reason,omitempty"`
 
+	// Action is the retention command's action.
+	Action  string `cbor:"action,omitempty" json:"action,omitempty"`
 	Package string `cbor:"package,omitempty" json:"package,omitempty"`
 	Path    string `cbor:"path,omitempty" json:"path,omitempty"`
 	// Address is the content address under the primary algorithm.
@@ -72,6 +84,14 @@ type Reply struct {
 	// Repaired is set with StatusRepaired: what was wrong with the stored
 	// copy ("corrupt" or "missing").
 	Repaired string `cbor:"repaired,omitempty" json:"repaired,omitempty"`
+	// Class, RetainUntil (nil: never expires) and LegalHold describe the
+	// package after a retention command; unset for a rejection.
+	Class       string     `cbor:"class,omitempty" json:"class,omitempty"`
+	RetainUntil *time.Time `cbor:"retain_until,omitempty" json:"retain_until,omitempty"`
+	LegalHold   bool       `cbor:"legal_hold,omitempty" json:"legal_hold,omitempty"`
+	// Note is extra information for the operator, e.g. that a held package
+	// had already expired.
+	Note string `cbor:"note,omitempty" json:"note,omitempty"`
 	// Duplicate is true when the command id had been handled before: the
 	// reply describes the first outcome and nothing new happened.
 	Duplicate bool `cbor:"duplicate,omitempty" json:"duplicate,omitempty"`

@@ -165,8 +165,8 @@ func TestRePutRepairsCorruptObject(t *testing.T) {
 	r.project()
 	flipOnDisk(t, r.file(a), 4*blaketree.GroupSize+10)
 
-	v, err := r.vw.Verify(ctx, verifier.Request{V: verifier.RequestVersion, RequestID: "verify-1", Address: a, BackendID: "local", Origin: verifier.OriginOnDemand})
-	if err != nil || v.Outcome != verifier.OutcomeCorrupt {
+	v, err := r.vw.Verify(ctx, commands.Verify{V: commands.Version, RequestID: "verify-1", Address: a, BackendID: "local", Origin: commands.OriginOnDemand})
+	if err != nil || v.Outcome != commands.OutcomeCorrupt {
 		t.Fatalf("verify of the damaged object: %+v, %v; want corrupt", v, err)
 	}
 	r.project()

@@ -14,12 +14,12 @@ import (
 // else a StatusFailed reply with code and reason.
 func (h *Handler) Answer(ctx context.Context, m bus.Message, code, reason string) error {
 	isJSON := commands.IsJSON(m.ContentType)
-	c, _ := DecodeCommand(h.cfg.Codec, m.Data, isJSON)
+	c, _ := h.dec.DecodeRetention(m.Data, isJSON)
 	if commands.ValidateCommandID(c.CommandID) != nil || (m.CommandID != "" && m.CommandID != c.CommandID) {
 		c.CommandID = fallbackID(m)
 	}
-	rep := Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
-		Status: StatusFailed, Code: code, Reason: reason}
+	rep := commands.Reply{V: commands.Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
+		Status: commands.StatusFailed, Code: code, Reason: reason}
 	if recorded, err := h.recorded(ctx, c); err == nil {
 		rep = recorded
 	}
@@ -28,7 +28,7 @@ func (h *Handler) Answer(ctx context.Context, m bus.Message, code, reason string
 	if h.cfg.NATS == nil || m.ReplyTo == "" {
 		return nil
 	}
-	body, err := EncodeReply(h.cfg.Codec, rep, isJSON)
+	body, err := commands.Encode(h.cfg.Codec, rep, isJSON)
 	if err != nil {
 		return fmt.Errorf("retention: encode the answer to %s: %w", c.CommandID, err)
 	}

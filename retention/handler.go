@@ -103,6 +103,7 @@ func (c Config) withDefaults() (Config, error) {
 type Handler struct {
 	cfg      Config
 	log      zerolog.Logger
+	dec      *commands.Decoder
 	consumer *bus.Consumer
 }
 
@@ -112,7 +113,7 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger.With().Str("service", "retention").Logger()}, nil
+	return &Handler{cfg: cfg, log: cfg.Logger.With().Str("service", "retention").Logger(), dec: commands.NewDecoder(cfg.Codec)}, nil
 }
 
 // Start binds the handler to the durable retention consumer of topology t
@@ -157,7 +158,7 @@ func (h *Handler) Stop(ctx context.Context) error {
 // answered, and dead-lettered; a database failure is retried.
 func (h *Handler) Handle(ctx context.Context, m bus.Message) error {
 	isJSON := commands.IsJSON(m.ContentType)
-	c, err := DecodeCommand(h.cfg.Codec, m.Data, isJSON)
+	c, err := h.dec.DecodeRetention(m.Data, isJSON)
 	var rej *commands.Error
 	switch {
 	case errors.As(err, &rej):
@@ -207,9 +208,9 @@ func (h *Handler) transient(ctx context.Context, err error) error {
 }
 
 // finish replies and returns the consume loop's verdict.
-func (h *Handler) finish(m bus.Message, rep Reply, isJSON bool) error {
+func (h *Handler) finish(m bus.Message, rep commands.Reply, isJSON bool) error {
 	if h.cfg.NATS != nil && m.ReplyTo != "" {
-		body, err := EncodeReply(h.cfg.Codec, rep, isJSON)
+		body, err := commands.Encode(h.cfg.Codec, rep, isJSON)
 		if err == nil {
 			ct := ""
 			if isJSON {
@@ -222,7 +223,7 @@ func (h *Handler) finish(m bus.Message, rep Reply, isJSON bool) error {
 			h.log.Warn().Err(err).Str("command_id", rep.CommandID).Msg("reply failed")
 		}
 	}
-	if rep.Status == StatusRejected {
+	if rep.Status == commands.StatusRejected {
 		return bus.Reject(rep.Err(), rep.Code)
 	}
 	return nil
@@ -233,25 +234,25 @@ type pkgRow pkgstate.Retention
 
 // decision is the outcome of one command against the package's state.
 type decision struct {
-	reply  Reply
+	reply  commands.Reply
 	draft  *events.Draft // nil: nothing to append
 	update func(ctx context.Context, tx pgx.Tx) error
 }
 
 // Apply decides c (which must be valid) and commits its event and the
 // state change in one transaction. A refusal is a reply with
-// StatusRejected (and its event), not an error; an error means nothing
+// commands.StatusRejected (and its event), not an error; an error means nothing
 // was decided and the command may be retried.
-func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
+func (h *Handler) Apply(ctx context.Context, c commands.Retention) (commands.Reply, error) {
 	if err := c.Validate(); err != nil {
 		var rej *commands.Error
 		if errors.As(err, &rej) {
 			return h.Refuse(ctx, c, rej)
 		}
-		return Reply{}, err
+		return commands.Reply{}, err
 	}
 	var (
-		rep Reply
+		rep commands.Reply
 		dup bool
 	)
 	err := pkgstate.InTx(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
@@ -285,7 +286,7 @@ func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
 		return nil
 	})
 	if err != nil {
-		return Reply{}, fmt.Errorf("retention: %s %q: %w", c.Action, c.Package, err)
+		return commands.Reply{}, fmt.Errorf("retention: %s %q: %w", c.Action, c.Package, err)
 	}
 	if dup {
 		return h.recorded(ctx, c)
@@ -297,7 +298,7 @@ func (h *Handler) Apply(ctx context.Context, c Command) (Reply, error) {
 
 // Refuse records rej as the outcome of c (a command.rejected event under
 // c.CommandID, which must be a valid command id) and returns the reply.
-func (h *Handler) Refuse(ctx context.Context, c Command, rej *commands.Error) (Reply, error) {
+func (h *Handler) Refuse(ctx context.Context, c commands.Retention, rej *commands.Error) (commands.Reply, error) {
 	var dup bool
 	var seq int64
 	err := pgx.BeginFunc(ctx, h.cfg.Pool, func(tx pgx.Tx) error {
@@ -310,17 +311,17 @@ func (h *Handler) Refuse(ctx context.Context, c Command, rej *commands.Error) (R
 		return nil
 	})
 	if err != nil {
-		return Reply{}, fmt.Errorf("retention: record refusal of %s: %w", c.CommandID, err)
+		return commands.Reply{}, fmt.Errorf("retention: record refusal of %s: %w", c.CommandID, err)
 	}
 	if dup {
 		return h.recorded(ctx, c)
 	}
 	h.log.Info().Str("command_id", c.CommandID).Str("code", rej.Code).Str("reason", rej.Reason).Msg("refusing retention command")
-	return Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
-		Status: StatusRejected, Code: rej.Code, Reason: rej.Reason, Sequence: seq}, nil
+	return commands.Reply{V: commands.Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
+		Status: commands.StatusRejected, Code: rej.Code, Reason: rej.Reason, Sequence: seq}, nil
 }
 
-func rejection(c Command, rej *commands.Error) events.Draft {
+func rejection(c commands.Retention, rej *commands.Error) events.Draft {
 	// The refused command's own fields may be what was wrong with it:
 	// the actor column is text, so an actor that is not text is not
 	// recorded (the reason quotes it).
@@ -336,22 +337,22 @@ func rejection(c Command, rej *commands.Error) events.Draft {
 		Payload: events.CommandRejectedV1{CommandID: c.CommandID, Command: command, Package: c.Package, Code: rej.Code, Reason: rej.Reason}}
 }
 
-func (h *Handler) reject(c Command, rej *commands.Error) decision {
+func (h *Handler) reject(c commands.Retention, rej *commands.Error) decision {
 	d := rejection(c, rej)
 	return decision{
-		reply: Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
-			Status: StatusRejected, Code: rej.Code, Reason: rej.Reason},
+		reply: commands.Reply{V: commands.Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package,
+			Status: commands.StatusRejected, Code: rej.Code, Reason: rej.Reason},
 		draft: &d,
 	}
 }
 
 // recorded rebuilds the reply of a command id already in the log.
-func (h *Handler) recorded(ctx context.Context, c Command) (Reply, error) {
+func (h *Handler) recorded(ctx context.Context, c commands.Retention) (commands.Reply, error) {
 	evs, err := h.cfg.Log.ByCommand(ctx, c.CommandID)
 	if err != nil {
-		return Reply{}, fmt.Errorf("retention: read the events of command %s: %w", c.CommandID, err)
+		return commands.Reply{}, fmt.Errorf("retention: read the events of command %s: %w", c.CommandID, err)
 	}
-	r := Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Duplicate: true}
+	r := commands.Reply{V: commands.Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Duplicate: true}
 	if len(evs) == 0 {
 		return r, fmt.Errorf("retention: command %s has no events", c.CommandID)
 	}
@@ -363,13 +364,13 @@ func (h *Handler) recorded(ctx context.Context, c Command) (Reply, error) {
 		}
 		switch p := p.(type) {
 		case events.CommandRejectedV1:
-			r.Status, r.Code, r.Reason = StatusRejected, p.Code, p.Reason
+			r.Status, r.Code, r.Reason = commands.StatusRejected, p.Code, p.Reason
 		case events.LegalHoldSetV1:
-			r.Status, r.Action, r.Package, r.LegalHold = StatusApplied, ActionHold, p.Package, true
+			r.Status, r.Action, r.Package, r.LegalHold = commands.StatusApplied, commands.ActionHold, p.Package, true
 		case events.LegalHoldReleasedV1:
-			r.Status, r.Action, r.Package = StatusApplied, ActionRelease, p.Package
+			r.Status, r.Action, r.Package = commands.StatusApplied, commands.ActionRelease, p.Package
 		case events.RetentionChangedV1:
-			r.Status, r.Action, r.Package, r.Class, r.RetainUntil = StatusApplied, ActionRetain, p.Package, p.Class, p.RetainUntil
+			r.Status, r.Action, r.Package, r.Class, r.RetainUntil = commands.StatusApplied, commands.ActionRetain, p.Package, p.Class, p.RetainUntil
 		default:
 			return r, fmt.Errorf("retention: command id %s belongs to a %s event, not to a retention command; use a fresh command id", c.CommandID, e.Type)
 		}
@@ -378,7 +379,7 @@ func (h *Handler) recorded(ctx context.Context, c Command) (Reply, error) {
 }
 
 // decide reads the package under the lock and decides c.
-func (h *Handler) decide(ctx context.Context, tx pgx.Tx, c Command) (decision, error) {
+func (h *Handler) decide(ctx context.Context, tx pgx.Tx, c commands.Retention) (decision, error) {
 	r, err := pkgstate.LockRetention(ctx, tx, c.Package)
 	p := pkgRow(r)
 	if errors.Is(err, pkgstate.ErrNotFound) {
@@ -389,26 +390,26 @@ func (h *Handler) decide(ctx context.Context, tx pgx.Tx, c Command) (decision, e
 		return decision{}, err
 	}
 	switch c.Action {
-	case ActionHold:
+	case commands.ActionHold:
 		return h.decideHold(c, p), nil
-	case ActionRelease:
+	case commands.ActionRelease:
 		return h.decideRelease(c, p), nil
 	default:
 		return h.decideRetain(ctx, tx, c, p)
 	}
 }
 
-func (p pkgRow) reply(c Command, status string) Reply {
-	return Reply{V: Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Status: status,
+func (p pkgRow) reply(c commands.Retention, status string) commands.Reply {
+	return commands.Reply{V: commands.Version, CommandID: c.CommandID, Action: c.Action, Package: c.Package, Status: status,
 		Class: p.Class, RetainUntil: p.RetainUntil, LegalHold: p.Hold}
 }
 
-func (h *Handler) decideHold(c Command, p pkgRow) decision {
+func (h *Handler) decideHold(c commands.Retention, p pkgRow) decision {
 	if p.Hold && p.HoldReason != nil && *p.HoldReason == c.Reason {
-		return decision{reply: p.reply(c, StatusUnchanged)}
+		return decision{reply: p.reply(c, commands.StatusUnchanged)}
 	}
 	p.Hold = true
-	rep := p.reply(c, StatusApplied)
+	rep := p.reply(c, commands.StatusApplied)
 	if p.ExpiredAt != nil {
 		rep.Note = fmt.Sprintf("package %q expired at %s: the hold keeps the bytes the reaper has not deleted yet; deleted bytes are gone",
 			c.Package, p.ExpiredAt.UTC().Format(time.RFC3339))
@@ -423,13 +424,13 @@ func (h *Handler) decideHold(c Command, p pkgRow) decision {
 	}
 }
 
-func (h *Handler) decideRelease(c Command, p pkgRow) decision {
+func (h *Handler) decideRelease(c commands.Retention, p pkgRow) decision {
 	if !p.Hold {
-		return decision{reply: p.reply(c, StatusUnchanged)}
+		return decision{reply: p.reply(c, commands.StatusUnchanged)}
 	}
 	p.Hold = false
 	return decision{
-		reply: p.reply(c, StatusApplied),
+		reply: p.reply(c, commands.StatusApplied),
 		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
 			Payload: events.LegalHoldReleasedV1{Package: c.Package, Reason: c.Reason}},
 		update: func(ctx context.Context, tx pgx.Tx) error {
@@ -438,9 +439,9 @@ func (h *Handler) decideRelease(c Command, p pkgRow) decision {
 	}
 }
 
-func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c Command, p pkgRow) (decision, error) {
+func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c commands.Retention, p pkgRow) (decision, error) {
 	if p.ExpiredAt != nil {
-		return h.reject(c, commands.Rejectf(CodePackageExpired,
+		return h.reject(c, commands.Rejectf(commands.CodePackageExpired,
 			"package %q expired at %s; its retention can no longer be changed (a legal hold still keeps the bytes not yet deleted: artifactstore hold)",
 			c.Package, p.ExpiredAt.UTC().Format(time.RFC3339))), nil
 	}
@@ -471,7 +472,7 @@ func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c Command, p pkgR
 		t := c.RetainUntil.UTC().Truncate(time.Microsecond)
 		until = &t
 		if min := tc.RetainUntil(p.CreatedAt); !tc.MayShorten && min != nil && t.Before(*min) {
-			return h.reject(c, commands.Rejectf(CodeShortenRefused,
+			return h.reject(c, commands.Rejectf(commands.CodeShortenRefused,
 				"class %q keeps a package created at %s at least until %s; retain_until %s is earlier — choose a later date or another class",
 				target, p.CreatedAt.UTC().Format(time.RFC3339), min.Format(time.RFC3339), t.Format(time.RFC3339))), nil
 		}
@@ -479,18 +480,18 @@ func (h *Handler) decideRetain(ctx context.Context, tx pgx.Tx, c Command, p pkgR
 		until = tc.RetainUntil(p.CreatedAt)
 	}
 	if !cur.MayShorten && earlier(until, p.RetainUntil) {
-		return h.reject(c, commands.Rejectf(CodeShortenRefused,
+		return h.reject(c, commands.Rejectf(commands.CodeShortenRefused,
 			"package %q is %s and retained until %s; its retention may be lengthened, never shortened, and the change to %s until %s would end it earlier",
 			c.Package, p.Class, fmtUntil(p.RetainUntil), target, fmtUntil(until))), nil
 	}
 	if target == p.Class && sameUntil(until, p.RetainUntil) {
-		return decision{reply: p.reply(c, StatusUnchanged)}, nil
+		return decision{reply: p.reply(c, commands.StatusUnchanged)}, nil
 	}
 	prev := p.RetainUntil
 	from := p.Class
 	p.Class, p.RetainUntil = target, until
 	return decision{
-		reply: p.reply(c, StatusApplied),
+		reply: p.reply(c, commands.StatusApplied),
 		draft: &events.Draft{SubjectKind: events.SubjectPackage, SubjectID: c.Package, Actor: c.Actor,
 			Payload: events.RetentionChangedV1{Package: c.Package, FromClass: from, Class: target,
 				RetainUntil: until, PrevRetainTill: prev, Reason: c.Reason}},

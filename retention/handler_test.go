@@ -94,9 +94,9 @@ func (e *env) createdAt(name string) time.Time {
 	return at
 }
 
-func (e *env) apply(c retention.Command) retention.Reply {
+func (e *env) apply(c commands.Retention) commands.Reply {
 	e.t.Helper()
-	c.V = retention.Version
+	c.V = commands.Version
 	if c.CommandID == "" {
 		c.CommandID = uuid.NewString()
 	}
@@ -154,8 +154,8 @@ func TestHoldAndRelease(t *testing.T) {
 	e := newEnv(t)
 	e.createPackage("ci/run-1", "transient")
 
-	r := e.apply(retention.Command{CommandID: "hold-1", Action: retention.ActionHold, Package: "ci/run-1", Reason: "case 17", Actor: "alice"})
-	if r.Status != retention.StatusApplied || !r.LegalHold || r.Sequence == 0 {
+	r := e.apply(commands.Retention{CommandID: "hold-1", Action: commands.ActionHold, Package: "ci/run-1", Reason: "case 17", Actor: "alice"})
+	if r.Status != commands.StatusApplied || !r.LegalHold || r.Sequence == 0 {
 		t.Fatalf("hold reply = %+v; want applied with hold and a sequence", r)
 	}
 	st := e.state("ci/run-1")
@@ -169,18 +169,18 @@ func TestHoldAndRelease(t *testing.T) {
 
 	// The same hold again changes nothing and appends nothing.
 	before := e.head()
-	r = e.apply(retention.Command{Action: retention.ActionHold, Package: "ci/run-1", Reason: "case 17"})
-	if r.Status != retention.StatusUnchanged || e.head() != before {
+	r = e.apply(commands.Retention{Action: commands.ActionHold, Package: "ci/run-1", Reason: "case 17"})
+	if r.Status != commands.StatusUnchanged || e.head() != before {
 		t.Fatalf("repeated hold = %+v, head %d -> %d; want unchanged, nothing appended", r, before, e.head())
 	}
 	// Another reason is a change.
-	r = e.apply(retention.Command{Action: retention.ActionHold, Package: "ci/run-1", Reason: "case 18"})
-	if r.Status != retention.StatusApplied || *e.state("ci/run-1").reason != "case 18" {
+	r = e.apply(commands.Retention{Action: commands.ActionHold, Package: "ci/run-1", Reason: "case 18"})
+	if r.Status != commands.StatusApplied || *e.state("ci/run-1").reason != "case 18" {
 		t.Fatalf("hold with a new reason = %+v", r)
 	}
 
-	r = e.apply(retention.Command{CommandID: "release-1", Action: retention.ActionRelease, Package: "ci/run-1", Actor: "bob"})
-	if r.Status != retention.StatusApplied || r.LegalHold {
+	r = e.apply(commands.Retention{CommandID: "release-1", Action: commands.ActionRelease, Package: "ci/run-1", Actor: "bob"})
+	if r.Status != commands.StatusApplied || r.LegalHold {
 		t.Fatalf("release = %+v", r)
 	}
 	if st := e.state("ci/run-1"); st.hold || st.reason != nil {
@@ -189,8 +189,8 @@ func TestHoldAndRelease(t *testing.T) {
 	if evs := e.eventsOf("release-1"); len(evs) != 1 || evs[0].Type != events.TypeLegalHoldReleased || evs[0].Actor != "bob" {
 		t.Fatalf("release events = %+v", evs)
 	}
-	r = e.apply(retention.Command{Action: retention.ActionRelease, Package: "ci/run-1"})
-	if r.Status != retention.StatusUnchanged {
+	r = e.apply(commands.Retention{Action: commands.ActionRelease, Package: "ci/run-1"})
+	if r.Status != commands.StatusUnchanged {
 		t.Fatalf("release without hold = %+v; want unchanged", r)
 	}
 }
@@ -201,9 +201,9 @@ func TestRetainLengthenAndRefuseShorten(t *testing.T) {
 	e.createPackage("rel/1", "transient")
 
 	// transient may be changed in any direction: to release-evidence.
-	r := e.apply(retention.Command{CommandID: "up", Action: retention.ActionRetain, Package: "rel/1", Class: "release-evidence", Reason: "released as v1"})
+	r := e.apply(commands.Retention{CommandID: "up", Action: commands.ActionRetain, Package: "rel/1", Class: "release-evidence", Reason: "released as v1"})
 	want := e.createdAt("rel/1").AddDate(0, 0, 2557)
-	if r.Status != retention.StatusApplied || r.Class != "release-evidence" || r.RetainUntil == nil || !r.RetainUntil.Equal(want) {
+	if r.Status != commands.StatusApplied || r.Class != "release-evidence" || r.RetainUntil == nil || !r.RetainUntil.Equal(want) {
 		t.Fatalf("retain to release-evidence = %+v; want applied until %s", r, want)
 	}
 	if st := e.state("rel/1"); st.class != "release-evidence" || !st.retainUntil.Equal(want) {
@@ -224,9 +224,9 @@ func TestRetainLengthenAndRefuseShorten(t *testing.T) {
 
 	// release-evidence may not be shortened: back to transient is refused,
 	// with a clear reply and an event.
-	r = e.apply(retention.Command{CommandID: "down", Action: retention.ActionRetain, Package: "rel/1", Class: "transient"})
-	if r.Status != retention.StatusRejected || r.Code != retention.CodeShortenRefused || r.Reason == "" || r.Sequence == 0 {
-		t.Fatalf("shortening = %+v; want rejected %s", r, retention.CodeShortenRefused)
+	r = e.apply(commands.Retention{CommandID: "down", Action: commands.ActionRetain, Package: "rel/1", Class: "transient"})
+	if r.Status != commands.StatusRejected || r.Code != commands.CodeShortenRefused || r.Reason == "" || r.Sequence == 0 {
+		t.Fatalf("shortening = %+v; want rejected %s", r, commands.CodeShortenRefused)
 	}
 	if err := r.Err(); !errors.Is(err, commands.ErrRejected) {
 		t.Fatalf("Err() = %v", err)
@@ -240,28 +240,28 @@ func TestRetainLengthenAndRefuseShorten(t *testing.T) {
 	}
 	// An earlier date is refused; a later one is accepted.
 	earlier := want.Add(-time.Hour)
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "rel/1", RetainUntil: &earlier}); r.Code != retention.CodeShortenRefused {
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "rel/1", RetainUntil: &earlier}); r.Code != commands.CodeShortenRefused {
 		t.Fatalf("earlier retain_until = %+v; want refused", r)
 	}
 	later := want.AddDate(1, 0, 0)
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "rel/1", RetainUntil: &later}); r.Status != retention.StatusApplied || !r.RetainUntil.Equal(later) {
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "rel/1", RetainUntil: &later}); r.Status != commands.StatusApplied || !r.RetainUntil.Equal(later) {
 		t.Fatalf("later retain_until = %+v; want applied", r)
 	}
 	// Same date again: unchanged.
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "rel/1", RetainUntil: &later}); r.Status != retention.StatusUnchanged {
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "rel/1", RetainUntil: &later}); r.Status != commands.StatusUnchanged {
 		t.Fatalf("same retain_until = %+v; want unchanged", r)
 	}
 	// To permanent-record: never expires, a lengthening.
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "rel/1", Class: "permanent-record"}); r.Status != retention.StatusApplied || r.RetainUntil != nil {
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "rel/1", Class: "permanent-record"}); r.Status != commands.StatusApplied || r.RetainUntil != nil {
 		t.Fatalf("to permanent-record = %+v", r)
 	}
 	// Away from permanent-record: always a shortening.
 	for _, c := range []string{"release-evidence", "transient"} {
-		if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "rel/1", Class: c}); r.Code != retention.CodeShortenRefused {
+		if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "rel/1", Class: c}); r.Code != commands.CodeShortenRefused {
 			t.Fatalf("permanent-record to %s = %+v; want refused", c, r)
 		}
 	}
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "rel/1", RetainUntil: &later}); r.Status != retention.StatusRejected {
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "rel/1", RetainUntil: &later}); r.Status != commands.StatusRejected {
 		t.Fatalf("date on permanent-record = %+v; want rejected", r)
 	}
 	if st := e.state("rel/1"); st.class != "permanent-record" || st.retainUntil != nil {
@@ -273,14 +273,14 @@ func TestRetainMayShortenTransient(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	until := e.createPackage("tmp/1", "raw-evidence")
-	r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "tmp/1", Class: "transient"})
-	if r.Status != retention.StatusApplied || !r.RetainUntil.Before(*until) {
+	r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "tmp/1", Class: "transient"})
+	if r.Status != commands.StatusApplied || !r.RetainUntil.Before(*until) {
 		t.Fatalf("raw-evidence to transient = %+v; want applied and earlier than %s", r, until)
 	}
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "tmp/1", Class: "no-such-class"}); r.Code != commands.CodeUnknownClass {
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "tmp/1", Class: "no-such-class"}); r.Code != commands.CodeUnknownClass {
 		t.Fatalf("unknown class = %+v", r)
 	}
-	if r := e.apply(retention.Command{Action: retention.ActionHold, Package: "no/such", Reason: "x"}); r.Code != commands.CodeUnknownPackage || r.Sequence == 0 {
+	if r := e.apply(commands.Retention{Action: commands.ActionHold, Package: "no/such", Reason: "x"}); r.Code != commands.CodeUnknownPackage || r.Sequence == 0 {
 		t.Fatalf("unknown package = %+v; want rejected with an event", r)
 	}
 }
@@ -292,11 +292,11 @@ func TestExpiredPackage(t *testing.T) {
 	if _, err := e.pool.Exec(context.Background(), `UPDATE ingest_packages SET expired_at = $2 WHERE name = $1`, "old/1", e.now); err != nil {
 		t.Fatal(err)
 	}
-	if r := e.apply(retention.Command{Action: retention.ActionRetain, Package: "old/1", Class: "permanent-record"}); r.Code != retention.CodePackageExpired {
-		t.Fatalf("retain of expired = %+v; want %s", r, retention.CodePackageExpired)
+	if r := e.apply(commands.Retention{Action: commands.ActionRetain, Package: "old/1", Class: "permanent-record"}); r.Code != commands.CodePackageExpired {
+		t.Fatalf("retain of expired = %+v; want %s", r, commands.CodePackageExpired)
 	}
-	r := e.apply(retention.Command{Action: retention.ActionHold, Package: "old/1", Reason: "late discovery"})
-	if r.Status != retention.StatusApplied || r.Note == "" {
+	r := e.apply(commands.Retention{Action: commands.ActionHold, Package: "old/1", Reason: "late discovery"})
+	if r.Status != commands.StatusApplied || r.Note == "" {
 		t.Fatalf("hold of expired = %+v; want applied with a note", r)
 	}
 }
@@ -305,20 +305,20 @@ func TestDuplicateCommandID(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	e.createPackage("p/1", "release-evidence")
-	first := e.apply(retention.Command{CommandID: "same", Action: retention.ActionHold, Package: "p/1", Reason: "r"})
+	first := e.apply(commands.Retention{CommandID: "same", Action: commands.ActionHold, Package: "p/1", Reason: "r"})
 	// A release in between, then the hold command is redelivered: it must
 	// not hold the package again.
-	e.apply(retention.Command{Action: retention.ActionRelease, Package: "p/1"})
+	e.apply(commands.Retention{Action: commands.ActionRelease, Package: "p/1"})
 	head := e.head()
-	again := e.apply(retention.Command{CommandID: "same", Action: retention.ActionHold, Package: "p/1", Reason: "r"})
+	again := e.apply(commands.Retention{CommandID: "same", Action: commands.ActionHold, Package: "p/1", Reason: "r"})
 	if !again.Duplicate || again.Status != first.Status || again.Sequence != first.Sequence || e.head() != head {
 		t.Fatalf("redelivery = %+v (first %+v), head %d -> %d; want the first outcome, nothing appended", again, first, head, e.head())
 	}
 	if e.state("p/1").hold {
 		t.Fatal("a redelivered hold was applied a second time")
 	}
-	rej := e.apply(retention.Command{CommandID: "refused", Action: retention.ActionRetain, Package: "p/1", Class: "transient"})
-	rej2 := e.apply(retention.Command{CommandID: "refused", Action: retention.ActionRetain, Package: "p/1", Class: "transient"})
+	rej := e.apply(commands.Retention{CommandID: "refused", Action: commands.ActionRetain, Package: "p/1", Class: "transient"})
+	rej2 := e.apply(commands.Retention{CommandID: "refused", Action: commands.ActionRetain, Package: "p/1", Class: "transient"})
 	if !rej2.Duplicate || rej2.Code != rej.Code || rej2.Reason != rej.Reason {
 		t.Fatalf("redelivered refusal = %+v; want %+v", rej2, rej)
 	}
@@ -326,22 +326,22 @@ func TestDuplicateCommandID(t *testing.T) {
 
 func TestValidate(t *testing.T) {
 	t.Parallel()
-	ok := retention.Command{V: 1, CommandID: "c1", Action: retention.ActionHold, Package: "p", Actor: "a", Reason: "r"}
+	ok := commands.Retention{V: 1, CommandID: "c1", Action: commands.ActionHold, Package: "p", Actor: "a", Reason: "r"}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("valid command: %v", err)
 	}
 	zero := time.Time{}
-	for name, mod := range map[string]func(*retention.Command){
-		"version":        func(c *retention.Command) { c.V = 2 },
-		"no id":          func(c *retention.Command) { c.CommandID = "" },
-		"bad package":    func(c *retention.Command) { c.Package = "../x" },
-		"no actor":       func(c *retention.Command) { c.Actor = "" },
-		"hold no reason": func(c *retention.Command) { c.Reason = "" },
-		"hold class":     func(c *retention.Command) { c.Class = "transient" },
-		"action":         func(c *retention.Command) { c.Action = "delete" },
-		"retain nothing": func(c *retention.Command) { c.Action = retention.ActionRetain },
-		"zero until":     func(c *retention.Command) { c.Action, c.RetainUntil = retention.ActionRetain, &zero },
-		"release class":  func(c *retention.Command) { c.Action, c.Class = retention.ActionRelease, "x" },
+	for name, mod := range map[string]func(*commands.Retention){
+		"version":        func(c *commands.Retention) { c.V = 2 },
+		"no id":          func(c *commands.Retention) { c.CommandID = "" },
+		"bad package":    func(c *commands.Retention) { c.Package = "../x" },
+		"no actor":       func(c *commands.Retention) { c.Actor = "" },
+		"hold no reason": func(c *commands.Retention) { c.Reason = "" },
+		"hold class":     func(c *commands.Retention) { c.Class = "transient" },
+		"action":         func(c *commands.Retention) { c.Action = "delete" },
+		"retain nothing": func(c *commands.Retention) { c.Action = commands.ActionRetain },
+		"zero until":     func(c *commands.Retention) { c.Action, c.RetainUntil = commands.ActionRetain, &zero },
+		"release class":  func(c *commands.Retention) { c.Action, c.Class = commands.ActionRelease, "x" },
 	} {
 		c := ok
 		mod(&c)
@@ -398,12 +398,12 @@ func TestOverNATS(t *testing.T) {
 	defer req.Close()
 	subject := topo.Subject(bus.CmdRetention)
 
-	r, err := retention.Request(ctx, req, e.codec, subject, retention.Command{V: 1, CommandID: uuid.NewString(),
-		Action: retention.ActionHold, Package: "n/1", Actor: "carol", Reason: "audit"})
+	r, err := retention.Request(ctx, req, e.codec, subject, commands.Retention{V: 1, CommandID: uuid.NewString(),
+		Action: commands.ActionHold, Package: "n/1", Actor: "carol", Reason: "audit"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Status != retention.StatusApplied {
+	if r.Status != commands.StatusApplied {
 		t.Fatalf("reply = %+v", r)
 	}
 
@@ -443,11 +443,11 @@ func TestOverNATS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no reply to the malformed command: %v", err)
 	}
-	rep, err := retention.DecodeReply(e.codec, m.Data, true)
+	rep, err := commands.DecodeReply(e.codec, m.Data, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Status != retention.StatusRejected || rep.Code != commands.CodeMalformed {
+	if rep.Status != commands.StatusRejected || rep.Code != commands.CodeMalformed {
 		t.Fatalf("malformed reply = %+v", rep)
 	}
 	if evs := e.eventsOf("bad-1"); len(evs) != 1 || evs[0].Type != events.TypeCommandRejected {

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
 )
 
 // Answer is the consume loop's answer to a verify request the pipeline
@@ -11,14 +12,14 @@ import (
 // request turns out to be in the log (its worker died after appending it),
 // else OutcomeError with code and reason.
 func (w *Worker) Answer(ctx context.Context, m bus.Message, code, reason string) error {
-	asJSON := isJSON(m.ContentType)
-	req, _ := DecodeRequest(w.codec, m.Data, asJSON, m.CommandID)
+	asJSON := commands.IsJSON(m.ContentType)
+	req, _ := commands.DecodeVerify(w.codec, m.Data, asJSON, m.CommandID)
 	replyTo := m.ReplyTo
 	if replyTo == "" {
 		replyTo = req.ReplyTo
 	}
-	rep := Reply{V: RequestVersion, RequestID: req.RequestID, BackendID: req.BackendID,
-		Outcome: OutcomeError, Code: code, Reason: reason}
+	rep := commands.VerifyReply{V: commands.Version, RequestID: req.RequestID, BackendID: req.BackendID,
+		Outcome: commands.OutcomeError, Code: code, Reason: reason}
 	if !req.Address.IsZero() {
 		rep.Address = req.Address.String()
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/verifier"
@@ -52,7 +53,7 @@ func BenchmarkScrub(b *testing.B) {
 		run++
 		for i, a := range addrs {
 			rep, err := w.Verify(ctx, request(fmt.Sprintf("bench-%d-%d", run, i), a))
-			if err != nil || rep.Outcome != verifier.OutcomeVerified {
+			if err != nil || rep.Outcome != commands.OutcomeVerified {
 				b.Fatalf("verify: %+v %v", rep, err)
 			}
 		}
@@ -98,7 +99,7 @@ func BenchmarkRateLimit(b *testing.B) {
 			wg.Go(func() {
 				for i := g; time.Since(start) < window; i++ {
 					rep, err := w.Verify(ctx, request(fmt.Sprintf("rate-%d", seq.Add(1)), addrs[i%len(addrs)]))
-					if err != nil || rep.Outcome != verifier.OutcomeVerified {
+					if err != nil || rep.Outcome != commands.OutcomeVerified {
 						b.Errorf("verify: %+v %v", rep, err)
 						return
 					}

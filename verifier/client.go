@@ -11,6 +11,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/catalog"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 )
@@ -94,7 +95,7 @@ func FindTargets(ctx context.Context, pool *pgxpool.Pool, sel Selector) ([]Targe
 type Result struct {
 	Target Target
 	// Reply is the worker's reply; zero when Err is set.
-	Reply Reply
+	Reply commands.VerifyReply
 	// Err says why no reply came (publish failure, timeout, undecodable
 	// reply).
 	Err error
@@ -133,19 +134,19 @@ func RequestAll(ctx context.Context, req *bus.Requester, codec *events.Codec, su
 	return results
 }
 
-func requestOne(ctx context.Context, req *bus.Requester, codec *events.Codec, subject string, t Target) (Reply, error) {
+func requestOne(ctx context.Context, req *bus.Requester, codec *events.Codec, subject string, t Target) (commands.VerifyReply, error) {
 	id := uuid.NewString()
-	body, err := EncodeRequest(codec, Request{V: RequestVersion, RequestID: id, Address: t.Address, BackendID: t.BackendID, Origin: OriginOnDemand}, false)
+	body, err := commands.EncodeVerify(codec, commands.Verify{V: commands.Version, RequestID: id, Address: t.Address, BackendID: t.BackendID, Origin: commands.OriginOnDemand}, false)
 	if err != nil {
-		return Reply{}, err
+		return commands.VerifyReply{}, err
 	}
 	msg, err := req.Request(ctx, subject, id, body, "")
 	if err != nil {
-		return Reply{}, err
+		return commands.VerifyReply{}, err
 	}
-	rep, err := DecodeReply(codec, msg.Data, isJSON(msg.Header.Get(bus.HeaderContentType)))
+	rep, err := commands.DecodeVerifyReply(codec, msg.Data, commands.IsJSON(msg.Header.Get(bus.HeaderContentType)))
 	if err != nil {
-		return Reply{}, err
+		return commands.VerifyReply{}, err
 	}
 	return rep, nil
 }

@@ -1,6 +1,10 @@
 package verifier
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/artifactstore/artifactstore/commands"
+)
 
 // Metrics counts what verifier workers do. A nil *Metrics counts nothing.
 type Metrics struct {
@@ -22,7 +26,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Verifications by outcome: verified, corrupt (found damaged) or missing (found gone).",
 		}, []string{"outcome"}),
 	}
-	for _, o := range []string{OutcomeVerified, OutcomeCorrupt, OutcomeMissing} {
+	for _, o := range []string{commands.OutcomeVerified, commands.OutcomeCorrupt, commands.OutcomeMissing} {
 		m.outcomes.WithLabelValues(o) // export zeros, so alerts see the series
 	}
 	reg.MustRegister(m.bytes, m.outcomes)

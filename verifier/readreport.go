@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
@@ -25,7 +26,7 @@ type ReadReporterConfig struct {
 	Logger *zerolog.Logger
 	// Done, when set, is called after each report was handled, with the
 	// verification's reply (or its error); for tests and metrics.
-	Done func(*dataplane.CorruptError, Reply, error)
+	Done func(*dataplane.CorruptError, commands.VerifyReply, error)
 }
 
 // ReadReporter is the data plane's CorruptionReporter in the processes
@@ -127,7 +128,7 @@ func (r *ReadReporter) Start(ctx context.Context, w *Worker) {
 
 func (r *ReadReporter) handle(ctx context.Context, w *Worker, c *dataplane.CorruptError) {
 	defer r.done(readKey{c.BackendID, c.Address})
-	req := Request{V: RequestVersion, RequestID: "read-" + uuid.NewString(), Address: c.Address, BackendID: c.BackendID, Origin: OriginRead}
+	req := commands.Verify{V: commands.Version, RequestID: "read-" + uuid.NewString(), Address: c.Address, BackendID: c.BackendID, Origin: commands.OriginRead}
 	rep, err := w.Verify(ctx, req)
 	log := r.logger.With().Str("address", c.Address.String()).Str("backend_id", c.BackendID).Str("request_id", req.RequestID).Logger()
 	switch {

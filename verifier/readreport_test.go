@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/digest/blaketree"
 	"github.com/artifactstore/artifactstore/events"
@@ -18,7 +19,7 @@ import (
 
 type readReport struct {
 	c   *dataplane.CorruptError
-	rep verifier.Reply
+	rep commands.VerifyReply
 	err error
 }
 
@@ -28,7 +29,7 @@ func readEnv(t *testing.T) (*env, chan readReport) {
 	t.Helper()
 	done := make(chan readReport, 8)
 	rr := verifier.NewReadReporter(verifier.ReadReporterConfig{
-		Done: func(c *dataplane.CorruptError, rep verifier.Reply, err error) { done <- readReport{c, rep, err} },
+		Done: func(c *dataplane.CorruptError, rep commands.VerifyReply, err error) { done <- readReport{c, rep, err} },
 	})
 	e := newEnv(t, dataplane.WithCorruptionReporter(rr))
 	l := e.logger
@@ -79,7 +80,7 @@ func TestReadCorruptionIsRecordedAtOnce(t *testing.T) {
 		t.Fatalf("read of a damaged object: %v, want ErrCorrupt", err)
 	}
 	r := waitReport(t, done)
-	if r.err != nil || r.rep.Outcome != verifier.OutcomeCorrupt || r.c.Offset != 5*blaketree.GroupSize {
+	if r.err != nil || r.rep.Outcome != commands.OutcomeCorrupt || r.c.Offset != 5*blaketree.GroupSize {
 		t.Fatalf("report %+v -> %+v, %v; want a corrupt outcome for the group at %d", r.c, r.rep, r.err, 5*blaketree.GroupSize)
 	}
 	evs, err := e.log.ByCommand(context.Background(), r.rep.RequestID)
@@ -119,7 +120,7 @@ func TestReadOfDamagedTreeRebuildsIt(t *testing.T) {
 		t.Fatalf("read with a damaged tree: %v, want ErrCorrupt", err)
 	}
 	r := waitReport(t, done)
-	if r.err != nil || r.rep.Outcome != verifier.OutcomeVerified || r.rep.Tree != string(dataplane.TreeRebuilt) || r.rep.Reason == "" {
+	if r.err != nil || r.rep.Outcome != commands.OutcomeVerified || r.rep.Tree != string(dataplane.TreeRebuilt) || r.rep.Reason == "" {
 		t.Fatalf("report -> %+v, %v; want verified with the tree rebuilt", r.rep, r.err)
 	}
 	if got, err := readAllServed(t, e.dp, addr, int64(len(data))); err != nil || !bytes.Equal(got, data) {
@@ -138,7 +139,7 @@ func TestScrubBuildsLegacyTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep, err := e.worker("w").Verify(context.Background(), request("legacy", addr))
-	if err != nil || rep.Outcome != verifier.OutcomeVerified || rep.Tree != string(dataplane.TreeBuilt) {
+	if err != nil || rep.Outcome != commands.OutcomeVerified || rep.Tree != string(dataplane.TreeBuilt) {
 		t.Fatalf("verify of a legacy object: %+v, %v; want verified, tree built", rep, err)
 	}
 	if _, err := os.Stat(e.path(addr) + ".bao"); err != nil {

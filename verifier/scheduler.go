@@ -16,6 +16,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/catalog"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/events"
 )
 
@@ -181,7 +182,7 @@ func (s *Scheduler) batch(ctx context.Context) (int, error) {
 
 func (s *Scheduler) publish(ctx context.Context, d catalog.Due, now time.Time) (string, error) {
 	id := s.requestID(d, now)
-	body, err := EncodeRequest(s.codec, Request{V: RequestVersion, RequestID: id, Address: d.Address, BackendID: d.Backend, Origin: OriginScrub}, false)
+	body, err := commands.EncodeVerify(s.codec, commands.Verify{V: commands.Version, RequestID: id, Address: d.Address, BackendID: d.Backend, Origin: commands.OriginScrub}, false)
 	if err != nil {
 		return "", err
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/verifier"
 )
@@ -27,7 +28,7 @@ func (c *clock) Add(d time.Duration) {
 }
 
 // queued reads every verify request in the commands stream, in order.
-func queued(t *testing.T, e *env) []verifier.Request {
+func queued(t *testing.T, e *env) []commands.Verify {
 	t.Helper()
 	ctx := context.Background()
 	stream, err := e.js.Stream(ctx, e.topo.CommandsStream)
@@ -38,13 +39,13 @@ func queued(t *testing.T, e *env) []verifier.Request {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []verifier.Request
+	var out []commands.Verify
 	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
 		m, err := stream.GetMsg(ctx, seq)
 		if err != nil {
 			t.Fatalf("get message %d: %v", seq, err)
 		}
-		r, err := verifier.DecodeRequest(e.codec, m.Data, false, m.Header.Get(jetstream.MsgIDHeader))
+		r, err := commands.DecodeVerify(e.codec, m.Data, false, m.Header.Get(jetstream.MsgIDHeader))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,7 +189,7 @@ func TestSchedulerRunLoop(t *testing.T) {
 	}
 }
 
-func addrs(rs []verifier.Request) []string {
+func addrs(rs []commands.Verify) []string {
 	var out []string
 	for _, r := range rs {
 		out = append(out, r.Address.String())

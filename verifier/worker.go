@@ -6,7 +6,7 @@
 // Two roles live here:
 //
 //   - [Worker]: any number of processes share one durable JetStream consumer
-//     of verify requests ([Request]). Each verification is idempotent by
+//     of verify requests (commands.Verify). Each verification is idempotent by
 //     request id, which is the command id of the appended event: a
 //     redelivered request appends nothing twice and is answered with the
 //     outcome recorded the first time. A [ByteLimiter] caps the bytes per
@@ -41,6 +41,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/catalog"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/storage"
@@ -76,14 +77,6 @@ var (
 	// ErrDeleted: the object was deleted by the reaper; there is nothing
 	// to verify.
 	ErrDeleted = errors.New("verifier: the object was deleted")
-)
-
-// Outcome codes of rejected requests, as dead-letter codes.
-const (
-	codeMalformed       = "malformed"
-	codeUnknownLocation = "unknown_location"
-	codeDeleted         = "deleted"
-	codeUnknownBackend  = "unknown_backend"
 )
 
 // WorkerConfig configures a [Worker]. Zero values take the defaults filled
@@ -187,26 +180,26 @@ func (w *Worker) Stop(ctx context.Context) error {
 // deleted object or an unknown backend is rejected (dead letter, no
 // retry); anything else is retried with backoff.
 func (w *Worker) Handle(ctx context.Context, m bus.Message) error {
-	asJSON := isJSON(m.ContentType)
-	req, err := DecodeRequest(w.codec, m.Data, asJSON, m.CommandID)
+	asJSON := commands.IsJSON(m.ContentType)
+	req, err := commands.DecodeVerify(w.codec, m.Data, asJSON, m.CommandID)
 	replyTo := m.ReplyTo
 	if replyTo == "" {
 		replyTo = req.ReplyTo
 	}
 	if err != nil {
-		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Outcome: OutcomeError, Code: codeMalformed, Reason: err.Error()}, asJSON)
-		return bus.Reject(err, codeMalformed)
+		w.reply(replyTo, commands.VerifyReply{V: commands.Version, RequestID: req.RequestID, Outcome: commands.OutcomeError, Code: commands.CodeMalformed, Reason: err.Error()}, asJSON)
+		return bus.Reject(err, commands.CodeMalformed)
 	}
 	rep, err := w.Verify(ctx, req)
 	if err != nil {
 		code := ""
 		switch {
 		case errors.Is(err, ErrUnknownLocation):
-			code = codeUnknownLocation
+			code = commands.CodeUnknownLocation
 		case errors.Is(err, ErrDeleted):
-			code = codeDeleted
+			code = commands.CodeDeleted
 		case errors.Is(err, storage.ErrUnknownBackend):
-			code = codeUnknownBackend
+			code = commands.CodeUnknownBackend
 		}
 		if code == "" {
 			dep := bus.DependencyStorage
@@ -215,8 +208,8 @@ func (w *Worker) Handle(ctx context.Context, m bus.Message) error {
 			}
 			return &bus.RetryError{Err: err, Delay: w.cfg.RetryDelay, Dependency: dep}
 		}
-		w.reply(replyTo, Reply{V: RequestVersion, RequestID: req.RequestID, Address: req.Address.String(),
-			BackendID: req.BackendID, Outcome: OutcomeError, Code: code, Reason: err.Error()}, asJSON)
+		w.reply(replyTo, commands.VerifyReply{V: commands.Version, RequestID: req.RequestID, Address: req.Address.String(),
+			BackendID: req.BackendID, Outcome: commands.OutcomeError, Code: code, Reason: err.Error()}, asJSON)
 		return bus.Reject(err, code)
 	}
 	w.reply(replyTo, rep, asJSON)
@@ -226,7 +219,7 @@ func (w *Worker) Handle(ctx context.Context, m bus.Message) error {
 // Verify re-reads the object of req and appends the outcome under the
 // request id, unless that id was handled before: then it returns the
 // recorded outcome (Duplicate) without reading anything.
-func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
+func (w *Worker) Verify(ctx context.Context, req commands.Verify) (commands.VerifyReply, error) {
 	log := w.logger.With().Str("request_id", req.RequestID).Str("address", req.Address.String()).
 		Str("backend_id", req.BackendID).Str("origin", req.Origin).Logger()
 	if prior, err := w.log.ByCommand(ctx, req.RequestID); err == nil {
@@ -235,18 +228,18 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 		log.Debug().Str("outcome", rep.Outcome).Msg("request handled before; replying with the recorded outcome")
 		return rep, err
 	} else if !errors.Is(err, events.ErrCommandNotFound) {
-		return Reply{}, fmt.Errorf("verifier: look up request %s: %w", req.RequestID, err)
+		return commands.VerifyReply{}, fmt.Errorf("verifier: look up request %s: %w", req.RequestID, err)
 	}
 
 	loc, err := w.location(ctx, req.Address, req.BackendID)
 	if err != nil {
-		return Reply{}, err
+		return commands.VerifyReply{}, err
 	}
 	res, err := w.dp.Verify(ctx, req.BackendID, req.Address, dataplane.Expected{
 		BLAKE3: &loc.BLAKE3, SHA256: &loc.SHA256, Size: loc.Size,
 	})
 	if err != nil {
-		return Reply{}, fmt.Errorf("verifier: %w", err)
+		return commands.VerifyReply{}, fmt.Errorf("verifier: %w", err)
 	}
 
 	var payload events.Payload
@@ -266,7 +259,7 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 		SubjectKind: events.SubjectObject, SubjectID: req.Address.String(), Actor: w.cfg.Actor, Payload: payload,
 	}}})
 	if err != nil {
-		return Reply{}, fmt.Errorf("verifier: append the outcome of %s: %w", req.Address, err)
+		return commands.VerifyReply{}, fmt.Errorf("verifier: append the outcome of %s: %w", req.Address, err)
 	}
 	rep, err := w.replyFromEvent(req, results[0].Events[0])
 	rep.Duplicate = results[0].Duplicate
@@ -290,7 +283,7 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 	switch {
 	case rep.Duplicate:
 		log.Debug().Str("outcome", rep.Outcome).Msg("request appended concurrently by another worker")
-	case rep.Outcome == OutcomeVerified:
+	case rep.Outcome == commands.OutcomeVerified:
 		log.Debug().Int64("size", rep.ActualSize).Msg("object verified")
 	default:
 		log.Error().Str("outcome", rep.Outcome).Str("reason", res.Reason).Int64("sequence", rep.Sequence).Msg("object failed verification")
@@ -300,8 +293,8 @@ func (w *Worker) Verify(ctx context.Context, req Request) (Reply, error) {
 
 // replyFromEvent builds the reply from the committed event, so that a
 // first answer and a duplicate's say the same.
-func (w *Worker) replyFromEvent(req Request, ev events.Event) (Reply, error) {
-	rep := Reply{V: RequestVersion, RequestID: req.RequestID, Address: req.Address.String(),
+func (w *Worker) replyFromEvent(req commands.Verify, ev events.Event) (commands.VerifyReply, error) {
+	rep := commands.VerifyReply{V: commands.Version, RequestID: req.RequestID, Address: req.Address.String(),
 		BackendID: req.BackendID, Sequence: ev.Sequence}
 	p, err := w.codec.DecodeEvent(ev)
 	if err != nil {
@@ -309,13 +302,13 @@ func (w *Worker) replyFromEvent(req Request, ev events.Event) (Reply, error) {
 	}
 	switch p := p.(type) {
 	case events.ObjectVerifiedV1:
-		rep.Outcome, rep.ActualSize, rep.ExpectedSize = OutcomeVerified, p.Size, p.Size
+		rep.Outcome, rep.ActualSize, rep.ExpectedSize = commands.OutcomeVerified, p.Size, p.Size
 	case events.ObjectCorruptV1:
-		rep.Outcome, rep.ActualSize, rep.ExpectedSize = OutcomeCorrupt, p.ActualSize, p.ExpectedSize
+		rep.Outcome, rep.ActualSize, rep.ExpectedSize = commands.OutcomeCorrupt, p.ActualSize, p.ExpectedSize
 		rep.ActualBLAKE3, rep.ActualSHA256 = hexOf(p.ActualBLAKE3), hexOf(p.ActualSHA256)
 		rep.Reason = fmt.Sprintf("recorded corrupt: %d bytes (expected %d), blake3 %s", p.ActualSize, p.ExpectedSize, hexOf(p.ActualBLAKE3))
 	case events.ObjectMissingV1:
-		rep.Outcome, rep.Reason = OutcomeMissing, fmt.Sprintf("backend %q does not hold the object", p.BackendID)
+		rep.Outcome, rep.Reason = commands.OutcomeMissing, fmt.Sprintf("backend %q does not hold the object", p.BackendID)
 	default:
 		return rep, fmt.Errorf("verifier: request id %s was used by a %s event, not a verification; use a fresh request id", req.RequestID, ev.Type)
 	}
@@ -338,18 +331,18 @@ func (w *Worker) location(ctx context.Context, addr digest.Address, backendID st
 	return loc, nil
 }
 
-func (w *Worker) reply(replyTo string, rep Reply, asJSON bool) {
+func (w *Worker) reply(replyTo string, rep commands.VerifyReply, asJSON bool) {
 	if replyTo == "" || w.nc == nil {
 		return
 	}
-	body, err := EncodeReply(w.codec, rep, asJSON)
+	body, err := commands.Encode(w.codec, rep, asJSON)
 	if err != nil {
 		w.logger.Error().Err(err).Str("request_id", rep.RequestID).Msg("encode reply")
 		return
 	}
 	ct := ""
 	if asJSON {
-		ct = ContentTypeJSON
+		ct = commands.ContentTypeJSON
 	}
 	if err := bus.Reply(w.nc, replyTo, body, ct); err != nil {
 		// The outcome is recorded; only the waiting client misses it.

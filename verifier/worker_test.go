@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/storage"
@@ -21,8 +22,8 @@ import (
 	"github.com/artifactstore/artifactstore/verifier"
 )
 
-func request(id string, addr digest.Address) verifier.Request {
-	return verifier.Request{V: verifier.RequestVersion, RequestID: id, Address: addr, BackendID: "local"}
+func request(id string, addr digest.Address) commands.Verify {
+	return commands.Verify{V: commands.Version, RequestID: id, Address: addr, BackendID: "local"}
 }
 
 // TestDetectsDamage damages stored files in each way and checks the event
@@ -85,7 +86,7 @@ func TestDetectsDamage(t *testing.T) {
 				cp.ActualSize != actual.Size || cp.ExpectedSize != int64(len(data)) {
 				t.Errorf("%s: corrupt payload %+v, want actual %x/%x size %d expected %d", c.name, cp, actual.BLAKE3, actual.SHA256, actual.Size, len(data))
 			}
-			if rep.Outcome != verifier.OutcomeCorrupt || rep.Reason == "" {
+			if rep.Outcome != commands.OutcomeCorrupt || rep.Reason == "" {
 				t.Errorf("%s: reply %+v", c.name, rep)
 			}
 		}
@@ -111,7 +112,7 @@ func TestBothDigestsChecked(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Outcome != verifier.OutcomeCorrupt {
+	if rep.Outcome != commands.OutcomeCorrupt {
 		t.Fatalf("outcome %q (%s), want corrupt: only the primary digest was checked", rep.Outcome, rep.Reason)
 	}
 }
@@ -133,7 +134,7 @@ func TestRedeliveredRequestAppendsOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !second.Duplicate || second.Outcome != verifier.OutcomeVerified || second.Sequence != first.Sequence {
+	if !second.Duplicate || second.Outcome != commands.OutcomeVerified || second.Sequence != first.Sequence {
 		t.Fatalf("second reply %+v, want a duplicate of %+v", second, first)
 	}
 	head, _ := e.log.Head(ctx)
@@ -198,22 +199,22 @@ func TestTwoWorkersShareConsumer(t *testing.T) {
 	defer req.Close()
 	results := verifier.RequestAll(ctx, req, e.codec, e.topo.Subject(bus.CmdVerify), targets, 8)
 	for i, r := range results {
-		if r.Err != nil || r.Reply.Outcome != verifier.OutcomeVerified {
+		if r.Err != nil || r.Reply.Outcome != commands.OutcomeVerified {
 			t.Fatalf("target %d: %+v", i, r)
 		}
 	}
 	// Publish one request id twice, under two Nats-Msg-Ids so that
 	// JetStream's duplicate detection lets both through, as a republish
 	// after its window would.
-	body, _ := verifier.EncodeRequest(e.codec, request("twice", targets[0].Address), false)
+	body, _ := commands.EncodeVerify(e.codec, request("twice", targets[0].Address), false)
 	dups := 0
 	for _, msgID := range []string{"twice-a", "twice-b"} {
 		msg, err := req.Request(ctx, e.topo.Subject(bus.CmdVerify), msgID, body, "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep, err := verifier.DecodeReply(e.codec, msg.Data, false)
-		if err != nil || rep.Outcome != verifier.OutcomeVerified {
+		rep, err := commands.DecodeVerifyReply(e.codec, msg.Data, false)
+		if err != nil || rep.Outcome != commands.OutcomeVerified {
 			t.Fatalf("reply to twice: %+v %v", rep, err)
 		}
 		if rep.Duplicate {
@@ -249,14 +250,14 @@ func TestRejectedRequestReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer req.Close()
-	unknown, _ := verifier.EncodeRequest(e.codec, request("unknown-1", digest.New(digest.SHA256, [32]byte{9})), false)
+	unknown, _ := commands.EncodeVerify(e.codec, request("unknown-1", digest.New(digest.SHA256, [32]byte{9})), false)
 	for id, body := range map[string][]byte{"unknown-1": unknown, "garbage-1": []byte("not cbor")} {
 		msg, err := req.Request(ctx, e.topo.Subject(bus.CmdVerify), id, body, "")
 		if err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
-		rep, err := verifier.DecodeReply(e.codec, msg.Data, false)
-		if err != nil || rep.Outcome != verifier.OutcomeError || rep.Reason == "" {
+		rep, err := commands.DecodeVerifyReply(e.codec, msg.Data, false)
+		if err != nil || rep.Outcome != commands.OutcomeError || rep.Reason == "" {
 			t.Fatalf("%s: reply %+v %v, want an error with a reason", id, rep, err)
 		}
 	}
@@ -332,10 +333,10 @@ func TestOnDemandPackage(t *testing.T) {
 	}
 	defer req.Close()
 	res := verifier.RequestAll(ctx, req, e.codec, e.topo.Subject(bus.CmdVerify), targets, 4)
-	if res[0].Failed() || res[0].Reply.Outcome != verifier.OutcomeVerified {
+	if res[0].Failed() || res[0].Reply.Outcome != commands.OutcomeVerified {
 		t.Errorf("good file: %+v", res[0])
 	}
-	if !res[1].Failed() || res[1].Reply.Outcome != verifier.OutcomeCorrupt || res[1].Reply.ActualSHA256 == "" {
+	if !res[1].Failed() || res[1].Reply.Outcome != commands.OutcomeCorrupt || res[1].Reply.ActualSHA256 == "" {
 		t.Errorf("bad file: %+v", res[1])
 	}
 }

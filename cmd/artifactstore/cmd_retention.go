@@ -44,18 +44,18 @@ type retainCmd struct {
 }
 
 func (c holdCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
-	return c.send(ctx, g, s, retention.Command{Action: retention.ActionHold, Reason: c.Reason})
+	return c.send(ctx, g, s, commands.Retention{Action: commands.ActionHold, Reason: c.Reason})
 }
 
 func (c releaseCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
-	return c.send(ctx, g, s, retention.Command{Action: retention.ActionRelease, Reason: c.Reason})
+	return c.send(ctx, g, s, commands.Retention{Action: commands.ActionRelease, Reason: c.Reason})
 }
 
 func (c retainCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if c.Class == "" && c.Until.IsZero() {
 		return fmt.Errorf("give --class or --until (or both)")
 	}
-	cmd := retention.Command{Action: retention.ActionRetain, Class: c.Class, Reason: c.Reason}
+	cmd := commands.Retention{Action: commands.ActionRetain, Class: c.Class, Reason: c.Reason}
 	if !c.Until.IsZero() {
 		u := c.Until
 		cmd.RetainUntil = &u
@@ -66,8 +66,8 @@ func (c retainCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 // send fills in the shared fields, publishes the command, waits for the
 // reply and prints it. A refusal is an error (exit status 1) that carries
 // the handler's reason.
-func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd retention.Command) error {
-	cmd.V = retention.Version
+func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd commands.Retention) error {
+	cmd.V = commands.Version
 	cmd.CommandID = uuid.NewString()
 	cmd.Package = f.Package
 	cmd.Actor = f.Actor
@@ -75,7 +75,7 @@ func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd 
 		cmd.Actor = defaultActor()
 	}
 	codec := events.NewCodec()
-	if _, err := retention.EncodeCommand(codec, cmd, false); err != nil {
+	if _, err := commands.EncodeRetention(codec, cmd, false); err != nil {
 		return err
 	}
 	lg, err := g.logger(s.err)
@@ -110,7 +110,7 @@ func (f retentionFlags) send(ctx context.Context, g *Globals, s *ioStreams, cmd 
 		hold = "on legal hold"
 	}
 	what := "changed"
-	if rep.Status == retention.StatusUnchanged {
+	if rep.Status == commands.StatusUnchanged {
 		what = "unchanged (it already was so)"
 	}
 	fmt.Fprintf(s.out, "package %s: %s; class %s, %s, %s", rep.Package, what, rep.Class, until, hold)

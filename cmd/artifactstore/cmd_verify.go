@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
@@ -148,7 +149,7 @@ func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg ze
 		}
 		outcome, detail := r.Reply.Outcome, r.Reply.Reason
 		if r.Err != nil {
-			outcome, detail = verifier.OutcomeError, r.Err.Error()
+			outcome, detail = commands.OutcomeError, r.Err.Error()
 		}
 		counts[outcome]++
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", path, r.Target.Address, r.Target.BackendID, outcome, r.Reply.ActualSize, detail)
@@ -157,12 +158,12 @@ func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg ze
 		return err
 	}
 	fmt.Fprintf(s.out, "%d verified, %d corrupt, %d missing, %d errors\n",
-		counts[verifier.OutcomeVerified], counts[verifier.OutcomeCorrupt], counts[verifier.OutcomeMissing], counts[verifier.OutcomeError])
-	if bad := counts[verifier.OutcomeCorrupt] + counts[verifier.OutcomeMissing]; bad > 0 {
+		counts[commands.OutcomeVerified], counts[commands.OutcomeCorrupt], counts[commands.OutcomeMissing], counts[commands.OutcomeError])
+	if bad := counts[commands.OutcomeCorrupt] + counts[commands.OutcomeMissing]; bad > 0 {
 		return &exitError{code: 3, err: fmt.Errorf("%d of %d objects are corrupt or missing; they are recorded as such and will not be served", bad, len(results))}
 	}
-	if counts[verifier.OutcomeError] > 0 {
-		return fmt.Errorf("%d of %d objects could not be verified (see DETAIL)", counts[verifier.OutcomeError], len(results))
+	if counts[commands.OutcomeError] > 0 {
+		return fmt.Errorf("%d of %d objects could not be verified (see DETAIL)", counts[commands.OutcomeError], len(results))
 	}
 	return nil
 }

@@ -1,30 +1,30 @@
-package verifier_test
+package commands_test
 
 import (
 	"testing"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
-	"github.com/artifactstore/artifactstore/verifier"
 )
 
 func TestRequestRoundTrip(t *testing.T) {
 	t.Parallel()
 	codec := events.NewCodec()
-	r := verifier.Request{V: 1, RequestID: "r-1", Address: digest.New(digest.BLAKE3, [32]byte{7}), BackendID: "local", Origin: verifier.OriginScrub}
+	r := commands.Verify{V: 1, RequestID: "r-1", Address: digest.New(digest.BLAKE3, [32]byte{7}), BackendID: "local", Origin: commands.OriginScrub}
 	for _, asJSON := range []bool{false, true} {
-		b, err := verifier.EncodeRequest(codec, r, asJSON)
+		b, err := commands.EncodeVerify(codec, r, asJSON)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := verifier.DecodeRequest(codec, b, asJSON, "")
+		got, err := commands.DecodeVerify(codec, b, asJSON, "")
 		if err != nil || got != r {
 			t.Fatalf("json=%v: round trip %+v, %v", asJSON, got, err)
 		}
 	}
 	// The header id fills an empty request id.
 	json := []byte(`{"v":1,"address":"` + r.Address.String() + `","backend_id":"local"}`)
-	got, err := verifier.DecodeRequest(codec, json, true, "from-header")
+	got, err := commands.DecodeVerify(codec, json, true, "from-header")
 	if err != nil || got.RequestID != "from-header" {
 		t.Fatalf("header id: %+v %v", got, err)
 	}
@@ -36,7 +36,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		"bad id":        `{"v":1,"request_id":"a.b","address":"` + r.Address.String() + `","backend_id":"local"}`,
 		"trailing":      `{"v":1,"request_id":"a","address":"` + r.Address.String() + `","backend_id":"local"} {}`,
 	} {
-		if _, err := verifier.DecodeRequest(codec, []byte(bad), true, ""); err == nil {
+		if _, err := commands.DecodeVerify(codec, []byte(bad), true, ""); err == nil {
 			t.Errorf("%s: decoded", name)
 		}
 	}

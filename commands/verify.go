@@ -1,29 +1,30 @@
-package verifier
+package commands
 
 import (
-	"bytes"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"strings"
 
-	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 )
 
-// RequestVersion is the schema version of [Request] and [Reply].
-const RequestVersion = 1
+// maxVerifyBytes caps an encoded verify request; a real one is a few
+// hundred bytes.
+const maxVerifyBytes = 4 << 10
 
-// ContentTypeJSON selects JSON for a request (Content-Type header) and is
-// the Content-Type of the reply to a JSON request.
-const ContentTypeJSON = "application/json"
-
-// maxRequestBytes caps an encoded request; a real one is a few hundred
-// bytes.
-const maxRequestBytes = 4 << 10
+// Rejection codes of verify requests (VerifyReply.Code with OutcomeError),
+// besides malformed, and unavailable and internal when the pipeline gave
+// up on the request.
+const (
+	// CodeUnknownLocation: the catalog has no location of the address on
+	// that backend (never stored there, or not projected yet).
+	CodeUnknownLocation = "unknown_location"
+	// CodeDeleted: the reaper deleted the object; there is nothing to
+	// verify.
+	CodeDeleted = "deleted"
+	// CodeUnknownBackend: no backend has the id the request names.
+	CodeUnknownBackend = "unknown_backend"
+)
 
 // Origins of a request, for logs and replies.
 const (
@@ -34,7 +35,7 @@ const (
 	OriginRead = "read"
 )
 
-// Request asks a verifier to re-read one stored object from one backend,
+// Verify asks a verifier to re-read one stored object from one backend,
 // recompute BLAKE3, SHA-256 and the size, and append the outcome to the
 // event log (object.verified, object.corrupt or object.missing).
 //
@@ -52,8 +53,8 @@ const (
 // RequestID is also the command id of the appended event, so a redelivered
 // or republished request appends nothing a second time and is answered
 // with the outcome recorded the first time.
-type Request struct {
-	// V is RequestVersion.
+type Verify struct {
+	// V is Version.
 	V int `cbor:"v" json:"v"`
 	// RequestID identifies the request: 1-128 printable ASCII bytes without
 	// whitespace, '.', '*' or '>' (a UUID is fine). Empty means the
@@ -73,11 +74,11 @@ type Request struct {
 }
 
 // Validate checks every field.
-func (r Request) Validate() error {
-	if r.V != RequestVersion {
-		return fmt.Errorf("verify request schema version %d is not supported; this verifier reads version %d (field \"v\")", r.V, RequestVersion)
+func (r Verify) Validate() error {
+	if r.V != Version {
+		return fmt.Errorf("verify request schema version %d is not supported; this verifier reads version %d (field \"v\")", r.V, Version)
 	}
-	if err := bus.ValidateCommandID(r.RequestID); err != nil {
+	if err := ValidateCommandID(r.RequestID); err != nil {
 		return fmt.Errorf("request_id: %w", err)
 	}
 	if r.Address.IsZero() {
@@ -92,7 +93,7 @@ func (r Request) Validate() error {
 	return nil
 }
 
-// Outcomes of a verification, as in [Reply.Outcome] and the CLI's table.
+// Outcomes of a verification, as in [VerifyReply.Outcome] and the CLI's table.
 const (
 	// OutcomeVerified: both digests and the size matched.
 	OutcomeVerified = "verified"
@@ -105,10 +106,10 @@ const (
 	OutcomeError = "error"
 )
 
-// Reply answers a [Request] whose message named a reply subject. It is
+// VerifyReply answers a [Verify] request whose message named a reply subject. It is
 // encoded like the request (CBOR, or JSON for a JSON request).
-type Reply struct {
-	// V is RequestVersion.
+type VerifyReply struct {
+	// V is Version.
 	V int `cbor:"v" json:"v"`
 	// RequestID is the request's id.
 	RequestID string `cbor:"request_id" json:"request_id"`
@@ -137,36 +138,30 @@ type Reply struct {
 	// built (stored before trees existed) or rebuilt (it was damaged).
 	// Empty for other outcomes and duplicates.
 	Tree string `cbor:"tree,omitempty" json:"tree,omitempty"`
-	// Code is set for OutcomeError: "malformed", "unknown_location",
-	// "deleted", "unknown_backend" when the request was refused, or
-	// "unavailable" / "internal" when the pipeline gave up on it (a
+	// Code is set for OutcomeError: CodeMalformed, CodeUnknownLocation,
+	// CodeDeleted or CodeUnknownBackend when the request was refused, or
+	// CodeUnavailable / CodeInternal when the pipeline gave up on it (a
 	// dependency down for longer than the retry budget, a worker lost).
 	Code string `cbor:"code,omitempty" json:"code,omitempty"`
 }
 
 // Failed reports whether the reply is anything but verified.
-func (r Reply) Failed() bool { return r.Outcome != OutcomeVerified }
+func (r VerifyReply) Failed() bool { return r.Outcome != OutcomeVerified }
 
-// isJSON reports whether a Content-Type header value selects JSON.
-func isJSON(contentType string) bool {
-	ct, _, _ := strings.Cut(contentType, ";")
-	return strings.EqualFold(strings.TrimSpace(ct), ContentTypeJSON)
-}
-
-// EncodeRequest encodes r as deterministic CBOR, or JSON when asJSON.
-func EncodeRequest(codec *events.Codec, r Request, asJSON bool) ([]byte, error) {
+// EncodeVerify encodes r as deterministic CBOR, or JSON when asJSON.
+func EncodeVerify(codec *events.Codec, r Verify, asJSON bool) ([]byte, error) {
 	if err := r.Validate(); err != nil {
 		return nil, fmt.Errorf("verify request: %w", err)
 	}
-	return encode(codec, r, asJSON)
+	return Encode(codec, r, asJSON)
 }
 
-// DecodeRequest decodes and validates a request. headerID (the Nats-Msg-Id)
-// fills an empty RequestID.
-func DecodeRequest(codec *events.Codec, data []byte, asJSON bool, headerID string) (Request, error) {
-	var r Request
-	if err := decode(codec, data, asJSON, &r); err != nil {
-		return Request{}, fmt.Errorf("verify request does not decode: %w; send the fields of verifier.Request as deterministic CBOR, or JSON with Content-Type: application/json", err)
+// DecodeVerify decodes and validates a verify request. headerID (the
+// Nats-Msg-Id) fills an empty RequestID.
+func DecodeVerify(codec *events.Codec, data []byte, asJSON bool, headerID string) (Verify, error) {
+	var r Verify
+	if err := decodeCapped(codec, data, asJSON, &r); err != nil {
+		return Verify{}, fmt.Errorf("verify request does not decode: %w; send the fields of commands.Verify as deterministic CBOR, or JSON with Content-Type: application/json", err)
 	}
 	if r.RequestID == "" {
 		r.RequestID = headerID
@@ -177,48 +172,23 @@ func DecodeRequest(codec *events.Codec, data []byte, asJSON bool, headerID strin
 	return r, nil
 }
 
-// EncodeReply encodes a reply like EncodeRequest.
-func EncodeReply(codec *events.Codec, r Reply, asJSON bool) ([]byte, error) {
-	return encode(codec, r, asJSON)
-}
-
-// DecodeReply decodes a reply (CBOR, or JSON when asJSON).
-func DecodeReply(codec *events.Codec, data []byte, asJSON bool) (Reply, error) {
-	var r Reply
-	if err := decode(codec, data, asJSON, &r); err != nil {
-		return Reply{}, fmt.Errorf("verify reply does not decode: %w", err)
+// DecodeVerifyReply decodes a verify reply (CBOR, or JSON when asJSON).
+func DecodeVerifyReply(codec *events.Codec, data []byte, asJSON bool) (VerifyReply, error) {
+	var r VerifyReply
+	if err := decodeCapped(codec, data, asJSON, &r); err != nil {
+		return VerifyReply{}, fmt.Errorf("verify reply does not decode: %w", err)
 	}
 	return r, nil
 }
 
-func encode(codec *events.Codec, v any, asJSON bool) ([]byte, error) {
-	if asJSON {
-		return json.Marshal(v)
-	}
-	return codec.Marshal(v)
-}
-
-func decode(codec *events.Codec, data []byte, asJSON bool, v any) error {
-	if len(data) > maxRequestBytes {
-		return fmt.Errorf("%d bytes, more than the limit of %d", len(data), maxRequestBytes)
+// decodeCapped decodes v strictly (unknown fields refused), refusing more
+// than maxVerifyBytes.
+func decodeCapped(codec *events.Codec, data []byte, asJSON bool, v any) error {
+	if len(data) > maxVerifyBytes {
+		return fmt.Errorf("%d bytes, more than the limit of %d", len(data), maxVerifyBytes)
 	}
 	if !asJSON {
 		return codec.Unmarshal(data, v)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("data after the JSON object")
-	}
-	return nil
-}
-
-func hexOf(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	return hex.EncodeToString(b)
+	return decodeJSON(data, v)
 }
