@@ -23,51 +23,42 @@ import (
 // the staged blob, if any, is deleted (a producer that sends the command
 // again stages it again).
 func (ing *Ingester) answer(ctx context.Context, m bus.Message, code, reason string) error {
-	isJSON := commands.IsJSON(m.ContentType)
-	id, pkg, path, staged := ing.peek(m)
-	rep := commands.Reply{V: commands.Version, CommandID: id, Status: commands.StatusFailed,
-		Code: code, Reason: reason, Package: pkg, Path: path}
-	if evs, err := ing.cfg.Log.ByCommand(ctx, id); err == nil {
-		if recorded, _, err := replyFromEvents(ing.cfg.Codec, id, evs); err == nil {
+	d := ing.peek(m)
+	rep := commands.Reply{V: commands.Version, CommandID: d.id, Status: commands.StatusFailed,
+		Code: code, Reason: reason, Package: d.pkg, Path: d.path}
+	if evs, err := ing.cfg.Log.ByCommand(ctx, d.id); err == nil {
+		if recorded, _, err := replyFromEvents(ing.cfg.Codec, d.id, evs); err == nil {
 			rep = recorded
 		}
 	} else if !errors.Is(err, events.ErrCommandNotFound) {
-		ing.log.Debug().Err(err).Str("command_id", id).Msg("cannot look the command up before answering it as failed")
+		ing.log.Debug().Err(err).Str("command_id", d.id).Msg("cannot look the command up before answering it as failed")
 	}
 	if rep.Status == commands.StatusFailed {
 		ing.cfg.Metrics.failed(code)
-		if staged != "" && ing.staging != nil {
-			ing.deleteStaged(ctx, staged)
+		if d.staged != "" && ing.staging != nil {
+			ing.deleteStaged(ctx, d.staged)
 		}
 	}
-	ing.log.Warn().Str("command_id", id).Str("status", rep.Status).Str("code", code).Str("reason", reason).Msg("answering a command the pipeline gave up on")
-	body, err := commands.Encode(ing.cfg.Codec, rep, isJSON)
+	ing.log.Warn().Str("command_id", d.id).Str("status", rep.Status).Str("code", code).Str("reason", reason).Msg("answering a command the pipeline gave up on")
+	body, err := commands.Encode(ing.cfg.Codec, rep, d.json)
 	if err != nil {
-		return fmt.Errorf("ingest: encode the answer to %s: %w", id, err)
+		return fmt.Errorf("ingest: encode the answer to %s: %w", d.id, err)
 	}
-	ct := ""
-	if isJSON {
-		ct = commands.ContentTypeJSON
-	}
-	return bus.Reply(ing.cfg.NATS, m.ReplyTo, body, ct)
+	return bus.Reply(ing.cfg.NATS, m.ReplyTo, body, d.contentType())
 }
 
-// peek reads what it can of a command for its answer: the id (or the
-// fallback id), package, path and staged object name. It never fails: an
-// undecodable command is answered under its fallback id.
-func (ing *Ingester) peek(m bus.Message) (id, pkg, path, staged string) {
-	isJSON := commands.IsJSON(m.ContentType)
+// peek reads what it can of a command for its answer, through the
+// prologue every command shares: the id (or the fallback id), package,
+// path and staged object name. It never fails: an undecodable command is
+// answered under its fallback id.
+func (ing *Ingester) peek(m bus.Message) *delivery {
+	d := newDelivery(m)
 	if m.Subject == ing.cfg.Topology.Subject(bus.CmdSeal) {
-		c, _ := ing.dec.DecodeSeal(m.Data, isJSON)
-		id, pkg = c.CommandID, c.Package
+		_, _, _ = decode(d, ing.dec.DecodeSeal, sealNames)
 	} else {
-		c, _ := ing.dec.DecodeIngest(m.Data, isJSON)
-		id, pkg, path, staged = c.CommandID, c.Package, c.Path, c.Staged
+		_, _, _ = decode(d, ing.dec.DecodeIngest, ingestNames)
 	}
-	if commands.ValidateCommandID(id) != nil || (m.CommandID != "" && m.CommandID != id) {
-		id = fallbackID(m)
-	}
-	return id, pkg, path, staged
+	return d
 }
 
 // checkSpace refuses a blob of need bytes that does not fit in the

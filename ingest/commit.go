@@ -123,140 +123,192 @@ func (c *committer) commit(group []*job) {
 }
 
 // commitGroup decides and commits every job of group in one transaction,
-// in four round trips whatever the group's size: (1) BEGIN, the ingest
-// lock and, under it, every read the decisions need (command ids,
-// configuration, package and file state, the gc rows of the stored objects
-// FOR UPDATE), (2, 3) the append, (4) the state writes and COMMIT.
-// The lock is held from (1) to the commit, so each round trip saved is
-// throughput for every ingester.
+// in four round trips whatever the group's size: read (BEGIN, the
+// package-state lock and, under it, every read the decisions need),
+// decide (in memory), append (two round trips of the log) and write (the
+// state writes and COMMIT). The lock is held from the read to the commit,
+// so each round trip saved is throughput for every ingester.
 func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, error) {
 	ing := c.ing
-	outs := make([]outcome, len(group))
-	// dupOf[i] >= 0: job i repeats the command id of job dupOf[i] (same
-	// group); -2: its command id is already in the log.
-	dupOf := make([]int, len(group))
+	var g *groupPlan
 	err := runGroupTx(ctx, ing.cfg.Pool, func(tx *groupTx) error {
 		now := ing.cfg.Now().UTC()
-		ids := make([]string, len(group))
-		for i, j := range group {
-			ids[i] = j.commandID
-		}
-		known := map[string]bool{}
-		b := &pgx.Batch{}
-		queueBegin(b)
-		// Statements of a batch run in order, each with a snapshot taken
-		// after the lock was granted (READ COMMITTED): they see every
-		// decision committed before.
-		pkgstate.QueueLock(b)
-		b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var id string
-				if err := rows.Scan(&id); err != nil {
-					return fmt.Errorf("look up command ids: %w", err)
-				}
-				known[id] = true
-			}
-			if err := rows.Err(); err != nil {
-				return fmt.Errorf("look up command ids: %w", err)
-			}
-			return nil
-		})
-		loadCfg := ing.config.queueLoad(b)
-		st := queueState(b, now, group)
-		gcStates := queueLockObjects(b, group)
-		if err := tx.SendBatch(ctx, b).Close(); err != nil {
-			return fmt.Errorf("read the state of %d commands under the ingest lock: %w", len(group), err)
-		}
-		cfg, err := loadCfg()
+		r, err := c.read(ctx, tx, group, now)
 		if err != nil {
 			return err
 		}
-		st.cfg = cfg
-		reapedNotLost(group, gcStates)
-
-		firstOf := map[string]int{}
-		var (
-			batches []events.Batch
-			batchOf = make([]int, len(group))
-			ds      = make([]decided, len(group))
-		)
-		for i, j := range group {
-			batchOf[i] = -1
-			dupOf[i] = -1
-			if known[j.commandID] {
-				dupOf[i] = -2
-				continue
-			}
-			if k, ok := firstOf[j.commandID]; ok {
-				dupOf[i] = k
-				continue
-			}
-			firstOf[j.commandID] = i
-			ds[i] = st.decide(j)
-			if ds[i].noEvents {
-				continue
-			}
-			batchOf[i] = len(batches)
-			batches = append(batches, events.Batch{CommandID: j.commandID, Events: ds[i].events})
-		}
-		keep, err := c.keepObjects(ctx, group, ds, dupOf, gcStates)
+		g = decideGroup(r, group)
+		keep, err := c.keepObjects(ctx, group, g, r.objects)
 		if err != nil {
 			return err
 		}
-		lastSeq := make([]int64, len(group))
-		firstSeq := make([]int64, len(group))
-		if len(batches) > 0 {
-			results, err := ing.cfg.Log.AppendTx(ctx, tx, batches...)
-			if err != nil {
-				return err
-			}
-			for i := range group {
-				if k := batchOf[i]; k >= 0 {
-					evs := results[k].Events
-					if results[k].Duplicate {
-						// Committed by another appender after our lookup:
-						// impossible under the lock; refuse to guess.
-						return fmt.Errorf("command %s was appended concurrently despite the ingest lock", group[i].commandID)
-					}
-					firstSeq[i], lastSeq[i] = evs[0].Sequence, evs[len(evs)-1].Sequence
-				}
-			}
-		}
-		wb := &pgx.Batch{}
-		if err := queueWrites(wb, ds, firstSeq, keep, now); err != nil {
+		if err := c.append(ctx, tx, g); err != nil {
 			return err
 		}
-		queueCommit(wb)
-		if err := tx.SendBatch(ctx, wb).Close(); err != nil {
-			return fmt.Errorf("write the ingest state and commit: %w", err)
-		}
-		for i := range group {
-			if dupOf[i] != -1 {
-				continue
-			}
-			d := ds[i]
-			if batchOf[i] >= 0 {
-				d.reply.Sequence = lastSeq[i]
-			}
-			outs[i] = outcome{reply: d.reply, rejected: d.rejected}
-		}
-		return nil
+		return write(ctx, tx, g, keep, now)
 	})
 	if err != nil {
 		return nil, err
 	}
+	return c.outcomes(ctx, group, g)
+}
+
+// groupRead is what a group's decisions read under the lock.
+type groupRead struct {
+	known   map[string]bool // command ids already in the log
+	state   *state
+	objects map[pkgstate.ObjectKey]pkgstate.ObjectState // the stored objects' gc rows, locked
+}
+
+// read sends BEGIN, the lock and every read of the group in one batch.
+// Statements of a batch run in order, each with a snapshot taken after the
+// lock was granted (READ COMMITTED): they see every decision committed
+// before.
+func (c *committer) read(ctx context.Context, tx *groupTx, group []*job, now time.Time) (*groupRead, error) {
+	ids := make([]string, len(group))
 	for i, j := range group {
-		switch k := dupOf[i]; {
+		ids[i] = j.commandID
+	}
+	r := &groupRead{known: map[string]bool{}}
+	b := &pgx.Batch{}
+	queueBegin(b)
+	pkgstate.QueueLock(b)
+	b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return fmt.Errorf("look up command ids: %w", err)
+			}
+			r.known[id] = true
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("look up command ids: %w", err)
+		}
+		return nil
+	})
+	loadCfg := c.ing.config.queueLoad(b)
+	r.state = queueState(b, now, group)
+	r.objects = queueLockObjects(b, group)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return nil, fmt.Errorf("read the state of %d commands under the package-state lock: %w", len(group), err)
+	}
+	cfg, err := loadCfg()
+	if err != nil {
+		return nil, err
+	}
+	r.state.cfg = cfg
+	reapedNotLost(group, r.objects)
+	return r, nil
+}
+
+// groupPlan is the decisions of a group and, once appended, where their
+// events went.
+type groupPlan struct {
+	ds []decided
+	// dupOf[i] >= 0: job i repeats the command id of job dupOf[i] (same
+	// group); -2: its command id is already in the log; -1: decided.
+	dupOf []int
+	// batchOf[i] is job i's batch in batches, -1 when it appends nothing.
+	batchOf []int
+	batches []events.Batch
+	// firstSeq and lastSeq are the sequences of each job's first and last
+	// event, once appended.
+	firstSeq, lastSeq []int64
+}
+
+// decideGroup takes the decision of every job against what was read, in
+// order, each seeing the effects of those before it.
+func decideGroup(r *groupRead, group []*job) *groupPlan {
+	g := &groupPlan{ds: make([]decided, len(group)), dupOf: make([]int, len(group)), batchOf: make([]int, len(group)),
+		firstSeq: make([]int64, len(group)), lastSeq: make([]int64, len(group))}
+	firstOf := map[string]int{}
+	for i, j := range group {
+		g.batchOf[i] = -1
+		g.dupOf[i] = -1
+		if r.known[j.commandID] {
+			g.dupOf[i] = -2
+			continue
+		}
+		if k, ok := firstOf[j.commandID]; ok {
+			g.dupOf[i] = k
+			continue
+		}
+		firstOf[j.commandID] = i
+		g.ds[i] = r.state.decide(j)
+		if g.ds[i].noEvents {
+			continue
+		}
+		g.batchOf[i] = len(g.batches)
+		g.batches = append(g.batches, events.Batch{CommandID: j.commandID, Events: g.ds[i].events})
+	}
+	return g
+}
+
+// append appends the group's events and notes their sequences.
+func (c *committer) append(ctx context.Context, tx *groupTx, g *groupPlan) error {
+	if len(g.batches) == 0 {
+		return nil
+	}
+	results, err := c.ing.cfg.Log.AppendTx(ctx, tx, g.batches...)
+	if err != nil {
+		return err
+	}
+	for i, k := range g.batchOf {
+		if k < 0 {
+			continue
+		}
+		if results[k].Duplicate {
+			// Committed by another appender after our lookup: impossible
+			// under the lock; refuse to guess.
+			return fmt.Errorf("command %s was appended concurrently despite the package-state lock", g.batches[k].CommandID)
+		}
+		evs := results[k].Events
+		g.firstSeq[i], g.lastSeq[i] = evs[0].Sequence, evs[len(evs)-1].Sequence
+	}
+	return nil
+}
+
+// write sends the state writes of the group (and makes the gc rows of
+// keep live) with the COMMIT.
+func write(ctx context.Context, tx *groupTx, g *groupPlan, keep []pkgstate.Sized, now time.Time) error {
+	b := &pgx.Batch{}
+	if err := queueWrites(b, g.ds, g.firstSeq, keep, now); err != nil {
+		return err
+	}
+	queueCommit(b)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("write the package state and commit: %w", err)
+	}
+	return nil
+}
+
+// outcomes are the replies of a committed group: the decided jobs', and
+// for a repeated command id the first outcome (of the group, or rebuilt
+// from the log).
+func (c *committer) outcomes(ctx context.Context, group []*job, g *groupPlan) ([]outcome, error) {
+	outs := make([]outcome, len(group))
+	for i := range group {
+		if g.dupOf[i] != -1 {
+			continue
+		}
+		d := g.ds[i]
+		if g.batchOf[i] >= 0 {
+			d.reply.Sequence = g.lastSeq[i]
+		}
+		outs[i] = outcome{reply: d.reply, rejected: d.rejected}
+	}
+	for i, j := range group {
+		switch k := g.dupOf[i]; {
 		case k >= 0:
 			o := outs[k]
 			o.reply.Duplicate = true
 			outs[i] = o
 		case k == -2:
-			evs, err := ing.cfg.Log.ByCommand(ctx, j.commandID)
+			evs, err := c.ing.cfg.Log.ByCommand(ctx, j.commandID)
 			if err != nil {
 				return nil, fmt.Errorf("read the events of duplicate command %s: %w", j.commandID, err)
 			}
-			rep, rej, err := replyFromEvents(ing.cfg.Codec, j.commandID, evs)
+			rep, rej, err := replyFromEvents(c.ing.cfg.Codec, j.commandID, evs)
 			if err != nil {
 				return nil, err
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/pkgstate"
+	"github.com/artifactstore/artifactstore/staging"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
@@ -63,11 +64,11 @@ func queueLockObjects(b *pgx.Batch, group []*job) map[pkgstate.ObjectKey]pkgstat
 //
 // It runs before the events are appended, so that the log head is not
 // locked while bytes are rewritten.
-func (c *committer) keepObjects(ctx context.Context, group []*job, ds []decided, dupOf []int, states map[pkgstate.ObjectKey]pkgstate.ObjectState) ([]pkgstate.Sized, error) {
+func (c *committer) keepObjects(ctx context.Context, group []*job, g *groupPlan, states map[pkgstate.ObjectKey]pkgstate.ObjectState) ([]pkgstate.Sized, error) {
 	var keep []pkgstate.Sized
 	seen := map[pkgstate.ObjectKey]bool{}
 	for i, j := range group {
-		if j.kind != jobIngest || dupOf[i] != -1 || ds[i].rejected != nil {
+		if j.kind != jobIngest || g.dupOf[i] != -1 || g.ds[i].rejected != nil {
 			continue
 		}
 		k := objectKey(j)
@@ -105,7 +106,7 @@ func (ing *Ingester) ensureBytes(ctx context.Context, j *job) error {
 		if err != nil {
 			return fmt.Errorf("the bytes of %s were deleted by the reaper during this ingest, and staged object %q cannot be read to write them again: %w", res.Address, j.ingest.Staged, err)
 		}
-		obj, err := openStaged(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, info)
+		obj, err := staging.Open(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, info)
 		if err != nil {
 			return fmt.Errorf("reopen staged object %q to write %s again: %w", j.ingest.Staged, res.Address, err)
 		}

@@ -66,11 +66,9 @@ package ingest
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -85,6 +83,7 @@ import (
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/staging"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
@@ -324,33 +323,17 @@ func (ing *Ingester) Stop(ctx context.Context) error {
 func (ing *Ingester) handle(ctx context.Context, m bus.Message) error {
 	defer func(start time.Time) { ing.cfg.Metrics.handled(time.Since(start)) }(time.Now())
 	t := ing.cfg.Topology
+	d := newDelivery(m)
 	switch m.Subject {
 	case t.Subject(bus.CmdIngest):
-		return ing.handleIngest(ctx, m)
+		return ing.handleIngest(ctx, d)
 	case t.Subject(bus.CmdSeal):
-		return ing.handleSeal(ctx, m)
+		return ing.handleSeal(ctx, d)
 	default:
-		return ing.rejectCommand(ctx, m, fallbackID(m), "", "", "", commands.Rejectf(commands.CodeMalformed,
+		d.id = fallbackID(m)
+		return ing.reject(ctx, d, commands.Rejectf(commands.CodeMalformed,
 			"subject %s is not a command this ingester handles; publish on %s or %s", m.Subject, t.Subject(bus.CmdIngest), t.Subject(bus.CmdSeal)))
 	}
-}
-
-// fallbackID names a command that carries no usable id of its own.
-func fallbackID(m bus.Message) string {
-	if commands.ValidateCommandID(m.CommandID) == nil {
-		return m.CommandID
-	}
-	return fmt.Sprintf("nats-%s-%d", m.Stream, m.StreamSequence)
-}
-
-// commandID picks the command's id: the body's, which must agree with the
-// Nats-Msg-Id header when that is set.
-func commandID(m bus.Message, bodyID string) (string, *commands.Error) {
-	if m.CommandID != "" && m.CommandID != bodyID {
-		return "", commands.Rejectf(commands.CodeInvalidCommandID,
-			"header Nats-Msg-Id %q differs from command_id %q; send the command id in both or only in the body", m.CommandID, bodyID)
-	}
-	return bodyID, nil
 }
 
 func (ing *Ingester) actor(producer string) string {
@@ -360,24 +343,15 @@ func (ing *Ingester) actor(producer string) string {
 	return ing.cfg.Actor
 }
 
-func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
-	isJSON := commands.IsJSON(m.ContentType)
-	c, err := ing.dec.DecodeIngest(m.Data, isJSON)
-	var rej *commands.Error
-	if errors.As(err, &rej) {
-		id := c.CommandID
-		if commands.ValidateCommandID(id) != nil || (m.CommandID != "" && m.CommandID != id) {
-			id = fallbackID(m)
-		}
-		return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
-	}
+func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
+	c, rej, err := decode(d, ing.dec.DecodeIngest, ingestNames)
 	if err != nil {
-		return bus.Reject(err, commands.CodeMalformed)
+		return err
 	}
-	id, rej := commandID(m, c.CommandID)
 	if rej != nil {
-		return ing.rejectCommand(ctx, m, fallbackID(m), c.Package, c.Path, c.Staged, rej)
+		return ing.reject(ctx, d, rej)
 	}
+	id := d.id
 	log := ing.log.With().Str("command_id", id).Str("package", c.Package).Str("path", c.Path).Logger()
 
 	// One round trip: is the command id already in the log, and would the
@@ -388,12 +362,12 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 		return ing.transient(ctx, postgresDependency(err), "pre-check", err)
 	}
 	if known {
-		if done, err := ing.replyIfDone(ctx, m, id, c.Staged); done || err != nil {
+		if done, err := ing.replyIfDone(ctx, d); done || err != nil {
 			return err
 		}
 	}
 	if rej != nil {
-		return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
+		return ing.reject(ctx, d, rej)
 	}
 
 	hints := dataplane.IngestHints{
@@ -421,27 +395,27 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 	} else {
 		info, err := ing.staging.GetInfo(ctx, c.Staged)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, commands.Rejectf(commands.CodeStagedMissing,
+			return ing.reject(ctx, d, commands.Rejectf(commands.CodeStagedMissing,
 				"staged object %q is not in bucket %s (expired after %s, deleted, or never put); stage the blob again and send a new command",
 				c.Staged, ing.cfg.Topology.StagingBucket, ing.cfg.Topology.StagingTTL))
 		}
 		if err != nil {
 			return ing.transient(ctx, bus.DependencyNATS, "staged object info", err)
 		}
-		stagedSHA, err = parseStagedDigest(info.Digest)
+		stagedSHA, err = staging.ParseDigest(info.Digest)
 		if err != nil {
-			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, commands.Rejectf(commands.CodeStagedDigest,
+			return ing.reject(ctx, d, commands.Rejectf(commands.CodeStagedDigest,
 				"staged object %q has no usable SHA-256 digest (%v); stage it again with the JetStream object store", c.Staged, err))
 		}
 		if hints.MaxSize > 0 && int64(info.Size) > hints.MaxSize {
-			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, tooLarge(int64(info.Size), hints.MaxSize))
+			return ing.reject(ctx, d, tooLarge(int64(info.Size), hints.MaxSize))
 		}
 		need = int64(info.Size)
 		if err := ing.checkSpace(ctx, hints, need); err != nil {
 			return err
 		}
 		hints.Expect = append(hints.Expect, stagedSHA)
-		obj, err := openStaged(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, info)
+		obj, err := staging.Open(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, info)
 		if err != nil {
 			return ing.transient(ctx, bus.DependencyNATS, "open staged object", err)
 		}
@@ -460,7 +434,7 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 			return ing.noSpace(fmt.Errorf("ingest: store blob of %s (%d bytes): %w", c.Path, need, err))
 		}
 		if rej := ing.classifyStoreError(err, c, stagedSHA, hints.MaxSize); rej != nil {
-			return ing.rejectCommand(ctx, m, id, c.Package, c.Path, c.Staged, rej)
+			return ing.reject(ctx, d, rej)
 		}
 		return ing.transient(ctx, storeDependency(err), "store blob", err)
 	}
@@ -468,21 +442,7 @@ func (ing *Ingester) handleIngest(ctx context.Context, m bus.Message) error {
 
 	out := ing.commit.submit(ctx, &job{kind: jobIngest, commandID: id, actor: ing.actor(c.Producer),
 		ingest: c, stored: res, pkg: c.Package, path: c.Path})
-	return ing.finish(ctx, m, out, c.Staged, isJSON)
-}
-
-// parseStagedDigest turns the object store's "SHA-256=<base64url>" into an
-// address.
-func parseStagedDigest(s string) (digest.Address, error) {
-	alg, b64, ok := strings.Cut(s, "=")
-	if !ok || !strings.EqualFold(alg, "SHA-256") {
-		return digest.Address{}, fmt.Errorf("digest %q is not SHA-256=<base64url>", s)
-	}
-	raw, err := base64.URLEncoding.DecodeString(b64)
-	if err != nil || len(raw) != digest.Size {
-		return digest.Address{}, fmt.Errorf("digest %q is not 32 bytes of base64url", s)
-	}
-	return digest.New(digest.SHA256, [digest.Size]byte(raw)), nil
+	return ing.finish(ctx, d, out)
 }
 
 func tooLarge(size, limit int64) *commands.Error {
@@ -521,49 +481,40 @@ func (ing *Ingester) classifyStoreError(err error, c commands.Ingest, stagedSHA 
 		return commands.Rejectf(commands.CodeSizeMismatch, "%v", err)
 	case errors.Is(err, storage.ErrTooLarge):
 		return tooLarge(maxSize+1, maxSize)
-	case errors.Is(err, errStagedCorrupt):
+	case errors.Is(err, staging.ErrCorrupt):
 		return commands.Rejectf(commands.CodeStagedDigest,
 			"staged object %q is corrupt (%v); nothing was stored — stage the blob again", c.Staged, err)
 	}
 	return nil
 }
 
-func (ing *Ingester) handleSeal(ctx context.Context, m bus.Message) error {
-	isJSON := commands.IsJSON(m.ContentType)
-	c, err := ing.dec.DecodeSeal(m.Data, isJSON)
-	var rej *commands.Error
-	if errors.As(err, &rej) {
-		id := c.CommandID
-		if commands.ValidateCommandID(id) != nil || (m.CommandID != "" && m.CommandID != id) {
-			id = fallbackID(m)
-		}
-		return ing.rejectCommand(ctx, m, id, c.Package, "", "", rej)
-	}
+func (ing *Ingester) handleSeal(ctx context.Context, d *delivery) error {
+	c, rej, err := decode(d, ing.dec.DecodeSeal, sealNames)
 	if err != nil {
-		return bus.Reject(err, commands.CodeMalformed)
+		return err
 	}
-	id, rej := commandID(m, c.CommandID)
 	if rej != nil {
-		return ing.rejectCommand(ctx, m, fallbackID(m), c.Package, "", "", rej)
+		return ing.reject(ctx, d, rej)
 	}
-	out := ing.commit.submit(ctx, &job{kind: jobSeal, commandID: id, actor: ing.actor(c.Producer), seal: c, pkg: c.Package})
-	return ing.finish(ctx, m, out, "", isJSON)
+	out := ing.commit.submit(ctx, &job{kind: jobSeal, commandID: d.id, actor: ing.actor(c.Producer), seal: c, pkg: c.Package})
+	return ing.finish(ctx, d, out)
 }
 
-// replyIfDone replies with the first outcome when id is in the log.
-func (ing *Ingester) replyIfDone(ctx context.Context, m bus.Message, id, staged string) (bool, error) {
-	evs, err := ing.cfg.Log.ByCommand(ctx, id)
+// replyIfDone replies with the first outcome when d's command id is in
+// the log.
+func (ing *Ingester) replyIfDone(ctx context.Context, d *delivery) (bool, error) {
+	evs, err := ing.cfg.Log.ByCommand(ctx, d.id)
 	if errors.Is(err, events.ErrCommandNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return true, ing.transient(ctx, postgresDependency(err), "look up command", err)
 	}
-	rep, rej, err := replyFromEvents(ing.cfg.Codec, id, evs)
+	rep, rej, err := replyFromEvents(ing.cfg.Codec, d.id, evs)
 	if err != nil {
 		return true, ing.transient(ctx, "", "rebuild reply", err)
 	}
-	return true, ing.finish(ctx, m, outcome{reply: rep, rejected: rej}, staged, commands.IsJSON(m.ContentType))
+	return true, ing.finish(ctx, d, outcome{reply: rep, rejected: rej})
 }
 
 // precheck reads, outside the commit lock and in one round trip, whether
@@ -596,35 +547,31 @@ func (ing *Ingester) precheck(ctx context.Context, id string, c commands.Ingest)
 	return known, st.precheck(c), nil
 }
 
-// rejectCommand commits the rejection event, replies, and returns the
+// reject commits the rejection event of d, replies, and returns the
 // error that dead-letters and terminates the message.
-func (ing *Ingester) rejectCommand(ctx context.Context, m bus.Message, id, pkg, path, staged string, rej *commands.Error) error {
-	ing.log.Info().Str("command_id", id).Str("code", rej.Code).Str("reason", rej.Reason).Msg("rejecting command")
-	out := ing.commit.submit(ctx, &job{kind: jobReject, commandID: id, actor: ing.cfg.Actor, reject: rej, pkg: pkg, path: path})
-	return ing.finish(ctx, m, out, staged, commands.IsJSON(m.ContentType))
+func (ing *Ingester) reject(ctx context.Context, d *delivery, rej *commands.Error) error {
+	ing.log.Info().Str("command_id", d.id).Str("code", rej.Code).Str("reason", rej.Reason).Msg("rejecting command")
+	out := ing.commit.submit(ctx, &job{kind: jobReject, commandID: d.id, actor: ing.cfg.Actor, reject: rej, pkg: d.pkg, path: d.path})
+	return ing.finish(ctx, d, out)
 }
 
 // finish deletes the staged object of a committed outcome (whatever the
 // outcome: a rejected blob must be staged again anyway), replies, and
 // returns the handler's verdict. The staged object goes first so that a
 // producer holding a reply knows the staging space is free.
-func (ing *Ingester) finish(ctx context.Context, m bus.Message, out outcome, staged string, isJSON bool) error {
+func (ing *Ingester) finish(ctx context.Context, d *delivery, out outcome) error {
 	if out.err != nil {
 		return ing.transient(ctx, postgresDependency(out.err), "commit", out.err)
 	}
 	ing.cfg.Metrics.outcome(out.reply)
-	body, err := commands.Encode(ing.cfg.Codec, out.reply, isJSON)
+	body, err := commands.Encode(ing.cfg.Codec, out.reply, d.json)
 	if err != nil {
 		return ing.transient(ctx, "", "encode reply", err)
 	}
-	ct := ""
-	if isJSON {
-		ct = commands.ContentTypeJSON
+	if d.staged != "" {
+		ing.deleteStaged(ctx, d.staged)
 	}
-	if staged != "" {
-		ing.deleteStaged(ctx, staged)
-	}
-	if err := bus.Reply(ing.cfg.NATS, m.ReplyTo, body, ct); err != nil {
+	if err := bus.Reply(ing.cfg.NATS, d.msg.ReplyTo, body, d.contentType()); err != nil {
 		// The outcome is committed: a redelivery finds it in the log and
 		// answers it again, once NATS takes messages.
 		return ing.transient(ctx, bus.DependencyNATS, "reply", err)
@@ -672,7 +619,7 @@ func (ing *Ingester) transient(ctx context.Context, dependency, what string, err
 // staged object could not be read, PostgreSQL when the records of the
 // stored copy could not (see condition), else the storage backend.
 func storeDependency(err error) string {
-	if errors.Is(err, errStagedRead) {
+	if errors.Is(err, staging.ErrRead) {
 		return bus.DependencyNATS
 	}
 	if errors.Is(err, errRecords) {

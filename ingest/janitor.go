@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/staging"
 )
 
 // JanitorConfig configures a [Janitor]. JetStream and Pool are required.
@@ -90,13 +91,13 @@ func (j *Janitor) Run(ctx context.Context) error {
 // Sweep purges the abandoned uploads found now and returns how many and
 // how many bytes.
 func (j *Janitor) Sweep(ctx context.Context) (int, int64, error) {
-	ups, err := bus.AbandonedStaged(ctx, j.cfg.JetStream, j.cfg.Topology, bus.AbandonedQuery{
+	ups, err := staging.Abandoned(ctx, j.cfg.JetStream, j.cfg.Topology, staging.AbandonedQuery{
 		MaxAge: j.cfg.MaxAge, Handled: HandledCommands(j.cfg.Pool), Now: j.cfg.Now,
 	})
 	if err != nil {
 		return 0, 0, err
 	}
-	n, err := bus.PurgeStaged(ctx, j.cfg.JetStream, j.cfg.Topology, ups)
+	n, err := staging.Purge(ctx, j.cfg.JetStream, j.cfg.Topology, ups)
 	var bytes int64
 	for _, u := range ups[:n] {
 		bytes += u.Bytes

@@ -8,9 +8,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/rs/zerolog"
 
-	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/producer"
+	"github.com/artifactstore/artifactstore/staging"
 )
 
 // TestJanitorPurgesAbandonedStagedUploads: the chunks of a killed put and
@@ -55,7 +55,7 @@ func TestJanitorPurgesAbandonedStagedUploads(t *testing.T) {
 	defer waiting.Cancel()
 
 	later := func() time.Time { return time.Now().Add(time.Hour) }
-	found, err := bus.AbandonedStaged(ctx, e.js, e.topo, bus.AbandonedQuery{MaxAge: 30 * time.Minute, Handled: ingest.HandledCommands(e.pool), Now: later})
+	found, err := staging.Abandoned(ctx, e.js, e.topo, staging.AbandonedQuery{MaxAge: 30 * time.Minute, Handled: ingest.HandledCommands(e.pool), Now: later})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func TestJanitorPurgesAbandonedStagedUploads(t *testing.T) {
 		t.Fatalf("sweep: %d uploads, %d bytes, %v", n, b, err)
 	}
 	names := func() map[string]bool {
-		left, err := bus.StagedUploads(ctx, e.js, e.topo)
+		left, err := staging.Uploads(ctx, e.js, e.topo)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -24,6 +24,7 @@ import (
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/staging"
 )
 
 // Config configures a Client. NATS and JetStream are required.
@@ -55,7 +56,7 @@ type Config struct {
 type Client struct {
 	cfg   Config
 	req   *bus.Requester
-	stage *stager
+	stage *staging.Writer
 }
 
 // New returns a client; Close it when done.
@@ -73,7 +74,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.InlineMax <= 0 || cfg.InlineMax > limit {
 		cfg.InlineMax = limit
 	}
-	st, err := newStager(cfg.NATS, cfg.Topology.StagingBucket, cfg.OnRetry)
+	st, err := staging.NewWriter(cfg.NATS, cfg.Topology.StagingBucket, cfg.OnRetry)
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +170,7 @@ func (c *Client) Put(ctx context.Context, p Put) (*Pending, error) {
 			cmd.Inline = []byte{}
 		}
 	} else {
-		if _, err := c.stage.stage(ctx, id, p.Package+":"+p.Path, body, p.Body, p.Progress); err != nil {
+		if _, err := c.stage.Stage(ctx, id, p.Package+":"+p.Path, body, p.Body, p.Progress); err != nil {
 			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
 				return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
 			}

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/staging"
 )
 
 // DeadLetters counts the recent dead letters of one consumer.
@@ -114,7 +115,7 @@ func countSince(ctx context.Context, js jetstream.JetStream, stream, subject str
 }
 
 func gatherStaging(ctx context.Context, src Sources, r *Report) {
-	ups, err := bus.StagedUploads(ctx, src.JS, src.Topology)
+	ups, err := staging.Uploads(ctx, src.JS, src.Topology)
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("staging bucket: %v", err))
 		return
@@ -123,7 +124,7 @@ func gatherStaging(ctx context.Context, src Sources, r *Report) {
 		r.Staged.Uploads++
 		r.Staged.Bytes += u.Bytes
 	}
-	ab, err := bus.AbandonedStaged(ctx, src.JS, src.Topology, bus.AbandonedQuery{MaxAge: src.StagedMaxAge, Handled: src.Handled, Now: func() time.Time { return r.At }})
+	ab, err := staging.Abandoned(ctx, src.JS, src.Topology, staging.AbandonedQuery{MaxAge: src.StagedMaxAge, Handled: src.Handled, Now: func() time.Time { return r.At }})
 	if err != nil {
 		r.Problems = append(r.Problems, fmt.Sprintf("staging bucket: %v", err))
 		return

@@ -1,13 +1,17 @@
-package ingest
+package staging
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/digest"
 )
 
 // stagedBufferBytes bounds what the reader of a staged object buffers: the
@@ -18,13 +22,13 @@ const stagedBufferBytes = 2 << 20
 // whose chunks are missing must not hold a handler forever.
 const stagedChunkTimeout = 30 * time.Second
 
-// errStagedRead marks a failure to read a staged object's chunks from
-// NATS, so that it is retried as a NATS outage rather than a storage one.
-var errStagedRead = errors.New("read staged object")
+// ErrRead marks a failure to read a staged object's chunks from NATS, so
+// that a reader's caller can tell a NATS outage from a storage one.
+var ErrRead = errors.New("read staged object")
 
-// errStagedCorrupt means the staged object's chunks do not add up to its
+// ErrCorrupt means the staged object's chunks do not add up to its
 // recorded size.
-var errStagedCorrupt = errors.New("staged object's chunks do not match its recorded size")
+var ErrCorrupt = errors.New("staged object's chunks do not match its recorded size")
 
 // stagedReader streams the chunks of one object of the staging bucket with
 // a pull-based ordered consumer, so that memory stays bounded by
@@ -42,13 +46,14 @@ type stagedReader struct {
 	cur  []byte
 }
 
-// openStaged opens the staged object name of bucket through js.
-func openStaged(ctx context.Context, js jetstream.JetStream, bucket string, info *jetstream.ObjectInfo) (io.ReadCloser, error) {
+// Open opens the staged object of bucket that info describes, through js,
+// for reading; the caller closes it.
+func Open(ctx context.Context, js jetstream.JetStream, bucket string, info *jetstream.ObjectInfo) (io.ReadCloser, error) {
 	if info.Size == 0 {
 		return io.NopCloser(eofReader{}), nil
 	}
-	cons, err := js.OrderedConsumer(ctx, "OBJ_"+bucket, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{fmt.Sprintf("$O.%s.C.%s", bucket, info.NUID)},
+	cons, err := js.OrderedConsumer(ctx, streamName(bucket), jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{chunkSubject(bucket, info.NUID)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open staged object %q: %w", info.Name, err)
@@ -73,11 +78,11 @@ func (r *stagedReader) Read(p []byte) (int, error) {
 		msg, err := r.it.Next(jetstream.NextContext(ctx))
 		cancel()
 		if err != nil {
-			return 0, fmt.Errorf("%w: %w", errStagedRead, err)
+			return 0, fmt.Errorf("%w: %w", ErrRead, err)
 		}
 		r.cur = msg.Data()
 		if r.read+int64(len(r.cur)) > r.size {
-			return 0, fmt.Errorf("%w: more than %d bytes", errStagedCorrupt, r.size)
+			return 0, fmt.Errorf("%w: more than %d bytes", ErrCorrupt, r.size)
 		}
 	}
 	n := copy(p, r.cur)
@@ -89,4 +94,18 @@ func (r *stagedReader) Read(p []byte) (int, error) {
 func (r *stagedReader) Close() error {
 	r.it.Stop()
 	return nil
+}
+
+// ParseDigest turns the object store's "SHA-256=<base64url>" into an
+// address.
+func ParseDigest(s string) (digest.Address, error) {
+	alg, b64, ok := strings.Cut(s, "=")
+	if !ok || !strings.EqualFold(alg, "SHA-256") {
+		return digest.Address{}, fmt.Errorf("digest %q is not SHA-256=<base64url>", s)
+	}
+	raw, err := base64.URLEncoding.DecodeString(b64)
+	if err != nil || len(raw) != digest.Size {
+		return digest.Address{}, fmt.Errorf("digest %q is not 32 bytes of base64url", s)
+	}
+	return digest.New(digest.SHA256, [digest.Size]byte(raw)), nil
 }

@@ -1,4 +1,4 @@
-package producer
+package staging
 
 import (
 	"bytes"
@@ -19,23 +19,7 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 )
 
-// Staging uploads. A blob too large to ride inline is put into the staging
-// bucket in the JetStream object store's own format (chunks on
-// $O.<bucket>.C.<nuid>, then the object's info on $O.<bucket>.M.<name>),
-// so that the ingester (and any object store client) reads it as a stored
-// object. The client writes the format itself rather than calling
-// ObjectStore.Put for two reasons:
-//
-//   - flow control: Put publishes every chunk asynchronously with up to
-//     4,000 unacknowledged, and a 1 GiB upload on a busy server overruns
-//     the stream's ingest queue, which answers 429 too many requests; here
-//     at most stageWindow chunks wait for their acknowledgement;
-//   - retries: a chunk refused for a passing reason (429, a timeout, a
-//     connection reset) restarts the upload after a backoff, with a fresh
-//     chunk subject, after purging the partial one; Put gives up at once.
 const (
-	// stageChunkSize is the size of one chunk, the object store's default.
-	stageChunkSize = 128 << 10
 	// stageWindow is how many chunks may wait for their acknowledgement,
 	// at first; every 429 halves it (down to stageMinWindow).
 	stageWindow    = 64
@@ -47,11 +31,12 @@ const (
 	stageAckTimeout = 30 * time.Second
 )
 
-// errNotRewindable reports a body that cannot be read again for a retry.
-var errNotRewindable = errors.New("the body cannot be read again (not an io.Seeker)")
+// ErrNotRewindable reports a body that cannot be read again for a retry.
+var ErrNotRewindable = errors.New("the body cannot be read again (not an io.Seeker)")
 
-// stager uploads staged blobs.
-type stager struct {
+// Writer uploads blobs into a staging bucket, in the object store's
+// format (see the package documentation), with flow control and retries.
+type Writer struct {
 	js     jetstream.JetStream // with an async publish timeout
 	bucket string
 	// onRetry hears about every restarted upload.
@@ -61,21 +46,23 @@ type stager struct {
 	inject func(attempt, chunk int) error
 }
 
-func newStager(nc *nats.Conn, bucket string, onRetry func(string, int, error, time.Duration)) (*stager, error) {
+// NewWriter returns a writer into bucket over nc; onRetry, when not nil,
+// hears about every restarted upload.
+func NewWriter(nc *nats.Conn, bucket string, onRetry func(name string, attempt int, err error, wait time.Duration)) (*Writer, error) {
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncTimeout(stageAckTimeout),
 		jetstream.WithPublishAsyncMaxPending(2*stageWindow))
 	if err != nil {
-		return nil, fmt.Errorf("producer: JetStream context for staging: %w", err)
+		return nil, fmt.Errorf("staging: JetStream context: %w", err)
 	}
-	return &stager{js: js, bucket: bucket, onRetry: onRetry}, nil
+	return &Writer{js: js, bucket: bucket, onRetry: onRetry}, nil
 }
 
-// stage uploads body under name. prefix holds bytes already read from body
+// Stage uploads body under name. prefix holds bytes already read from body
 // (they come first). A failed attempt restarts from the beginning when
 // body is an io.Seeker (rewound to where it stood at the call); progress,
 // when not nil, hears the bytes acknowledged so far in the current attempt.
-func (s *stager) stage(ctx context.Context, name, description string, prefix []byte, body io.Reader, progress func(int64)) (*jetstream.ObjectInfo, error) {
+func (s *Writer) Stage(ctx context.Context, name, description string, prefix []byte, body io.Reader, progress func(int64)) (*jetstream.ObjectInfo, error) {
 	var start int64
 	seeker, rewindable := body.(io.Seeker)
 	if rewindable {
@@ -92,13 +79,13 @@ func (s *stager) stage(ctx context.Context, name, description string, prefix []b
 			return info, nil
 		}
 		if !bus.Transient(err) || ctx.Err() != nil || attempt == stageAttempts {
-			return nil, fmt.Errorf("producer: stage %s in %s (attempt %d of %d): %w", name, s.bucket, attempt, stageAttempts, err)
+			return nil, fmt.Errorf("staging: stage %s in %s (attempt %d of %d): %w", name, s.bucket, attempt, stageAttempts, err)
 		}
 		if !rewindable {
-			return nil, fmt.Errorf("producer: stage %s in %s: %w, and %w", name, s.bucket, err, errNotRewindable)
+			return nil, fmt.Errorf("staging: stage %s in %s: %w, and %w", name, s.bucket, err, ErrNotRewindable)
 		}
 		if _, serr := seeker.Seek(start, io.SeekStart); serr != nil {
-			return nil, fmt.Errorf("producer: stage %s in %s: %w; rewind for a retry: %w", name, s.bucket, err, serr)
+			return nil, fmt.Errorf("staging: stage %s in %s: %w; rewind for a retry: %w", name, s.bucket, err, serr)
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && apiErr.Code == 429 {
@@ -116,16 +103,16 @@ func (s *stager) stage(ctx context.Context, name, description string, prefix []b
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("producer: stage %s in %s: %w", name, s.bucket, context.Cause(ctx))
+			return nil, fmt.Errorf("staging: stage %s in %s: %w", name, s.bucket, context.Cause(ctx))
 		}
 	}
 }
 
 // attempt uploads r once, with at most window chunks unacknowledged. On
 // failure it purges the chunks it published.
-func (s *stager) attempt(ctx context.Context, attempt int, name, description string, r io.Reader, window int, progress func(int64)) (_ *jetstream.ObjectInfo, err error) {
+func (s *Writer) attempt(ctx context.Context, attempt int, name, description string, r io.Reader, window int, progress func(int64)) (_ *jetstream.ObjectInfo, err error) {
 	id := strings.ReplaceAll(uuid.NewString(), "-", "")
-	chunkSubj := fmt.Sprintf("$O.%s.C.%s", s.bucket, id)
+	chunkSubj := chunkSubject(s.bucket, id)
 	type sent struct {
 		f jetstream.PubAckFuture
 		n int
@@ -175,7 +162,7 @@ func (s *stager) attempt(ctx context.Context, attempt int, name, description str
 			}
 		}
 		if bufs[i%window] == nil {
-			bufs[i%window] = make([]byte, stageChunkSize)
+			bufs[i%window] = make([]byte, ChunkSize)
 		}
 		buf := bufs[i%window]
 		n, rerr := io.ReadFull(r, buf)
@@ -211,7 +198,7 @@ func (s *stager) attempt(ctx context.Context, attempt int, name, description str
 	}
 	info := &jetstream.ObjectInfo{
 		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: description,
-			Opts: &jetstream.ObjectMetaOptions{ChunkSize: stageChunkSize}},
+			Opts: &jetstream.ObjectMetaOptions{ChunkSize: ChunkSize}},
 		Bucket: s.bucket, NUID: id, Size: size, Chunks: chunks,
 		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)),
 	}
@@ -244,11 +231,11 @@ func settle(f jetstream.PubAckFuture) {
 
 // purge removes the chunks of a failed attempt, so that they do not wait
 // for the bucket's TTL (the staging janitor would remove them too).
-func (s *stager) purge(chunkSubj string) {
+func (s *Writer) purge(chunkSubj string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = bus.RetryTransient(ctx, 30*time.Second, func(ctx context.Context) error {
-		st, err := s.js.Stream(ctx, "OBJ_"+s.bucket)
+		st, err := s.js.Stream(ctx, streamName(s.bucket))
 		if err != nil {
 			return err
 		}

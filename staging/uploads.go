@@ -1,4 +1,4 @@
-package bus
+package staging
 
 import (
 	"context"
@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/artifactstore/artifactstore/bus"
 )
 
-// StagedUpload is one upload in the staging bucket: a complete object
+// Upload is one upload in the staging bucket: a complete object
 // (Name set) or the chunks of an upload that never finished (Name empty:
 // its producer died or gave up before writing the object's info).
-type StagedUpload struct {
+type Upload struct {
 	// Name is the object's name (the command id, for artifactstore's
 	// producers); empty for chunks without an object.
 	Name string
@@ -30,7 +32,7 @@ type StagedUpload struct {
 }
 
 // Complete reports whether the upload finished (its object exists).
-func (u StagedUpload) Complete() bool { return u.Name != "" }
+func (u Upload) Complete() bool { return u.Name != "" }
 
 // AbandonedQuery says which staged uploads count as abandoned.
 type AbandonedQuery struct {
@@ -47,7 +49,7 @@ type AbandonedQuery struct {
 	Now func() time.Time
 }
 
-// AbandonedStaged lists the uploads of t's staging bucket that nothing
+// Abandoned lists the uploads of t's staging bucket that nothing
 // will consume:
 //
 //   - chunks without an object whose last chunk is older than MaxAge (a
@@ -59,17 +61,17 @@ type AbandonedQuery struct {
 //
 // While ingest commands older than an upload wait (workers down, a
 // backlog), its object is kept: its command may be among them.
-func AbandonedStaged(ctx context.Context, js jetstream.JetStream, t Topology, q AbandonedQuery) ([]StagedUpload, error) {
+func Abandoned(ctx context.Context, js jetstream.JetStream, t bus.Topology, q AbandonedQuery) ([]Upload, error) {
 	now := time.Now
 	if q.Now != nil {
 		now = q.Now
 	}
-	uploads, err := StagedUploads(ctx, js, t)
+	uploads, err := Uploads(ctx, js, t)
 	if err != nil {
 		return nil, err
 	}
 	cutoff := now().Add(-q.MaxAge)
-	var old []StagedUpload
+	var old []Upload
 	var names []string
 	for _, u := range uploads {
 		if u.At.Before(cutoff) {
@@ -92,7 +94,7 @@ func AbandonedStaged(ctx context.Context, js jetstream.JetStream, t Topology, q 
 	if err != nil {
 		return nil, err
 	}
-	var out []StagedUpload
+	var out []Upload
 	for _, u := range old {
 		switch {
 		case !u.Complete(), handled[u.Name], !anyWaiting, oldestWaiting.After(u.At.Add(q.MaxAge)):
@@ -104,55 +106,50 @@ func AbandonedStaged(ctx context.Context, js jetstream.JetStream, t Topology, q 
 
 // oldestWaitingIngest returns when the oldest ingest command still waiting
 // for a worker (or being handled) was published.
-func oldestWaitingIngest(ctx context.Context, js jetstream.JetStream, t Topology) (time.Time, bool, error) {
+func oldestWaitingIngest(ctx context.Context, js jetstream.JetStream, t bus.Topology) (time.Time, bool, error) {
 	cons, err := js.Consumer(ctx, t.CommandsStream, t.IngestConsumer)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("bus: ingest consumer: %w", err)
+		return time.Time{}, false, fmt.Errorf("staging: ingest consumer: %w", err)
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("bus: ingest consumer info: %w", err)
+		return time.Time{}, false, fmt.Errorf("staging: ingest consumer info: %w", err)
 	}
 	if info.NumPending == 0 && info.NumAckPending == 0 {
 		return time.Time{}, false, nil
 	}
 	st, err := js.Stream(ctx, t.CommandsStream)
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("bus: commands stream: %w", err)
+		return time.Time{}, false, fmt.Errorf("staging: commands stream: %w", err)
 	}
 	// Everything up to the ack floor is settled (acked, terminated, or
 	// given up by the server), whatever still sits in the stream.
-	m, err := st.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(t.Subject(CmdIngest)))
+	m, err := st.GetMsg(ctx, info.AckFloor.Stream+1, jetstream.WithGetMsgSubject(t.Subject(bus.CmdIngest)))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return time.Time{}, false, nil
 	}
 	if err != nil {
-		return time.Time{}, false, fmt.Errorf("bus: oldest waiting ingest command: %w", err)
+		return time.Time{}, false, fmt.Errorf("staging: oldest waiting ingest command: %w", err)
 	}
 	return m.Time, true, nil
 }
 
-// stagedChunkSize is the chunk size of artifactstore's producers (and the
-// object store's default), used to size an unfinished upload from its
-// chunk count.
-const stagedChunkSize = 128 << 10
-
-// StagedUploads lists every upload of t's staging bucket, complete or not,
+// Uploads lists every upload of t's staging bucket, complete or not,
 // oldest first. It reads the bucket's subjects (one stream info) and the
 // last message of each, so that it needs no consumer: an object's info on
 // $O.<bucket>.M.<name>, an unfinished upload's last chunk on
 // $O.<bucket>.C.<nuid> (its size is estimated from its chunk count).
-func StagedUploads(ctx context.Context, js jetstream.JetStream, t Topology) ([]StagedUpload, error) {
-	st, err := js.Stream(ctx, "OBJ_"+t.StagingBucket)
+func Uploads(ctx context.Context, js jetstream.JetStream, t bus.Topology) ([]Upload, error) {
+	st, err := js.Stream(ctx, streamName(t.StagingBucket))
 	if err != nil {
-		return nil, fmt.Errorf("bus: staging bucket %s: %w", t.StagingBucket, err)
+		return nil, fmt.Errorf("staging: staging bucket %s: %w", t.StagingBucket, err)
 	}
 	root := "$O." + t.StagingBucket + "."
 	sinfo, err := st.Info(ctx, jetstream.WithSubjectFilter(root+">"))
 	if err != nil {
-		return nil, fmt.Errorf("bus: staging bucket %s: %w", t.StagingBucket, err)
+		return nil, fmt.Errorf("staging: staging bucket %s: %w", t.StagingBucket, err)
 	}
-	var out []StagedUpload
+	var out []Upload
 	live := map[string]bool{}
 	chunks := map[string]uint64{}
 	for subj, n := range sinfo.State.Subjects {
@@ -168,14 +165,14 @@ func StagedUploads(ctx context.Context, js jetstream.JetStream, t Topology) ([]S
 			continue // purged meanwhile
 		}
 		if err != nil {
-			return nil, fmt.Errorf("bus: staged object info %s: %w", subj, err)
+			return nil, fmt.Errorf("staging: staged object info %s: %w", subj, err)
 		}
 		var info jetstream.ObjectInfo
 		if err := json.Unmarshal(m.Data, &info); err != nil || info.Deleted || info.NUID == "" {
 			continue
 		}
 		live[info.NUID] = true
-		out = append(out, StagedUpload{Name: info.Name, NUID: info.NUID, Bytes: int64(info.Size), Chunks: uint64(info.Chunks), At: m.Time})
+		out = append(out, Upload{Name: info.Name, NUID: info.NUID, Bytes: int64(info.Size), Chunks: uint64(info.Chunks), At: m.Time})
 	}
 	for id, n := range chunks {
 		if live[id] {
@@ -186,24 +183,24 @@ func StagedUploads(ctx context.Context, js jetstream.JetStream, t Topology) ([]S
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("bus: last chunk of upload %s: %w", id, err)
+			return nil, fmt.Errorf("staging: last chunk of upload %s: %w", id, err)
 		}
-		out = append(out, StagedUpload{NUID: id, Chunks: n, At: last.Time, Bytes: int64(n-1)*stagedChunkSize + int64(len(last.Data))})
+		out = append(out, Upload{NUID: id, Chunks: n, At: last.Time, Bytes: int64(n-1)*ChunkSize + int64(len(last.Data))})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
 	return out, nil
 }
 
-// PurgeStaged removes uploads: an object's info and chunks, or the chunks
+// Purge removes uploads: an object's info and chunks, or the chunks
 // of an unfinished upload. It returns how many it removed.
-func PurgeStaged(ctx context.Context, js jetstream.JetStream, t Topology, uploads []StagedUpload) (int, error) {
+func Purge(ctx context.Context, js jetstream.JetStream, t bus.Topology, uploads []Upload) (int, error) {
 	obs, err := js.ObjectStore(ctx, t.StagingBucket)
 	if err != nil {
-		return 0, fmt.Errorf("bus: staging bucket %s: %w", t.StagingBucket, err)
+		return 0, fmt.Errorf("staging: staging bucket %s: %w", t.StagingBucket, err)
 	}
-	st, err := js.Stream(ctx, "OBJ_"+t.StagingBucket)
+	st, err := js.Stream(ctx, streamName(t.StagingBucket))
 	if err != nil {
-		return 0, fmt.Errorf("bus: staging stream: %w", err)
+		return 0, fmt.Errorf("staging: staging stream: %w", err)
 	}
 	n := 0
 	for _, u := range uploads {
@@ -213,10 +210,10 @@ func PurgeStaged(ctx context.Context, js jetstream.JetStream, t Topology, upload
 				err = nil
 			}
 		} else {
-			err = st.Purge(ctx, jetstream.WithPurgeSubject("$O."+t.StagingBucket+".C."+u.NUID))
+			err = st.Purge(ctx, jetstream.WithPurgeSubject(chunkSubject(t.StagingBucket, u.NUID)))
 		}
 		if err != nil {
-			return n, fmt.Errorf("bus: purge staged upload %s%s: %w", u.Name, u.NUID, err)
+			return n, fmt.Errorf("staging: purge staged upload %s%s: %w", u.Name, u.NUID, err)
 		}
 		n++
 	}

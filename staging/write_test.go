@@ -1,4 +1,4 @@
-package producer
+package staging
 
 import (
 	"bytes"
@@ -17,7 +17,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/natstest"
 )
 
-func newTestClient(t *testing.T) (*Client, jetstream.JetStream, bus.Topology) {
+func newTestWriter(t *testing.T) (*Writer, jetstream.JetStream, bus.Topology) {
 	t.Helper()
 	ns := natstest.Start(t)
 	nc := ns.Connect(t)
@@ -29,27 +29,26 @@ func newTestClient(t *testing.T) (*Client, jetstream.JetStream, bus.Topology) {
 	if err := bus.EnsureTopology(t.Context(), js, top); err != nil {
 		t.Fatal(err)
 	}
-	c, err := New(t.Context(), Config{NATS: nc, JetStream: js, Topology: top})
+	w, err := NewWriter(nc, top.StagingBucket, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c, js, top
+	return w, js, top
 }
 
 var errTooMany = &jetstream.APIError{Code: 429, ErrorCode: 10167, Description: "too many requests"}
 
 func TestStagingRestartsAfterTooManyRequestsAndResets(t *testing.T) {
 	t.Parallel()
-	c, js, top := newTestClient(t)
+	w, js, top := newTestWriter(t)
 	var mu sync.Mutex
 	var retried []string
-	c.stage.onRetry = func(name string, attempt int, err error, wait time.Duration) {
+	w.onRetry = func(name string, attempt int, err error, wait time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		retried = append(retried, err.Error())
 	}
-	c.stage.inject = func(attempt, chunk int) error {
+	w.inject = func(attempt, chunk int) error {
 		switch {
 		case attempt == 1 && chunk == 5:
 			return errTooMany
@@ -63,13 +62,13 @@ func TestStagingRestartsAfterTooManyRequestsAndResets(t *testing.T) {
 		t.Fatal(err)
 	}
 	var lastProgress int64
-	p, err := c.Put(t.Context(), Put{Package: "p", Path: "big.bin", Body: bytes.NewReader(blob), Size: int64(len(blob)),
-		Progress: func(n int64) { lastProgress = n }})
+	// The first bytes come as a prefix already read from the body.
+	info, err := w.Stage(t.Context(), "big.bin", "p:big.bin", blob[:1000], bytes.NewReader(blob[1000:]), func(n int64) { lastProgress = n })
 	if err != nil {
-		t.Fatalf("put with a 429 and a reset on the way: %v", err)
+		t.Fatalf("stage with a 429 and a reset on the way: %v", err)
 	}
-	if !p.Staged || lastProgress != int64(len(blob)) {
-		t.Fatalf("staged %v, progress %d of %d", p.Staged, lastProgress, len(blob))
+	if info.Size != uint64(len(blob)) || lastProgress != int64(len(blob)) {
+		t.Fatalf("staged %d bytes, progress %d of %d", info.Size, lastProgress, len(blob))
 	}
 	mu.Lock()
 	if len(retried) != 2 || !strings.Contains(retried[0], "429") {
@@ -80,7 +79,7 @@ func TestStagingRestartsAfterTooManyRequestsAndResets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := obs.GetBytes(t.Context(), p.CommandID)
+	got, err := obs.GetBytes(t.Context(), "big.bin")
 	if err != nil {
 		t.Fatalf("read the staged object back with the object store: %v", err)
 	}
@@ -92,37 +91,37 @@ func TestStagingRestartsAfterTooManyRequestsAndResets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := st.Info(t.Context(), jetstream.WithSubjectFilter("$O."+top.StagingBucket+".C.>"))
+	sinfo, err := st.Info(t.Context(), jetstream.WithSubjectFilter("$O."+top.StagingBucket+".C.>"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(info.State.Subjects) != 1 {
-		t.Fatalf("chunk subjects left: %v; the failed attempts' chunks should be purged", info.State.Subjects)
+	if len(sinfo.State.Subjects) != 1 {
+		t.Fatalf("chunk subjects left: %v; the failed attempts' chunks should be purged", sinfo.State.Subjects)
 	}
 }
 
 func TestStagingGivesUpClearly(t *testing.T) {
 	t.Parallel()
-	c, _, _ := newTestClient(t)
+	w, _, _ := newTestWriter(t)
 	blob := make([]byte, 1<<20)
-	c.stage.inject = func(attempt, chunk int) error {
+	w.inject = func(attempt, chunk int) error {
 		if chunk == 2 {
 			return errTooMany
 		}
 		return nil
 	}
 	// A body that cannot be rewound cannot be uploaded again.
-	_, err := c.Put(t.Context(), Put{Package: "p", Path: "pipe", Body: io.MultiReader(bytes.NewReader(blob)), Size: int64(len(blob))})
-	if !errors.Is(err, errNotRewindable) || !strings.Contains(err.Error(), "429") {
+	_, err := w.Stage(t.Context(), "pipe", "p:pipe", nil, io.MultiReader(bytes.NewReader(blob)), nil)
+	if !errors.Is(err, ErrNotRewindable) || !strings.Contains(err.Error(), "429") {
 		t.Fatalf("put of a pipe after a 429: %v", err)
 	}
 	// A failure that is not passing is not retried.
 	attempts := 0
-	c.stage.inject = func(attempt, chunk int) error {
+	w.inject = func(attempt, chunk int) error {
 		attempts = max(attempts, attempt)
 		return errors.New("permission denied")
 	}
-	_, err = c.Put(t.Context(), Put{Package: "p", Path: "denied", Body: bytes.NewReader(blob), Size: int64(len(blob))})
+	_, err = w.Stage(t.Context(), "denied", "p:denied", nil, bytes.NewReader(blob), nil)
 	if err == nil || !strings.Contains(err.Error(), "permission denied") || attempts != 1 {
 		t.Fatalf("put refused for good: %v after %d attempts", err, attempts)
 	}
