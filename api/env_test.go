@@ -102,7 +102,7 @@ func (e *env) storeFull(data []byte, state string) dataplane.IngestResult {
 
 // objectPath is where the local backend keeps addr.
 func (e *env) objectPath(addr digest.Address) string {
-	return filepath.Join(e.local.Root(), filepath.FromSlash(addr.RelPath()))
+	return filepath.Join(e.local.Root(), filepath.FromSlash(local.ObjectPath(addr)))
 }
 
 type file struct {

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"path"
 )
 
 // Size is the length in bytes of every digest this package knows.
@@ -129,19 +128,6 @@ func (a Address) String() string {
 		return ""
 	}
 	return a.alg.String() + ":" + a.Hex()
-}
-
-// RelPath returns the slash-separated relative path of the address in a
-// content-addressed tree: "<alg>/<hex[0:2]>/<hex[2:4]>/<hex>". Because an
-// Address can only be built from a known algorithm and 32 raw bytes, the
-// path never holds "..", a separator inside a component, or anything but
-// lowercase hex. It panics on the zero Address.
-func (a Address) RelPath() string {
-	if a.IsZero() {
-		panic("digest: RelPath of the zero Address")
-	}
-	h := a.Hex()
-	return path.Join(a.alg.String(), h[0:2], h[2:4], h)
 }
 
 // MarshalText implements encoding.TextMarshaler (used by JSON).

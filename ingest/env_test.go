@@ -255,7 +255,7 @@ func (e *env) checkObject(addr string, blake3Hex, sha256Hex string, size int64) 
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	f, err := os.Open(filepath.Join(e.root, filepath.FromSlash(a.RelPath())))
+	f, err := os.Open(filepath.Join(e.root, filepath.FromSlash(local.ObjectPath(a))))
 	if err != nil {
 		e.t.Fatalf("object %s: %v", addr, err)
 	}

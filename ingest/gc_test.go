@@ -14,6 +14,7 @@ import (
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/pkgstate"
 	"github.com/artifactstore/artifactstore/producer"
+	"github.com/artifactstore/artifactstore/storage/local"
 )
 
 // TestDedupRewritesReapedBytes: an ingest deduplicates against stored
@@ -61,7 +62,7 @@ func TestDedupRewritesReapedBytes(t *testing.T) {
 			}
 			waitForLockWaiter(ctx, t, e)
 			// The reaper's sweep, under the lock: file and row go.
-			if err := os.Remove(filepath.Join(e.root, filepath.FromSlash(addr.RelPath()))); err != nil {
+			if err := os.Remove(filepath.Join(e.root, filepath.FromSlash(local.ObjectPath(addr)))); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := tx.Exec(ctx, `DELETE FROM gc_objects WHERE content_address = $1`, first.Address); err != nil {

@@ -323,7 +323,7 @@ func TestCrashSafety(t *testing.T) {
 	for _, f := range e.objectFiles() {
 		parts := strings.Split(filepath.ToSlash(f), "/")
 		a, err := digest.Parse(parts[0] + ":" + parts[len(parts)-1])
-		if err != nil || filepath.ToSlash(f) != a.RelPath() {
+		if err != nil || filepath.ToSlash(f) != local.ObjectPath(a) {
 			t.Fatalf("file %s under the object root is not at a content address", f)
 		}
 	}
@@ -334,7 +334,7 @@ func TestCrashSafety(t *testing.T) {
 		objPath := strings.TrimSuffix(f, ".bao")
 		parts := strings.Split(filepath.ToSlash(objPath), "/")
 		a, err := digest.Parse(parts[0] + ":" + parts[len(parts)-1])
-		if err != nil || filepath.ToSlash(objPath) != a.RelPath() {
+		if err != nil || filepath.ToSlash(objPath) != local.ObjectPath(a) {
 			t.Fatalf("tree %s is not next to a content address", f)
 		}
 		obj, err := os.ReadFile(filepath.Join(e.root, objPath))

@@ -74,7 +74,7 @@ func (r *repairEnv) project() {
 }
 
 func (r *repairEnv) file(a digest.Address) string {
-	return filepath.Join(r.root, filepath.FromSlash(a.RelPath()))
+	return filepath.Join(r.root, filepath.FromSlash(local.ObjectPath(a)))
 }
 
 // location returns the projected state and repair count of a on local.

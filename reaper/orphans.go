@@ -104,7 +104,7 @@ func (r *Reaper) classify(ctx context.Context, s Store, batch []storage.ObjectIn
 				o := Orphan{Object: Object{Address: oi.Address, BackendID: s.BackendID, Size: oi.Size}, StoredAt: oi.StoredAt}
 				rep.Orphans++
 				if !dryRun && s.Quarantiner != nil {
-					dest, err := s.Quarantiner.Quarantine(ctx, oi.Address.RelPath())
+					dest, err := s.Quarantiner.Quarantine(ctx, oi.Address)
 					if err != nil {
 						return fmt.Errorf("quarantine orphan %s: %w", a, err)
 					}

@@ -91,11 +91,12 @@ type EventLog interface {
 
 var _ EventLog = (*events.Log)(nil)
 
-// Quarantiner moves a file that no row knows out of the object tree, to a
-// place where an operator can inspect it, and returns where it went. The
-// local backend implements it.
+// Quarantiner moves an object that no record knows out of the backend's
+// objects, to a place where an operator can inspect it, and returns where
+// it went (the backend's own notion of a place). The local and S3
+// backends implement it.
 type Quarantiner interface {
-	Quarantine(ctx context.Context, relPath string) (string, error)
+	Quarantine(ctx context.Context, addr digest.Address) (string, error)
 }
 
 // Store is one backend whose files the orphan scan walks.

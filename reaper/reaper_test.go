@@ -3,8 +3,6 @@ package reaper_test
 import (
 	"context"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,10 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/reaper"
+	"github.com/artifactstore/artifactstore/storage/local"
 )
 
 const day = 24 * time.Hour
@@ -262,7 +264,7 @@ func TestOrphans(t *testing.T) {
 	// A file stored "now" by the test clock is too young to judge: it may
 	// be an ingest between its put and its commit.
 	young := e.store([]byte("an ingest in flight"))
-	if err := os.Chtimes(filepath.Join(e.root, filepath.FromSlash(young.RelPath())), e.clock.Now(), e.clock.Now()); err != nil {
+	if err := os.Chtimes(filepath.Join(e.root, filepath.FromSlash(local.ObjectPath(young))), e.clock.Now(), e.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
 	rep = e.runOnce(r)
@@ -273,8 +275,8 @@ func TestOrphans(t *testing.T) {
 		t.Fatalf("after the scan: orphan %v young %v adopted %v; want only the orphan gone", e.exists(orphan), e.exists(young), e.exists(adopted))
 	}
 	q := e.quarantined()
-	if len(q) != 1 || !strings.Contains(filepath.ToSlash(q[0]), orphan.RelPath()) {
-		t.Fatalf("quarantine holds %v; want the orphan %s", q, orphan.RelPath())
+	if len(q) != 1 || !strings.Contains(filepath.ToSlash(q[0]), local.ObjectPath(orphan)) {
+		t.Fatalf("quarantine holds %v; want the orphan %s", q, local.ObjectPath(orphan))
 	}
 	if b, err := os.ReadFile(q[0]); err != nil || string(b) != "an orphan" {
 		t.Fatalf("quarantined bytes = %q, %v", b, err)

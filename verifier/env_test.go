@@ -125,7 +125,7 @@ func (e *env) insertLocation(addr digest.Address, d digest.Digests, storedAt tim
 
 // path is the file of addr on the local backend.
 func (e *env) path(addr digest.Address) string {
-	return filepath.Join(e.root, filepath.FromSlash(addr.RelPath()))
+	return filepath.Join(e.root, filepath.FromSlash(local.ObjectPath(addr)))
 }
 
 func randomBytes(t testing.TB, n int) []byte {

@@ -44,9 +44,14 @@ func (bs *backends) Close() error {
 
 // reaperStores are the backends the reaper's orphan scan walks, with what
 // each can do besides listing.
-func (bs *backends) reaperStores() []reaper.Store {
+func (bs *backends) reaperStores() []reaper.Store { return reaperStores(bs.list) }
+
+// reaperStores are the backends of list that the reaper's orphan scan can
+// walk, with what each can do besides listing: quarantine by address, and
+// (S3) clean what interrupted writes left.
+func reaperStores(list []storage.Backend) []reaper.Store {
 	var stores []reaper.Store
-	for _, b := range bs.list {
+	for _, b := range list {
 		l, ok := b.(storage.Lister)
 		if !ok {
 			continue

@@ -15,6 +15,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/retention"
+	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
@@ -75,7 +76,7 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		metrics = reaper.NewMetrics(srv.Registry)
 	}
 	codec := events.NewCodec()
-	r, err := c.newReaper(pool, codec, dp, be, lg, metrics)
+	r, err := c.newReaper(pool, codec, dp, be.list, lg, metrics)
 	if err != nil {
 		return err
 	}
@@ -102,10 +103,10 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 
 // newReaper builds the reaper from the flags (run uses it with the flags'
 // defaults).
-func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, bs *backends, lg zerolog.Logger, m *reaper.Metrics) (*reaper.Reaper, error) {
+func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplane.DataPlane, bs []storage.Backend, lg zerolog.Logger, m *reaper.Metrics) (*reaper.Reaper, error) {
 	cfg := reaper.Config{Metrics: m,
 		Pool: pool, Log: events.NewLog(pool, codec), DataPlane: dp,
-		Stores:   bs.reaperStores(),
+		Stores:   reaperStores(bs),
 		Interval: c.Interval, BatchSize: c.BatchSize, OrphanMinAge: c.OrphanMinAge,
 		Grace: c.Grace, OrphanInterval: c.OrphanInterval, Logger: lg,
 	}

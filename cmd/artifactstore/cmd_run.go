@@ -221,7 +221,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	if err := kong.ApplyDefaults(&rc); err != nil {
 		return err
 	}
-	reap, err := rc.newReaper(pool, codec, dp, be, lg, reaper.NewMetrics(srv.Registry))
+	reap, err := rc.newReaper(pool, codec, dp, be.list, lg, reaper.NewMetrics(srv.Registry))
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/pgtest"
 	"github.com/artifactstore/artifactstore/internal/s3test"
 	"github.com/artifactstore/artifactstore/producer"
+	"github.com/artifactstore/artifactstore/storage/s3"
 )
 
 // TestStorageFlags opens the backends --storage names: the first takes
@@ -169,7 +170,7 @@ func TestRunOnS3(t *testing.T) {
 
 	s3c := srv.Client()
 	for name, a := range addrs {
-		key := "evidence/" + a.RelPath()
+		key := "evidence/" + s3.ObjectKey(a)
 		out, err := s3c.HeadObject(ctx, &s3sdk.HeadObjectInput{Bucket: &bucket, Key: &key})
 		if err != nil || aws.ToInt64(out.ContentLength) != int64(len(files[name])) {
 			t.Fatalf("%s is not at %s in the bucket: %v", name, key, err)

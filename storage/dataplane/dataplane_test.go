@@ -47,7 +47,7 @@ func newFixture(t testing.TB, opts ...dataplane.Option) fixture {
 
 // path returns where the local backend keeps addr.
 func (f fixture) path(addr digest.Address) string {
-	return filepath.Join(f.local.Root(), filepath.FromSlash(addr.RelPath()))
+	return filepath.Join(f.local.Root(), filepath.FromSlash(local.ObjectPath(addr)))
 }
 
 func (f fixture) ingest(t *testing.T, p []byte, h dataplane.IngestHints) dataplane.IngestResult {

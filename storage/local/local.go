@@ -336,7 +336,7 @@ func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree sto
 	if err != nil {
 		return storage.Committed{}, fmt.Errorf("local: stat temp file: %w", err)
 	}
-	rel := addr.RelPath()
+	rel := ObjectPath(addr)
 	if mode == storage.CommitReplace {
 		if err := b.replace(w.tmpName, rel, tree); err != nil {
 			return storage.Committed{}, fmt.Errorf("local: replace %s: %w", addr, err)
@@ -365,6 +365,20 @@ func (w *objectWriter) Commit(ctx context.Context, addr digest.Address, tree sto
 		return storage.Committed{}, fmt.Errorf("local: store %s: %w", addr, err)
 	}
 	return storage.Committed{StoredAt: storedAt, Deduplicated: dedup}, nil
+}
+
+// ObjectPath is the slash-separated path of the object at addr below the
+// root: "<alg>/<hex[0:2]>/<hex[2:4]>/<hex>". It is this backend's layout
+// (two shard levels keep directories small), not the address's: an
+// Address can only be built from a known algorithm and 32 raw bytes, so
+// the path never holds "..", a separator inside a component, or anything
+// but lowercase hex. It panics on the zero Address.
+func ObjectPath(addr digest.Address) string {
+	if addr.IsZero() {
+		panic("local: ObjectPath of the zero Address")
+	}
+	h := addr.Hex()
+	return path.Join(addr.Algorithm().String(), h[0:2], h[2:4], h)
 }
 
 // treeRel is where the tree of the object at rel lives: next to it, under
@@ -701,7 +715,7 @@ type sectionCloser struct {
 func (s *sectionCloser) Close() error { return s.f.Close() }
 
 func (b *Backend) openObject(addr digest.Address) (*os.File, fs.FileInfo, error) {
-	f, err := b.root.Open(addr.RelPath())
+	f, err := b.root.Open(ObjectPath(addr))
 	if err != nil {
 		return nil, nil, b.objectErr("open", addr, err)
 	}
@@ -732,7 +746,7 @@ func (b *Backend) Tree(ctx context.Context, addr digest.Address) (storage.TreeRe
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	rel := addr.RelPath()
+	rel := ObjectPath(addr)
 	f, err := b.root.Open(treeRel(rel))
 	if errors.Is(err, fs.ErrNotExist) {
 		if _, serr := b.root.Stat(rel); serr != nil {
@@ -771,7 +785,7 @@ func (b *Backend) PutTree(ctx context.Context, addr digest.Address, tree storage
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	rel := addr.RelPath()
+	rel := ObjectPath(addr)
 	if fi, err := b.root.Stat(rel); err != nil {
 		return b.objectErr("stat", addr, err)
 	} else if !fi.Mode().IsRegular() {
@@ -799,7 +813,7 @@ func (b *Backend) Head(ctx context.Context, addr digest.Address) (storage.Object
 	if err := ctx.Err(); err != nil {
 		return storage.ObjectInfo{}, err
 	}
-	fi, err := b.root.Stat(addr.RelPath())
+	fi, err := b.root.Stat(ObjectPath(addr))
 	if err != nil {
 		return storage.ObjectInfo{}, b.objectErr("stat", addr, err)
 	}
@@ -818,7 +832,7 @@ func (b *Backend) Delete(ctx context.Context, addr digest.Address) (bool, error)
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	rel := addr.RelPath()
+	rel := ObjectPath(addr)
 	if err := b.root.Remove(rel); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			// A crash between the two removes may have left the tree.

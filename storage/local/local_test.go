@@ -221,7 +221,7 @@ func TestDeleteRemovesEmptiedShardDirectories(t *testing.T) {
 	a, c := sameShard(t)
 	ra := mustPut(t, b, a, noClaims)
 	rc := mustPut(t, b, c, noClaims)
-	shard := filepath.Dir(filepath.Join(b.Root(), filepath.FromSlash(ra.Address.RelPath())))
+	shard := filepath.Dir(filepath.Join(b.Root(), filepath.FromSlash(ObjectPath(ra.Address))))
 	if existed, err := b.Delete(t.Context(), ra.Address); err != nil || !existed {
 		t.Fatalf("Delete a: %v %v", existed, err)
 	}
@@ -311,7 +311,7 @@ func TestNoReadOutsideRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := digest.Digests{BLAKE3: blake3.Sum256([]byte("planted"))}.Address(digest.BLAKE3)
-	path := filepath.Join(b.Root(), filepath.FromSlash(addr.RelPath()))
+	path := filepath.Join(b.Root(), filepath.FromSlash(ObjectPath(addr)))
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +399,7 @@ type syncRecorder struct {
 }
 
 func recordSyncs(b *Backend, watch digest.Address) *syncRecorder {
-	r := &syncRecorder{root: b.Root(), watch: watch.RelPath()}
+	r := &syncRecorder{root: b.Root(), watch: ObjectPath(watch)}
 	b.fsync = r.fsync
 	return r
 }
@@ -473,7 +473,7 @@ type putCase struct {
 // root: blake3/ab/cd, blake3/ab, blake3, ".".
 func shardDirs(a digest.Address) []string {
 	var dirs []string
-	for d := path.Dir(a.RelPath()); ; d = path.Dir(d) {
+	for d := path.Dir(ObjectPath(a)); ; d = path.Dir(d) {
 		dirs = append(dirs, d)
 		if d == "." {
 			return dirs
@@ -506,7 +506,7 @@ var putCases = []putCase{{
 		return c, 1
 	},
 	syncs: func(a digest.Address) []syncCall {
-		return []syncCall{{syncTempFile, tmpAny, false}, {syncLeafDir, path.Dir(a.RelPath()), true}}
+		return []syncCall{{syncTempFile, tmpAny, false}, {syncLeafDir, path.Dir(ObjectPath(a)), true}}
 	},
 }, {
 	name: "object already stored",
@@ -716,12 +716,12 @@ func TestDeleteAndQuarantineFsync(t *testing.T) {
 	checkSyncs(t, "delete", rec.seen(), []syncCall{{syncDeletedFromDir, "blake3", false}})
 
 	rec = recordSyncs(b, qa)
-	dest, err := b.Quarantine(t.Context(), qa.RelPath())
+	dest, err := b.Quarantine(t.Context(), qa)
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkSyncs(t, "quarantine", rec.seen(), []syncCall{
-		{syncQuarantineDir, path.Dir(dest), false}, {syncQuarantinedFromDir, path.Dir(qa.RelPath()), false},
+		{syncQuarantineDir, path.Dir(dest), false}, {syncQuarantinedFromDir, path.Dir(ObjectPath(qa)), false},
 	})
 
 	// The same fsyncs, failing.
@@ -733,8 +733,8 @@ func TestDeleteAndQuarantineFsync(t *testing.T) {
 	}
 	c = mustPut(t, b, q, noClaims).Address
 	rec = recordSyncs(b, c)
-	rec.reset(syncCall{kind: syncQuarantineDir, name: path.Join(quarantineDir, path.Dir(c.RelPath()))})
-	if _, err := b.Quarantine(t.Context(), c.RelPath()); rec.matched == 0 || !errors.Is(err, errInjected) {
+	rec.reset(syncCall{kind: syncQuarantineDir, name: path.Join(quarantineDir, path.Dir(ObjectPath(c)))})
+	if _, err := b.Quarantine(t.Context(), c); rec.matched == 0 || !errors.Is(err, errInjected) {
 		t.Fatalf("Quarantine with the fsync of the quarantine directory failing: %v (fsyncs seen %v); want that fsync's error", err, rec.seen())
 	}
 }
@@ -744,8 +744,8 @@ func TestQuarantine(t *testing.T) {
 	now := time.Date(2026, 3, 4, 5, 6, 7, 8, time.UTC)
 	b := openTest(t, WithClock(func() time.Time { return now }))
 	rc := mustPut(t, b, []byte("orphan"), noClaims)
-	rel := rc.Address.RelPath()
-	dest, err := b.Quarantine(t.Context(), rel)
+	rel := ObjectPath(rc.Address)
+	dest, err := b.Quarantine(t.Context(), rc.Address)
 	if err != nil {
 		t.Fatalf("Quarantine: %v", err)
 	}
@@ -767,24 +767,24 @@ func TestQuarantine(t *testing.T) {
 	}
 	// An object's tree goes with it.
 	big := mustPut(t, b, bytes.Repeat([]byte("orphan with a tree "), blaketree.GroupSize/9), noClaims)
-	if _, err := b.Quarantine(t.Context(), big.Address.RelPath()); err != nil {
+	if _, err := b.Quarantine(t.Context(), big.Address); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(b.Root(), filepath.FromSlash(treeRel(big.Address.RelPath())))); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(b.Root(), filepath.FromSlash(treeRel(ObjectPath(big.Address))))); !os.IsNotExist(err) {
 		t.Fatalf("the quarantined object's tree stayed: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(b.Root(), ".quarantine", filepath.FromSlash(treeRel(big.Address.RelPath()))+".20260304T050607.000000008Z")); err != nil {
+	if _, err := os.Stat(filepath.Join(b.Root(), ".quarantine", filepath.FromSlash(treeRel(ObjectPath(big.Address)))+".20260304T050607.000000008Z")); err != nil {
 		t.Fatalf("the object's tree is not in quarantine: %v", err)
 	}
 	// A stray file that is not an object can be quarantined too.
 	if err := os.WriteFile(filepath.Join(b.Root(), "blake3", "junk"), []byte("j"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Quarantine(t.Context(), "blake3/junk"); err != nil {
+	if _, err := b.quarantine(t.Context(), "blake3/junk"); err != nil {
 		t.Fatalf("Quarantine stray file: %v", err)
 	}
 	for _, bad := range []string{"", ".", "../x", "/etc/passwd", "blake3/../../x", dest, "blake3", "sha256/none"} {
-		if _, err := b.Quarantine(t.Context(), bad); err == nil {
+		if _, err := b.quarantine(t.Context(), bad); err == nil {
 			t.Errorf("Quarantine(%q) succeeded", bad)
 		}
 	}
@@ -798,7 +798,7 @@ func TestPutTreeFsyncs(t *testing.T) {
 	b := openTest(t)
 	p := bytes.Repeat([]byte("tree to rewrite "), 3*blaketree.GroupSize/16)
 	a := mustPut(t, b, p, noClaims).Address
-	want := []syncCall{{syncTreeFile, tmpAny, true}, {syncTreeDir, path.Dir(a.RelPath()), true}}
+	want := []syncCall{{syncTreeFile, tmpAny, true}, {syncTreeDir, path.Dir(ObjectPath(a)), true}}
 	rec := recordSyncs(b, a)
 	tree, err := b.Tree(t.Context(), a)
 	if err != nil {

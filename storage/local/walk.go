@@ -23,7 +23,7 @@ func (b *Backend) Walk(ctx context.Context, fn func(storage.ObjectInfo) error) e
 		err := b.walkDir(ctx, alg.String(), 0, func(rel string, e fs.DirEntry) error {
 			name := path.Base(rel)
 			addr, err := digest.Parse(alg.String() + ":" + name)
-			if err != nil || addr.RelPath() != rel {
+			if err != nil || ObjectPath(addr) != rel {
 				return nil
 			}
 			fi, err := e.Info()
@@ -93,12 +93,19 @@ func isShard(name string) bool {
 	return true
 }
 
-// Quarantine moves the file at relPath (slash-separated, relative to the
-// root) to .quarantine/<relPath>.<UTC time>, where a reaper can delete it
-// later, and returns the new path relative to the root. It is meant for
-// files no row knows; it refuses directories and paths under .quarantine.
-// An object's tree (relPath.bao) goes with it.
-func (b *Backend) Quarantine(ctx context.Context, relPath string) (string, error) {
+// Quarantine moves the object at addr (and its tree) to
+// .quarantine/<its path>.<UTC time>, where an operator can inspect it,
+// and returns the new path relative to the root. It is meant for objects
+// no record knows (the reaper's orphans).
+func (b *Backend) Quarantine(ctx context.Context, addr digest.Address) (string, error) {
+	return b.quarantine(ctx, ObjectPath(addr))
+}
+
+// quarantine moves the file at relPath (slash-separated, relative to the
+// root) to .quarantine/<relPath>.<UTC time> and returns the new path; it
+// refuses directories and paths under .quarantine. An object's tree
+// (relPath.bao) goes with it.
+func (b *Backend) quarantine(ctx context.Context, relPath string) (string, error) {
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}

@@ -271,7 +271,19 @@ func (b *Backend) String() string {
 	return fmt.Sprintf("s3://%s/%s (endpoint %s)", b.cfg.Bucket, strings.TrimSuffix(b.prefix, "/"), ep)
 }
 
-func (b *Backend) objectKey(addr digest.Address) string { return b.prefix + addr.RelPath() }
+func (b *Backend) objectKey(addr digest.Address) string { return b.prefix + ObjectKey(addr) }
+
+// ObjectKey is the key of the object at addr below the prefix:
+// "<alg>/<hex[0:2]>/<hex[2:4]>/<hex>", the local backend's layout too, so
+// that a tree copied between them keeps its shape. It panics on the zero
+// Address.
+func ObjectKey(addr digest.Address) string {
+	if addr.IsZero() {
+		panic("s3: ObjectKey of the zero Address")
+	}
+	h := addr.Hex()
+	return path.Join(addr.Algorithm().String(), h[0:2], h[2:4], h)
+}
 
 func (b *Backend) treeKey(addr digest.Address) string { return b.objectKey(addr) + treeSuffix }
 
@@ -469,7 +481,7 @@ func (b *Backend) relKey(key string) string { return strings.TrimPrefix(key, b.p
 func (b *Backend) parseObjectKey(alg digest.Algorithm, key string) (digest.Address, bool) {
 	rel := b.relKey(key)
 	addr, err := digest.Parse(alg.String() + ":" + path.Base(rel))
-	if err != nil || addr.RelPath() != rel {
+	if err != nil || ObjectKey(addr) != rel {
 		return digest.Address{}, false
 	}
 	return addr, true

@@ -3,7 +3,6 @@ package s3
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -55,27 +54,17 @@ func (b *Backend) list(ctx context.Context, prefix string, fn func(key string, s
 	return nil
 }
 
-// Quarantine moves the object at relPath (relative to the prefix, as
-// storage.ObjectInfo.Address.RelPath() gives it) to
-// .quarantine/<relPath>.<UTC time>, where a reaper can delete it later,
-// and returns the new key relative to the prefix. S3 has no rename: the
-// object is copied on the server, then deleted.
-func (b *Backend) Quarantine(ctx context.Context, relPath string) (string, error) {
-	alg, _, _ := strings.Cut(relPath, "/")
-	a, err := digest.ParseAlgorithm(alg)
-	if err != nil {
-		return "", fmt.Errorf("s3: quarantine %q: not the path of an object (<algorithm>/xx/yy/<hex>)", relPath)
-	}
-	addr, ok := b.parseObjectKey(a, b.prefix+relPath)
-	if !ok {
-		return "", fmt.Errorf("s3: quarantine %q: not the path of an object (<algorithm>/xx/yy/<hex>)", relPath)
-	}
+// Quarantine moves the object at addr to .quarantine/<its key>.<UTC
+// time> (relative to the prefix), where an operator can inspect it, and
+// returns the new key relative to the prefix. S3 has no rename: the object
+// is copied on the server, then deleted.
+func (b *Backend) Quarantine(ctx context.Context, addr digest.Address) (string, error) {
 	src := b.objectKey(addr)
 	out, err := b.head(ctx, src)
 	if err != nil {
 		return "", b.objectErr(ctx, "quarantine", addr, err)
 	}
-	dest := quarantineDir + "/" + relPath + "." + b.cfg.Now().UTC().Format("20060102T150405.000000000Z")
+	dest := quarantineDir + "/" + ObjectKey(addr) + "." + b.cfg.Now().UTC().Format("20060102T150405.000000000Z")
 	if err := b.copyObject(ctx, src, b.prefix+dest, aws.ToInt64(out.ContentLength), false); err != nil {
 		return "", fmt.Errorf("s3: quarantine %s: %w", addr, err)
 	}
