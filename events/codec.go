@@ -208,6 +208,7 @@ func v1Payloads() []Payload {
 		RetentionAssignedV1{}, RetentionChangedV1{}, LegalHoldSetV1{}, LegalHoldReleasedV1{},
 		ObjectVerifiedV1{}, ObjectCorruptV1{}, ObjectMissingV1{}, RetentionExpiredV1{},
 		ObjectDeletedV1{}, IngestRejectedV1{}, CommandRejectedV1{}, ObjectRepairedV1{},
+		ObjectReplicatedV1{},
 	}
 }
 
@@ -283,6 +284,8 @@ func (c *Codec) decodePayload(t Type, v int, b []byte) (p Payload, ok bool, err 
 		p, err = decodeAs[CommandRejectedV1](c, b)
 	case TypeObjectRepaired:
 		p, err = decodeAs[ObjectRepairedV1](c, b)
+	case TypeObjectReplicated:
+		p, err = decodeAs[ObjectReplicatedV1](c, b)
 	default:
 		return nil, false, nil
 	}

@@ -118,6 +118,16 @@ func goldenPayloads() []Payload {
 			Source:    RepairSourceReupload,
 			CommandID: "cmd-0003",
 		},
+		ObjectReplicatedV1{
+			Address:         addr(digest.BLAKE3, fixB3),
+			BLAKE3:          fixB3,
+			SHA256:          fixS2,
+			Size:            123456,
+			BackendID:       "s3",
+			SourceBackendID: "local",
+			Deduplicated:    true,
+			Reason:          "class release-evidence asks for 1 further copy",
+		},
 	}
 }
 
@@ -209,7 +219,7 @@ func TestPayloadRegistry(t *testing.T) {
 		TypePackageCreated, TypePackageSealed, TypeFileAdded, TypeObjectStored,
 		TypeRetentionAssigned, TypeRetentionChanged, TypeLegalHoldSet, TypeLegalHoldReleased,
 		TypeObjectVerified, TypeObjectCorrupt, TypeObjectMissing, TypeRetentionExpired,
-		TypeObjectDeleted, TypeIngestRejected, TypeCommandRejected, TypeObjectRepaired,
+		TypeObjectDeleted, TypeIngestRejected, TypeCommandRejected, TypeObjectRepaired, TypeObjectReplicated,
 	}
 	if got := KnownTypes(); !reflect.DeepEqual(got, design) {
 		t.Errorf("KnownTypes() = %v, want %v", got, design)
@@ -619,6 +629,8 @@ func TestEncodeRefusesInvalidPayloads(t *testing.T) {
 		{"pointer to zero time", RetentionAssignedV1{Package: "p", Class: "c", RetainUntil: &time.Time{}}, "zero time"},
 		{"legal hold without reason", LegalHoldSetV1{Package: "p"}, `"reason" is empty`},
 		{"repair of an unknown damage", ObjectRepairedV1{Address: addr(digest.BLAKE3, fixB3), BLAKE3: fixB3, SHA256: fixS2, BackendID: "local", Was: "tired", Source: RepairSourceReupload}, `"was" is "tired"`},
+		{"replica onto its source", ObjectReplicatedV1{Address: addr(digest.BLAKE3, fixB3), BLAKE3: fixB3, SHA256: fixS2, BackendID: "local", SourceBackendID: "local"}, `equals`},
+		{"replica without a source", ObjectReplicatedV1{Address: addr(digest.BLAKE3, fixB3), BLAKE3: fixB3, SHA256: fixS2, BackendID: "s3"}, `"source_backend_id" is empty`},
 		{"repair without a source", ObjectRepairedV1{Address: addr(digest.BLAKE3, fixB3), BLAKE3: fixB3, SHA256: fixS2, BackendID: "local", Was: RepairedMissing}, `"source" is empty`},
 		{"too many metadata pairs", PackageCreatedV1{Name: "p", RetentionClass: "c", Metadata: bigMeta}, "would not decode"},
 		{"string over the cap", PackageSealedV1{Name: strings.Repeat("x", maxString+1)}, "would not decode"},

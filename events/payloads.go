@@ -40,6 +40,7 @@ const (
 	TypeIngestRejected    Type = "ingest.rejected"
 	TypeCommandRejected   Type = "command.rejected"
 	TypeObjectRepaired    Type = "object.repaired"
+	TypeObjectReplicated  Type = "object.replicated"
 )
 
 // PackageCreatedV1 records that a package came into being (subject:
@@ -304,9 +305,13 @@ const (
 )
 
 // RepairSourceReupload is ObjectRepairedV1.Source when a producer put the
-// content again; a copy taken from another backend will be
-// "replica:<backend id>".
+// content again; a copy taken from another backend is
+// RepairSourceReplica(<backend id>).
 const RepairSourceReupload = "reupload"
+
+// RepairSourceReplica is ObjectRepairedV1.Source when the good bytes were
+// copied from the verified copy on backend id: "replica:<id>".
+func RepairSourceReplica(id string) string { return "replica:" + id }
 
 // ObjectRepairedV1 records that the stored copy of an object on a backend
 // was damaged or lost and that bytes verified against the address
@@ -351,6 +356,49 @@ func (p ObjectRepairedV1) Validate() error {
 		required("backend_id", p.BackendID),
 		was,
 		required("source", p.Source))
+}
+
+// ObjectReplicatedV1 records that a further copy of an object was placed
+// on a backend (subject: content address): the bytes were read from
+// SourceBackendID and proven against the address on the way out, and
+// written to BackendID through a put that checked both digests and the
+// size. The projection gains (or revives) the location on BackendID, like
+// object.stored.
+type ObjectReplicatedV1 struct {
+	Address   digest.Address `cbor:"address"`
+	BLAKE3    []byte         `cbor:"blake3"`
+	SHA256    []byte         `cbor:"sha256"`
+	Size      int64          `cbor:"size"`
+	BackendID string         `cbor:"backend_id"`
+	// SourceBackendID is the backend whose verified copy was read.
+	SourceBackendID string `cbor:"source_backend_id"`
+	// Deduplicated is true when BackendID already held the content (and
+	// its copy passed the put's check).
+	Deduplicated bool `cbor:"deduplicated,omitempty"`
+	// Reason says why the copy was made (the policy's rule, in words).
+	Reason string `cbor:"reason,omitempty"`
+}
+
+// EventType returns TypeObjectReplicated.
+func (ObjectReplicatedV1) EventType() Type { return TypeObjectReplicated }
+
+// PayloadVersion returns 1.
+func (ObjectReplicatedV1) PayloadVersion() int { return 1 }
+
+// Validate requires both digests, an Address that is the address of one
+// of them, a non-negative Size, BackendID and a SourceBackendID other
+// than BackendID.
+func (p ObjectReplicatedV1) Validate() error {
+	var same error
+	if p.SourceBackendID != "" && p.SourceBackendID == p.BackendID {
+		same = fmt.Errorf("field %q equals %q (%q): a replica is copied from another backend", "source_backend_id", "backend_id", p.BackendID)
+	}
+	return firstError(p.EventType(),
+		objectDigests(p.Address, p.BLAKE3, p.SHA256),
+		nonNegative("size", p.Size),
+		required("backend_id", p.BackendID),
+		required("source_backend_id", p.SourceBackendID),
+		same)
 }
 
 // RetentionExpiredV1 records that the package's retain-until passed with no

@@ -61,6 +61,15 @@ func summarize(p events.Payload) string {
 			s += ": " + p.Detail
 		}
 		return s
+	case events.ObjectReplicatedV1:
+		s := fmt.Sprintf("replicated to %s from the verified copy on %s (%d bytes)", p.BackendID, p.SourceBackendID, p.Size)
+		if p.Deduplicated {
+			s += ", already there (deduplicated)"
+		}
+		if p.Reason != "" {
+			s += ": " + p.Reason
+		}
+		return s
 	case events.IngestRejectedV1:
 		return fmt.Sprintf("ingest rejected (%s): %s", p.Code, p.Reason)
 	default:
@@ -73,7 +82,7 @@ func repairSource(src string) string {
 	if src == events.RepairSourceReupload {
 		return "a re-upload"
 	}
-	if b, ok := strings.CutPrefix(src, "replica:"); ok {
+	if b, ok := strings.CutPrefix(src, events.RepairSourceReplica("")); ok {
 		return "the copy on backend " + b
 	}
 	return src

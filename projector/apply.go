@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/artifactstore/artifactstore/catalog"
+	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 )
 
@@ -161,6 +162,8 @@ func tp(t time.Time) *time.Time { return &t }
 //     never changes a corrupt or missing location: a store, deduplicated
 //     or not, says nothing of the copy's health; only object.repaired and
 //     object.verified make such a location ok again.
+//   - object.replicated: as object.stored, for the location on the
+//     backend the copy went to.
 //   - object.repaired: state ok, stored_at = repaired_at = event time,
 //     repair_count + 1 (a location the log never stored is inserted so).
 //   - retention.assigned, retention.changed: upsert retention_state's class
@@ -236,20 +239,9 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 			pr.dirty = true
 		}
 	case events.ObjectStoredV1:
-		k := locKey{p.Address.String(), p.BackendID}
-		l := s.locs[k]
-		if l == nil {
-			s.putLoc(&locRow{
-				Address: k.Address, Backend: k.Backend, Algorithm: p.Address.Algorithm().String(),
-				BLAKE3: p.BLAKE3, SHA256: p.SHA256, Size: p.Size, State: catalog.LocationOK, StoredAt: at, Tier: catalog.TierHot, dirty: true,
-			})
-			return nil
-		}
-		if l.State == catalog.LocationDeleted {
-			l.State = catalog.LocationOK
-			l.StoredAt = at
-			l.dirty = true
-		}
+		s.store(p.Address, p.BackendID, p.BLAKE3, p.SHA256, p.Size, at)
+	case events.ObjectReplicatedV1:
+		s.store(p.Address, p.BackendID, p.BLAKE3, p.SHA256, p.Size, at)
 	case events.ObjectRepairedV1:
 		k := locKey{p.Address.String(), p.BackendID}
 		l := s.locs[k]
@@ -321,6 +313,25 @@ func (s *state) apply(e events.Event, p events.Payload) error {
 			ErrUnknownEvent, e.Sequence, e.Type, e.PayloadVersion)
 	}
 	return nil
+}
+
+// store is the effect of object.stored and object.replicated on the
+// location of addr on backend.
+func (s *state) store(addr digest.Address, backend string, b3, s256 []byte, size int64, at time.Time) {
+	k := locKey{addr.String(), backend}
+	l := s.locs[k]
+	if l == nil {
+		s.putLoc(&locRow{
+			Address: k.Address, Backend: k.Backend, Algorithm: addr.Algorithm().String(),
+			BLAKE3: b3, SHA256: s256, Size: size, State: catalog.LocationOK, StoredAt: at, Tier: catalog.TierHot, dirty: true,
+		})
+		return
+	}
+	if l.State == catalog.LocationDeleted {
+		l.State = catalog.LocationOK
+		l.StoredAt = at
+		l.dirty = true
+	}
 }
 
 func (s *state) setRetention(pkg, class string, until *time.Time) {

@@ -84,6 +84,8 @@ func collectKeys(ps []events.Payload) keys {
 			k.locs[locKey{p.Address.String(), p.BackendID}] = true
 		case events.ObjectRepairedV1:
 			k.locs[locKey{p.Address.String(), p.BackendID}] = true
+		case events.ObjectReplicatedV1:
+			k.locs[locKey{p.Address.String(), p.BackendID}] = true
 		case events.RetentionExpiredV1:
 			k.pkgs[p.Package] = true
 			k.expiredPkgs[p.Package] = true
