@@ -194,6 +194,13 @@ func (g *gen) next() []events.Draft {
 		if o == nil {
 			return nil
 		}
+		if other := g.backends[g.r.IntN(len(g.backends))]; other != backend && g.r.IntN(2) == 0 {
+			// A replica on another backend: a new location (or a
+			// deleted one revived), like a store.
+			o.locs[other] = true
+			return []events.Draft{objDraft(o.addr, events.ObjectReplicatedV1{Address: o.addr, BLAKE3: o.b3, SHA256: o.s2, Size: o.size,
+				BackendID: other, SourceBackendID: backend, Deduplicated: g.r.IntN(2) == 0, Reason: "policy"})}
+		}
 		return []events.Draft{objDraft(o.addr, events.ObjectStoredV1{Address: o.addr, BLAKE3: o.b3, SHA256: o.s2, Size: o.size, BackendID: backend, Deduplicated: g.r.IntN(2) == 0})}
 	case pick(g.m.repair):
 		// A re-upload (or, now and then, a replica) repairs a location
