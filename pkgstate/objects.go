@@ -235,3 +235,26 @@ func addressSet(ctx context.Context, q Querier, sql string, args ...any) (map[st
 	}
 	return out, rows.Err()
 }
+
+// LiveClasses returns the retention classes of the live packages (not
+// expired, or held) that have a file naming addr, sorted; none when
+// nothing live references it. It is what the replication policy decides
+// on: the strongest class among the references wins.
+func LiveClasses(ctx context.Context, q Querier, addr string) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT DISTINCT p.retention_class FROM ingest_files f JOIN ingest_packages p ON p.name = f.package
+		WHERE f.content_address = $1 AND (p.expired_at IS NULL OR p.legal_hold) ORDER BY 1`, addr)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// KeepCopy records, at now, that o.Key.Backend holds a copy of
+// o.Key.Address: its row is inserted live, or made live again, so that
+// the reaper deletes that copy too once nothing references the content.
+// Call it under the lock (InTx).
+func KeepCopy(ctx context.Context, tx pgx.Tx, o Sized, now time.Time) error {
+	b := &pgx.Batch{}
+	QueueKeepLive(b, []Sized{o}, now)
+	return tx.SendBatch(ctx, b).Close()
+}
