@@ -82,7 +82,8 @@ func objectStoreStream(bucket string) string { return "OBJ_" + bucket }
 
 // Items lists every stream, durable consumer and bucket of t in the order
 // [ApplyTopology] creates them: the streams of [Topology.StreamConfigs],
-// the consumers of [Topology.Consumers] on the commands stream, then the
+// the consumers of [Topology.Consumers] on the commands stream, those of
+// [Topology.EventConsumers] on the events stream, then the
 // staging bucket. A stream added to StreamConfigs is an item without
 // further code.
 func (t Topology) Items() []Item {
@@ -92,6 +93,9 @@ func (t Topology) Items() []Item {
 	}
 	for _, f := range t.Consumers() {
 		items = append(items, Item{Kind: KindConsumer, Name: f.Durable, Stream: t.CommandsStream, consumer: t.ConsumerConfig(f)})
+	}
+	for _, f := range t.EventConsumers() {
+		items = append(items, Item{Kind: KindConsumer, Name: f.Durable, Stream: t.EventsStream, consumer: t.ConsumerConfig(f)})
 	}
 	items = append(items, Item{Kind: KindObjectStore, Name: t.StagingBucket, Stream: objectStoreStream(t.StagingBucket), bucket: t.StagingConfig()})
 	return items

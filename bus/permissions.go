@@ -19,6 +19,9 @@ const (
 	// RoleAuditor reads the signed checkpoints and the events stream
 	// (`audit --checkpoints`, `checkpoint verify`).
 	RoleAuditor = "auditor"
+	// RoleReplicator places further copies and repairs damaged ones
+	// (`replicate`), fed by the events stream.
+	RoleReplicator = "replicator"
 )
 
 // Grant is one subject a role may publish or subscribe to, with why it
@@ -177,6 +180,22 @@ func (t Topology) Roles() []Role {
 			Publish:   worker(t.RetentionConsumer, "hold, release and retain commands"),
 			Subscribe: workerSub(t.RetentionConsumer),
 			Rare:      []string{rareWorker},
+		},
+		{
+			Name:     RoleReplicator,
+			Commands: "`replicate`",
+			Needs:    []Item{need(KindConsumer, t.ReplicateConsumer), need(KindStream, dl)},
+			Publish: []Grant{
+				{api + ".CONSUMER.INFO." + t.EventsStream + "." + t.ReplicateConsumer, "check and bind the " + t.ReplicateConsumer + " consumer"},
+				{api + ".CONSUMER.MSG.NEXT." + t.EventsStream + "." + t.ReplicateConsumer, "pull object events"},
+				{"$JS.ACK." + t.EventsStream + "." + t.ReplicateConsumer + ".>", "ack, nak, in-progress and term"},
+				{api + ".STREAM.INFO." + dl, "check the dead-letter stream"},
+				{t.DeadLetterSubjectPrefix() + "." + t.ReplicateConsumer + ".*", "dead-letter an event that cannot be handled"},
+				{api + ".STREAM.INFO." + t.EventsStream, "find the stream of the events the server may give up on"},
+				{api + ".STREAM.MSG.GET." + t.EventsStream, "read back an event the server gave up on (max-deliveries advisory)"},
+			},
+			Subscribe: []Grant{inbox, {MaxDeliveriesAdvisorySubject(t.EventsStream, t.ReplicateConsumer), "events whose last delivery was never acknowledged"}},
+			Rare: []string{t.DeadLetterSubjectPrefix() + "." + t.ReplicateConsumer + ".*", api + ".STREAM.MSG.GET." + t.EventsStream},
 		},
 		{
 			Name:     RoleRelay,

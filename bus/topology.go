@@ -123,6 +123,11 @@ type Topology struct {
 	// VerifyConsumer is the durable consumer of verify commands. Default
 	// "verify".
 	VerifyConsumer string
+	// ReplicateConsumer is the durable consumer of the events stream that
+	// the replicators share: object events (<root>.events.object.>), from
+	// which they place further copies and repair damaged ones. Default
+	// "replicate".
+	ReplicateConsumer string
 	// AckWait is how long the server waits for an ack before redelivering;
 	// the consume loop sends in-progress acks every AckWait/3 while a
 	// handler runs. Default 30 seconds.
@@ -171,6 +176,7 @@ func DefaultTopology() Topology {
 		IngestConsumer:    "ingest",
 		RetentionConsumer: "retention",
 		VerifyConsumer:    "verify",
+		ReplicateConsumer: "replicate",
 		AckWait:           30 * time.Second,
 		MaxDeliver:        10,
 		MaxAckPending:     256,
@@ -230,6 +236,16 @@ func (t Topology) Consumers() []ConsumerFamily {
 		{Durable: t.RetentionConsumer, Filter: t.Subject(CmdRetention)},
 		{Durable: t.VerifyConsumer, Filter: t.Subject(CmdVerify)},
 	}
+}
+
+// EventConsumers lists the durable consumers of the events stream: the
+// replicators' (object events only). Unlike the commands stream's, the
+// events stream keeps what a consumer acked, so a new durable starts
+// from the stream's first object event: a replicator started on an
+// existing store places the copies its policy asks for of every object
+// the stream still holds.
+func (t Topology) EventConsumers() []ConsumerFamily {
+	return []ConsumerFamily{{Durable: t.ReplicateConsumer, Filter: t.SubjectRoot + ".events.object.>"}}
 }
 
 // StreamConfigs returns the configuration of the commands, dead-letter,
@@ -332,6 +348,7 @@ func (t Topology) Validate() error {
 		"DeadLetterStream": t.DeadLetterStream, "EventsStream": t.EventsStream, "CheckpointsStream": t.CheckpointsStream,
 		"StagingBucket": t.StagingBucket, "IngestConsumer": t.IngestConsumer,
 		"RetentionConsumer": t.RetentionConsumer, "VerifyConsumer": t.VerifyConsumer,
+		"ReplicateConsumer": t.ReplicateConsumer,
 	} {
 		if v == "" {
 			errs = append(errs, fmt.Errorf("%s is empty", name))
