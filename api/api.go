@@ -30,6 +30,9 @@ import (
 // what it gets.
 type ObjectServer interface {
 	Serve(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (dataplane.Object, error)
+	// ServeAny serves from the first of several copies that proves good,
+	// failing over to the next without the client noticing.
+	ServeAny(ctx context.Context, backendIDs []string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (dataplane.Object, error)
 	Proof(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (io.ReadCloser, int64, error)
 	// Corrupt returns non-nil for an object a read found corrupt that no
 	// verification has proven good since (the projection may not say so

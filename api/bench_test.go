@@ -122,6 +122,10 @@ func (r rawServer) Serve(ctx context.Context, _ string, addr digest.Address, rng
 	return &rawObject{ReadCloser: rc, size: exp.Size, off: off, n: n, sendfile: r.sendfile}, nil
 }
 
+func (r rawServer) ServeAny(ctx context.Context, backendIDs []string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (dataplane.Object, error) {
+	return r.Serve(ctx, backendIDs[0], addr, rng, exp)
+}
+
 func (r rawServer) Proof(ctx context.Context, backendID string, addr digest.Address, rng *storage.Range, exp dataplane.Expected) (io.ReadCloser, int64, error) {
 	return r.dp.Proof(ctx, backendID, addr, rng, exp)
 }

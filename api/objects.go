@@ -90,7 +90,7 @@ func (s *Server) serveObject(w http.ResponseWriter, r *http.Request, route strin
 		}
 	}
 
-	body, err := s.objects.Serve(r.Context(), o.Backend, o.Address, rng, o.expected())
+	body, err := s.objects.ServeAny(r.Context(), o.backends(), o.Address, rng, o.expected())
 	if err != nil {
 		s.failOpen(w, r, err, o, what)
 		return

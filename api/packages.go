@@ -75,6 +75,9 @@ type Verification struct {
 	Backend           string                `json:"backend,omitempty"`
 	LastVerifiedAt    *time.Time            `json:"last_verified_at,omitempty"`
 	VerificationCount int64                 `json:"verification_count"`
+	// Copies lists every stored copy of the object (one per backend)
+	// and its state, best first.
+	Copies []catalog.CopyState `json:"copies,omitempty"`
 }
 
 // packageJSON is the API's form of a package.
@@ -219,8 +222,8 @@ func (s *Server) packageFiles(r *http.Request, name string) ([]fileRow, error) {
 		f.obj.Address, f.obj.Size, f.obj.BLAKE3, f.obj.SHA256 = cf.Address, cf.Size, cf.BLAKE3, cf.SHA256
 		if l := cf.Best; l != nil {
 			f.Verification = Verification{State: l.State, Backend: l.Backend,
-				LastVerifiedAt: l.LastVerifiedAt, VerificationCount: l.VerificationCount}
-			f.obj.Backend, f.obj.State, f.obj.StoredAt = l.Backend, l.State, l.StoredAt
+				LastVerifiedAt: l.LastVerifiedAt, VerificationCount: l.VerificationCount, Copies: l.Copies}
+			f.obj.Backend, f.obj.State, f.obj.StoredAt, f.obj.Copies = l.Backend, l.State, l.StoredAt, l.Copies
 		}
 		out = append(out, f)
 	}
@@ -362,7 +365,7 @@ func (s *Server) getTar(w http.ResponseWriter, r *http.Request, name string) {
 // copyObject writes the whole object o to w, every byte proven against its
 // tree on the way.
 func (s *Server) copyObject(r *http.Request, w io.Writer, o object) error {
-	body, err := s.objects.Serve(r.Context(), o.Backend, o.Address, nil, o.expected())
+	body, err := s.objects.ServeAny(r.Context(), o.backends(), o.Address, nil, o.expected())
 	if err != nil {
 		return err
 	}

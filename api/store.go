@@ -39,6 +39,18 @@ func (o object) expected() dataplane.Expected {
 	return dataplane.Expected{BLAKE3: &o.BLAKE3, SHA256: &o.SHA256, Size: o.Size}
 }
 
+// backends returns where o may be served from, in order: its best
+// location's backend, then the other ok copies.
+func (o object) backends() []string {
+	out := []string{o.Backend}
+	for _, b := range o.OKBackends() {
+		if b != o.Backend {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // addresses returns both content addresses of o, primary first.
 func (o object) addresses() [2]digest.Address {
 	b3, s256 := digest.New(digest.BLAKE3, o.BLAKE3), digest.New(digest.SHA256, o.SHA256)

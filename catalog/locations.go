@@ -26,6 +26,42 @@ type Location struct {
 	// verified bytes (object.repaired), RepairCount how many times.
 	RepairedAt  *time.Time
 	RepairCount int64
+	// Copies are every location of the object, best first (state rank,
+	// then backend id): one per backend, each with its state. Filled by
+	// ObjectLocation and PackageFiles.
+	Copies []CopyState
+}
+
+// CopyState is one copy of an object: its backend and state.
+type CopyState struct {
+	Backend string        `json:"backend"`
+	State   LocationState `json:"state"`
+}
+
+// OKBackends returns the backends of l's ok copies, best first: where
+// a read may be served from, in order.
+func (l Location) OKBackends() []string {
+	var out []string
+	for _, c := range l.Copies {
+		if c.State == LocationOK {
+			out = append(out, c.Backend)
+		}
+	}
+	return out
+}
+
+// copiesSQL selects, for the storage_locations row aliased l, the
+// backends and states of every location of its address, best first.
+const copiesSQL = `(SELECT array_agg(c.backend_id ORDER BY ` + copyRank + `, c.backend_id) FROM storage_locations c WHERE c.content_address = l.content_address),
+	(SELECT array_agg(c.state ORDER BY ` + copyRank + `, c.backend_id) FROM storage_locations c WHERE c.content_address = l.content_address)`
+
+func fillCopies(l *Location, backends, states []string) {
+	l.Copies = nil
+	for i := range backends {
+		if i < len(states) {
+			l.Copies = append(l.Copies, CopyState{Backend: backends[i], State: LocationState(states[i])})
+		}
+	}
 }
 
 // byEitherDigest finds the locations of an address by its primary
@@ -39,7 +75,8 @@ var byEitherDigest = map[digest.Algorithm]string{
 
 // ObjectLocation returns the best location (see LocationState.Rank, then
 // by backend id) of the object with address addr under either of its
-// digests: Address, Backend, State, Size, both digests and StoredAt. It
+// digests: Address, Backend, State, Size, both digests, StoredAt and
+// Copies (every location of the object). It
 // fails with ErrNotFound when no location is recorded.
 func (c *Catalog) ObjectLocation(ctx context.Context, addr digest.Address) (Location, error) {
 	var (
@@ -48,12 +85,14 @@ func (c *Catalog) ObjectLocation(ctx context.Context, addr digest.Address) (Loca
 		b3, sha []byte
 		sum     = addr.Sum()
 	)
-	err := c.db.QueryRow(ctx, `SELECT content_address, backend_id, state, size_bytes, digest_blake3, digest_sha256, stored_at
-		FROM storage_locations WHERE `+byEitherDigest[addr.Algorithm()]+` ORDER BY `+locationRank+`, backend_id LIMIT 1`,
-		addr.String(), sum[:]).Scan(&stored, &l.Backend, &l.State, &l.Size, &b3, &sha, &l.StoredAt)
+	var backends, states []string
+	err := c.db.QueryRow(ctx, `SELECT l.content_address, l.backend_id, l.state, l.size_bytes, l.digest_blake3, l.digest_sha256, l.stored_at, `+copiesSQL+`
+		FROM storage_locations l WHERE `+byEitherDigest[addr.Algorithm()]+` ORDER BY `+locationRank+`, backend_id LIMIT 1`,
+		addr.String(), sum[:]).Scan(&stored, &l.Backend, &l.State, &l.Size, &b3, &sha, &l.StoredAt, &backends, &states)
 	if err != nil {
 		return l, noRow(err, "location of object "+addr.String())
 	}
+	fillCopies(&l, backends, states)
 	return l, fillLocation(&l, stored, b3, sha)
 }
 

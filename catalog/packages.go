@@ -150,8 +150,8 @@ type File struct {
 	AddedAt        time.Time
 	// Best is the best location of the file's object (LocationState.Rank,
 	// then backend id): Backend, State, StoredAt, LastVerifiedAt and
-	// VerificationCount; nil when none is recorded. Only PackageFiles
-	// fills it.
+	// VerificationCount, and Copies (every location of the object); nil
+	// when none is recorded. Only PackageFiles fills it.
 	Best *Location
 }
 
@@ -182,7 +182,7 @@ func (c *Catalog) File(ctx context.Context, pkg, path string) (File, error) {
 func (c *Catalog) PackageFiles(ctx context.Context, pkg string) ([]File, error) {
 	rows, err := c.db.Query(ctx, `SELECT f.path, f.content_address, f.digest_blake3, f.digest_sha256,
 			f.size_bytes, f.media_type, f.added_at,
-			l.backend_id, l.state, l.last_verified_at, l.verification_count, l.stored_at
+			l.backend_id, l.state, l.last_verified_at, l.verification_count, l.stored_at, `+copiesSQL+`
 		FROM artifact_files f
 		LEFT JOIN LATERAL (SELECT * FROM storage_locations l
 			WHERE l.content_address = f.content_address ORDER BY `+locationRank+`, backend_id LIMIT 1) l ON true
@@ -204,9 +204,11 @@ func (c *Catalog) PackageFiles(ctx context.Context, pkg string) ([]File, error) 
 			lastVerified  *time.Time
 			verifiedCount *int64
 			storedAt      *time.Time
+			copyBackends  []string
+			copyStates    []string
 		)
 		if err := rows.Scan(&f.Path, &address, &b3, &s256, &f.Size, &media, &f.AddedAt,
-			&backend, &st, &lastVerified, &verifiedCount, &storedAt); err != nil {
+			&backend, &st, &lastVerified, &verifiedCount, &storedAt, &copyBackends, &copyStates); err != nil {
 			return nil, fmt.Errorf("catalog: read files of package %q: %w", pkg, err)
 		}
 		if media != nil {
@@ -225,6 +227,7 @@ func (c *Catalog) PackageFiles(ctx context.Context, pkg string) ([]File, error) 
 		if st != nil {
 			f.Best = &Location{Address: f.Address, Backend: *backend, State: *st, Size: f.Size, BLAKE3: f.BLAKE3, SHA256: f.SHA256,
 				StoredAt: *storedAt, LastVerifiedAt: lastVerified, VerificationCount: *verifiedCount}
+			fillCopies(f.Best, copyBackends, copyStates)
 		}
 		out = append(out, f)
 	}

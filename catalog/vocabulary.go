@@ -49,6 +49,11 @@ func (s LocationState) Rank() int {
 const locationRank = `CASE state WHEN '` + string(LocationOK) + `' THEN 0 WHEN '` + string(LocationCorrupt) +
 	`' THEN 1 WHEN '` + string(LocationMissing) + `' THEN 2 ELSE 3 END`
 
+// copyRank is Rank in SQL over the column state of the
+// storage_locations row aliased c.
+const copyRank = `CASE c.state WHEN '` + string(LocationOK) + `' THEN 0 WHEN '` + string(LocationCorrupt) +
+	`' THEN 1 WHEN '` + string(LocationMissing) + `' THEN 2 ELSE 3 END`
+
 // PackageState is the life-cycle state of a package
 // (artifact_packages.state).
 type PackageState string
