@@ -82,7 +82,7 @@ func TestControlPlaneNeverImportsConcreteBackend(t *testing.T) {
 // allowedTestImporter lists packages whose tests build a real data plane
 // over a local backend, as the binary does.
 func allowedTestImporter(path string) bool {
-	for _, p := range []string{"/ingest", "/verifier", "/reaper", "/api", "/internal/"} {
+	for _, p := range []string{"/ingest", "/verifier", "/reaper", "/replicator", "/api", "/internal/"} {
 		if strings.HasPrefix(path, module+p) {
 			return true
 		}
@@ -103,7 +103,7 @@ func isBackend(path string) bool {
 // each declares the small interfaces it needs instead.
 func TestWorkersDoNotImportEachOther(t *testing.T) {
 	t.Parallel()
-	workers := []string{"ingest", "projector", "verifier", "reaper"}
+	workers := []string{"ingest", "projector", "verifier", "reaper", "replicator"}
 	for _, p := range listPackages(t) {
 		for _, w := range workers {
 			if !isUnder(p.ImportPath, module+"/"+w) {
