@@ -23,6 +23,8 @@ import (
 type storageFlags struct {
 	Storage []string `name:"storage" help:"Where object bytes live, as a URL; repeat it (or separate URLs with commas) for several backends, the first taking new writes: file:///var/lib/artifactstore/objects, or s3://bucket/prefix?endpoint=http://127.0.0.1:9000&region=us-east-1&path_style=true. Each backend's id is ?id=, else 'local' (file) or 's3'. S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), the shared config and credentials files (?profile=), instance or container roles, or --s3-access-key-id. Default: the local backend under --data-dir." placeholder:"URL"`
 
+	Replicas string `name:"replicas" help:"Further copies per retention class, placed by the replicator on the next --storage backends in order: CLASS=N pairs separated by commas, e.g. release-evidence=1,permanent-record=1. Classes not listed get none." placeholder:"CLASS=N,..."`
+
 	S3AccessKeyID     string `name:"s3-access-key-id" env:"ARTIFACTSTORE_S3_ACCESS_KEY_ID" help:"Access key id for every s3:// backend, instead of the AWS SDK's standard places (needs --s3-secret-access-key)." placeholder:"ID"`
 	S3SecretAccessKey string `name:"s3-secret-access-key" env:"ARTIFACTSTORE_S3_SECRET_ACCESS_KEY" help:"Secret access key for --s3-access-key-id; prefer its environment variable to the command line, which others can read." placeholder:"SECRET"`
 }
@@ -31,6 +33,15 @@ type storageFlags struct {
 type backends struct {
 	list   []storage.Backend
 	closes []func() error
+}
+
+// ids returns the backends' ids in --storage order.
+func (bs *backends) ids() []string {
+	out := make([]string, len(bs.list))
+	for i, b := range bs.list {
+		out[i] = b.ID()
+	}
+	return out
 }
 
 // Close releases every backend.

@@ -24,6 +24,7 @@ import (
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/replicator"
 	"github.com/artifactstore/artifactstore/retention"
 	"github.com/artifactstore/artifactstore/status"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
@@ -169,6 +170,20 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		_ = vw.Stop(context.WithoutCancel(ctx))
 		return err
 	}
+	policy, err := g.policy(be.ids())
+	var rp *replicator.Replicator
+	if err == nil {
+		rp, err = replicator.New(replicator.Config{Pool: pool, Log: evlog, DataPlane: dp, Policy: policy, Logger: lg})
+	}
+	if err == nil {
+		err = rp.Start(ctx, js, top)
+	}
+	if err != nil {
+		_ = ing.Stop(context.WithoutCancel(ctx))
+		_ = vw.Stop(context.WithoutCancel(ctx))
+		_ = rh.Stop(context.WithoutCancel(ctx))
+		return err
+	}
 
 	// Single-active loops: each elects itself through its advisory lock,
 	// so several 'run' processes on one database cooperate.
@@ -230,7 +245,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	})
 
 	lg.Info().Str("http", srv.Addr()).Str("nats", g.NATSURL).Str("data_dir", g.DataDir).
-		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, checkpoints, API; stop with Ctrl-C")
+		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, replicate, checkpoints, API; stop with Ctrl-C")
 
 	select {
 	case <-ctx.Done():
@@ -242,7 +257,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	defer cancel()
 	// The consumers drain in parallel: in-flight work finishes or is
 	// nak'd (and redelivered to the next process) at the deadline.
-	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop, rr.Stop}
+	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop, rp.Stop, rr.Stop}
 	stopErrs := make([]error, len(stops))
 	var sw sync.WaitGroup
 	for i, stop := range stops {

@@ -55,6 +55,8 @@ func opsPort(role string) int {
 		return 8085
 	case "checkpoint":
 		return 8086
+	case "replicate":
+		return 8087
 	}
 	return 8080
 }

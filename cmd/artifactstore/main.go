@@ -22,13 +22,14 @@ import (
 type cli struct {
 	Globals
 
-	Run     runCmd     `cmd:"" group:"pipeline" help:"Run the whole pipeline in one process: every role, the API, and an embedded NATS server when --nats-url is empty. Creates and migrates the database at start."`
-	Ingest  ingestCmd  `cmd:"" group:"pipeline" help:"Run an ingester: pull ingest and seal commands, store blobs, commit events, reply (several processes share the work)."`
-	Project projectCmd `cmd:"" group:"pipeline" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`
-	Verify  verifyCmd  `cmd:"" group:"pipeline" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
-	Reap    reapCmd    `cmd:"" group:"pipeline" help:"Run the reaper: expire packages whose retention passed and delete bytes no live package references (one active instance), and handle hold/release/retain commands. --dry-run prints what would go."`
-	Relay   relayCmd   `cmd:"" group:"pipeline" help:"Run the events relay: publish every committed event to the JetStream events stream (artifacts.events.<type>, Nats-Msg-Id = sequence)."`
-	Serve   serveCmd   `cmd:"" group:"pipeline" help:"Run the HTTP read API: objects by address (with ranges), packages, files, and packages as tar streams (stateless; run as many as needed)."`
+	Run       runCmd       `cmd:"" group:"pipeline" help:"Run the whole pipeline in one process: every role, the API, and an embedded NATS server when --nats-url is empty. Creates and migrates the database at start."`
+	Ingest    ingestCmd    `cmd:"" group:"pipeline" help:"Run an ingester: pull ingest and seal commands, store blobs, commit events, reply (several processes share the work)."`
+	Project   projectCmd   `cmd:"" group:"pipeline" help:"Run the projector: keep the package, file, location and retention tables up to date from the event log (one active, others stand by)."`
+	Verify    verifyCmd    `cmd:"" group:"pipeline" help:"Run the verifier (verify requests + scrub scheduler), or with --package/--object/--all verify those now and print a table; exits 3 when anything is corrupt or missing."`
+	Reap      reapCmd      `cmd:"" group:"pipeline" help:"Run the reaper: expire packages whose retention passed and delete bytes no live package references (one active instance), and handle hold/release/retain commands. --dry-run prints what would go."`
+	Relay     relayCmd     `cmd:"" group:"pipeline" help:"Run the events relay: publish every committed event to the JetStream events stream (artifacts.events.<type>, Nats-Msg-Id = sequence)."`
+	Replicate replicateCmd `cmd:"" group:"pipeline" help:"Run a replicator: place the further copies --replicas asks for on the next --storage backends and repair damaged copies from verified ones (several processes share the work); --copy-all --to ID copies every object to one backend and exits."`
+	Serve     serveCmd     `cmd:"" group:"pipeline" help:"Run the HTTP read API: objects by address (with ranges), packages, files, and packages as tar streams (stateless; run as many as needed)."`
 
 	Put     putCmd     `cmd:"" group:"client" help:"Store files in a package through the ingesters and print each file's address and digests."`
 	Seal    sealCmd    `cmd:"" group:"client" help:"Seal a package: no file can be added after it."`

@@ -323,6 +323,10 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	reaperP := startCLI(t, as(bus.RoleReaper, "reap", "--no-ops")...)
 	relayP := startCLI(t, as(bus.RoleRelay, "relay", "--no-ops", "--poll-interval", "50ms")...)
 	projectP := startCLI(t, "--database-url", dbURL, "--log-format", "json", "project", "--no-ops")
+	// The replicator copies every raw-evidence object to a second backend.
+	replicatorP := startCLI(t, as(bus.RoleReplicator, "replicate", "--no-ops",
+		"--storage", "file://"+filepath.Join(dataDir, "objects"), "--storage", "file://"+t.TempDir()+"?id=mirror",
+		"--replicas", "raw-evidence=1")...)
 
 	// put: one file inline, one staged through the object store.
 	src := filepath.Join(t.TempDir(), "reports")
@@ -411,6 +415,11 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		t.Fatalf("reply to the README's command: %s", reply.Data)
 	}
 
+	eventuallyTrue(t, "the replicator copies both objects", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_type = 'object.replicated'`).Scan(&n)
+		return err == nil && n >= 2
+	})
 	cliOK(t, as(bus.RoleProducer, "seal", "--package", "perm/run-1")...)
 	eventuallyTrue(t, "the projector sees the sealed package", func() bool {
 		var n int
@@ -519,7 +528,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	}
 	// The roles that append events stop; the relay and the checkpointer
 	// catch up with the head they leave.
-	stop(ingester, verifierP, reaperP, projectP)
+	stop(ingester, verifierP, reaperP, projectP, replicatorP)
 	var head int64
 	if err := pool.QueryRow(ctx, `SELECT max(sequence) FROM events`).Scan(&head); err != nil {
 		t.Fatal(err)
