@@ -84,7 +84,7 @@ func TestComposeFile(t *testing.T) {
 	}
 	commands, envs := cliModel(t)
 
-	for _, want := range []string{"nats", "postgres", "migrate", "topology", "ingest", "project", "verify", "reap", "serve", "relay"} {
+	for _, want := range []string{"nats", "postgres", "migrate", "topology", "ingest", "project", "verify", "reap", "serve", "relay", "replicate"} {
 		if _, ok := f.Services[want]; !ok {
 			t.Errorf("service %q is missing", want)
 		}
