@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -160,7 +161,16 @@ type stored struct {
 // command-side rows and the object's gc row.
 func (e *env) ingest(pkg, class string, data []byte) stored {
 	e.t.Helper()
-	res, err := e.dp.Ingest(e.ctx, bytes.NewReader(data), dataplane.IngestHints{ExpectSize: storage.NoSizeClaim})
+	s := e.ingestFrom(pkg, class, bytes.NewReader(data))
+	e.project()
+	return s
+}
+
+// ingestFrom is ingest from a stream, without bringing the projections
+// up to date.
+func (e *env) ingestFrom(pkg, class string, r io.Reader) stored {
+	e.t.Helper()
+	res, err := e.dp.Ingest(e.ctx, r, dataplane.IngestHints{ExpectSize: storage.NoSizeClaim})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -201,7 +211,6 @@ func (e *env) ingest(pkg, class string, data []byte) stored {
 	if err != nil {
 		e.t.Fatalf("ingest %s: %v", pkg, err)
 	}
-	e.project()
 	return s
 }
 
