@@ -324,9 +324,9 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	relayP := startCLI(t, as(bus.RoleRelay, "relay", "--no-ops", "--poll-interval", "50ms")...)
 	projectP := startCLI(t, "--database-url", dbURL, "--log-format", "json", "project", "--no-ops")
 	// The replicator copies every raw-evidence object to a second backend.
-	replicatorP := startCLI(t, as(bus.RoleReplicator, "replicate", "--no-ops",
-		"--storage", "file://"+filepath.Join(dataDir, "objects"), "--storage", "file://"+t.TempDir()+"?id=mirror",
-		"--replicas", "raw-evidence=1")...)
+	// Every role that reads or verifies copies is given both backends.
+	storageFlags := []string{"--storage", "file://" + filepath.Join(dataDir, "objects"), "--storage", "file://" + t.TempDir() + "?id=mirror"}
+	replicatorP := startCLI(t, as(bus.RoleReplicator, append(append([]string{"replicate", "--no-ops"}, storageFlags...), "--replicas", "raw-evidence=1")...)...)
 
 	// put: one file inline, one staged through the object store.
 	src := filepath.Join(t.TempDir(), "reports")
@@ -429,11 +429,11 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 
 	// The verifier starts now, so that its scrub scheduler's first pass
 	// finds both objects never verified and queues them.
-	verifierP := startCLI(t, as(bus.RoleVerifier, "verify", "--http-addr", "127.0.0.1:0")...)
+	verifierP := startCLI(t, as(bus.RoleVerifier, append([]string{"verify", "--http-addr", "127.0.0.1:0"}, storageFlags...)...)...)
 	eventuallyTrue(t, "the scrub scheduler's verifications", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_type = 'object.verified'`).Scan(&n)
-		return err == nil && n >= 2
+		return err == nil && n >= 4 // both objects, both copies
 	})
 
 	// The operator's verbs.
@@ -444,7 +444,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	if out := cliOK(t, as(bus.RoleOperator, "retain", "--package", "perm/run-1", "--class", "release-evidence")...); !strings.Contains(out, "class release-evidence") {
 		t.Fatalf("retain: %s", out)
 	}
-	if out := cliOK(t, as(bus.RoleOperator, "verify", "--package", "perm/run-1")...); !strings.Contains(out, "2 verified, 0 corrupt, 0 missing, 0 errors") {
+	if out := cliOK(t, as(bus.RoleOperator, "verify", "--package", "perm/run-1")...); !strings.Contains(out, "4 verified, 0 corrupt, 0 missing, 0 errors") {
 		t.Fatalf("verify --package: %s", out)
 	}
 
