@@ -23,8 +23,11 @@ func TestCheckAndApplyTopology(t *testing.T) {
 	ctx := t.Context()
 	top := bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
 	items := top.Items()
-	if len(items) != 8 {
-		t.Fatalf("%d items, want 4 streams (commands, dead letters, events, checkpoints), 3 consumers, 1 bucket", len(items))
+	if len(items) != 9 {
+		t.Fatalf("%d items, want 4 streams (commands, dead letters, events, checkpoints), 3 consumers of commands, 1 of events (replicate), 1 bucket", len(items))
+	}
+	if rc, ok := top.Item(bus.KindConsumer, top.ReplicateConsumer); !ok || rc.Stream != top.EventsStream {
+		t.Fatalf("the replicate consumer: %+v, %v; want it on the events stream", rc, ok)
 	}
 
 	rep, err := bus.CheckTopology(ctx, js, top)
@@ -71,7 +74,7 @@ func TestCheckAndApplyTopology(t *testing.T) {
 	slices.Sort(drift)
 	// The server's MaxDeliver is the attempts plus the spare delivery.
 	want := []string{
-		"ingest.MaxDeliver=11->8", "retention.MaxDeliver=11->8",
+		"ingest.MaxDeliver=11->8", "replicate.MaxDeliver=11->8", "retention.MaxDeliver=11->8",
 		top.StagingBucket + ".TTL=24h0m0s->1h0m0s", "verify.MaxDeliver=11->8",
 	}
 	if !slices.Equal(drift, want) {
@@ -93,8 +96,8 @@ func TestCheckAndApplyTopology(t *testing.T) {
 			}
 		}
 	}
-	if updated != 4 {
-		t.Fatalf("second apply updated %d items, want 4: %v", updated, changes)
+	if updated != 5 {
+		t.Fatalf("second apply updated %d items, want 5 (4 consumers, the bucket): %v", updated, changes)
 	}
 	if rep, err := bus.CheckTopology(ctx, js, changed); err != nil || len(rep.Drift) != 0 {
 		t.Fatalf("check after the update: %v, %+v", err, rep.Drift)
