@@ -187,7 +187,7 @@ func (t Topology) Roles() []Role {
 			Needs:    []Item{need(KindConsumer, t.ReplicateConsumer), need(KindStream, dl)},
 			Publish: []Grant{
 				{api + ".CONSUMER.INFO." + t.EventsStream + "." + t.ReplicateConsumer, "check and bind the " + t.ReplicateConsumer + " consumer"},
-				{api + ".CONSUMER.MSG.NEXT." + t.EventsStream + "." + t.ReplicateConsumer, "pull object events"},
+				{api + ".CONSUMER.MSG.NEXT." + t.EventsStream + "." + t.ReplicateConsumer, "pull committed events"},
 				{"$JS.ACK." + t.EventsStream + "." + t.ReplicateConsumer + ".>", "ack, nak, in-progress and term"},
 				{api + ".STREAM.INFO." + dl, "check the dead-letter stream"},
 				{t.DeadLetterSubjectPrefix() + "." + t.ReplicateConsumer + ".*", "dead-letter an event that cannot be handled"},

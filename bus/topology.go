@@ -124,8 +124,8 @@ type Topology struct {
 	// "verify".
 	VerifyConsumer string
 	// ReplicateConsumer is the durable consumer of the events stream that
-	// the replicators share: object events (<root>.events.object.>), from
-	// which they place further copies and repair damaged ones. Default
+	// the replicators share (<root>.events.>): from object and retention
+	// events they place further copies and repair damaged ones. Default
 	// "replicate".
 	ReplicateConsumer string
 	// AckWait is how long the server waits for an ack before redelivering;
@@ -239,13 +239,13 @@ func (t Topology) Consumers() []ConsumerFamily {
 }
 
 // EventConsumers lists the durable consumers of the events stream: the
-// replicators' (object events only). Unlike the commands stream's, the
+// replicators' (every event; they act on object and retention events). Unlike the commands stream's, the
 // events stream keeps what a consumer acked, so a new durable starts
 // from the stream's first object event: a replicator started on an
 // existing store places the copies its policy asks for of every object
 // the stream still holds.
 func (t Topology) EventConsumers() []ConsumerFamily {
-	return []ConsumerFamily{{Durable: t.ReplicateConsumer, Filter: t.SubjectRoot + ".events.object.>"}}
+	return []ConsumerFamily{{Durable: t.ReplicateConsumer, Filter: t.SubjectRoot + ".events.>"}}
 }
 
 // StreamConfigs returns the configuration of the commands, dead-letter,

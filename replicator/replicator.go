@@ -14,6 +14,8 @@
 //     and commits only when they match, dataplane.Ingest), then recorded:
 //     the copy's gc_objects row (pkgstate.KeepCopy, so that the reaper
 //     deletes every copy) and object.replicated, in one transaction.
+//   - retention.changed: the same for every file of the package, so that
+//     a package moved to a class with more copies gets them.
 //   - object.corrupt and object.missing (a scrub, a verified read): the
 //     damaged copy is verified again, and when it still fails it is
 //     replaced by the bytes of another copy that verifies on the way out,
@@ -76,6 +78,7 @@ type locations interface {
 	Location(ctx context.Context, addr digest.Address, backendID string) (catalog.Location, error)
 	Locations(ctx context.Context, addr digest.Address) ([]catalog.Location, error)
 	AllCopies(ctx context.Context) ([]catalog.Copy, error)
+	PackageCopies(ctx context.Context, pkg string) ([]catalog.Copy, error)
 }
 
 var _ locations = (*catalog.Catalog)(nil)
@@ -204,6 +207,8 @@ func (r *Replicator) Handle(ctx context.Context, m bus.Message) error {
 		_, err = r.Repair(ctx, p.Address, p.BackendID, env.Sequence)
 	case events.ObjectMissingV1:
 		_, err = r.Repair(ctx, p.Address, p.BackendID, env.Sequence)
+	case events.RetentionChangedV1:
+		_, err = r.ReplicatePackage(ctx, p.Package, env.Sequence)
 	default:
 		return nil
 	}
@@ -211,6 +216,38 @@ func (r *Replicator) Handle(ctx context.Context, m bus.Message) error {
 		return bus.Retry(err, 0)
 	}
 	return nil
+}
+
+// ReplicatePackage places the copies the policy asks for of every file
+// of package pkg, whose retention class changed (retention.changed,
+// sequence seq): a package moved to a class with more copies gets them.
+// Objects with no ok copy are skipped.
+func (r *Replicator) ReplicatePackage(ctx context.Context, pkg string, seq int64) ([]Copy, error) {
+	copies, err := r.locs.PackageCopies(ctx, pkg)
+	if err != nil {
+		return nil, fmt.Errorf("replicator: %w", err)
+	}
+	var out []Copy
+	done := map[digest.Address]bool{}
+	for _, c := range copies {
+		if done[c.Address] {
+			continue
+		}
+		l, err := r.locs.Location(ctx, c.Address, c.Backend)
+		if err != nil {
+			return out, fmt.Errorf("replicator: %w", err)
+		}
+		if l.State != catalog.LocationOK {
+			continue
+		}
+		done[c.Address] = true
+		cs, err := r.Replicate(ctx, Stored{Address: c.Address, BLAKE3: l.BLAKE3[:], SHA256: l.SHA256[:], Size: l.Size, BackendID: c.Backend}, seq)
+		out = append(out, cs...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 // Stored is an object as an object.stored event records it.

@@ -60,6 +60,15 @@ func TestReplicatesTheClassesThatAskForIt(t *testing.T) {
 			if n := e.count(events.TypeObjectReplicated); n != 1 {
 				t.Fatalf("%d object.replicated events, want 1", n)
 			}
+			// The raw-evidence package is retained as release evidence:
+			// its object gets its copy too.
+			if _, err := e.pool.Exec(e.ctx, `UPDATE ingest_packages SET retention_class = 'release-evidence' WHERE name = 'ci/run-1'`); err != nil {
+				t.Fatal(err)
+			}
+			copies, err = e.rep.ReplicatePackage(e.ctx, "ci/run-1", 999)
+			if err != nil || len(copies) != 1 || !e.holds(e.mirror, raw.Address) {
+				t.Fatalf("after the class change: %+v, %v, mirror holds it: %v", copies, err, e.holds(e.mirror, raw.Address))
+			}
 		})
 	}
 }
