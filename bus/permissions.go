@@ -195,7 +195,7 @@ func (t Topology) Roles() []Role {
 				{api + ".STREAM.MSG.GET." + t.EventsStream, "read back an event the server gave up on (max-deliveries advisory)"},
 			},
 			Subscribe: []Grant{inbox, {MaxDeliveriesAdvisorySubject(t.EventsStream, t.ReplicateConsumer), "events whose last delivery was never acknowledged"}},
-			Rare: []string{t.DeadLetterSubjectPrefix() + "." + t.ReplicateConsumer + ".*", api + ".STREAM.MSG.GET." + t.EventsStream},
+			Rare:      []string{t.DeadLetterSubjectPrefix() + "." + t.ReplicateConsumer + ".*", api + ".STREAM.MSG.GET." + t.EventsStream},
 		},
 		{
 			Name:     RoleRelay,
