@@ -115,6 +115,10 @@ func TestPackageDetail(t *testing.T) {
 	e.exec(`UPDATE retention_state SET legal_hold = true, legal_hold_reason = 'audit 7' WHERE package = 'ci/run-1'`)
 	e.exec(`UPDATE storage_locations SET last_verified_at = $1, verification_count = 3 WHERE content_address = $2`,
 		t0.Add(time.Hour), addrs["a.bin"].String())
+	// A second copy of a.bin, which a scrub found missing.
+	e.exec(`INSERT INTO storage_locations (content_address, backend_id, digest_algorithm, digest_blake3, digest_sha256, size_bytes, state, stored_at)
+		SELECT content_address, 'mirror', digest_algorithm, digest_blake3, digest_sha256, size_bytes, 'missing', stored_at
+		FROM storage_locations WHERE content_address = $1`, addrs["a.bin"].String())
 
 	r := e.do("GET", "/v1/packages/ci%2Frun-1")
 	r.wantStatus(t, http.StatusOK)
@@ -134,6 +138,9 @@ func TestPackageDetail(t *testing.T) {
 	if a.Address != addrs["a.bin"].String() || len(a.BLAKE3) != 64 || len(a.SHA256) != 64 || a.Size != 5000 ||
 		a.Verification.State != "ok" || a.Verification.VerificationCount != 3 || a.Verification.LastVerifiedAt == nil {
 		t.Fatalf("file a.bin %+v", a)
+	}
+	if c := a.Verification.Copies; len(c) != 2 || c[0].Backend != "local" || c[0].State != "ok" || c[1].Backend != "mirror" || c[1].State != "missing" {
+		t.Fatalf("copies of a.bin: %+v; want local ok, mirror missing", c)
 	}
 	if a.Address != "blake3:"+a.BLAKE3 {
 		t.Fatalf("address %s is not the BLAKE3 digest %s", a.Address, a.BLAKE3)
