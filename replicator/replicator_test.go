@@ -310,3 +310,26 @@ func TestPolicy(t *testing.T) {
 		t.Fatal("a policy asking for more copies than backends validated")
 	}
 }
+
+// TestCopyAllMovesEveryObject: --copy-all copies every object, whatever
+// its class, to the named backend; a second run copies nothing again.
+func TestCopyAllMovesEveryObject(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "s3", nil)
+	a := e.ingest("ci/run-1", "raw-evidence", pattern(100<<10, 11))
+	b := e.ingest("ci/run-2", "transient", pattern(10<<10, 12))
+	copied, present, err := e.rep.CopyAll(e.ctx, "mirror")
+	if err != nil || copied != 2 || present != 0 {
+		t.Fatalf("CopyAll: %d copied, %d present, %v", copied, present, err)
+	}
+	if !e.holds(e.mirror, a.Address) || !e.holds(e.mirror, b.Address) {
+		t.Fatal("the mirror lacks a copied object")
+	}
+	e.project()
+	if copied, present, err := e.rep.CopyAll(e.ctx, "mirror"); err != nil || copied != 0 || present != 2 {
+		t.Fatalf("second CopyAll: %d copied, %d present, %v", copied, present, err)
+	}
+	if n := e.count(events.TypeObjectReplicated); n != 2 {
+		t.Fatalf("%d object.replicated events, want 2", n)
+	}
+}
