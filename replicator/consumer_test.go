@@ -12,6 +12,7 @@ import (
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/natstest"
 	"github.com/artifactstore/artifactstore/relay"
+	"github.com/artifactstore/artifactstore/replicator"
 	"github.com/artifactstore/artifactstore/verifier"
 )
 
@@ -42,13 +43,20 @@ func TestReplicatorFollowsTheEventsStream(t *testing.T) {
 	}
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- rel.Run(ctx) }()
-	if err := e.rep.Start(ctx, js, topo); err != nil {
+	rep, err := replicator.New(replicator.Config{
+		Pool: e.pool, Log: e.log, DataPlane: e.dp, JetStream: js, Topology: topo,
+		Policy: replicator.Policy{Backends: []string{e.primary.ID(), e.mirror.ID()}, Copies: releasePolicy},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
 		sctx, scancel := context.WithTimeout(context.Background(), hangGuard)
 		defer scancel()
-		if err := e.rep.Stop(sctx); err != nil {
+		if err := rep.Stop(sctx); err != nil {
 			t.Errorf("stop: %v", err)
 		}
 		cancel()

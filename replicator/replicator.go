@@ -109,6 +109,11 @@ type Config struct {
 	// Consumer tunes the JetStream consume loop; Concurrency and Logger
 	// come from the fields above.
 	Consumer bus.ConsumerOptions
+	// JetStream and Topology are where Start consumes (the durable
+	// replicate consumer of the events stream). Only Start needs them;
+	// Topology defaults to bus.DefaultTopology().
+	JetStream jetstream.JetStream
+	Topology  bus.Topology
 }
 
 // Replicator copies and repairs objects. Handle is its bus.Handler;
@@ -139,13 +144,20 @@ func New(cfg Config) (*Replicator, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Topology.EventsStream == "" {
+		cfg.Topology = bus.DefaultTopology()
+	}
 	return &Replicator{cfg: cfg, locs: catalog.New(cfg.Pool), codec: events.NewCodec(),
 		log: cfg.Logger.With().Str("service", "replicator").Logger()}, nil
 }
 
-// Start binds to the durable replicate consumer of topology t and starts
-// consuming; it returns once running.
-func (r *Replicator) Start(ctx context.Context, js jetstream.JetStream, t bus.Topology) error {
+// Start binds to the durable replicate consumer of Config.Topology on
+// Config.JetStream and starts consuming; it returns once running.
+func (r *Replicator) Start(ctx context.Context) error {
+	js, t := r.cfg.JetStream, r.cfg.Topology
+	if js == nil {
+		return errors.New("replicator: Start needs Config.JetStream")
+	}
 	opts := r.cfg.Consumer
 	opts.Concurrency, opts.Logger = r.cfg.Concurrency, r.log
 	if opts.DeadLetterSubjectPrefix == "" {

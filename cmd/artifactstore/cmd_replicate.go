@@ -74,11 +74,11 @@ func (c replicateCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	}
 	defer stopOps()
 	r, err := replicator.New(replicator.Config{Pool: cn.pool, Log: evlog, DataPlane: dp,
-		Policy: policy, Concurrency: c.Concurrency, Logger: lg})
+		Policy: policy, Concurrency: c.Concurrency, Logger: lg, JetStream: cn.js, Topology: cn.top})
 	if err != nil {
 		return err
 	}
-	if err := r.Start(ctx, cn.js, cn.top); err != nil {
+	if err := r.Start(ctx); err != nil {
 		return err
 	}
 	<-ctx.Done()

@@ -173,10 +173,10 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	policy, err := g.policy(be.ids())
 	var rp *replicator.Replicator
 	if err == nil {
-		rp, err = replicator.New(replicator.Config{Pool: pool, Log: evlog, DataPlane: dp, Policy: policy, Logger: lg})
+		rp, err = replicator.New(replicator.Config{Pool: pool, Log: evlog, DataPlane: dp, Policy: policy, Logger: lg, JetStream: js, Topology: top})
 	}
 	if err == nil {
-		err = rp.Start(ctx, js, top)
+		err = rp.Start(ctx)
 	}
 	if err != nil {
 		_ = ing.Stop(context.WithoutCancel(ctx))
