@@ -95,7 +95,8 @@ func (e *env) worker(name string) *verifier.Worker {
 		Concurrency: 2, Logger: &l, RetryDelay: 100 * time.Millisecond,
 		// Short pulls make stops quick (a soft stop waits for the pull in
 		// flight); an expired pull is issued again, so it is no deadline.
-		Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond, StopTimeout: hang},
+		Consumer:  bus.ConsumerOptions{FetchWait: 200 * time.Millisecond, StopTimeout: hang},
+		JetStream: e.js, Topology: e.topo,
 	})
 }
 

@@ -37,6 +37,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/internal/service"
 )
 
 // Advisory lock keys of artifactstore's single-active roles. They are
@@ -150,6 +152,7 @@ func RunConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config, work Work) e
 	log := cfg.Logger.With().Str("service", "leader").Str("role", cfg.Name).Int64("lock_key", cfg.Key).Logger()
 	c := &candidate{cfg: cfg, pool: pool, log: log}
 	defer c.closeConn()
+	standing := false
 	for {
 		held, err := c.tryLock(ctx)
 		if cfg.afterTry != nil {
@@ -161,10 +164,14 @@ func RunConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config, work Work) e
 		case err != nil:
 			log.Warn().Err(err).Dur("retry_in", cfg.RetryInterval).Msg("cannot try the advisory lock; retrying")
 		case held:
+			standing = false
 			done, err := c.lead(ctx, work)
 			if done {
 				return err
 			}
+		case !standing:
+			standing = true
+			log.Info().Msg("standing by: another instance leads")
 		}
 		if !sleep(ctx, cfg.RetryInterval) {
 			return nil
@@ -317,4 +324,18 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// Singleton returns work as a service that runs only while this instance
+// leads the role of cfg among every instance sharing the database of
+// pool: Start campaigns in the background and returns at once; Stop
+// resigns (the work's context is cancelled with [ErrResigned]) and waits
+// for the work to return and the lock to be released. The loop ends on its
+// own with the work's error ([service.Loop.Err]).
+func Singleton(pool *pgxpool.Pool, cfg Config, work Work) *service.Loop {
+	name := cfg.Name
+	if name == "" {
+		name = "leader"
+	}
+	return service.NewLoop(name, func(ctx context.Context) error { return RunConfig(ctx, pool, cfg, work) })
 }
