@@ -186,3 +186,6 @@ func (p *Parallel) Stop(ctx context.Context) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// Members returns the members in start order.
+func (p *Parallel) Members() []Named { return append([]Named(nil), p.members...) }
