@@ -48,7 +48,7 @@ func NewWorkerService(w CommandWorker) *WorkerService { return &WorkerService{w:
 
 // Start binds the durable consumer and starts consuming.
 func (s *WorkerService) Start(ctx context.Context) error {
-	return s.state.Start(func() error {
+	return s.state.TryStart(func() error {
 		w := s.w
 		if w.JetStream == nil {
 			return fmt.Errorf("%s: no JetStream to consume from; set the JetStream of its config", w.Name)
@@ -77,7 +77,7 @@ func (s *WorkerService) Start(ctx context.Context) error {
 // Stop stops consuming: in-flight commands finish until ctx is done, then
 // are cancelled and redelivered later. Safe before Start and twice.
 func (s *WorkerService) Stop(ctx context.Context) error {
-	if !s.state.Stop() {
+	if !s.state.MarkStopped() {
 		return nil
 	}
 	return s.consumer.Stop(ctx)

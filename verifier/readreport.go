@@ -62,7 +62,8 @@ type readKey struct {
 
 var _ dataplane.CorruptionReporter = (*ReadReporter)(nil)
 
-// NewReadReporter returns a reporter that queues reports until Start.
+// NewReadReporter returns a reporter that queues reports until its
+// service starts ([ReadReporter.Service]).
 func NewReadReporter(cfg ReadReporterConfig) *ReadReporter {
 	if cfg.Queue <= 0 {
 		cfg.Queue = 256
@@ -109,15 +110,12 @@ func (r *ReadReporter) done(k readKey) {
 	r.mu.Unlock()
 }
 
-// Start handles the queued reports with w (whose Verify appends the
-// outcome) until Stop. It returns at once; a second call, or one after
-// Stop, is ignored. [ReadReporter.Service] is the same with the lifecycle
-// of internal/service.
-func (r *ReadReporter) Start(ctx context.Context, w *Worker) { _ = r.start(ctx, w) }
-
-// Service returns the reporter bound to w as a service: Start is
-// [ReadReporter.Start] (failing with service.ErrStarted or ErrStopped
-// where Start ignores the call), Stop is [ReadReporter.Stop].
+// Service returns the reporter bound to w (whose Verify appends the
+// outcome) as a service (the lifecycle of internal/service): Start
+// handles the queued reports until Stop and returns at once; Stop is
+// [ReadReporter.Stop]. The reporter exists before the worker (the data
+// plane the worker reads through reports to it), hence the binding here.
+// A reporter runs once, whichever of its services starts it.
 func (r *ReadReporter) Service(w *Worker) service.Service { return boundReporter{r, w} }
 
 type boundReporter struct {
@@ -129,7 +127,7 @@ func (b boundReporter) Start(ctx context.Context) error { return b.r.start(ctx, 
 func (b boundReporter) Stop(ctx context.Context) error  { return b.r.Stop(ctx) }
 
 func (r *ReadReporter) start(ctx context.Context, w *Worker) error {
-	return r.state.Start(func() error {
+	return r.state.TryStart(func() error {
 		ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
 		r.stopping = make(chan struct{})
 		for range r.cfg.Concurrency {
@@ -168,7 +166,7 @@ func (r *ReadReporter) handle(ctx context.Context, w *Worker, c *dataplane.Corru
 // finish until ctx is done, then are cancelled, and Stop waits for them.
 // Safe before Start and twice.
 func (r *ReadReporter) Stop(ctx context.Context) error {
-	if !r.state.Stop() {
+	if !r.state.MarkStopped() {
 		return nil
 	}
 	r.stopOnce.Do(func() { close(r.stopping) })

@@ -152,7 +152,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // once). A second Start, or one after Stop, fails (the lifecycle of
 // internal/service).
 func (s *Server) Start(ctx context.Context) error {
-	return s.state.Start(func() error { return s.listen(ctx) })
+	return s.state.TryStart(func() error { return s.listen(ctx) })
 }
 
 func (s *Server) listen(ctx context.Context) error {
@@ -196,7 +196,7 @@ func (s *Server) Addr() string {
 // finish; when ctx is done first they are cut off). Safe before Start and
 // twice.
 func (s *Server) Stop(ctx context.Context) error {
-	if !s.state.Stop() {
+	if !s.state.MarkStopped() {
 		return nil
 	}
 	s.mu.Lock()

@@ -60,7 +60,7 @@ func (g *Group) Members() []Named { return append([]Named(nil), g.members...) }
 // started are stopped in reverse order (ctx's values, no deadline: a soft
 // stop) and the error names the member.
 func (g *Group) Start(ctx context.Context) error {
-	return g.state.Start(func() error {
+	return g.state.TryStart(func() error {
 		for i, m := range g.members {
 			if g.hooks.BeforeStart != nil {
 				if err := g.hooks.BeforeStart(m.Name); err != nil {
@@ -82,7 +82,7 @@ func (g *Group) Start(ctx context.Context) error {
 // ctx is done every remaining member gets a hard stop. The errors of the
 // members are joined, each naming its member.
 func (g *Group) Stop(ctx context.Context) error {
-	if !g.state.Stop() {
+	if !g.state.MarkStopped() {
 		return nil
 	}
 	return g.stopFirst(ctx, g.started)
@@ -171,7 +171,7 @@ func (p *Parallel) Start(ctx context.Context) error { return p.group.Start(ctx) 
 // Stop stops every started member concurrently within ctx and joins their
 // errors.
 func (p *Parallel) Stop(ctx context.Context) error {
-	if !p.group.state.Stop() {
+	if !p.group.state.MarkStopped() {
 		return nil
 	}
 	errs := make([]error, p.group.started)

@@ -54,11 +54,11 @@ type State struct {
 	stopped bool
 }
 
-// Start runs start unless the service was started or stopped before
+// TryStart runs start unless the service was started or stopped before
 // ([ErrStarted], [ErrStopped]). A start that fails leaves the service
 // stopped. Calls are serialised, so start never runs concurrently with
-// itself or with [State.Stop]'s bookkeeping.
-func (s *State) Start(start func() error) error {
+// itself or with [State.MarkStopped]'s bookkeeping.
+func (s *State) TryStart(start func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -75,11 +75,11 @@ func (s *State) Start(start func() error) error {
 	return nil
 }
 
-// Stop marks the service stopped and reports whether it was running (its
+// MarkStopped marks the service stopped and reports whether it was running (its
 // Start succeeded): only then has the caller anything to stop. It returns
 // true to every call after a successful Start, so that a second Stop
 // waits for the stop too.
-func (s *State) Stop() (running bool) {
+func (s *State) MarkStopped() (running bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stopped = true
@@ -112,7 +112,7 @@ func (l *Loop) Name() string { return l.name }
 
 // Start runs the function in its own goroutine and returns.
 func (l *Loop) Start(ctx context.Context) error {
-	return l.state.Start(func() error {
+	return l.state.TryStart(func() error {
 		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		l.cancel = cancel
 		go func() {
@@ -127,7 +127,7 @@ func (l *Loop) Start(ctx context.Context) error {
 // changes nothing: the cancellation is already the hard stop). A loop
 // stopped before Start never runs.
 func (l *Loop) Stop(context.Context) error {
-	if !l.state.Stop() {
+	if !l.state.MarkStopped() {
 		return nil
 	}
 	l.cancel()

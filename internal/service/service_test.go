@@ -37,7 +37,7 @@ func (j *journal) get() []string {
 }
 
 func (r *recorder) Start(context.Context) error {
-	return r.state.Start(func() error {
+	return r.state.TryStart(func() error {
 		if r.failErr != nil {
 			return r.failErr
 		}
@@ -47,7 +47,7 @@ func (r *recorder) Start(context.Context) error {
 }
 
 func (r *recorder) Stop(context.Context) error {
-	if r.state.Stop() {
+	if r.state.MarkStopped() {
 		r.once.Do(func() { r.journal.add("stop " + r.name) })
 	}
 	return nil
@@ -221,9 +221,9 @@ type blocker struct {
 	stopping chan struct{}
 }
 
-func (b *blocker) Start(context.Context) error { return b.state.Start(func() error { return nil }) }
+func (b *blocker) Start(context.Context) error { return b.state.TryStart(func() error { return nil }) }
 func (b *blocker) Stop(ctx context.Context) error {
-	if !b.state.Stop() {
+	if !b.state.MarkStopped() {
 		return nil
 	}
 	close(b.stopping)
