@@ -42,7 +42,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"strconv"
 	"sync"
 	"time"
@@ -593,17 +592,9 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// LockKey is the leader lock key of a projector name: leader.KeyProjector
-// for DefaultName, a key derived from the name for the others (tests and
-// tools that keep their own checkpoint).
-func LockKey(name string) int64 {
-	if name == DefaultName {
-		return leader.KeyProjector
-	}
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("artifactstore.projector:" + name))
-	return int64(h.Sum64() &^ (1 << 63))
-}
+// LockKey is the leader lock key of a projector name
+// (leader.ProjectorKey): leader.KeyProjector for DefaultName.
+func LockKey(name string) int64 { return leader.ProjectorKey(name) }
 
 // lead projects while this projector leads (until ctx is done). It waits
 // for the log's notifications on a dedicated connection, which it opens

@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -55,6 +56,19 @@ const (
 	// KeyCheckpointer elects the checkpoint signer (checkpoint.Signer).
 	KeyCheckpointer int64 = 0x4153_0000_0000_0006
 )
+
+// ProjectorKey is the lock key of the projector of name: KeyProjector for
+// the projector of the live tables ("projector", projector.DefaultName),
+// a key derived from the name for the others (tests and tools that keep
+// their own checkpoint). status reads the leader of the projector with it.
+func ProjectorKey(name string) int64 {
+	if name == "projector" {
+		return KeyProjector
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("artifactstore.projector:" + name))
+	return int64(h.Sum64() &^ (1 << 63))
+}
 
 // ErrLost is the cause of the work context's cancellation when the lock
 // connection stopped answering: another instance may be the leader now.
