@@ -2,9 +2,7 @@ package archtest
 
 import (
 	"go/ast"
-	"go/parser"
 	"go/token"
-	"path/filepath"
 	"testing"
 )
 
@@ -20,42 +18,26 @@ var testFixtures = []string{"/internal/natstest", "/internal/pgcluster", "/inter
 // "A new worker role").
 func TestOneLifecycle(t *testing.T) {
 	t.Parallel()
-	fset := token.NewFileSet()
-	methods := 0
-	for _, p := range listPackages(t) {
-		if isFixture(p.ImportPath) {
-			continue
-		}
-		for _, name := range p.GoFiles {
-			path := filepath.Join(p.Dir, name)
-			f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
-			if err != nil {
-				t.Fatalf("parse %s: %v", path, err)
-			}
-			for _, d := range f.Decls {
-				fd, ok := d.(*ast.FuncDecl)
-				if !ok || fd.Recv == nil || (fd.Name.Name != "Start" && fd.Name.Name != "Stop") {
-					continue
-				}
-				methods++
-				if !lifecycleSignature(fd.Type) {
-					t.Errorf("%s: %s has not the lifecycle's signature: use %s(ctx context.Context) error (package internal/service)", fset.Position(fd.Pos()), fd.Name.Name, fd.Name.Name)
-				}
-			}
-		}
+	var fixtures []string
+	for _, f := range testFixtures {
+		fixtures = append(fixtures, module+f)
 	}
+	methods := 0
+	forEachFile(t, fixtures, func(fset *token.FileSet, f *ast.File) {
+		for _, d := range f.Decls {
+			fd, ok := d.(*ast.FuncDecl)
+			if !ok || fd.Recv == nil || (fd.Name.Name != "Start" && fd.Name.Name != "Stop") {
+				continue
+			}
+			methods++
+			if !lifecycleSignature(fd.Type) {
+				t.Errorf("%s: %s has not the lifecycle's signature: use %s(ctx context.Context) error (package internal/service)", fset.Position(fd.Pos()), fd.Name.Name, fd.Name.Name)
+			}
+		}
+	})
 	if methods < 10 {
 		t.Fatalf("found only %d Start and Stop methods: the rule would check nothing", methods)
 	}
-}
-
-func isFixture(path string) bool {
-	for _, f := range testFixtures {
-		if isUnder(path, module+f) {
-			return true
-		}
-	}
-	return false
 }
 
 // lifecycleSignature reports whether ft is func(context.Context) error.
