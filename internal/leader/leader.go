@@ -21,6 +21,9 @@
 // the work at the same time. Work whose overlap would be harmful must still
 // be idempotent (artifactstore's is, by command id).
 //
+// [Singleton] makes work a service (the lifecycle of internal/service):
+// that is how every single-active role of artifactstore runs.
+//
 // Lock keys are one bigint space per database; the keys of artifactstore's
 // single-active roles are the Key* constants below, so that they never
 // collide. The one other advisory lock of the database, the transaction
