@@ -68,7 +68,7 @@ func newEnv(t testing.TB, opts ...dataplane.Option) *env {
 
 // hang bounds the waits of these tests. It only stops a hung test: no wait
 // is expected to come near it, however slow or busy the machine.
-const hang = time.Minute
+const hang = 3 * time.Minute
 
 // withNATS starts a server and creates a topology with a unique prefix.
 func (e *env) withNATS() *env {
