@@ -117,14 +117,16 @@ type Config struct {
 }
 
 // Replicator copies and repairs objects. Handle is its bus.Handler;
-// Replicate and Repair do the same without the bus. Safe for concurrent
-// use.
+// Replicate and Repair do the same without the bus; Start and Stop (of
+// the embedded bus.WorkerService: the lifecycle of internal/service) run
+// it on the durable replicate consumer of the events stream. Safe for
+// concurrent use.
 type Replicator struct {
-	cfg      Config
-	locs     locations
-	codec    *events.Codec
-	log      zerolog.Logger
-	consumer *bus.Consumer
+	*bus.WorkerService
+	cfg   Config
+	locs  locations
+	codec *events.Codec
+	log   zerolog.Logger
 }
 
 // New returns a replicator; nothing runs until Start.
@@ -147,42 +149,13 @@ func New(cfg Config) (*Replicator, error) {
 	if cfg.Topology.EventsStream == "" {
 		cfg.Topology = bus.DefaultTopology()
 	}
-	return &Replicator{cfg: cfg, locs: catalog.New(cfg.Pool), codec: events.NewCodec(),
-		log: cfg.Logger.With().Str("service", "replicator").Logger()}, nil
-}
-
-// Start binds to the durable replicate consumer of Config.Topology on
-// Config.JetStream and starts consuming; it returns once running.
-func (r *Replicator) Start(ctx context.Context) error {
-	js, t := r.cfg.JetStream, r.cfg.Topology
-	if js == nil {
-		return errors.New("replicator: Start needs Config.JetStream")
-	}
-	opts := r.cfg.Consumer
-	opts.Concurrency, opts.Logger = r.cfg.Concurrency, r.log
-	if opts.DeadLetterSubjectPrefix == "" {
-		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
-	}
-	c, err := bus.NewConsumer(js, t.EventsStream, t.ReplicateConsumer, r.Handle, opts)
-	if err != nil {
-		return fmt.Errorf("replicator: %w", err)
-	}
-	if err := c.Start(ctx); err != nil {
-		return fmt.Errorf("replicator: %w", err)
-	}
-	r.consumer = c
-	r.log.Info().Str("policy", r.cfg.Policy.String()).Msg("replicator running")
-	return nil
-}
-
-// Stop stops consuming: in-flight copies finish until ctx's deadline,
-// then are cancelled and their events redelivered later. Safe before
-// Start and twice.
-func (r *Replicator) Stop(ctx context.Context) error {
-	if r.consumer == nil {
-		return nil
-	}
-	return r.consumer.Stop(ctx)
+	r := &Replicator{cfg: cfg, locs: catalog.New(cfg.Pool), codec: events.NewCodec(),
+		log: cfg.Logger.With().Str("service", "replicator").Logger()}
+	r.WorkerService = bus.NewWorkerService(bus.CommandWorker{
+		Name: "replicator", JetStream: cfg.JetStream, Topology: cfg.Topology, Durable: cfg.Topology.ReplicateConsumer,
+		Stream: cfg.Topology.EventsStream, Handler: r.Handle, Concurrency: cfg.Concurrency, Logger: r.log, Options: cfg.Consumer,
+	})
+	return r, nil
 }
 
 // envelope is the part of a relayed event (relay.Message) the replicator

@@ -10,6 +10,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/replicator"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
@@ -54,7 +55,7 @@ func (c replicateCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	defer cn.Close()
 	// A copy a read finds corrupt is verified at once, so that the
 	// damage is recorded (and then repaired from another copy).
-	rr, startRR := readReporter(&lg)
+	rr, rrService := readReporter(&lg)
 	dp, bs, err := g.storage(ctx, lg, dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
@@ -62,29 +63,25 @@ func (c replicateCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	defer bs.Close()
 	codec := events.NewCodec()
 	evlog := events.NewLog(cn.pool, codec)
-	startRR(ctx, dp, evlog, cn.pool, codec)
-	defer rr.Stop(context.WithoutCancel(ctx))
 	policy, err := g.policy(bs.ids())
 	if err != nil {
 		return err
 	}
-	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, cn.pool, cn.nc, cn.js, dp, bus.RoleReplicator)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
+	_, opsSvc := g.opsServer(c.opsFlags, lg, cn.pool, cn.nc, cn.js, dp, bus.RoleReplicator)
 	r, err := replicator.New(replicator.Config{Pool: cn.pool, Log: evlog, DataPlane: dp,
 		Policy: policy, Concurrency: c.Concurrency, Logger: lg, JetStream: cn.js, Topology: cn.top})
 	if err != nil {
 		return err
 	}
-	if err := r.Start(ctx); err != nil {
+	svcs := service.NewGroup(
+		service.Named{Name: "ops server", Service: opsSvc},
+		service.Named{Name: "read reporter", Service: rrService(dp, evlog, cn.pool, codec)},
+		service.Named{Name: "replicator", Service: r},
+	)
+	if err := svcs.Start(ctx); err != nil {
 		return err
 	}
-	<-ctx.Done()
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	return r.Stop(stopCtx)
+	return stopServices(ctx, lg, 30*time.Second, svcs)
 }
 
 func (c replicateCmd) copyAll(ctx context.Context, g *Globals, s *ioStreams, lg zerolog.Logger) error {
