@@ -81,6 +81,7 @@ func (c replicateCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err := svcs.Start(ctx); err != nil {
 		return err
 	}
+	lg.Info().Str("policy", policy.String()).Int("concurrency", c.Concurrency).Msg("replicator running")
 	return stopServices(ctx, lg, 30*time.Second, svcs)
 }
 
