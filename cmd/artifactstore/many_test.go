@@ -141,8 +141,7 @@ func TestManyMachines(t *testing.T) {
 	}
 	hostA, hostB := host("ingest-a", true), host("ingest-b", true)
 	apiHost := host("api", false) // also runs the projector, verifier, reaper and the clients
-	var all []*machine
-	all = append(all, hostA, hostB, apiHost)
+	all := []*machine{hostA, hostB, apiHost}
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
@@ -161,7 +160,7 @@ func TestManyMachines(t *testing.T) {
 	ingestA := hostA.role("ingest")
 	api := &fetch.Client{BaseURL: "http://" + logAddr(t, apiHost.logs[1])}
 
-	// Each ingester alone stores an inline and a staged file (the staged
+	// Each ingester alone stores an inline and a staged file (A's staged
 	// one in two parts of 5 MiB), then both share the work.
 	src := t.TempDir()
 	files := map[string]map[string][]byte{}
