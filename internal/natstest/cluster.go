@@ -140,6 +140,41 @@ func (c *Cluster) Connect(t testing.TB) *nats.Conn {
 	return nc
 }
 
+// ConnectTo is [Cluster.Connect] to node i first: the client fails over
+// to the other nodes only when node i is down, so that a test knows which
+// connections a [Cluster.Stop] of node i cuts.
+func (c *Cluster) ConnectTo(t testing.TB, i int) *nats.Conn {
+	t.Helper()
+	urls := []string{c.NodeURL(i)}
+	for j := range c.nodes {
+		if j != i {
+			urls = append(urls, c.NodeURL(j))
+		}
+	}
+	nc, err := nats.Connect(strings.Join(urls, ","),
+		nats.Name(fmt.Sprintf("%s@n%d", t.Name(), i)),
+		nats.DontRandomize(),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(50*time.Millisecond),
+	)
+	if err != nil {
+		t.Fatalf("natstest: connect to cluster node %d: %v", i, err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Index is the index of the node whose server is named name (as in a
+// stream's cluster info), or -1.
+func (c *Cluster) Index(name string) int {
+	for i, nd := range c.nodes {
+		if nd.name == name {
+			return i
+		}
+	}
+	return -1
+}
+
 // Server is the running server of node i, nil while it is stopped.
 func (c *Cluster) Server(i int) *server.Server {
 	c.mu.Lock()
