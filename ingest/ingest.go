@@ -395,6 +395,11 @@ func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
 	} else {
 		info, err := ing.staging.GetInfo(ctx, c.Staged)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			// A replica behind its leader answered the direct get (a
+			// cluster): only the leader can say the object is missing.
+			info, err = staging.LeaderInfo(ctx, ing.cfg.NATS, ing.cfg.Topology.StagingBucket, c.Staged)
+		}
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			return ing.reject(ctx, d, commands.Rejectf(commands.CodeStagedMissing,
 				"staged object %q is not in bucket %s (expired after %s, deleted, or never put); stage the blob again and send a new command",
 				c.Staged, ing.cfg.Topology.StagingBucket, ing.cfg.Topology.StagingTTL))

@@ -206,7 +206,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 	if err != nil {
 		return nil, fmt.Errorf("encode the object info: %w", err)
 	}
-	meta := nats.NewMsg(fmt.Sprintf("$O.%s.M.%s", s.bucket, base64.URLEncoding.EncodeToString([]byte(name))))
+	meta := nats.NewMsg(metaSubject(s.bucket, name))
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data = data
 	mctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
