@@ -42,7 +42,9 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 		queued  = 12 // sent while it is down, answered whenever
 		after   = 3  // stored by each loop once it is back
 	)
+	start := time.Now()
 	c := natstest.StartCluster(t, 3)
+	clusterUp := time.Now()
 	pool, dbURL := pgtest.NewDB(t)
 	codec := events.NewCodec()
 	e := &env{t: t, pool: pool, dbURL: dbURL, codec: codec, log: events.NewLog(pool, codec), root: t.TempDir()}
@@ -74,14 +76,16 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 	var all []sent
 	var replies []commands.Reply
 	var stored atomic.Int32
-	reached := map[int32]chan struct{}{before: make(chan struct{}), before + during: make(chan struct{})}
+	changed := make(chan struct{}) // closed and replaced at every reply
 	record := func(s sent, rep commands.Reply) {
 		mu.Lock()
 		all, replies = append(all, s), append(replies, rep)
 		mu.Unlock()
-		if ch, ok := reached[stored.Add(1)]; ok {
-			close(ch)
-		}
+		mu.Lock()
+		stored.Add(1)
+		close(changed)
+		changed = make(chan struct{})
+		mu.Unlock()
 	}
 	back := make(chan struct{})
 	errs := make(chan error, workers+1)
@@ -113,18 +117,29 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 			}
 		})
 	}
-	wait := func(what string, ch <-chan struct{}) {
+	// wait waits until n replies were stored.
+	wait := func(what string, n int32) {
 		t.Helper()
-		select {
-		case <-ch:
-		case err := <-errs:
-			t.Fatal(err)
-		case <-time.After(hangGuard):
-			t.Fatalf("hung: %s (%d stored)", what, stored.Load())
+		guard := time.After(hangGuard)
+		for {
+			mu.Lock()
+			ch := changed
+			mu.Unlock()
+			if stored.Load() >= n {
+				return
+			}
+			select {
+			case <-ch:
+			case err := <-errs:
+				t.Fatal(err)
+			case <-guard:
+				t.Fatalf("hung: %s (%d stored)", what, stored.Load())
+			}
 		}
 	}
-	wait("the first replies", reached[before])
+	wait("the first replies", before)
 
+	stopping := time.Now()
 	c.Stop(t, victim)
 	stoppedAt := stored.Load()
 	var pending []sent
@@ -141,8 +156,10 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 			mu.Unlock()
 		}
 	})
-	wait("replies while a node is down", reached[before+during])
+	wait("replies while a node is down", stoppedAt+during)
+	restarting := time.Now()
 	c.Restart(t, victim)
+	restarted := time.Now()
 	close(back)
 	sendWG.Wait()
 	for _, s := range pending {
@@ -158,6 +175,7 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	answered := time.Now()
 	staged := 0
 	for i, s := range all {
 		r.checkStored(s, replies[i])
@@ -169,6 +187,7 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 		t.Fatalf("%d of %d puts staged: the test needs inline and staged puts", staged, len(all))
 	}
 	e.waitSettled()
+	settled := time.Now()
 	if n := e.deadLetters(); n != 0 {
 		t.Fatalf("%d dead letters after the loss of one node of three", n)
 	}
@@ -177,7 +196,10 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 	}
 	checkOneFilePerCommand(t, e)
 	t.Logf("%d puts (%d staged) stored; node %d stopped after %d replies and started again after %d more; %d sent while it was down",
-		len(all), staged, victim, stoppedAt, before+during-stoppedAt, queued)
+		len(all), staged, victim, stoppedAt, during, queued)
+	t.Logf("cluster up %s, first replies %s, node down %s, restart %s, last answer %s later, consumer settled %s later",
+		clusterUp.Sub(start).Round(time.Millisecond), stopping.Sub(clusterUp).Round(time.Millisecond), restarting.Sub(stopping).Round(time.Millisecond),
+		restarted.Sub(restarting).Round(time.Millisecond), answered.Sub(restarted).Round(time.Millisecond), settled.Sub(answered).Round(time.Millisecond))
 }
 
 // commandsLeader is the index of the node that leads the commands stream.
