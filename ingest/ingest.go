@@ -595,13 +595,17 @@ const stagedDeleteTimeout = 2 * time.Minute
 // committed; a failure leaves it to the staging janitor. A delete cut
 // short by a lost connection is made again on the new one (deleting twice
 // is harmless) rather than waited out: its answer never comes, and the
-// command's reply and ack wait behind it.
+// command's reply and ack wait behind it. So is one unanswered within
+// bus.AttemptTimeout: on a cluster the node leading the bucket's stream
+// may go away while this connection stays up.
 func (ing *Ingester) deleteStaged(ctx context.Context, staged string) {
 	dctx, cancel := context.WithTimeout(ctx, stagedDeleteTimeout)
 	defer cancel()
-	err := bus.RetryAcrossReconnects(dctx, ing.cfg.JetStream.Conn(), func(ctx context.Context) error {
-		return ing.staging.Delete(ctx, staged)
-	})
+	err := bus.RetryTransient(dctx, stagedDeleteTimeout, func(ctx context.Context) error {
+		return bus.RetryAcrossReconnects(ctx, ing.cfg.JetStream.Conn(), func(ctx context.Context) error {
+			return ing.staging.Delete(ctx, staged)
+		})
+	}, nil)
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; the staging janitor removes it")
 	}
