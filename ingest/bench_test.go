@@ -161,6 +161,25 @@ func benchIngestConcurrent4KiB(b *testing.B) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
 }
 
+// BenchmarkIngestPeakRSS reports the peak RSS (VmHWM) of an ingester
+// process that stored one staged 1 GiB blob, next to the same process
+// after one 1 MiB blob: memory must not grow with the blob's size (target
+// ≤ 64 MiB). TestIngestMemoryIsBounded checks the bound.
+func BenchmarkIngestPeakRSS(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		size int64
+	}{{"baseline_1MiB", 1 << 20}, {"1GiB", 1 << 30}} {
+		b.Run(c.name, func(b *testing.B) {
+			var peak int64
+			for range b.N {
+				peak = max(peak, ingestPeakRSS(b, c.size))
+			}
+			b.ReportMetric(float64(peak)/(1<<20), "MiB-peak-RSS")
+		})
+	}
+}
+
 func jetstreamMeta(name string) jetstream.ObjectMeta { return jetstream.ObjectMeta{Name: name} }
 
 // benchConcurrency is the ingester's concurrency in the benchmarks
