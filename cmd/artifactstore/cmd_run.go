@@ -144,7 +144,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	// Consumers: started here, stopped gracefully below.
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: evlog, Codec: codec, DataPlane: dp, NATS: nc, JetStream: js, Topology: top,
-		Concurrency: c.IngestConcurrency, StorageReserve: reserve, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
+		Concurrency: c.IngestConcurrency, StorageReserve: reserve, UploadIdle: c.UploadIdle, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
 		return err
