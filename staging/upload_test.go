@@ -14,7 +14,7 @@ import (
 	"github.com/artifactstore/artifactstore/digest"
 )
 
-const hang = time.Minute
+const hang = 3 * time.Minute
 
 // countingWriter counts what the reader handed out, and closes at once
 // when the count reaches n.
