@@ -49,6 +49,22 @@ type Writer struct {
 	// inject, in tests, fails the publish of chunk i of an attempt when
 	// it returns an error.
 	inject func(attempt, chunk int) error
+	// publish publishes one chunk asynchronously: publishChunk, or a
+	// test's wrapper of it.
+	publish func(m *nats.Msg) (jetstream.PubAckFuture, error)
+}
+
+// errChunkOrder reports chunks stored in another order than sent: the
+// object would read back scrambled, so the attempt starts again.
+var errChunkOrder = errors.New("chunks stored out of order")
+
+// publishChunk publishes a chunk without the client's own repeat of a
+// publish answered "no responders" (a stream leader being elected): a
+// chunk repeated after its successors were stored would land after them.
+// A chunk that fails fails its attempt, which starts again under a fresh
+// chunk subject.
+func (s *Writer) publishChunk(m *nats.Msg) (jetstream.PubAckFuture, error) {
+	return s.js.PublishMsgAsync(m, jetstream.WithRetryAttempts(0))
 }
 
 // NewWriter returns a writer into bucket over nc; onRetry, when not nil,
@@ -60,7 +76,9 @@ func NewWriter(nc *nats.Conn, bucket string, onRetry func(name string, attempt i
 	if err != nil {
 		return nil, fmt.Errorf("staging: JetStream context: %w", err)
 	}
-	return &Writer{js: js, bucket: bucket, onRetry: onRetry}, nil
+	w := &Writer{js: js, bucket: bucket, onRetry: onRetry}
+	w.publish = w.publishChunk
+	return w, nil
 }
 
 // Stage uploads body under name. prefix holds bytes already read from body
@@ -107,7 +125,7 @@ func (s *Writer) stage(ctx context.Context, name, description, upload string, pr
 		if err == nil {
 			return info, nil
 		}
-		if !bus.Transient(err) || ctx.Err() != nil || attempt == stageAttempts {
+		if (!bus.Transient(err) && !errors.Is(err, errChunkOrder)) || ctx.Err() != nil || attempt == stageAttempts {
 			return nil, fmt.Errorf("staging: stage %s in %s (attempt %d of %d): %w", name, s.bucket, attempt, stageAttempts, err)
 		}
 		if !rewindable {
@@ -161,6 +179,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description, up
 	bufs := make([][]byte, nbuf)
 	var inflight []sent
 	var acked int64
+	var lastSeq uint64
 	published := false
 	defer func() {
 		if err != nil && published {
@@ -177,7 +196,13 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description, up
 		t := time.NewTimer(stageAckTimeout + time.Second) // the future times out first
 		defer t.Stop()
 		select {
-		case <-head.f.Ok():
+		case ack := <-head.f.Ok():
+			// The stream must hold the chunks in the order they were
+			// sent, which is the order a reader reads them in.
+			if ack.Sequence <= lastSeq {
+				return fmt.Errorf("%w: a chunk at sequence %d after one at %d", errChunkOrder, ack.Sequence, lastSeq)
+			}
+			lastSeq = ack.Sequence
 			acked += int64(head.n)
 			if progress != nil {
 				progress(acked)
@@ -254,7 +279,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description, up
 					m.Header.Set(HeaderDigest, sha256Digest(h.Sum(nil)))
 				}
 			}
-			f, err := s.js.PublishMsgAsync(m)
+			f, err := s.publish(m)
 			if err != nil {
 				return nil, err
 			}
