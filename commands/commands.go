@@ -71,8 +71,12 @@ type Ingest struct {
 	Expect     []digest.Address `cbor:"expect,omitempty" json:"expect,omitempty"`
 	// Inline holds the blob; nil means the blob is staged. An empty blob is
 	// a non-nil empty slice.
-	Inline   []byte `cbor:"inline" json:"inline"`
-	Staged   string `cbor:"staged,omitempty" json:"staged,omitempty"`
+	Inline []byte `cbor:"inline" json:"inline"`
+	Staged string `cbor:"staged,omitempty" json:"staged,omitempty"`
+	// Upload, with Staged, says that the staged upload is still in
+	// progress and names its chunk subject's token: the ingester reads
+	// the chunks while they arrive instead of the finished object.
+	Upload   string `cbor:"upload,omitempty" json:"upload,omitempty"`
 	Producer string `cbor:"producer,omitempty" json:"producer,omitempty"`
 }
 
@@ -100,6 +104,7 @@ const (
 	CodeTooLarge           = "too_large"
 	CodeStagedMissing      = "staged_object_missing"
 	CodeStagedDigest       = "staged_digest_mismatch"
+	CodeUploadAbandoned    = "staged_upload_abandoned"
 	CodePackageSealed      = "package_sealed"
 	CodePackageExpired     = "package_expired"
 	CodePathConflict       = "path_conflict"
@@ -322,7 +327,29 @@ func (c Ingest) Validate() error {
 	case len(c.Inline) > MaxInline:
 		return Rejectf(CodeTooLarge, "inline blob of %d bytes is larger than %d; stage it in the object store instead", len(c.Inline), MaxInline)
 	}
+	if c.Upload != "" {
+		if c.Staged == "" {
+			return Rejectf(CodeMalformed, "upload is set without staged; name the staged object in staged and its upload in upload")
+		}
+		if !validUpload(c.Upload) {
+			return Rejectf(CodeMalformed, "upload %q is not an upload id (1 to 64 letters, digits, - or _)", recordable(c.Upload))
+		}
+	}
 	return validateShort("staged", c.Staged)
+}
+
+// validUpload reports whether id can be the token of a chunk subject
+// (staging.ValidUpload says the same).
+func validUpload(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // Validate checks every field of a seal command and returns an *Error.

@@ -39,6 +39,9 @@
 //	                                                   a wrong claim rejects
 //	inline           bytes (JSON: base64)    one of    the blob itself, at most MaxInline bytes
 //	staged           text                    one of    name of the object in the staging object-store bucket
+//	upload           text                    no        with staged: the upload is still being written, on chunk
+//	                                                   subject $O.<bucket>.C.<upload>; the ingester reads the
+//	                                                   chunks as they arrive (see package staging)
 //	producer         text                    no        who sends it, recorded as the events' actor
 //
 // Exactly one of inline and staged must be present (an empty blob is

@@ -63,25 +63,34 @@ func BenchmarkIngest(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				b.SetBytes(int64(sz.size))
+				// The object store's Put and Get have no flow control and
+				// give up on a loaded machine ("read pipe: i/o timeout",
+				// 429): such an attempt is left out of the figure and made
+				// again, so the baseline is the time of the successful
+				// round trips.
+				var spent time.Duration
 				b.ResetTimer()
 				for i := range b.N {
-					name := fmt.Sprintf("o-%d", i)
-					if _, err := obs.Put(ctx, jetstreamMeta(name), bytes.NewReader(uniqueBlob(data, i))); err != nil {
-						b.Fatal(err)
+					for attempt := 1; ; attempt++ {
+						name := fmt.Sprintf("o-%d-%d", i, attempt)
+						t0 := time.Now()
+						err := objectStoreRoundTrip(ctx, obs, name, uniqueBlob(data, i))
+						d := time.Since(t0)
+						b.StopTimer()
+						_ = obs.Delete(ctx, name)
+						b.StartTimer()
+						if err == nil {
+							spent += d
+							break
+						}
+						if attempt == 5 {
+							b.Fatalf("object store put + get failed 5 times: %v", err)
+						}
+						b.Logf("object store put + get failed (%v); not counted, again", err)
 					}
-					r, err := obs.Get(ctx, name)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if _, err := io.Copy(io.Discard, r); err != nil {
-						b.Fatal(err)
-					}
-					_ = r.Close()
-					b.StopTimer()
-					_ = obs.Delete(ctx, name)
-					b.StartTimer()
 				}
+				b.StopTimer()
+				b.ReportMetric(float64(b.N)*float64(sz.size)/1e6/spent.Seconds(), "MB/s")
 			})
 			b.Run("baseline_dualhash", func(b *testing.B) {
 				buf := make([]byte, 1<<20)
@@ -159,6 +168,40 @@ func benchIngestConcurrent4KiB(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+}
+
+// BenchmarkIngestPeakRSS reports the peak RSS (VmHWM) of an ingester
+// process that stored one staged 1 GiB blob, next to the same process
+// after one 1 MiB blob: memory must not grow with the blob's size (target
+// ≤ 64 MiB). TestIngestMemoryIsBounded checks the bound.
+func BenchmarkIngestPeakRSS(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		size int64
+	}{{"baseline_1MiB", 1 << 20}, {"1GiB", 1 << 30}} {
+		b.Run(c.name, func(b *testing.B) {
+			var peak int64
+			for range b.N {
+				peak = max(peak, ingestPeakRSS(b, c.size))
+			}
+			b.ReportMetric(float64(peak)/(1<<20), "MiB-peak-RSS")
+		})
+	}
+}
+
+// objectStoreRoundTrip puts data into the object store under name and
+// reads it back whole.
+func objectStoreRoundTrip(ctx context.Context, obs jetstream.ObjectStore, name string, data []byte) error {
+	if _, err := obs.Put(ctx, jetstreamMeta(name), bytes.NewReader(data)); err != nil {
+		return err
+	}
+	r, err := obs.Get(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(io.Discard, r)
+	return err
 }
 
 func jetstreamMeta(name string) jetstream.ObjectMeta { return jetstream.ObjectMeta{Name: name} }

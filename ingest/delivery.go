@@ -22,6 +22,7 @@ type delivery struct {
 	pkg    string
 	path   string
 	staged string // the staged object's name; "" for an inline blob or a seal
+	upload string // the staged upload in progress; "" when none
 }
 
 func newDelivery(m bus.Message) *delivery {
@@ -37,10 +38,12 @@ func (d *delivery) contentType() string {
 }
 
 // names is what a command says of itself, for its delivery.
-type names struct{ id, pkg, path, staged string }
+type names struct{ id, pkg, path, staged, upload string }
 
-func ingestNames(c commands.Ingest) names { return names{c.CommandID, c.Package, c.Path, c.Staged} }
-func sealNames(c commands.Seal) names     { return names{id: c.CommandID, pkg: c.Package} }
+func ingestNames(c commands.Ingest) names {
+	return names{c.CommandID, c.Package, c.Path, c.Staged, c.Upload}
+}
+func sealNames(c commands.Seal) names { return names{id: c.CommandID, pkg: c.Package} }
 
 // decode is the prologue every command shares: decode and validate the
 // body with fn, record on d what the command names, and settle its id
@@ -51,7 +54,7 @@ func sealNames(c commands.Seal) names     { return names{id: c.CommandID, pkg: c
 func decode[C any](d *delivery, fn func(data []byte, isJSON bool) (C, error), named func(C) names) (c C, rej *commands.Error, err error) {
 	c, err = fn(d.msg.Data, d.json)
 	n := named(c)
-	d.id, d.pkg, d.path, d.staged = n.id, n.pkg, n.path, n.staged
+	d.id, d.pkg, d.path, d.staged, d.upload = n.id, n.pkg, n.path, n.staged, n.upload
 	switch {
 	case errors.As(err, &rej):
 		if commands.ValidateCommandID(d.id) != nil || d.disagrees() {

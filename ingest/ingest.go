@@ -160,6 +160,15 @@ type Config struct {
 	// free space minus the reserve is refused (insufficient_storage)
 	// before any byte is written. Default 0.
 	StorageReserve int64
+	// UploadIdle is the progress rule's period for a staged upload still
+	// in progress (a command with upload): an upload during which the
+	// handler waited for its next chunk at two consecutive ticks of this
+	// period without receiving one is given up (staged_upload_abandoned,
+	// its chunks purged), so that a producer that died mid-upload holds
+	// no handler for ever. Default 2 minutes.
+	UploadIdle time.Duration
+	// uploadTicks, in tests, replaces the ticker of UploadIdle.
+	uploadTicks <-chan time.Time
 	// Actor is the actor of events when a command names no producer.
 	// Default "ingest".
 	Actor string
@@ -208,6 +217,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.StorageReserve < 0 {
 		c.StorageReserve = 0
+	}
+	if c.UploadIdle <= 0 {
+		c.UploadIdle = 2 * time.Minute
 	}
 	if c.Actor == "" {
 		c.Actor = "ingest"
@@ -389,14 +401,30 @@ func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
 		r         io.Reader
 		stagedSHA digest.Address
 		need      int64
+		res       dataplane.IngestResult
 	)
-	if c.Inline != nil {
+	switch {
+	case c.Upload != "":
+		// The upload is still being written: read its chunks as they
+		// arrive. Its size is known only at the end, so the claimed one
+		// is checked against the limit and the free space now.
+		if c.ExpectSize != nil {
+			need = *c.ExpectSize
+			if hints.MaxSize > 0 && need > hints.MaxSize {
+				return ing.reject(ctx, d, tooLarge(need, hints.MaxSize))
+			}
+		}
+		if err := ing.checkSpace(ctx, hints, need); err != nil {
+			return err
+		}
+		res, stagedSHA, err = ing.ingestUpload(ctx, c, hints)
+	case c.Inline != nil:
 		need = int64(len(c.Inline))
 		if err := ing.checkSpace(ctx, hints, need); err != nil {
 			return err
 		}
 		r = bytes.NewReader(c.Inline)
-	} else {
+	default:
 		info, err := ing.staging.GetInfo(ctx, c.Staged)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			// A replica behind its leader answered the direct get (a
@@ -431,8 +459,9 @@ func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
 		defer obj.Close()
 		r = obj
 	}
-
-	res, err := ing.cfg.DataPlane.Ingest(ctx, r, hints)
+	if r != nil {
+		res, err = ing.cfg.DataPlane.Ingest(ctx, r, hints)
+	}
 	if err != nil {
 		if errors.Is(err, storage.ErrInsufficientStorage) {
 			// Concurrent ingests passed the check together, or the disk
@@ -452,6 +481,47 @@ func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
 	out := ing.commit.submit(ctx, &job{kind: jobIngest, commandID: id, actor: ing.actor(c.Producer),
 		ingest: c, stored: res, pkg: c.Package, path: c.Path})
 	return ing.finish(ctx, d, out)
+}
+
+// maxUploadRestarts bounds how often one handler starts reading an
+// upload again after its writer restarted it (the writer itself gives up
+// after a few attempts).
+const maxUploadRestarts = 16
+
+// ingestUpload stores the blob of an upload still in progress, reading
+// its chunks as they arrive: hashing, the tree and the write go on while
+// the producer uploads. The SHA-256 the producer recorded comes with the
+// last chunk and is checked, like every claim, after the last byte and
+// before the object is committed. When the producer restarts its upload,
+// the partial write is aborted and the new attempt read from its start.
+// It returns the recorded SHA-256 (zero before the last chunk).
+func (ing *Ingester) ingestUpload(ctx context.Context, c commands.Ingest, hints dataplane.IngestHints) (dataplane.IngestResult, digest.Address, error) {
+	idle := ing.cfg.uploadTicks
+	if idle == nil {
+		t := time.NewTicker(ing.cfg.UploadIdle)
+		defer t.Stop()
+		idle = t.C
+	}
+	up, err := staging.OpenUpload(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, c.Upload, staging.UploadOptions{Idle: idle})
+	if err != nil {
+		return dataplane.IngestResult{}, digest.Address{}, err
+	}
+	defer up.Close()
+	hints.ExpectAtEnd = func() []digest.Address {
+		if a, ok := up.Digest(); ok {
+			return []digest.Address{a}
+		}
+		return nil
+	}
+	for restarts := 0; ; restarts++ {
+		res, err := ing.cfg.DataPlane.Ingest(ctx, up, hints)
+		if errors.Is(err, staging.ErrRestarted) && restarts < maxUploadRestarts {
+			ing.log.Info().Str("command_id", c.CommandID).Msg("the producer restarted its upload; reading it again")
+			continue
+		}
+		sha, _ := up.Digest()
+		return res, sha, err
+	}
 }
 
 func tooLarge(size, limit int64) *commands.Error {
@@ -490,6 +560,12 @@ func (ing *Ingester) classifyStoreError(err error, c commands.Ingest, stagedSHA 
 		return commands.Rejectf(commands.CodeSizeMismatch, "%v", err)
 	case errors.Is(err, storage.ErrTooLarge):
 		return tooLarge(maxSize+1, maxSize)
+	case errors.Is(err, staging.ErrAbandoned):
+		return commands.Rejectf(commands.CodeUploadAbandoned,
+			"the upload of staged object %q stopped before its end (%v); nothing was stored — put the file again", c.Staged, err)
+	case errors.Is(err, staging.ErrRestarted):
+		return commands.Rejectf(commands.CodeUploadAbandoned,
+			"the upload of staged object %q restarted more than %d times; nothing was stored — put the file again", c.Staged, maxUploadRestarts)
 	case errors.Is(err, staging.ErrCorrupt):
 		return commands.Rejectf(commands.CodeStagedDigest,
 			"staged object %q is corrupt (%v); nothing was stored — stage the blob again", c.Staged, err)
@@ -577,7 +653,10 @@ func (ing *Ingester) finish(ctx context.Context, d *delivery, out outcome) error
 	if err != nil {
 		return ing.transient(ctx, "", "encode reply", err)
 	}
-	if d.staged != "" {
+	switch {
+	case d.upload != "" && staging.ValidUpload(d.upload):
+		ing.purgeUpload(ctx, d.staged, d.upload)
+	case d.staged != "":
 		ing.deleteStaged(ctx, d.staged)
 	}
 	if err := bus.Reply(ing.cfg.NATS, d.msg.ReplyTo, body, d.contentType()); err != nil {
@@ -612,6 +691,21 @@ func (ing *Ingester) deleteStaged(ctx context.Context, staged string) {
 	}, nil)
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; the staging janitor removes it")
+	}
+}
+
+// purgeUpload removes the chunks and the info of an upload that was in
+// progress when its command came, once the outcome is committed, like
+// deleteStaged; chunks its producer writes after this are the staging
+// janitor's.
+func (ing *Ingester) purgeUpload(ctx context.Context, staged, upload string) {
+	dctx, cancel := context.WithTimeout(ctx, stagedDeleteTimeout)
+	defer cancel()
+	err := bus.RetryAcrossReconnects(dctx, ing.cfg.JetStream.Conn(), func(ctx context.Context) error {
+		return staging.PurgeUpload(ctx, ing.cfg.JetStream, ing.cfg.Topology.StagingBucket, staged, upload)
+	})
+	if err != nil {
+		ing.log.Warn().Err(err).Str("staged", staged).Str("upload", upload).Msg("purge of the staged upload failed; the staging janitor removes it")
 	}
 }
 

@@ -395,7 +395,8 @@ const envBigBlob = "ARTIFACTSTORE_TEST_1GIB"
 
 // TestIngestMemoryIsBounded ingests one large staged blob through an
 // ingester process and reads that process's peak RSS (VmHWM): it must stay
-// under 100 MiB whatever the blob's size.
+// under 64 MiB whatever the blob's size. `make bench` reports the same
+// figure for 1 GiB (BenchmarkIngestPeakRSS).
 func TestIngestMemoryIsBounded(t *testing.T) {
 	t.Parallel()
 	size := int64(256 << 20)
@@ -405,6 +406,26 @@ func TestIngestMemoryIsBounded(t *testing.T) {
 	if v, err := strconv.ParseInt(os.Getenv("ARTIFACTSTORE_TEST_MEM_MIB"), 10, 64); err == nil {
 		size = v << 20
 	}
+	peak := ingestPeakRSS(t, size)
+	t.Logf("ingested %d MiB; ingester peak RSS %.1f MiB", size>>20, float64(peak)/(1<<20))
+	limit := int64(64 << 20)
+	if raceEnabled {
+		// Measured: ~115 MiB for 256 MiB under -race, ~40 MiB without,
+		// for 256 MiB and 1 GiB alike. The 64 MiB bound holds for the
+		// binary that ships; run `go test -run TestIngestMemoryIsBounded`
+		// without -race to check it.
+		limit = 200 << 20
+	}
+	if peak > limit {
+		t.Fatalf("ingester peak RSS %.1f MiB for a %d MiB blob; want < %d MiB", float64(peak)/(1<<20), size>>20, limit>>20)
+	}
+}
+
+// ingestPeakRSS puts one staged blob of size bytes (a pattern, never held
+// in memory) through an ingester process, checks the reply, and returns
+// the process's peak RSS.
+func ingestPeakRSS(t testing.TB, size int64) int64 {
+	t.Helper()
 	e := newEnv(t)
 	h := e.startHelper(t, 2)
 	defer h.kill()
@@ -428,19 +449,7 @@ func TestIngestMemoryIsBounded(t *testing.T) {
 	if r.Address != d.Address(digest.BLAKE3).String() || r.SHA256 != d.Address(digest.SHA256).Hex() {
 		t.Fatalf("reply %+v does not match the blob's digests", r)
 	}
-	peak := h.peakRSS(t)
-	t.Logf("ingested %d MiB; ingester peak RSS %.1f MiB", size>>20, float64(peak)/(1<<20))
-	limit := int64(100 << 20)
-	if raceEnabled {
-		// Measured: ~115 MiB for 256 MiB under -race, ~40 MiB without,
-		// for 256 MiB and 1 GiB alike. The 100 MiB bound holds for the
-		// binary that ships; run `go test -run TestIngestMemoryIsBounded`
-		// without -race to check it.
-		limit = 200 << 20
-	}
-	if peak > limit {
-		t.Fatalf("ingester peak RSS %.1f MiB for a %d MiB blob; want < %d MiB", float64(peak)/(1<<20), size>>20, limit>>20)
-	}
+	return h.peakRSS(t)
 }
 
 func helperLevel() zerolog.Level {

@@ -130,11 +130,15 @@ type Pending struct {
 
 	c *Client
 	p *bus.Pending
+	// early is a reply that came while the blob was being staged.
+	early *nats.Msg
 }
 
 // Put sends one file: inline when it is at most InlineMax bytes, else
-// staged first (streaming, memory bounded). It returns once the command is
-// in JetStream; Wait for the reply.
+// staged (streaming, memory bounded), with the command sent as the upload
+// starts so that the ingester works while the bytes arrive. It returns
+// once the command is in JetStream and the blob staged; Wait for the
+// reply.
 func (c *Client) Put(ctx context.Context, p Put) (*Pending, error) {
 	id := p.CommandID
 	if id == "" {
@@ -163,22 +167,50 @@ func (c *Client) Put(ctx context.Context, p Put) (*Pending, error) {
 	if err != nil {
 		return nil, err
 	}
-	staged := !inline
 	if inline {
 		cmd.Inline = body
 		if cmd.Inline == nil {
 			cmd.Inline = []byte{}
 		}
-	} else {
-		if _, err := c.stage.Stage(ctx, id, p.Package+":"+p.Path, body, p.Body, p.Progress); err != nil {
-			if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
-				return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
-			}
-			return nil, fmt.Errorf("%s: %w", p.Path, err)
-		}
-		cmd.Staged = id
+		return c.send(ctx, bus.CmdIngest, id, cmd, false)
 	}
-	return c.send(ctx, bus.CmdIngest, id, cmd, staged)
+	return c.putStaged(ctx, cmd, p, body)
+}
+
+// putStaged sends the command of a staged blob as its upload starts, then
+// uploads it: the ingester reads the chunks while they arrive, so that the
+// reply follows the upload's end by little more than an fsync and a
+// commit. A reply that comes before the upload ends (a refusal: the
+// package is sealed, the blob too large, …) stops the upload.
+func (c *Client) putStaged(ctx context.Context, cmd commands.Ingest, p Put, prefix []byte) (*Pending, error) {
+	cmd.Staged, cmd.Upload = cmd.CommandID, staging.NewUpload()
+	pend, err := c.send(ctx, bus.CmdIngest, cmd.CommandID, cmd, true)
+	if err != nil {
+		return nil, err
+	}
+	uctx, cancel := context.WithCancelCause(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if m, err := pend.p.Wait(uctx); err == nil {
+			pend.early = m
+			cancel(staging.ErrReaderDone)
+		}
+	}()
+	_, err = c.stage.StageUpload(uctx, cmd.Staged, p.Package+":"+p.Path, cmd.Upload, prefix, p.Body, p.Progress)
+	cancel(nil)
+	<-watched
+	if pend.early != nil {
+		return pend, nil
+	}
+	if err != nil {
+		pend.Cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+			return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
+		}
+		return nil, fmt.Errorf("%s: %w", p.Path, err)
+	}
+	return pend, nil
 }
 
 // readInline reads the body when it fits inline. It returns inline=false
@@ -223,9 +255,12 @@ func (c *Client) send(ctx context.Context, cmdSubject, id string, cmd any, stage
 // Wait waits for the reply until ctx is done. A rejection is a reply (see
 // Reply.Err), not an error; an error means no reply could be read.
 func (p *Pending) Wait(ctx context.Context) (commands.Reply, error) {
-	m, err := p.p.Wait(ctx)
-	if err != nil {
-		return commands.Reply{}, err
+	m := p.early
+	if m == nil {
+		var err error
+		if m, err = p.p.Wait(ctx); err != nil {
+			return commands.Reply{}, err
+		}
 	}
 	p.p.Cancel()
 	return commands.DecodeReply(p.c.cfg.Codec, m.Data, commands.IsJSON(m.Header.Get(commands.HeaderContentType)))

@@ -19,9 +19,20 @@
 //     connection reset) restarts the upload after a backoff, with a fresh
 //     chunk subject, after purging the partial one; Put gives up at once.
 //
-// The reader pulls the chunks with an ordered consumer, so that memory
+// The readers pull the chunks with an ordered consumer, so that memory
 // stays bounded whatever the object's size (the object store's own Get
 // buffers without bound when the reader is slower than the server).
+//
+// An upload can be read while it is written (StageUpload, OpenUpload):
+// the producer names the upload in its ingest command and sends the
+// command before the first chunk, and the ingester hashes and writes the
+// chunks as they arrive. Every chunk of such an upload names its attempt
+// and its index (HeaderAttempt, HeaderChunk), so that the reader sees a
+// restarted upload (ErrRestarted) and a lost chunk; the last chunk carries
+// the size, chunk count and SHA-256 (HeaderSize, HeaderChunks,
+// HeaderDigest), the claims checked after the last byte; a writer that
+// gives up leaves an abort marker (HeaderAbort), and a reader gives up an
+// upload that stopped growing by a progress rule (UploadOptions.Idle).
 package staging
 
 import (

@@ -9,10 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -30,6 +30,11 @@ const (
 	// chunk published just before a connection reset is never answered.
 	stageAckTimeout = 30 * time.Second
 )
+
+// ErrReaderDone is the cause to cancel a StageUpload with when its
+// reader needs no more of the upload (it answered already): the upload
+// stops without an abort marker.
+var ErrReaderDone = errors.New("the reader of the upload is done with it")
 
 // ErrNotRewindable reports a body that cannot be read again for a retry.
 var ErrNotRewindable = errors.New("the body cannot be read again (not an io.Seeker)")
@@ -81,6 +86,30 @@ func NewWriter(nc *nats.Conn, bucket string, onRetry func(name string, attempt i
 // body is an io.Seeker (rewound to where it stood at the call); progress,
 // when not nil, hears the bytes acknowledged so far in the current attempt.
 func (s *Writer) Stage(ctx context.Context, name, description string, prefix []byte, body io.Reader, progress func(int64)) (*jetstream.ObjectInfo, error) {
+	return s.stage(ctx, name, description, "", prefix, body, progress)
+}
+
+// StageUpload uploads body under name as Stage does, on the chunk subject
+// of upload (an id from NewUpload, named in the ingest command sent before
+// the upload starts), for a reader that consumes the chunks while they
+// arrive (OpenUpload): every attempt writes to that one subject, after
+// purging the chunks of the failed one; every chunk names its attempt and
+// index, and the last one carries the size, the chunk count and the
+// SHA-256. The object's info is written last, as by Stage. An upload that
+// fails for good (or whose ctx ends) leaves an abort marker on the
+// subject, so that its reader stops waiting.
+func (s *Writer) StageUpload(ctx context.Context, name, description, upload string, prefix []byte, body io.Reader, progress func(int64)) (*jetstream.ObjectInfo, error) {
+	if !ValidUpload(upload) {
+		return nil, fmt.Errorf("staging: %q is not an upload id (use NewUpload)", upload)
+	}
+	info, err := s.stage(ctx, name, description, upload, prefix, body, progress)
+	if err != nil && !errors.Is(context.Cause(ctx), ErrReaderDone) {
+		s.abort(upload, err)
+	}
+	return info, err
+}
+
+func (s *Writer) stage(ctx context.Context, name, description, upload string, prefix []byte, body io.Reader, progress func(int64)) (*jetstream.ObjectInfo, error) {
 	var start int64
 	seeker, rewindable := body.(io.Seeker)
 	if rewindable {
@@ -92,7 +121,7 @@ func (s *Writer) Stage(ctx context.Context, name, description string, prefix []b
 	}
 	window := stageWindow
 	for attempt := 1; ; attempt++ {
-		info, err := s.attempt(ctx, attempt, name, description, io.MultiReader(bytes.NewReader(prefix), body), window, progress)
+		info, err := s.attempt(ctx, attempt, name, description, upload, io.MultiReader(bytes.NewReader(prefix), body), window, progress)
 		if err == nil {
 			return info, nil
 		}
@@ -126,18 +155,28 @@ func (s *Writer) Stage(ctx context.Context, name, description string, prefix []b
 	}
 }
 
-// attempt uploads r once, with at most window chunks unacknowledged. On
-// failure it purges the chunks it published.
-func (s *Writer) attempt(ctx context.Context, attempt int, name, description string, r io.Reader, window int, progress func(int64)) (_ *jetstream.ObjectInfo, err error) {
-	id := strings.ReplaceAll(uuid.NewString(), "-", "")
+// attempt uploads r once, with at most window chunks unacknowledged, on
+// the chunk subject of upload (a fresh one when upload is ""; with
+// upload, each chunk carries the upload headers). On failure it purges
+// the chunks it published.
+func (s *Writer) attempt(ctx context.Context, attempt int, name, description, upload string, r io.Reader, window int, progress func(int64)) (_ *jetstream.ObjectInfo, err error) {
+	streamed := upload != ""
+	id := upload
+	if !streamed {
+		id = NewUpload()
+	}
 	chunkSubj := chunkSubject(s.bucket, id)
 	type sent struct {
-		f jetstream.PubAckFuture
-		n int
+		f   jetstream.PubAckFuture
+		n   int
+		idx int
 	}
 	// Buffers are reused once their chunk is acknowledged: the future
-	// keeps the message until then.
-	bufs := make([][]byte, window)
+	// keeps the message until then. One more buffer than the window holds
+	// the chunk read ahead, which tells whether the current one is the
+	// last.
+	nbuf := window + 1
+	bufs := make([][]byte, nbuf)
 	var inflight []sent
 	var acked int64
 	var lastSeq uint64
@@ -177,44 +216,81 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 			return context.Cause(ctx)
 		}
 	}
+	// read reads chunk i into its buffer, once the chunk that used the
+	// buffer before is acknowledged.
+	read := func(i int) ([]byte, bool, error) {
+		for len(inflight) > 0 && inflight[0].idx <= i-nbuf {
+			if err := waitOldest(); err != nil {
+				return nil, false, err
+			}
+		}
+		if bufs[i%nbuf] == nil {
+			bufs[i%nbuf] = make([]byte, ChunkSize)
+		}
+		n, rerr := io.ReadFull(r, bufs[i%nbuf])
+		switch rerr {
+		case nil:
+			return bufs[i%nbuf][:n], false, nil
+		case io.EOF, io.ErrUnexpectedEOF:
+			return bufs[i%nbuf][:n], true, nil
+		default:
+			return nil, false, fmt.Errorf("read the blob: %w", rerr)
+		}
+	}
 	h := sha256.New()
 	var size uint64
 	var chunks uint32
+	cur, eof, err := read(0)
+	if err != nil {
+		return nil, err
+	}
 	for i := 0; ; i++ {
+		var next []byte
+		nextEOF := true
+		if !eof {
+			if next, nextEOF, err = read(i + 1); err != nil {
+				return nil, err
+			}
+		}
+		last := eof || len(next) == 0
 		if len(inflight) == window {
 			if err := waitOldest(); err != nil {
 				return nil, err
 			}
 		}
-		if bufs[i%window] == nil {
-			bufs[i%window] = make([]byte, ChunkSize)
-		}
-		buf := bufs[i%window]
-		n, rerr := io.ReadFull(r, buf)
-		if rerr != nil && rerr != io.EOF && rerr != io.ErrUnexpectedEOF {
-			return nil, fmt.Errorf("read the blob: %w", rerr)
-		}
-		if n > 0 {
-			h.Write(buf[:n])
+		// An empty blob is one empty chunk for a streaming reader, none
+		// for the object store's.
+		if len(cur) > 0 || (streamed && i == 0) {
+			h.Write(cur)
+			size += uint64(len(cur))
 			if s.inject != nil {
 				if err := s.inject(attempt, i); err != nil {
 					return nil, err
 				}
 			}
 			m := nats.NewMsg(chunkSubj)
-			m.Data = buf[:n]
+			m.Data = cur
+			if streamed {
+				m.Header.Set(HeaderAttempt, strconv.Itoa(attempt))
+				m.Header.Set(HeaderChunk, strconv.Itoa(i))
+				if last {
+					m.Header.Set(HeaderSize, strconv.FormatUint(size, 10))
+					m.Header.Set(HeaderChunks, strconv.Itoa(i+1))
+					m.Header.Set(HeaderDigest, sha256Digest(h.Sum(nil)))
+				}
+			}
 			f, err := s.publish(m)
 			if err != nil {
 				return nil, err
 			}
 			published = true
-			inflight = append(inflight, sent{f, n})
-			size += uint64(n)
+			inflight = append(inflight, sent{f, len(cur), i})
 			chunks++
 		}
-		if rerr != nil { // EOF: the blob is read
+		if last {
 			break
 		}
+		cur, eof = next, nextEOF
 	}
 	for len(inflight) > 0 {
 		if err := waitOldest(); err != nil {
@@ -225,7 +301,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 		ObjectMeta: jetstream.ObjectMeta{Name: name, Description: description,
 			Opts: &jetstream.ObjectMetaOptions{ChunkSize: ChunkSize}},
 		Bucket: s.bucket, NUID: id, Size: size, Chunks: chunks,
-		Digest: "SHA-256=" + base64.URLEncoding.EncodeToString(h.Sum(nil)),
+		Digest: sha256Digest(h.Sum(nil)),
 	}
 	data, err := json.Marshal(info)
 	if err != nil {
@@ -236,11 +312,32 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 	meta.Data = data
 	mctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
 	defer cancel()
-	if _, err := s.js.PublishMsg(mctx, meta); err != nil {
+	if _, err := s.js.PublishMsg(mctx, meta); err != nil && !streamed {
+		// A streaming reader needs no info: its chunks are complete, and
+		// it may have stored them already. Chunks without an info are the
+		// staging janitor's.
 		return nil, err
 	}
 	info.ModTime = time.Now().UTC()
 	return info, nil
+}
+
+func sha256Digest(sum []byte) string { return "SHA-256=" + base64.URLEncoding.EncodeToString(sum) }
+
+// abort leaves the abort marker of a failed upload on its chunk subject
+// (after the failed attempt's chunks were purged), so that a reader
+// waiting for the next chunk gives up at once. Best effort: a reader
+// that misses it gives up by its progress rule.
+func (s *Writer) abort(upload string, cause error) {
+	ctx, cancel := context.WithTimeout(context.Background(), bus.AttemptTimeout)
+	defer cancel()
+	m := nats.NewMsg(chunkSubject(s.bucket, upload))
+	reason := cause.Error()
+	if len(reason) > 512 {
+		reason = reason[:512]
+	}
+	m.Header.Set(HeaderAbort, strings.ToValidUTF8(strings.ReplaceAll(reason, "\n", " "), "?"))
+	_, _ = s.js.PublishMsg(ctx, m)
 }
 
 // settle waits until a chunk's publish is acknowledged or failed.

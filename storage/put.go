@@ -137,6 +137,15 @@ func (p *Putter) put(ctx context.Context, b Backend, r io.Reader, opts PutOption
 		return Receipt{}, err
 	}
 	d := h.Sum()
+	if opts.ExpectAtEnd != nil {
+		late := opts.ExpectAtEnd()
+		for i, a := range late {
+			if a.IsZero() {
+				return Receipt{}, fmt.Errorf("put: %w: claimed address #%d at the end is empty", digest.ErrInvalid, i)
+			}
+		}
+		opts.Expect = append(opts.Expect[:len(opts.Expect):len(opts.Expect)], late...)
+	}
 	if err := CheckClaims(opts, d); err != nil {
 		return Receipt{}, err
 	}

@@ -57,6 +57,11 @@ type PutOptions struct {
 	// algorithm. Each must equal the digest computed over the bytes, or the
 	// put fails with a *MismatchError and stores nothing.
 	Expect []digest.Address
+	// ExpectAtEnd, when set, is asked once the stream has ended and
+	// before the object is committed, for claims that are known only
+	// after the last byte (a streaming upload's SHA-256, carried by its
+	// last chunk); they are checked as Expect is.
+	ExpectAtEnd func() []digest.Address
 	// ExpectSize is the claimed size in bytes; < 0 (NoSizeClaim) means no
 	// claim. A wrong claim fails like a wrong digest.
 	ExpectSize int64

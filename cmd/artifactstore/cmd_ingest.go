@@ -33,6 +33,7 @@ type ingestCmd struct {
 type stagingFlags struct {
 	StorageReserve string        `help:"Free space the ingester leaves on the storage backend: a blob that does not fit in the free space minus this is refused (insufficient_storage) before any byte is written; suffixes KiB, MiB, GiB." default:"1GiB" placeholder:"BYTES"`
 	StagingMaxAge  time.Duration `help:"How old a staged upload must be, with no command waiting to consume it, before the staging janitor purges it (the janitor sweeps every 10 minutes, one ingest process at a time)." default:"30m"`
+	UploadIdle     time.Duration `help:"How long a staged upload still in progress may stop growing before the ingester reading it gives up (staged_upload_abandoned, its chunks purged): it gives up after waiting for a chunk through two ticks of this period." default:"2m"`
 }
 
 // janitor returns the staging janitor's loop under its leader lock.
@@ -91,7 +92,7 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, DataPlane: dp, NATS: nc, JetStream: js,
 		Topology:    cn.top,
 		Concurrency: c.Concurrency, MaxBlobSize: maxBlob, CommitWindow: c.CommitWindow, StorageReserve: reserve,
-		Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
+		UploadIdle: c.UploadIdle, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
 		return err

@@ -158,7 +158,7 @@ func (c runCmd) services(g *Globals, lg zerolog.Logger, cn *conns, dp *dataplane
 	srv.Front(a.Wrap)
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: evlog, Codec: codec, DataPlane: dp, NATS: nc, JetStream: js, Topology: top,
-		Concurrency: c.IngestConcurrency, StorageReserve: reserve, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
+		Concurrency: c.IngestConcurrency, StorageReserve: reserve, UploadIdle: c.UploadIdle, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
 		return nil, nil, err

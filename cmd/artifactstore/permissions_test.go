@@ -28,6 +28,7 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/internal/pgtest"
 	"github.com/artifactstore/artifactstore/producer"
+	"github.com/artifactstore/artifactstore/staging"
 )
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader at once.
@@ -357,7 +358,10 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	}
 	signerP := startCLI(t, as(bus.RoleCheckpointer, "checkpoint", "sign", "--http-addr", "127.0.0.1:0", "--checkpoint-key", keyPrefix+".key", "--checkpoint-every", "1")...)
 
-	// A staged upload whose file fails half-way is cleaned up by the producer.
+	// A staged upload whose file fails half-way is cleaned up by the
+	// producer; its command, sent as the upload started, is answered
+	// staged_upload_abandoned (the producer's abort marker) and
+	// dead-lettered like the poison commands below.
 	pnc, err := nats.Connect(url, nats.UserInfo(bus.RoleProducer, pw[bus.RoleProducer]))
 	if err != nil {
 		t.Fatal(err)
@@ -376,6 +380,26 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		!strings.Contains(err.Error(), "disk read error") {
 		t.Fatalf("put of a failing file: %v", err)
 	}
+	// A blob staged whole before its command (the object store's own
+	// format, as `nats obj put` leaves it) is read after the fact: the
+	// ingester reads the object's info and marks it deleted, which the
+	// status report then reads.
+	sw, err := staging.NewWriter(pnc, "ARTIFACTS_STAGING", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sw.Stage(ctx, "whole-1", "perm/run-1:whole.bin", nil, bytes.NewReader(bytes.Repeat([]byte("w"), 200<<10)), nil); err != nil {
+		t.Fatalf("stage a whole object as the producer: %v", err)
+	}
+	whole := `{"v":1,"command_id":"whole-1","package":"perm/run-1","path":"whole.bin","staged":"whole-1"}`
+	if _, err := bus.PublishCommand(ctx, pjs, "artifacts.cmd.ingest.file", "whole-1", []byte(whole), "application/json", ""); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyTrue(t, "the object staged whole is stored", func() bool {
+		var n int
+		err := pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_type = 'object.stored' AND command_id = 'whole-1'`).Scan(&n)
+		return err == nil && n == 1
+	})
 	// Poison commands are dead-lettered by every worker.
 	if _, err := bus.PublishCommand(ctx, pjs, "artifacts.cmd.ingest.file", "poison-1", []byte("{not json"), "application/json", ""); err != nil {
 		t.Fatal(err)
@@ -415,10 +439,10 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 		t.Fatalf("reply to the README's command: %s", reply.Data)
 	}
 
-	eventuallyTrue(t, "the replicator copies both objects", func() bool {
+	eventuallyTrue(t, "the replicator copies the three objects", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_type = 'object.replicated'`).Scan(&n)
-		return err == nil && n >= 2
+		return err == nil && n >= 3
 	})
 	cliOK(t, as(bus.RoleProducer, "seal", "--package", "perm/run-1")...)
 	eventuallyTrue(t, "the projector sees the sealed package", func() bool {
@@ -428,12 +452,12 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	})
 
 	// The verifier starts now, so that its scrub scheduler's first pass
-	// finds both objects never verified and queues them.
+	// finds the three objects never verified and queues them.
 	verifierP := startCLI(t, as(bus.RoleVerifier, append([]string{"verify", "--http-addr", "127.0.0.1:0"}, storageFlags...)...)...)
 	eventuallyTrue(t, "the scrub scheduler's verifications", func() bool {
 		var n int
 		err := pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE event_type = 'object.verified'`).Scan(&n)
-		return err == nil && n >= 4 // both objects, both copies
+		return err == nil && n >= 6 // three objects, both copies
 	})
 
 	// The operator's verbs.
@@ -444,12 +468,12 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 	if out := cliOK(t, as(bus.RoleOperator, "retain", "--package", "perm/run-1", "--class", "release-evidence")...); !strings.Contains(out, "class release-evidence") {
 		t.Fatalf("retain: %s", out)
 	}
-	if out := cliOK(t, as(bus.RoleOperator, "verify", "--package", "perm/run-1")...); !strings.Contains(out, "4 verified, 0 corrupt, 0 missing, 0 errors") {
+	if out := cliOK(t, as(bus.RoleOperator, "verify", "--package", "perm/run-1")...); !strings.Contains(out, "6 verified, 0 corrupt, 0 missing, 0 errors") {
 		t.Fatalf("verify --package: %s", out)
 	}
 
 	// status reads every consumer and the dead letters.
-	eventuallyTrue(t, "the poison commands are dead-lettered", func() bool {
+	eventuallyTrue(t, "the poison commands and the abandoned upload are dead-lettered", func() bool {
 		p := startCLI(t, as(bus.RoleStatus, "status", "--json")...)
 		p.wait(t)
 		var r struct {
@@ -471,7 +495,7 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 				t.Fatalf("status of consumer %s: %s", c.Name, c.Error)
 			}
 		}
-		return r.DeadLetters == 3
+		return r.DeadLetters == 4
 	})
 
 	// The relay publishes every committed event; the subscriber sees them

@@ -7,7 +7,8 @@
 // e.g. BenchmarkIngest/256MiB/baseline_objectstore for
 // BenchmarkIngest/256MiB/put_reply); every other sibling gets its ratio
 // against each baseline. Throughput is MB/s when the benchmark sets bytes,
-// else the first custom metric ending in "/s", else operations per second
+// else the first custom metric ending in "/s", else the first other custom
+// metric (a measure such as MiB-peak-RSS), else operations per second
 // from ns/op.
 package main
 
@@ -28,13 +29,21 @@ type row struct {
 	order            []string
 }
 
-// throughput returns the row's rate and its unit.
+// throughput returns the row's rate and its unit: MB/s, else the first
+// custom rate ("…/s"), else the first custom metric that is not a rate
+// (a measure such as "MiB-peak-RSS", whose ratio is against the
+// baseline's measure in the same unit), else operations per second.
 func (r row) throughput() (float64, string) {
 	if v, ok := r.metrics["MB/s"]; ok {
 		return v, "MB/s"
 	}
 	for _, u := range r.order {
 		if strings.HasSuffix(u, "/s") {
+			return r.metrics[u], u
+		}
+	}
+	for _, u := range r.order {
+		if u != "B/op" && u != "allocs/op" {
 			return r.metrics[u], u
 		}
 	}

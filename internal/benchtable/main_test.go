@@ -16,6 +16,8 @@ pkg: github.com/artifactstore/artifactstore/ingest
 BenchmarkIngest/256MiB/baseline_objectstore-2   1   100 ns/op   200.00 MB/s
 BenchmarkIngest/256MiB/baseline_dualhash-2      1   100 ns/op   800.00 MB/s
 BenchmarkIngest/256MiB/put_reply-2              1   100 ns/op   160.00 MB/s
+BenchmarkIngestPeakRSS/baseline_1MiB-2          1   100 ns/op   20.00 MiB-peak-RSS
+BenchmarkIngestPeakRSS/1GiB-2                   1   100 ns/op   40.00 MiB-peak-RSS
 `
 
 func TestRatiosAgainstBaseline(t *testing.T) {
@@ -23,14 +25,14 @@ func TestRatiosAgainstBaseline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 7 {
-		t.Fatalf("parsed %d rows, want 7", len(rows))
+	if len(rows) != 9 {
+		t.Fatalf("parsed %d rows, want 9", len(rows))
 	}
 	var out strings.Builder
 	if err := render(&out, rows); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"0.95x sha256", "0.12x copyfrom", "(baseline)", "0.80x objectstore, 0.20x dualhash", "Ingest/256MiB"} {
+	for _, want := range []string{"0.95x sha256", "0.12x copyfrom", "(baseline)", "0.80x objectstore, 0.20x dualhash", "Ingest/256MiB", "MiB-peak-RSS", "2.00x 1MiB"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}

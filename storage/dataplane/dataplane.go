@@ -113,6 +113,9 @@ type IngestHints struct {
 	// Expect holds claimed addresses (producer's, staging store's); any
 	// disagreement rejects the ingest and stores nothing.
 	Expect []digest.Address
+	// ExpectAtEnd, when set, gives claims known only after the last byte
+	// (see storage.PutOptions.ExpectAtEnd).
+	ExpectAtEnd func() []digest.Address
 	// ExpectSize is the claimed size; < 0 (storage.NoSizeClaim) means no
 	// claim. Beware: 0 claims an empty object.
 	ExpectSize int64
@@ -153,10 +156,11 @@ func (d *DataPlane) Ingest(ctx context.Context, r io.Reader, h IngestHints) (Ing
 		return IngestResult{}, err
 	}
 	rc, err := d.putter.Put(ctx, b, r, storage.PutOptions{
-		Primary:    h.Primary,
-		Expect:     h.Expect,
-		ExpectSize: h.ExpectSize,
-		MaxSize:    h.MaxSize,
+		Primary:     h.Primary,
+		Expect:      h.Expect,
+		ExpectAtEnd: h.ExpectAtEnd,
+		ExpectSize:  h.ExpectSize,
+		MaxSize:     h.MaxSize,
 		Condition: func(ctx context.Context, backendID string, addr digest.Address) (storage.Condition, error) {
 			var c storage.Condition
 			if h.Condition != nil {
