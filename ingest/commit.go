@@ -16,38 +16,60 @@ import (
 // by the log, so one transaction per command would cap throughput at one
 // commit latency per command.
 type committer struct {
-	ing  *Ingester
-	jobs chan *job
+	ing *Ingester
+	// jobs carries the jobs of one command: one, or the files of a batch,
+	// which enter the same group.
+	jobs chan []*job
 	done chan struct{}
 }
 
 func newCommitter(ing *Ingester) *committer {
-	return &committer{ing: ing, jobs: make(chan *job), done: make(chan struct{})}
+	return &committer{ing: ing, jobs: make(chan []*job), done: make(chan struct{})}
 }
 
 // submit hands j to the committer and waits for its outcome. The commit
 // itself is not cancelled by ctx (a decision half-taken is worse than a
 // late one); only the wait is.
 func (c *committer) submit(ctx context.Context, j *job) outcome {
-	j.done = make(chan outcome, 1)
-	j.submitted = time.Now()
-	select {
-	case c.jobs <- j:
-	case <-ctx.Done():
-		return outcome{err: context.Cause(ctx)}
+	return c.submitAll(ctx, []*job{j})[0]
+}
+
+// submitAll hands jobs to the committer together, so that they are
+// committed in one group (a batch is never split across groups), and
+// waits for their outcomes, in order.
+func (c *committer) submitAll(ctx context.Context, jobs []*job) []outcome {
+	outs := make([]outcome, len(jobs))
+	now := time.Now()
+	for _, j := range jobs {
+		j.done = make(chan outcome, 1)
+		j.submitted = now
+	}
+	fail := func(err error) []outcome {
+		for i := range outs {
+			outs[i] = outcome{err: err}
+		}
+		return outs
 	}
 	select {
-	case o := <-j.done:
-		return o
+	case c.jobs <- jobs:
 	case <-ctx.Done():
-		return outcome{err: context.Cause(ctx)}
+		return fail(context.Cause(ctx))
 	}
+	for i, j := range jobs {
+		select {
+		case outs[i] = <-j.done:
+		case <-ctx.Done():
+			return fail(context.Cause(ctx))
+		}
+	}
+	return outs
 }
 
 // run commits groups until stop is closed and no job is waiting.
 //
 // A group is the first waiting job and every job that arrives until that
-// first job has waited CommitWindow. Under load, jobs queue while a commit
+// first job has waited CommitWindow, up to MaxCommitBatch jobs (the jobs
+// of one batch stay together, so a group may end a batch beyond it). Under load, jobs queue while a commit
 // runs, so the next group is taken at once, without waiting the window
 // again: the window only gathers companions for a job that would otherwise
 // commit alone.
@@ -57,19 +79,18 @@ func (c *committer) run(stop <-chan struct{}) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		var first *job
+		var group []*job
 		select {
-		case first = <-c.jobs:
+		case group = <-c.jobs:
 		case <-stop:
 			return
 		}
-		group := []*job{first}
-		timer.Reset(max(time.Until(first.submitted.Add(cfg.CommitWindow)), 0))
+		timer.Reset(max(time.Until(group[0].submitted.Add(cfg.CommitWindow)), 0))
 	gather:
 		for len(group) < cfg.MaxCommitBatch {
 			select {
-			case j := <-c.jobs:
-				group = append(group, j)
+			case js := <-c.jobs:
+				group = append(group, js...)
 			case <-timer.C:
 				break gather
 			}
@@ -79,8 +100,8 @@ func (c *committer) run(stop <-chan struct{}) {
 	drain:
 		for len(group) < cfg.MaxCommitBatch {
 			select {
-			case j := <-c.jobs:
-				group = append(group, j)
+			case js := <-c.jobs:
+				group = append(group, js...)
 			default:
 				break drain
 			}
