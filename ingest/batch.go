@@ -107,6 +107,10 @@ func (ing *Ingester) handleBatch(ctx context.Context, d *delivery) error {
 		if err := ing.checkSpace(ctx, ing.hints(files[toStore[0]].Ingest), need); err != nil {
 			return err
 		}
+		cond, err := ing.batchConditions(ctx, files, toStore)
+		if err != nil {
+			return ing.transient(ctx, postgresDependency(err), "read the records of the batch's objects", err)
+		}
 		results := make([]storeResult, n)
 		var wg sync.WaitGroup
 		for _, i := range toStore {
@@ -118,7 +122,7 @@ func (ing *Ingester) handleBatch(ctx context.Context, d *delivery) error {
 			}
 			wg.Go(func() {
 				defer func() { <-ing.slots }()
-				results[i] = ing.storeInline(ctx, files[i].Ingest)
+				results[i] = ing.storeInline(ctx, files[i].Ingest, cond)
 			})
 		}
 		wg.Wait()
@@ -198,10 +202,33 @@ type storeResult struct {
 	err error
 }
 
-// storeInline stores the inline blob of c; it returns when the object and
-// its directory are fsynced.
-func (ing *Ingester) storeInline(ctx context.Context, c commands.Ingest) storeResult {
+// batchConditions reads what the records say of the objects of the files
+// at idx (see condition) in two round trips for the whole batch, rather
+// than two per file: the blobs are inline and small, so their addresses
+// are computed first (hashing them once more is cheaper than a round
+// trip).
+func (ing *Ingester) batchConditions(ctx context.Context, files []commands.BatchFile, idx []int) (func(context.Context, string, digest.Address) (storage.Condition, error), error) {
+	backend := ing.cfg.BackendID
+	if backend == "" {
+		backend = ing.cfg.DataPlane.DefaultBackend()
+	}
+	addrs := make([]digest.Address, 0, len(idx))
+	buf := make([]byte, 32<<10)
+	for _, i := range idx {
+		d, err := digest.Compute(bytes.NewReader(files[i].Ingest.Inline), buf)
+		if err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, d.Address(ing.cfg.Primary))
+	}
+	return ing.conditions(ctx, backend, addrs)
+}
+
+// storeInline stores the inline blob of c, with cond as the condition
+// hint; it returns when the object and its directory are fsynced.
+func (ing *Ingester) storeInline(ctx context.Context, c commands.Ingest, cond func(context.Context, string, digest.Address) (storage.Condition, error)) storeResult {
 	hints := ing.hints(c)
+	hints.Condition = cond
 	res, err := ing.cfg.DataPlane.Ingest(ctx, bytes.NewReader(c.Inline), hints)
 	if err == nil {
 		return storeResult{res: res}

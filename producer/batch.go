@@ -92,7 +92,7 @@ func (c *Client) PutBatch(ctx context.Context, puts []Put) ([]*Pending, error) {
 		if err != nil {
 			return nil, err
 		}
-		shared := &batchReply{p: bp}
+		shared := &batchWaiter{p: bp}
 		for k, f := range b.Files {
 			out[start+k] = &Pending{CommandID: f.CommandID, Duplicate: bp.Duplicate, c: c, p: bp.p, batch: shared, index: k}
 		}
@@ -105,8 +105,8 @@ func (c *Client) sendBatch(ctx context.Context, b commands.IngestBatch) (*Pendin
 	return c.send(ctx, bus.CmdIngestBatch, b.CommandID, b, false)
 }
 
-// batchReply is the reply of one batch, read once for all its files.
-type batchReply struct {
+// batchWaiter is the reply of one batch, read once for all its files.
+type batchWaiter struct {
 	p *Pending
 
 	mu   sync.Mutex
@@ -117,7 +117,7 @@ type batchReply struct {
 // file returns the reply of the file at index of the batch (id is its
 // command id). A batch refused or failed whole gives every file the
 // batch's status, code and reason.
-func (b *batchReply) file(ctx context.Context, index int, id string) (commands.Reply, error) {
+func (b *batchWaiter) file(ctx context.Context, index int, id string) (commands.Reply, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.read {

@@ -138,7 +138,7 @@ type Pending struct {
 	p *bus.Pending
 	// batch is the shared reply of the batch this file went in (PutBatch),
 	// index the file's place in it; nil for a command of its own.
-	batch *batchReply
+	batch *batchWaiter
 	index int
 }
 
