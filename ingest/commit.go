@@ -144,11 +144,12 @@ func (c *committer) commit(group []*job) {
 }
 
 // commitGroup decides and commits every job of group in one transaction,
-// in four round trips whatever the group's size: read (BEGIN, the
-// package-state lock and, under it, every read the decisions need),
-// decide (in memory), append (two round trips of the log) and write (the
-// state writes and COMMIT). The lock is held from the read to the commit,
-// so each round trip saved is throughput for every ingester.
+// in two round trips whatever the group's size: read (BEGIN, the
+// package-state lock, the log head's lock and, under them, every read the
+// decisions need), decide (in memory), then append and write together
+// (the events, the state writes and COMMIT). The locks are held from the
+// read to the commit, so each round trip saved is throughput for every
+// ingester.
 func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, error) {
 	ing := c.ing
 	var g *groupPlan
@@ -163,10 +164,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 		if err != nil {
 			return err
 		}
-		if err := c.append(ctx, tx, g); err != nil {
-			return err
-		}
-		return write(ctx, tx, g, keep, now)
+		return c.appendAndWrite(ctx, tx, r.head, g, keep, now)
 	})
 	if err != nil {
 		return nil, err
@@ -179,6 +177,7 @@ type groupRead struct {
 	known   map[string]bool // command ids already in the log
 	state   *state
 	objects map[pkgstate.ObjectKey]pkgstate.ObjectState // the stored objects' gc rows, locked
+	head    *events.HeadLock                            // the log head, locked
 }
 
 // read sends BEGIN, the lock and every read of the group in one batch.
@@ -194,6 +193,11 @@ func (c *committer) read(ctx context.Context, tx *groupTx, group []*job, now tim
 	b := &pgx.Batch{}
 	queueBegin(b)
 	pkgstate.QueueLock(b)
+	// The log head's lock rides in this batch too, instead of a round
+	// trip of the append: the package-state lock is taken first, as every
+	// appender that takes both does, and the command ids are looked up
+	// under both.
+	r.head = c.ing.cfg.Log.QueueLockHead(b)
 	b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id string
@@ -265,40 +269,31 @@ func decideGroup(r *groupRead, group []*job) *groupPlan {
 	return g
 }
 
-// append appends the group's events and notes their sequences.
-func (c *committer) append(ctx context.Context, tx *groupTx, g *groupPlan) error {
-	if len(g.batches) == 0 {
-		return nil
-	}
-	results, err := c.ing.cfg.Log.AppendTx(ctx, tx, g.batches...)
-	if err != nil {
-		return err
-	}
-	for i, k := range g.batchOf {
-		if k < 0 {
-			continue
-		}
-		if results[k].Duplicate {
-			// Committed by another appender after our lookup: impossible
-			// under the lock; refuse to guess.
-			return fmt.Errorf("command %s was appended concurrently despite the package-state lock", g.batches[k].CommandID)
-		}
-		evs := results[k].Events
-		g.firstSeq[i], g.lastSeq[i] = evs[0].Sequence, evs[len(evs)-1].Sequence
-	}
-	return nil
-}
-
-// write sends the state writes of the group (and makes the gc rows of
-// keep live) with the COMMIT.
-func write(ctx context.Context, tx *groupTx, g *groupPlan, keep []pkgstate.Sized, now time.Time) error {
+// appendAndWrite queues the group's events under the log head locked by
+// the read, notes their sequences, and sends them with the state writes of
+// the group (making the gc rows of keep live) and the COMMIT, in one
+// round trip.
+func (c *committer) appendAndWrite(ctx context.Context, tx *groupTx, head *events.HeadLock, g *groupPlan, keep []pkgstate.Sized, now time.Time) error {
 	b := &pgx.Batch{}
+	if len(g.batches) > 0 {
+		results, err := c.ing.cfg.Log.QueueAppend(b, head, g.batches...)
+		if err != nil {
+			return err
+		}
+		for i, k := range g.batchOf {
+			if k < 0 {
+				continue
+			}
+			evs := results[k].Events
+			g.firstSeq[i], g.lastSeq[i] = evs[0].Sequence, evs[len(evs)-1].Sequence
+		}
+	}
 	if err := queueWrites(b, g.ds, g.firstSeq, keep, now); err != nil {
 		return err
 	}
 	queueCommit(b)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write the package state and commit: %w", err)
+		return fmt.Errorf("append the events, write the package state and commit: %w", err)
 	}
 	return nil
 }
