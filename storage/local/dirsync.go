@@ -1,6 +1,9 @@
 package local
 
-import "sync"
+import (
+	"hash/fnv"
+	"sync"
+)
 
 // dirSyncer shares directory fsyncs between concurrent puts: every put
 // that linked an entry into a directory needs one fsync of it that starts
@@ -11,6 +14,16 @@ import "sync"
 // and no put is answered by an fsync that began before its entry existed.
 // A failed fsync fails every put that waited for it.
 type dirSyncer struct {
+	// shards spread the directories over several locks: every put of a
+	// group asks at once, and one lock for all made them queue.
+	shards [dirSyncShards]dirSyncShard
+}
+
+// dirSyncShards is the number of shards of a dirSyncer.
+const dirSyncShards = 64
+
+// dirSyncShard is the state of the directories whose name hashes to it.
+type dirSyncShard struct {
 	mu   sync.Mutex
 	dirs map[dirKey]*dirSync
 }
@@ -37,16 +50,30 @@ type syncRound struct {
 	err     error
 }
 
-func newDirSyncer() *dirSyncer { return &dirSyncer{dirs: map[dirKey]*dirSync{}} }
+func newDirSyncer() *dirSyncer {
+	s := &dirSyncer{}
+	for i := range s.shards {
+		s.shards[i].dirs = map[dirKey]*dirSync{}
+	}
+	return s
+}
+
+// shard returns the shard of k.
+func (s *dirSyncer) shard(k dirKey) *dirSyncShard {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(k.dir))
+	return &s.shards[h.Sum32()%dirSyncShards]
+}
 
 // sync runs fsync for the directory k, or waits for a round that another
 // caller starts after this call began, and returns that round's error.
 func (s *dirSyncer) sync(k dirKey, fsync func() error) error {
-	s.mu.Lock()
-	ds := s.dirs[k]
+	sh := s.shard(k)
+	sh.mu.Lock()
+	ds := sh.dirs[k]
 	if ds == nil {
 		ds = &dirSync{}
-		s.dirs[k] = ds
+		sh.dirs[k] = ds
 	}
 	if ds.next == nil {
 		ds.next = &syncRound{done: make(chan struct{})}
@@ -55,40 +82,53 @@ func (s *dirSyncer) sync(k dirKey, fsync func() error) error {
 	r.waiters++
 	for {
 		if r.started {
-			s.mu.Unlock()
+			sh.mu.Unlock()
 			<-r.done
 			return r.err
 		}
 		if ds.running == nil {
 			// Lead the round: it starts now, after every waiter's entry.
 			r.started, ds.running, ds.next = true, r, nil
-			s.mu.Unlock()
+			sh.mu.Unlock()
 			err := fsync()
-			s.mu.Lock()
+			sh.mu.Lock()
 			r.err = err
 			close(r.done)
 			ds.running = nil
 			if ds.next == nil {
-				delete(s.dirs, k)
+				delete(sh.dirs, k)
 			}
-			s.mu.Unlock()
+			sh.mu.Unlock()
 			return err
 		}
 		// A round that may have begun before our entry is running: wait
 		// for it to end, then lead ours unless another waiter did.
 		running := ds.running
-		s.mu.Unlock()
+		sh.mu.Unlock()
 		<-running.done
-		s.mu.Lock()
+		sh.mu.Lock()
 	}
 }
 
 // waiting reports how many callers wait for the next round of k (tests).
 func (s *dirSyncer) waiting(k dirKey) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ds := s.dirs[k]; ds != nil && ds.next != nil {
+	sh := s.shard(k)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if ds := sh.dirs[k]; ds != nil && ds.next != nil {
 		return ds.next.waiters
 	}
 	return 0
+}
+
+// pending reports how many directories have state (tests).
+func (s *dirSyncer) pending() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += len(sh.dirs)
+		sh.mu.Unlock()
+	}
+	return n
 }

@@ -62,7 +62,7 @@ func TestDirFsyncsAreSharedButNeverEarly(t *testing.T) {
 	if got := calls.Load(); got != 2 {
 		t.Fatalf("%d fsyncs for one running and %d waiting callers, want 2", got, n)
 	}
-	if len(s.dirs) != 0 {
-		t.Fatalf("state of %d directories left behind", len(s.dirs))
+	if n := s.pending(); n != 0 {
+		t.Fatalf("state of %d directories left behind", n)
 	}
 }
