@@ -52,7 +52,9 @@ func newPipelineEnv(t *testing.T) *pipelineEnv {
 	p.log = events.NewLog(e.pool, p.codec)
 	p.proj = projector.New(e.pool, p.log, p.codec, projector.Config{})
 	lg := zerolog.New(zerolog.NewTestWriter(t))
-	rr.Start(context.Background(), verifier.NewWorker(e.dp, p.log, e.pool, p.codec, nil, verifier.WorkerConfig{Actor: "read", Logger: &lg}))
+	if err := rr.Service(verifier.NewWorker(e.dp, p.log, e.pool, p.codec, nil, verifier.WorkerConfig{Actor: "read", Logger: &lg})).Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

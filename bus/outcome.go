@@ -1,9 +1,10 @@
 package bus
 
 import (
-	"errors"
 	"fmt"
 	"time"
+
+	"github.com/artifactstore/artifactstore/internal/service"
 )
 
 // Dependencies a [RetryError] names: what was down when a command could
@@ -134,5 +135,6 @@ func (e *PanicError) Error() string { return fmt.Sprintf("handler panicked: %v",
 
 // ErrStopDeadline reports a Stop whose deadline passed before every
 // in-flight handler finished; those handlers were cancelled and their
-// messages nak'd for redelivery.
-var ErrStopDeadline = errors.New("bus: stop deadline passed; in-flight handlers were cancelled and their messages nak'd")
+// messages nak'd for redelivery. It wraps service.ErrStopDeadline, the
+// hard stop of every service.
+var ErrStopDeadline = fmt.Errorf("bus: in-flight handlers were cancelled and their messages nak'd: %w", service.ErrStopDeadline)

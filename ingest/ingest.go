@@ -83,6 +83,7 @@ import (
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/staging"
 	"github.com/artifactstore/artifactstore/storage"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
@@ -262,8 +263,11 @@ func New(cfg Config) (*Ingester, error) {
 func (ing *Ingester) Start(ctx context.Context) error {
 	ing.mu.Lock()
 	defer ing.mu.Unlock()
-	if ing.consumer != nil || ing.stopped {
-		return errors.New("ingest: Start called twice or after Stop")
+	switch {
+	case ing.stopped:
+		return fmt.Errorf("ingest: %w", service.ErrStopped)
+	case ing.consumer != nil:
+		return fmt.Errorf("ingest: %w", service.ErrStarted)
 	}
 	t := ing.cfg.Topology
 	if ing.cfg.EnsureTopology {

@@ -20,9 +20,10 @@
 // being reaped, so the reap rule does not search the files table for every
 // deleted address, and the rows of recent batches, which need no query.
 //
-// One projector of a name is active at a time: Run holds a PostgreSQL
-// session advisory lock on a dedicated connection while it leads; standbys
-// retry every ElectInterval and take over when the leader's connection dies.
+// One projector of a name is active at a time: Run stands for election
+// through the leader package (a PostgreSQL session advisory lock,
+// [LockKey]); standbys retry every ElectInterval and take over when the
+// leader's lock connection dies.
 // The checkpoint row lock keeps exactly-once even if two ever overlap.
 //
 // # Schema evolution
@@ -52,6 +53,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/catalog"
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/leader"
 )
 
 // ErrLogAltered means an event's payload does not match its digest, or
@@ -502,38 +504,40 @@ func (p *Projector) applyInTx(ctx context.Context, tx pgx.Tx, t tables, checkpoi
 	return len(evs), last, idx, nil
 }
 
-// Run is the projector process: it waits to be elected leader, catches up,
-// then tails the log until ctx ends (returning nil) or the log cannot be
-// projected (ErrLogAltered, ErrUnknownEvent, ErrGap, events.ErrBeyondHead,
-// or a payload that matches its digest but does not decode,
-// events.ErrMalformed: returned, after an error log line and with the stop
-// recorded in its checkpoint row for status and the metrics). A lost database connection makes it step down
-// and stand for election again; other database errors are logged and
-// retried every PollInterval.
+// Run is the projector process: it waits to be elected leader (through
+// the leader package, under [LockKey] of its name), catches up, then tails
+// the log until ctx ends (returning nil) or the log cannot be projected
+// (ErrLogAltered, ErrUnknownEvent, ErrGap, events.ErrBeyondHead, or a
+// payload that matches its digest but does not decode, events.ErrMalformed:
+// returned, after an error log line and with the stop recorded in its
+// checkpoint row for status and the metrics). A lost lock connection makes
+// it step down and stand for election again; other database errors are
+// logged and retried every PollInterval.
 func (p *Projector) Run(ctx context.Context) error {
-	for {
-		conn, err := p.elect(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+	err := leader.RunConfig(ctx, p.pool, p.leaderConfig(), p.lead)
+	if ctx.Err() != nil {
+		return nil
+	}
+	if isFatal(err) {
+		p.recordStop(err)
+	}
+	return err
+}
+
+// leaderConfig elects one projector of a name. The takeover delay is one
+// ElectInterval, not the leader package's default: two projectors that
+// overlap are harmless (the checkpoint row lock keeps exactly-once).
+func (p *Projector) leaderConfig() leader.Config {
+	lg := p.lg
+	return leader.Config{
+		Key: LockKey(p.cfg.Name), Name: "projector", Logger: &lg,
+		RetryInterval: p.cfg.ElectInterval, CheckInterval: p.cfg.ElectInterval,
+		TakeoverDelay: p.cfg.ElectInterval,
+		OnChange: func(leading bool) {
+			if leading {
+				p.lg.Info().Msg("elected leader")
 			}
-			return err
-		}
-		err = p.lead(ctx, conn)
-		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = conn.Close(closeCtx) // frees the lock
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case isFatal(err):
-			p.recordStop(err)
-			return err
-		}
-		p.lg.Warn().Err(err).Msg("stepped down; standing for election again")
-		if err := sleep(ctx, p.cfg.ElectInterval); err != nil {
-			return nil
-		}
+		},
 	}
 }
 
@@ -588,71 +592,73 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// lockKey is the advisory lock key of a projector name.
-const lockKeySQL = `hashtextextended('artifactstore.projector:' || $1, 0)`
+// LockKey is the leader lock key of a projector name
+// (leader.ProjectorKey): leader.KeyProjector for DefaultName.
+func LockKey(name string) int64 { return leader.ProjectorKey(name) }
 
-// elect opens a dedicated connection and returns it once it holds the
-// leader lock. The lock is a session lock: it lives exactly as long as the
-// connection, so a killed leader frees it.
-func (p *Projector) elect(ctx context.Context) (*pgx.Conn, error) {
-	logged := false
-	for {
-		conn, err := pgx.ConnectConfig(ctx, p.pool.Config().ConnConfig.Copy())
-		if err == nil {
-			var ok bool
-			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+lockKeySQL+`)`, p.cfg.Name).Scan(&ok)
-			if err == nil && ok {
-				if _, err = conn.Exec(ctx, `LISTEN `+pgx.Identifier{events.NotifyChannel}.Sanitize()); err == nil {
-					p.lg.Info().Msg("elected leader")
-					return conn, nil
-				}
-			}
-			_ = conn.Close(context.Background())
-			if err == nil && !logged {
-				p.lg.Info().Msg("standing by: another projector leads")
-				logged = true
-			}
+// lead projects while this projector leads (until ctx is done). It waits
+// for the log's notifications on a dedicated connection, which it opens
+// again (after ElectInterval) when it fails.
+func (p *Projector) lead(ctx context.Context) error {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = conn.Close(closeCtx)
+			cancel()
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			p.lg.Warn().Err(err).Msg("leader election failed; retrying")
-		}
-		if err := sleep(ctx, p.cfg.ElectInterval); err != nil {
-			return nil, err
-		}
-	}
-}
-
-// lead projects while conn (holding the lock and listening) is alive.
-func (p *Projector) lead(ctx context.Context, conn *pgx.Conn) error {
+	}()
 	for {
 		n, err := p.CatchUp(ctx)
 		if err != nil {
-			if isFatal(err) || ctx.Err() != nil {
-				if isFatal(err) {
-					p.lg.Error().Err(err).Msg("projection stopped")
-				}
+			if ctx.Err() != nil {
+				return nil
+			}
+			if isFatal(err) {
+				p.lg.Error().Err(err).Msg("projection stopped")
 				return err
 			}
 			p.lg.Warn().Err(err).Msg("batch failed; retrying")
 		} else if n > 0 {
 			p.lg.Debug().Int("events", n).Msg("applied")
 		}
+		if conn == nil {
+			if conn, err = p.listen(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				p.lg.Warn().Err(err).Msg("cannot listen for new events; retrying")
+				if sleep(ctx, p.cfg.ElectInterval) != nil {
+					return nil
+				}
+				continue
+			}
+		}
 		waitCtx, cancel := context.WithTimeout(ctx, p.cfg.PollInterval)
 		_, werr := conn.WaitForNotification(waitCtx)
 		cancel()
-		if werr != nil && ctx.Err() != nil {
-			return ctx.Err()
+		if ctx.Err() != nil {
+			return nil
 		}
-		if werr != nil && !errors.Is(werr, context.DeadlineExceeded) && !pgconn.Timeout(werr) {
-			return fmt.Errorf("leader connection lost: %w", werr)
-		}
-		if conn.IsClosed() {
-			return errors.New("leader connection closed")
+		if (werr != nil && !errors.Is(werr, context.DeadlineExceeded) && !pgconn.Timeout(werr)) || conn.IsClosed() {
+			p.lg.Warn().Err(werr).Msg("listen connection lost; opening another")
+			_ = conn.Close(context.WithoutCancel(ctx))
+			conn = nil
 		}
 	}
+}
+
+// listen opens the connection on which lead waits for new events.
+func (p *Projector) listen(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, p.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return nil, fmt.Errorf("connect to listen for new events: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `LISTEN `+pgx.Identifier{events.NotifyChannel}.Sanitize()); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("listen for new events: %w", err)
+	}
+	return conn, nil
 }
 
 // Status is the projector's position against the log.

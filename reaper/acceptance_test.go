@@ -96,10 +96,11 @@ func TestAcceptance(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := verifier.NewWorker(e.dp, e.log, e.pool, e.codec, nc, verifier.WorkerConfig{
-		Logger:   func() *zerolog.Logger { l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel); return &l }(),
-		Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond},
+		Logger:    func() *zerolog.Logger { l := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel); return &l }(),
+		Consumer:  bus.ConsumerOptions{FetchWait: 200 * time.Millisecond},
+		JetStream: js, Topology: p.topo,
 	})
-	if err := w.Start(ctx, js, p.topo); err != nil {
+	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {

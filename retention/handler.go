@@ -66,6 +66,11 @@ type Config struct {
 	Codec *events.Codec
 	// NATS is the connection replies are published on; nil sends none.
 	NATS *nats.Conn
+	// JetStream and Topology are where Start consumes (the durable
+	// retention consumer, which must exist: bus.EnsureTopology). Only
+	// Start needs them. Topology defaults to bus.DefaultTopology().
+	JetStream jetstream.JetStream
+	Topology  bus.Topology
 	// Concurrency is how many commands one process handles at once.
 	// Default 4.
 	Concurrency int
@@ -94,17 +99,21 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Topology.CommandsStream == "" {
+		c.Topology = bus.DefaultTopology()
+	}
 	return c, nil
 }
 
 // Handler decides retention commands. Apply decides one command without
-// the bus; Handle is its bus.Handler; Start and Stop run it on the durable
-// consumer. Safe for concurrent use.
+// the bus; Handle is its bus.Handler; Start and Stop (of the embedded
+// bus.WorkerService: the lifecycle of internal/service) run it on the
+// durable consumer. Safe for concurrent use.
 type Handler struct {
-	cfg      Config
-	log      zerolog.Logger
-	dec      *commands.Decoder
-	consumer *bus.Consumer
+	*bus.WorkerService
+	cfg Config
+	log zerolog.Logger
+	dec *commands.Decoder
 }
 
 // New returns a handler; nothing runs until Start.
@@ -113,43 +122,12 @@ func New(cfg Config) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Handler{cfg: cfg, log: cfg.Logger.With().Str("service", "retention").Logger(), dec: commands.NewDecoder(cfg.Codec)}, nil
-}
-
-// Start binds the handler to the durable retention consumer of topology t
-// (which must exist: bus.EnsureTopology) and returns once commands are
-// being pulled.
-func (h *Handler) Start(ctx context.Context, js jetstream.JetStream, t bus.Topology) error {
-	if h.consumer != nil {
-		return errors.New("retention: Start called twice")
-	}
-	opts := h.cfg.Consumer
-	opts.Concurrency = h.cfg.Concurrency
-	opts.Logger = h.log
-	if opts.DeadLetterSubjectPrefix == "" {
-		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
-	}
-	if opts.Answer == nil {
-		opts.Answer = h.Answer
-	}
-	c, err := bus.NewConsumer(js, t.CommandsStream, t.RetentionConsumer, h.Handle, opts)
-	if err != nil {
-		return fmt.Errorf("retention: %w", err)
-	}
-	if err := c.Start(ctx); err != nil {
-		return fmt.Errorf("retention: %w", err)
-	}
-	h.consumer = c
-	return nil
-}
-
-// Stop stops pulling; in-flight commands finish until ctx's deadline. Safe
-// before Start and twice.
-func (h *Handler) Stop(ctx context.Context) error {
-	if h.consumer == nil {
-		return nil
-	}
-	return h.consumer.Stop(ctx)
+	h := &Handler{cfg: cfg, log: cfg.Logger.With().Str("service", "retention").Logger(), dec: commands.NewDecoder(cfg.Codec)}
+	h.WorkerService = bus.NewWorkerService(bus.CommandWorker{
+		Name: "retention", JetStream: cfg.JetStream, Topology: cfg.Topology, Durable: cfg.Topology.RetentionConsumer,
+		Handler: h.Handle, Answer: h.Answer, Concurrency: cfg.Concurrency, Logger: h.log, Options: cfg.Consumer,
+	})
+	return h, nil
 }
 
 // Handle is the bus.Handler of retention commands. It replies (when the

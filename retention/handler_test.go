@@ -374,6 +374,7 @@ func TestOverNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, err := retention.New(retention.Config{Pool: e.pool, Log: e.log, Codec: e.codec, NATS: nc,
+		JetStream: js, Topology: topo,
 		Logger: zerolog.New(zerolog.NewTestWriter(t)),
 		// Short pulls only make the stop at cleanup quick (a soft stop
 		// waits for the pull in flight); an expired pull is issued again.
@@ -381,7 +382,7 @@ func TestOverNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Start(ctx, js, topo); err != nil {
+	if err := h.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

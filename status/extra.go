@@ -11,6 +11,8 @@ import (
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/staging"
+
+	"github.com/artifactstore/artifactstore/internal/leader"
 )
 
 // DeadLetters counts the recent dead letters of one consumer.
@@ -164,11 +166,7 @@ func gatherBackends(ctx context.Context, src Sources, r *Report) {
 func gatherLeaders(ctx context.Context, src Sources, r *Report) error {
 	locks := append([]LeaderLock(nil), src.LeaderLocks...)
 	if src.Projector != "" {
-		var key int64
-		if err := src.Pool.QueryRow(ctx, `SELECT hashtextextended('artifactstore.projector:' || $1, 0)`, src.Projector).Scan(&key); err != nil {
-			return fmt.Errorf("projector lock key: %w", err)
-		}
-		locks = append([]LeaderLock{{Role: "projector", Key: key}}, locks...)
+		locks = append([]LeaderLock{{Role: "projector", Key: leader.ProjectorKey(src.Projector)}}, locks...)
 	}
 	for _, l := range locks {
 		ld := Leader{Role: l.Role}

@@ -68,7 +68,7 @@ func newEnv(t testing.TB, opts ...dataplane.Option) *env {
 
 // hang bounds the waits of these tests. It only stops a hung test: no wait
 // is expected to come near it, however slow or busy the machine.
-const hang = time.Minute
+const hang = 3 * time.Minute
 
 // withNATS starts a server and creates a topology with a unique prefix.
 func (e *env) withNATS() *env {
@@ -95,7 +95,8 @@ func (e *env) worker(name string) *verifier.Worker {
 		Concurrency: 2, Logger: &l, RetryDelay: 100 * time.Millisecond,
 		// Short pulls make stops quick (a soft stop waits for the pull in
 		// flight); an expired pull is issued again, so it is no deadline.
-		Consumer: bus.ConsumerOptions{FetchWait: 200 * time.Millisecond, StopTimeout: hang},
+		Consumer:  bus.ConsumerOptions{FetchWait: 200 * time.Millisecond, StopTimeout: hang},
+		JetStream: e.js, Topology: e.topo,
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
@@ -47,6 +48,7 @@ type ReadReporter struct {
 	mu       sync.Mutex
 	inFlight map[readKey]bool
 
+	state    service.State
 	wg       sync.WaitGroup
 	cancel   context.CancelFunc
 	stopping chan struct{}
@@ -60,7 +62,8 @@ type readKey struct {
 
 var _ dataplane.CorruptionReporter = (*ReadReporter)(nil)
 
-// NewReadReporter returns a reporter that queues reports until Start.
+// NewReadReporter returns a reporter that queues reports until its
+// service starts ([ReadReporter.Service]).
 func NewReadReporter(cfg ReadReporterConfig) *ReadReporter {
 	if cfg.Queue <= 0 {
 		cfg.Queue = 256
@@ -107,23 +110,40 @@ func (r *ReadReporter) done(k readKey) {
 	r.mu.Unlock()
 }
 
-// Start handles the queued reports with w (whose Verify appends the
-// outcome) until Stop. It returns at once.
-func (r *ReadReporter) Start(ctx context.Context, w *Worker) {
-	ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	r.stopping = make(chan struct{})
-	for range r.cfg.Concurrency {
-		r.wg.Go(func() {
-			for {
-				select {
-				case <-r.stopping:
-					return
-				case c := <-r.queue:
-					r.handle(ctx, w, c)
+// Service returns the reporter bound to w (whose Verify appends the
+// outcome) as a service (the lifecycle of internal/service): Start
+// handles the queued reports until Stop and returns at once; Stop is
+// [ReadReporter.Stop]. The reporter exists before the worker (the data
+// plane the worker reads through reports to it), hence the binding here.
+// A reporter runs once, whichever of its services starts it.
+func (r *ReadReporter) Service(w *Worker) service.Service { return boundReporter{r, w} }
+
+type boundReporter struct {
+	r *ReadReporter
+	w *Worker
+}
+
+func (b boundReporter) Start(ctx context.Context) error { return b.r.start(ctx, b.w) }
+func (b boundReporter) Stop(ctx context.Context) error  { return b.r.Stop(ctx) }
+
+func (r *ReadReporter) start(ctx context.Context, w *Worker) error {
+	return r.state.TryStart(func() error {
+		ctx, r.cancel = context.WithCancel(context.WithoutCancel(ctx))
+		r.stopping = make(chan struct{})
+		for range r.cfg.Concurrency {
+			r.wg.Go(func() {
+				for {
+					select {
+					case <-r.stopping:
+						return
+					case c := <-r.queue:
+						r.handle(ctx, w, c)
+					}
 				}
-			}
-		})
-	}
+			})
+		}
+		return nil
+	})
 }
 
 func (r *ReadReporter) handle(ctx context.Context, w *Worker, c *dataplane.CorruptError) {
@@ -146,7 +166,7 @@ func (r *ReadReporter) handle(ctx context.Context, w *Worker, c *dataplane.Corru
 // finish until ctx is done, then are cancelled, and Stop waits for them.
 // Safe before Start and twice.
 func (r *ReadReporter) Stop(ctx context.Context) error {
-	if r.cancel == nil {
+	if !r.state.MarkStopped() {
 		return nil
 	}
 	r.stopOnce.Do(func() { close(r.stopping) })

@@ -33,7 +33,9 @@ func readEnv(t *testing.T) (*env, chan readReport) {
 	})
 	e := newEnv(t, dataplane.WithCorruptionReporter(rr))
 	l := e.logger
-	rr.Start(context.Background(), verifier.NewWorker(e.dp, e.log, e.pool, e.codec, nil, verifier.WorkerConfig{Actor: "read", Logger: &l}))
+	if err := rr.Service(verifier.NewWorker(e.dp, e.log, e.pool, e.codec, nil, verifier.WorkerConfig{Actor: "read", Logger: &l})).Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

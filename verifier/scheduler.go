@@ -79,7 +79,7 @@ func (c SchedulerConfig) withDefaults() SchedulerConfig {
 }
 
 // Scheduler queues scrub requests for objects that are due. Run exactly
-// one active instance per database (leader.Run with
+// one active instance per database (leader.Singleton with
 // leader.KeyScrubScheduler); a second one would only publish duplicates
 // that JetStream and the workers drop.
 type Scheduler struct {

@@ -98,6 +98,11 @@ type WorkerConfig struct {
 	Consumer bus.ConsumerOptions
 	// Metrics counts verified bytes and outcomes; nil counts nothing.
 	Metrics *Metrics
+	// JetStream and Topology are where Start consumes verify requests
+	// (the durable verify consumer). Only Start needs them; Topology
+	// defaults to bus.DefaultTopology().
+	JetStream jetstream.JetStream
+	Topology  bus.Topology
 }
 
 func (c WorkerConfig) withDefaults() WorkerConfig {
@@ -114,12 +119,18 @@ func (c WorkerConfig) withDefaults() WorkerConfig {
 		nop := zerolog.Nop()
 		c.Logger = &nop
 	}
+	if c.Topology.CommandsStream == "" {
+		c.Topology = bus.DefaultTopology()
+	}
 	return c
 }
 
 // Worker verifies objects on request. Handle is its bus.Handler; Verify is
-// the same without the bus. Safe for concurrent use.
+// the same without the bus; Start and Stop (of the embedded
+// bus.WorkerService: the lifecycle of internal/service) run it on the
+// durable verify consumer. Safe for concurrent use.
 type Worker struct {
+	*bus.WorkerService
 	dp     DataPlane
 	log    EventLog
 	locs   locations
@@ -127,51 +138,21 @@ type Worker struct {
 	nc     *nats.Conn // for replies; nil: no replies
 	cfg    WorkerConfig
 	logger zerolog.Logger
-
-	consumer *bus.Consumer
 }
 
 // NewWorker returns a worker reading the locations to verify from the
 // catalog in db. nc, used for replies only, may be nil.
 func NewWorker(dp DataPlane, log EventLog, db catalog.DB, codec *events.Codec, nc *nats.Conn, cfg WorkerConfig) *Worker {
 	cfg = cfg.withDefaults()
-	return &Worker{
+	w := &Worker{
 		dp: dp, log: log, locs: catalog.New(db), codec: codec, nc: nc, cfg: cfg,
 		logger: cfg.Logger.With().Str("service", "verifier").Logger(),
 	}
-}
-
-// Start binds the worker to the durable verify consumer of topology t and
-// starts consuming; it returns once running. Stop it with [Worker.Stop].
-func (w *Worker) Start(ctx context.Context, js jetstream.JetStream, t bus.Topology) error {
-	opts := w.cfg.Consumer
-	opts.Concurrency = w.cfg.Concurrency
-	opts.Logger = w.logger
-	if opts.DeadLetterSubjectPrefix == "" {
-		opts.DeadLetterSubjectPrefix = t.DeadLetterSubjectPrefix()
-	}
-	if opts.Answer == nil {
-		opts.Answer = w.Answer
-	}
-	c, err := bus.NewConsumer(js, t.CommandsStream, t.VerifyConsumer, w.Handle, opts)
-	if err != nil {
-		return fmt.Errorf("verifier: %w", err)
-	}
-	if err := c.Start(ctx); err != nil {
-		return fmt.Errorf("verifier: %w", err)
-	}
-	w.consumer = c
-	return nil
-}
-
-// Stop stops consuming: in-flight verifications finish until ctx's
-// deadline, then are cancelled and their requests redelivered later. Safe
-// before Start and twice.
-func (w *Worker) Stop(ctx context.Context) error {
-	if w.consumer == nil {
-		return nil
-	}
-	return w.consumer.Stop(ctx)
+	w.WorkerService = bus.NewWorkerService(bus.CommandWorker{
+		Name: "verifier", JetStream: cfg.JetStream, Topology: cfg.Topology, Durable: cfg.Topology.VerifyConsumer,
+		Handler: w.Handle, Answer: w.Answer, Concurrency: cfg.Concurrency, Logger: w.logger, Options: cfg.Consumer,
+	})
+	return w
 }
 
 // Handle is the bus.Handler of verify requests. It replies (when the

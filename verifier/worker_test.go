@@ -175,7 +175,7 @@ func TestTwoWorkersShareConsumer(t *testing.T) {
 
 	workers := []*verifier.Worker{e.worker("a"), e.worker("b")}
 	for _, w := range workers {
-		if err := w.Start(ctx, e.js, e.topo); err != nil {
+		if err := w.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -241,7 +241,7 @@ func TestRejectedRequestReplies(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*hang)
 	defer cancel()
 	w := e.worker("w")
-	if err := w.Start(ctx, e.js, e.topo); err != nil {
+	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = w.Stop(context.Background()) }()
@@ -323,7 +323,7 @@ func TestOnDemandPackage(t *testing.T) {
 		t.Fatalf("targets %+v, %v", targets, err)
 	}
 	w := e.worker("w")
-	if err := w.Start(ctx, e.js, e.topo); err != nil {
+	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = w.Stop(context.Background()) }()

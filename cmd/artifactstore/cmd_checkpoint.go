@@ -19,6 +19,7 @@ import (
 	"github.com/artifactstore/artifactstore/checkpoint"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/relay"
 )
 
@@ -123,11 +124,7 @@ func (c checkpointSignCmd) Run(ctx context.Context, g *Globals, s *ioStreams) er
 		return err
 	}
 	defer cn.Close()
-	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, cn.pool, cn.nc, cn.js, nil, bus.RoleCheckpointer)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
+	srv, opsSvc := g.opsServer(c.opsFlags, lg, cn.pool, cn.nc, cn.js, nil, bus.RoleCheckpointer)
 	sg, err := c.newSigner(lg, events.NewLog(cn.pool, events.NewCodec()), cn.js, cn.top, checkpoint.NewTable(cn.pool), checkpoint.NewMetrics(srv.Registry))
 	if err != nil {
 		return err
@@ -147,11 +144,10 @@ func (c checkpointSignCmd) Run(ctx context.Context, g *Globals, s *ioStreams) er
 		_, err = s.out.Write(cp.Note)
 		return err
 	}
-	err = leader.RunConfig(ctx, cn.pool, leader.Config{Key: leader.KeyCheckpointer, Name: "checkpoint-signer", Logger: &lg}, sg.Run)
-	if errors.Is(err, context.Canceled) || errors.Is(err, leader.ErrResigned) {
-		return nil
-	}
-	return err
+	return runServices(ctx, lg, 30*time.Second, service.NewGroup(
+		service.Named{Name: "ops server", Service: opsSvc},
+		service.Named{Name: "checkpoint signer", Service: leader.Singleton(cn.pool, leader.Config{Key: leader.KeyCheckpointer, Name: "checkpoint-signer", Logger: &lg}, sg.Run)},
+	))
 }
 
 type checkpointVerifyCmd struct {

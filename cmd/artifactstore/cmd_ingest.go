@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/verifier"
 )
 
@@ -36,7 +36,7 @@ type stagingFlags struct {
 }
 
 // janitor returns the staging janitor's loop under its leader lock.
-func (f stagingFlags) janitor(pool *pgxpool.Pool, js jetstream.JetStream, top bus.Topology, lg zerolog.Logger) (func(context.Context) error, error) {
+func (f stagingFlags) janitor(pool *pgxpool.Pool, js jetstream.JetStream, top bus.Topology, lg zerolog.Logger) (*service.Loop, error) {
 	if f.StagingMaxAge <= 0 {
 		return nil, fmt.Errorf("--staging-max-age %s must be positive, e.g. 30m", f.StagingMaxAge)
 	}
@@ -44,9 +44,7 @@ func (f stagingFlags) janitor(pool *pgxpool.Pool, js jetstream.JetStream, top bu
 	if err != nil {
 		return nil, err
 	}
-	return func(ctx context.Context) error {
-		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyStagingJanitor, Name: "staging-janitor", Logger: &lg}, j.Run)
-	}, nil
+	return leader.Singleton(pool, leader.Config{Key: leader.KeyStagingJanitor, Name: "staging-janitor", Logger: &lg}, j.Run), nil
 }
 
 // reserve parses --storage-reserve.
@@ -87,11 +85,7 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if maxBlob == 0 {
 		maxBlob = -1
 	}
-	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp, bus.RoleIngester)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
+	srv, opsSvc := g.opsServer(c.opsFlags, lg, pool, nc, js, dp, bus.RoleIngester)
 	codec := events.NewCodec()
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, DataPlane: dp, NATS: nc, JetStream: js,
@@ -106,24 +100,10 @@ func (c ingestCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	if err := ing.Start(ctx); err != nil {
-		return err
-	}
-	janitorDone := make(chan error, 1)
-	go func() { janitorDone <- janitor(ctx) }()
-	var janitorErr error
-	select {
-	case <-ctx.Done():
-		janitorErr = <-janitorDone
-	case janitorErr = <-janitorDone:
-		lg.Error().Err(janitorErr).Msg("the staging janitor stopped; stopping the ingester")
-	}
-	lg.Info().Msg("stopping the ingester")
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.StopTimeout)
-	defer cancel()
-	err = ing.Stop(sctx)
-	if errors.Is(janitorErr, context.Canceled) || errors.Is(janitorErr, leader.ErrResigned) {
-		janitorErr = nil
-	}
-	return errors.Join(err, janitorErr)
+	// A janitor that fails stops the ingester (and the process).
+	return runServices(ctx, lg, c.StopTimeout, service.NewGroup(
+		service.Named{Name: "ops server", Service: opsSvc},
+		service.Named{Name: "staging janitor", Service: janitor},
+		service.Named{Name: "ingester", Service: ing},
+	))
 }

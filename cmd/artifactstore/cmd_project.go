@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/artifactstore/artifactstore/events"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/projector"
 )
 
@@ -66,12 +67,11 @@ func (c projectCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		_, err = fmt.Fprintf(s.out, "applied %d events\n", n)
 		return err
 	default:
-		_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, nil, "")
-		if err != nil {
-			return err
-		}
-		defer stopOps()
-		return projectErr(p.Run(ctx))
+		_, opsSvc := g.opsServer(c.opsFlags, lg, pool, nil, nil, nil, "")
+		return projectErr(runServices(ctx, lg, 30*time.Second, service.NewGroup(
+			service.Named{Name: "ops server", Service: opsSvc},
+			service.Named{Name: "projector", Service: service.NewLoop("projector", p.Run)},
+		)))
 	}
 }
 

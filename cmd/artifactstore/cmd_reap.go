@@ -13,6 +13,8 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/retention"
 	"github.com/artifactstore/artifactstore/storage"
@@ -67,12 +69,10 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	}
 	defer be.Close()
 	var metrics *reaper.Metrics
+	var opsSvc service.Service
 	if !c.DryRun && !c.Once {
-		srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nil, nil, dp, "")
-		if err != nil {
-			return err
-		}
-		defer stopOps()
+		var srv *ops.Server
+		srv, opsSvc = g.opsServer(c.opsFlags, lg, pool, nil, nil, dp, "")
 		metrics = reaper.NewMetrics(srv.Registry)
 	}
 	codec := events.NewCodec()
@@ -97,7 +97,7 @@ func (c reapCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 			rep.Expired, rep.Marked, rep.Unmarked, rep.Deleted, rep.BytesFreed, rep.Adopted, rep.Orphans, rep.Quarantined, rep.Abandoned)
 		return err
 	default:
-		return c.worker(ctx, g, lg, r, codec, pool)
+		return c.worker(ctx, g, lg, r, codec, pool, opsSvc)
 	}
 }
 
@@ -123,8 +123,11 @@ func (c reapCmd) newReaper(pool *pgxpool.Pool, codec *events.Codec, dp *dataplan
 	return reaper.New(cfg)
 }
 
-func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *reaper.Reaper, codec *events.Codec, pool *pgxpool.Pool) error {
-	var h *retention.Handler
+func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *reaper.Reaper, codec *events.Codec, pool *pgxpool.Pool, opsSvc service.Service) error {
+	svcs := service.NewGroup(
+		service.Named{Name: "ops server", Service: opsSvc},
+		service.Named{Name: "reaper", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)},
+	)
 	if !c.NoRetention {
 		nc, js, err := g.natsConn(ctx, bus.RoleReaper, lg)
 		if err != nil {
@@ -135,23 +138,18 @@ func (c reapCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger, r *r
 		if err != nil {
 			return err
 		}
-		h, err = retention.New(retention.Config{Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, NATS: nc,
-			Concurrency: c.Concurrency, Logger: lg})
+		h, err := retention.New(retention.Config{Pool: pool, Log: events.NewLog(pool, codec), Codec: codec, NATS: nc,
+			JetStream: js, Topology: topo, Concurrency: c.Concurrency, Logger: lg})
 		if err != nil {
 			return err
 		}
-		if err := h.Start(ctx, js, topo); err != nil {
-			return err
-		}
+		svcs.Add("retention", h)
 	}
-	lg.Info().Bool("retention_commands", h != nil).Msg("reaper role running")
-	err := leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, r.Run)
-	if h != nil {
-		stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		err = errors.Join(err, h.Stop(stopCtx))
+	if err := svcs.Start(ctx); err != nil {
+		return err
 	}
-	return err
+	lg.Info().Bool("retention_commands", !c.NoRetention).Msg("reaper role running")
+	return stopServices(ctx, lg, 30*time.Second, svcs)
 }
 
 func (c reapCmd) dryRun(ctx context.Context, r *reaper.Reaper, s *ioStreams) error {

@@ -2,12 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/relay"
 )
 
@@ -42,14 +42,9 @@ func (c relayCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	if err != nil {
 		return err
 	}
-	_, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, cn.nc, js, nil, bus.RoleRelay)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
-	err = leader.Run(ctx, pool, leader.KeyRelay, lg, r.Run)
-	if errors.Is(err, context.Canceled) || errors.Is(err, leader.ErrResigned) {
-		return nil
-	}
-	return err
+	_, opsSvc := g.opsServer(c.opsFlags, lg, pool, cn.nc, js, nil, bus.RoleRelay)
+	return runServices(ctx, lg, 30*time.Second, service.NewGroup(
+		service.Named{Name: "ops server", Service: opsSvc},
+		service.Named{Name: "events relay", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyRelay, Name: "relay", Logger: &lg}, r.Run)},
+	))
 }

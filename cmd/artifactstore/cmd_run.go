@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/alecthomas/kong"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
+	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/api"
 	"github.com/artifactstore/artifactstore/bus"
@@ -21,6 +21,7 @@ import (
 	"github.com/artifactstore/artifactstore/internal/dbmigrate"
 	"github.com/artifactstore/artifactstore/internal/leader"
 	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/reaper"
 	"github.com/artifactstore/artifactstore/relay"
@@ -63,8 +64,7 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	if c.ScrubInterval <= 0 || c.ScrubTick <= 0 {
 		return fmt.Errorf("--scrub-interval (%s) and --scrub-tick (%s) must be positive, e.g. 168h and 1m", c.ScrubInterval, c.ScrubTick)
 	}
-	reserve, err := c.reserve()
-	if err != nil {
+	if _, err := c.reserve(); err != nil {
 		return err
 	}
 	lg, err := g.logger(s.err)
@@ -100,11 +100,11 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 		return err
 	}
 	defer cn.Close()
-	pool, nc, js, top := cn.pool, cn.nc, cn.js, cn.top
+	pool := cn.pool
 
 	lim := verifier.NewByteLimiter(rateLimit)
 	defer lim.Close()
-	rr, startRR := readReporter(&lg)
+	rr, rrService := readReporter(&lg)
 	dp, be, err := g.storage(ctx, lg, dataplane.WithVerifyReader(lim.Reader), dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
@@ -112,146 +112,117 @@ func (c runCmd) Run(ctx context.Context, g *Globals, s *ioStreams) (err error) {
 	defer be.Close()
 	codec := events.NewCodec()
 	evlog := events.NewLog(pool, codec)
-	startRR(ctx, dp, evlog, pool, codec)
+	svcs, srv, err := c.services(g, lg, cn, dp, be, evlog, codec, rrService(dp, evlog, pool, codec))
+	if err != nil {
+		return err
+	}
+	if err := svcs.Start(ctx); err != nil {
+		return err
+	}
+	lg.Info().Str("http", srv.Addr()).Str("nats", g.NATSURL).Str("data_dir", g.DataDir).
+		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, checkpoints, API; stop with Ctrl-C")
+	return stopServices(ctx, lg, c.StopTimeout, svcs)
+}
 
-	srv := ops.New(lg)
+// services lists every role of 'run', in start order: the operator and API
+// server first, then the single-active loops (each elects itself through
+// its advisory lock, so several 'run' processes on one database
+// cooperate), then the consumers. They stop in reverse: the consumers
+// drain side by side (in-flight work finishes, or is nak'd and
+// redelivered to the next process at --stop-timeout) while the loops still
+// project and publish what they commit; then the loops; then the server.
+func (c runCmd) services(g *Globals, lg zerolog.Logger, cn *conns, dp *dataplane.DataPlane, be *backends, evlog *events.Log, codec *events.Codec, rr service.Service) (*service.Group, *ops.Server, error) {
+	pool, nc, js, top := cn.pool, cn.nc, cn.js, cn.top
+	reserve, err := c.reserve()
+	if err != nil {
+		return nil, nil, err
+	}
+	srv := ops.New(lg, g.HTTPAddr)
 	addReadyChecks(srv, pool, nc, dp)
 	srv.Registry.MustRegister(status.NewCollector(statusSources(pool, js, c.ScrubInterval, 0, "")))
 	keyFile, err := ensureKeyPair(lg, c.CheckpointKey, g.DataDir)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	sf := c.signerFlags
 	sf.CheckpointKey = keyFile
 	sg, err := sf.newSigner(lg, evlog, js, top, checkpoint.NewTable(pool), checkpoint.NewMetrics(srv.Registry))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	a, err := api.New(pool, dp, api.Options{Token: c.APIToken, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	srv.Front(a.Wrap)
-	if err := srv.Start(g.HTTPAddr); err != nil {
-		return fmt.Errorf("serve --http-addr %s (another process on it? pass another address): %w", g.HTTPAddr, err)
-	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = srv.Stop(sctx)
-	}()
-
-	// Consumers: started here, stopped gracefully below.
 	ing, err := ingest.New(ingest.Config{
 		Pool: pool, Log: evlog, Codec: codec, DataPlane: dp, NATS: nc, JetStream: js, Topology: top,
 		Concurrency: c.IngestConcurrency, StorageReserve: reserve, Logger: lg, Metrics: ingest.NewMetrics(srv.Registry),
 	})
 	if err != nil {
-		return err
-	}
-	if err := ing.Start(ctx); err != nil {
-		return err
+		return nil, nil, err
 	}
 	vw := verifier.NewWorker(dp, evlog, pool, codec, nc, verifier.WorkerConfig{
 		Concurrency: c.VerifyConcurrency, Logger: &lg, Metrics: verifier.NewMetrics(srv.Registry),
-		Consumer: bus.ConsumerOptions{DeadLetterSubjectPrefix: top.DeadLetterSubjectPrefix()},
+		JetStream: js, Topology: top,
 	})
-	if err := vw.Start(ctx, js, top); err != nil {
-		_ = ing.Stop(context.WithoutCancel(ctx))
-		return err
-	}
-	rh, err := retention.New(retention.Config{Pool: pool, Log: evlog, Codec: codec, NATS: nc, Logger: lg})
-	if err == nil {
-		err = rh.Start(ctx, js, top)
-	}
+	rh, err := retention.New(retention.Config{Pool: pool, Log: evlog, Codec: codec, NATS: nc, JetStream: js, Topology: top, Logger: lg})
 	if err != nil {
-		_ = ing.Stop(context.WithoutCancel(ctx))
-		_ = vw.Stop(context.WithoutCancel(ctx))
-		return err
-	}
-
-	// Single-active loops: each elects itself through its advisory lock,
-	// so several 'run' processes on one database cooperate.
-	loops, cancelLoops := context.WithCancel(ctx)
-	defer cancelLoops()
-	var wg sync.WaitGroup
-	fatal := make(chan error, 8)
-	goLoop := func(name string, f func(context.Context) error) {
-		wg.Go(func() {
-			if err := f(loops); err != nil && loops.Err() == nil {
-				fatal <- fmt.Errorf("%s: %w", name, err)
-			}
-		})
+		return nil, nil, err
 	}
 	proj := projector.New(pool, evlog, codec, projector.Config{Logger: &lg})
-	wg.Go(func() {
-		// A projector stopped on the log (altered, gapped or forged rows,
-		// an unknown event) needs a person, not the end of every role:
-		// the API keeps serving what was projected, ingest keeps
-		// appending, and the alarm is up (status, /metrics'
-		// artifactstore_projector_stopped) until the log is repaired and
-		// run restarted.
-		if err := proj.Run(loops); err != nil && loops.Err() == nil {
-			lg.Error().Err(err).Str("reason", projector.StopReason(err)).
-				Msg("PROJECTOR STOPPED: the other roles keep running; run 'artifactstore audit --checkpoints', repair the log, then restart")
-		}
-	})
 	sched := verifier.NewScheduler(pool, js, codec, verifier.SchedulerConfig{
 		Interval: c.ScrubInterval, Tick: c.ScrubTick, Subject: top.Subject(bus.CmdVerify), Logger: &lg,
-	})
-	goLoop("scrub scheduler", func(ctx context.Context) error {
-		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)
 	})
 	rel, err := relay.New(pool, evlog, codec, js, relay.Config{
 		Stream: top.EventsStream, Subject: func(t events.Type) string { return top.EventsSubject(string(t)) }, Logger: lg,
 	})
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	goLoop("events relay", func(ctx context.Context) error { return leader.Run(ctx, pool, leader.KeyRelay, lg, rel.Run) })
 	janitor, err := c.janitor(pool, js, top, lg)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	goLoop("staging janitor", janitor)
-	goLoop("checkpoint signer", func(ctx context.Context) error {
-		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyCheckpointer, Name: "checkpoint-signer", Logger: &lg}, sg.Run)
-	})
 	var rc reapCmd
 	if err := kong.ApplyDefaults(&rc); err != nil {
-		return err
+		return nil, nil, err
 	}
 	reap, err := rc.newReaper(pool, codec, dp, be.list, lg, reaper.NewMetrics(srv.Registry))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	goLoop("reaper", func(ctx context.Context) error {
-		return leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, reap.Run)
+	return service.NewGroup(
+		service.Named{Name: "http server", Service: opsService{srv: srv, stop: opsStopTimeout}},
+		service.Named{Name: "projector", Service: projectorService(proj, lg)},
+		service.Named{Name: "scrub scheduler", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)},
+		service.Named{Name: "events relay", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyRelay, Name: "relay", Logger: &lg}, rel.Run)},
+		service.Named{Name: "staging janitor", Service: janitor},
+		service.Named{Name: "checkpoint signer", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyCheckpointer, Name: "checkpoint-signer", Logger: &lg}, sg.Run)},
+		service.Named{Name: "reaper", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyReaper, Name: "reaper", Logger: &lg}, reap.Run)},
+		service.Named{Name: "consumers", Service: service.NewParallel(
+			service.Named{Name: "ingest", Service: ing},
+			service.Named{Name: "verifier", Service: vw},
+			service.Named{Name: "retention", Service: rh},
+			service.Named{Name: "read reporter", Service: rr},
+		)},
+	), srv, nil
+}
+
+// projectorService runs the projector under its leader lock. A projector
+// stopped on the log (altered, gapped or forged rows, an unknown event)
+// needs a person, not the end of every role: the API keeps serving what
+// was projected, ingest keeps appending, and the alarm is up (status,
+// /metrics' artifactstore_projector_stopped) until the log is repaired and
+// run restarted.
+func projectorService(proj *projector.Projector, lg zerolog.Logger) *service.Loop {
+	return service.NewLoop("projector", func(ctx context.Context) error {
+		if err := proj.Run(ctx); err != nil && ctx.Err() == nil {
+			lg.Error().Err(err).Str("reason", projector.StopReason(err)).
+				Msg("PROJECTOR STOPPED: the other roles keep running; run 'artifactstore audit --checkpoints', repair the log, then restart")
+		}
+		return nil
 	})
-
-	lg.Info().Str("http", srv.Addr()).Str("nats", g.NATSURL).Str("data_dir", g.DataDir).
-		Msg("artifactstore running: ingest, project, verify, scrub, reap, retention, relay, checkpoints, API; stop with Ctrl-C")
-
-	select {
-	case <-ctx.Done():
-		lg.Info().Msg("signal received; stopping")
-	case err = <-fatal:
-		lg.Error().Err(err).Msg("a role failed; stopping")
-	}
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.StopTimeout)
-	defer cancel()
-	// The consumers drain in parallel: in-flight work finishes or is
-	// nak'd (and redelivered to the next process) at the deadline.
-	stops := []func(context.Context) error{ing.Stop, vw.Stop, rh.Stop, rr.Stop}
-	stopErrs := make([]error, len(stops))
-	var sw sync.WaitGroup
-	for i, stop := range stops {
-		sw.Go(func() { stopErrs[i] = stop(stopCtx) })
-	}
-	sw.Wait()
-	cancelLoops()
-	wg.Wait()
-	return errors.Join(append([]error{err}, stopErrs...)...)
 }
 
 // addReadyChecks registers the dependencies every role needs for /readyz.

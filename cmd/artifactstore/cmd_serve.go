@@ -11,6 +11,7 @@ import (
 	"github.com/artifactstore/artifactstore/api"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/ops"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 )
 
@@ -58,42 +59,30 @@ func (c serveCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 		return err
 	}
 	defer pool.Close()
-	rr, startRR := readReporter(&lg)
+	rr, rrService := readReporter(&lg)
 	dp, err := g.dataPlane(ctx, lg, dataplane.WithCorruptionReporter(rr))
 	if err != nil {
 		return err
 	}
 	codec := events.NewCodec()
-	startRR(ctx, dp, events.NewLog(pool, codec), pool, codec)
-	srv := ops.New(lg)
+	srv := ops.New(lg, g.HTTPAddr)
 	a, err := api.New(pool, dp, api.Options{Token: tok, Logger: lg, Registerer: srv.Registry})
 	if err != nil {
 		return err
 	}
 	srv.Front(a.Wrap)
-	srv.AddCheck("postgres", func(ctx context.Context) error { return pool.Ping(ctx) })
-	srv.AddCheck("storage", func(ctx context.Context) error {
-		var errs []error
-		for id, h := range dp.Health(ctx) {
-			if !h.Healthy {
-				errs = append(errs, fmt.Errorf("backend %s: %s", id, h.Detail))
-			}
-		}
-		return errors.Join(errs...)
-	})
-	if err := srv.Start(g.HTTPAddr); err != nil {
-		return fmt.Errorf("serve --http-addr %s (another process on it? pass another address): %w", g.HTTPAddr, err)
+	addReadyChecks(srv, pool, nil, dp)
+	svcs := service.NewGroup(
+		service.Named{Name: "read reporter", Service: rrService(dp, events.NewLog(pool, codec), pool, codec)},
+		service.Named{Name: "API server", Service: opsService{srv: srv, stop: c.StopTimeout}},
+	)
+	if err := svcs.Start(ctx); err != nil {
+		return err
 	}
 	auth := "bearer token required"
 	if tok == "" {
 		auth = "NO authentication"
 	}
 	lg.Info().Str("addr", srv.Addr()).Str("auth", auth).Msg("read API serving /v1/objects and /v1/packages")
-	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.StopTimeout)
-	defer cancel()
-	if err := srv.Stop(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("stop the HTTP server: %w", err)
-	}
-	return rr.Stop(sctx)
+	return stopServices(ctx, lg, c.StopTimeout, svcs)
 }

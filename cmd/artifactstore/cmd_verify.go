@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/artifactstore/artifactstore/digest"
 	"github.com/artifactstore/artifactstore/events"
 	"github.com/artifactstore/artifactstore/internal/leader"
+	"github.com/artifactstore/artifactstore/internal/service"
 	"github.com/artifactstore/artifactstore/storage/dataplane"
 	"github.com/artifactstore/artifactstore/verifier"
 )
@@ -73,38 +73,26 @@ func (c verifyCmd) worker(ctx context.Context, g *Globals, lg zerolog.Logger) er
 	if err != nil {
 		return err
 	}
-	srv, stopOps, err := g.serveOps(ctx, c.opsFlags, lg, pool, nc, js, dp, bus.RoleVerifier)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
+	srv, opsSvc := g.opsServer(c.opsFlags, lg, pool, nc, js, dp, bus.RoleVerifier)
 	codec := events.NewCodec()
 	w := verifier.NewWorker(dp, events.NewLog(pool, codec), pool, codec, nc, verifier.WorkerConfig{
 		Concurrency: c.Concurrency, Logger: &lg, Metrics: verifier.NewMetrics(srv.Registry),
-		Consumer: bus.ConsumerOptions{DeadLetterSubjectPrefix: topo.DeadLetterSubjectPrefix()},
+		JetStream: js, Topology: topo,
 	})
-	if err := w.Start(ctx, js, topo); err != nil {
-		return err
-	}
 	sched := verifier.NewScheduler(pool, js, codec, verifier.SchedulerConfig{
 		Interval: c.ScrubInterval, Tick: c.ScrubTick, BatchSize: c.BatchSize,
 		Subject: topo.Subject(bus.CmdVerify), Logger: &lg,
 	})
-	schedDone := make(chan error, 1)
-	go func() {
-		schedDone <- leader.RunConfig(ctx, pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)
-	}()
-	lg.Info().Int("concurrency", c.Concurrency).Int64("rate_limit_bytes_per_s", rateLimit).Msg("verifier running")
-
-	var schedErr error
-	select {
-	case <-ctx.Done():
-		schedErr = <-schedDone
-	case schedErr = <-schedDone:
+	svcs := service.NewGroup(
+		service.Named{Name: "ops server", Service: opsSvc},
+		service.Named{Name: "scrub scheduler", Service: leader.Singleton(pool, leader.Config{Key: leader.KeyScrubScheduler, Name: "scrub-scheduler", Logger: &lg}, sched.Run)},
+		service.Named{Name: "verifier", Service: w},
+	)
+	if err := svcs.Start(ctx); err != nil {
+		return err
 	}
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	return errors.Join(schedErr, w.Stop(stopCtx))
+	lg.Info().Int("concurrency", c.Concurrency).Int64("rate_limit_bytes_per_s", rateLimit).Msg("verifier running")
+	return stopServices(ctx, lg, 30*time.Second, svcs)
 }
 
 func (c verifyCmd) onDemand(ctx context.Context, g *Globals, s *ioStreams, lg zerolog.Logger) error {

@@ -80,10 +80,31 @@ func TestOnlyCatalogSpellsTheStates(t *testing.T) {
 // paths.
 func forEachString(t *testing.T, allowed []string, fn func(token.Position, string)) {
 	t.Helper()
+	forEachFile(t, allowed, func(fset *token.FileSet, f *ast.File) {
+		ast.Inspect(f, func(n ast.Node) bool {
+			lit, ok := n.(*ast.BasicLit)
+			if !ok || lit.Kind != token.STRING {
+				return true
+			}
+			s, err := strconv.Unquote(lit.Value)
+			if err != nil {
+				t.Fatalf("%s: unquote %s: %v", fset.Position(lit.Pos()), lit.Value, err)
+			}
+			fn(fset.Position(lit.Pos()), s)
+			return true
+		})
+	})
+}
+
+// forEachFile calls fn with every non-test Go file of the module's
+// packages, parsed, except those under the skipped import paths; it fails
+// the test when it read too few files for a rule to check anything.
+func forEachFile(t *testing.T, skipped []string, fn func(*token.FileSet, *ast.File)) {
+	t.Helper()
 	fset := token.NewFileSet()
 	files := 0
 	for _, p := range listPackages(t) {
-		if isAllowed(p.ImportPath, allowed) {
+		if isAllowed(p.ImportPath, skipped) {
 			continue
 		}
 		for _, name := range p.GoFiles {
@@ -93,18 +114,7 @@ func forEachString(t *testing.T, allowed []string, fn func(token.Position, strin
 				t.Fatalf("parse %s: %v", path, err)
 			}
 			files++
-			ast.Inspect(f, func(n ast.Node) bool {
-				lit, ok := n.(*ast.BasicLit)
-				if !ok || lit.Kind != token.STRING {
-					return true
-				}
-				s, err := strconv.Unquote(lit.Value)
-				if err != nil {
-					t.Fatalf("%s: unquote %s: %v", fset.Position(lit.Pos()), lit.Value, err)
-				}
-				fn(fset.Position(lit.Pos()), s)
-				return true
-			})
+			fn(fset, f)
 		}
 	}
 	if files < 50 {

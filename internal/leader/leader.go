@@ -21,6 +21,9 @@
 // the work at the same time. Work whose overlap would be harmful must still
 // be idempotent (artifactstore's is, by command id).
 //
+// [Singleton] makes work a service (the lifecycle of internal/service):
+// that is how every single-active role of artifactstore runs.
+//
 // Lock keys are one bigint space per database; the keys of artifactstore's
 // single-active roles are the Key* constants below, so that they never
 // collide. The one other advisory lock of the database, the transaction
@@ -32,11 +35,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/internal/service"
 )
 
 // Advisory lock keys of artifactstore's single-active roles. They are
@@ -53,6 +59,19 @@ const (
 	// KeyCheckpointer elects the checkpoint signer (checkpoint.Signer).
 	KeyCheckpointer int64 = 0x4153_0000_0000_0006
 )
+
+// ProjectorKey is the lock key of the projector of name: KeyProjector for
+// the projector of the live tables ("projector", projector.DefaultName),
+// a key derived from the name for the others (tests and tools that keep
+// their own checkpoint). status reads the leader of the projector with it.
+func ProjectorKey(name string) int64 {
+	if name == "projector" {
+		return KeyProjector
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte("artifactstore.projector:" + name))
+	return int64(h.Sum64() &^ (1 << 63))
+}
 
 // ErrLost is the cause of the work context's cancellation when the lock
 // connection stopped answering: another instance may be the leader now.
@@ -150,6 +169,7 @@ func RunConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config, work Work) e
 	log := cfg.Logger.With().Str("service", "leader").Str("role", cfg.Name).Int64("lock_key", cfg.Key).Logger()
 	c := &candidate{cfg: cfg, pool: pool, log: log}
 	defer c.closeConn()
+	standing := false
 	for {
 		held, err := c.tryLock(ctx)
 		if cfg.afterTry != nil {
@@ -161,10 +181,14 @@ func RunConfig(ctx context.Context, pool *pgxpool.Pool, cfg Config, work Work) e
 		case err != nil:
 			log.Warn().Err(err).Dur("retry_in", cfg.RetryInterval).Msg("cannot try the advisory lock; retrying")
 		case held:
+			standing = false
 			done, err := c.lead(ctx, work)
 			if done {
 				return err
 			}
+		case !standing:
+			standing = true
+			log.Info().Msg("standing by: another instance leads")
 		}
 		if !sleep(ctx, cfg.RetryInterval) {
 			return nil
@@ -317,4 +341,18 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// Singleton returns work as a service that runs only while this instance
+// leads the role of cfg among every instance sharing the database of
+// pool: Start campaigns in the background and returns at once; Stop
+// resigns (the work's context is cancelled with [ErrResigned]) and waits
+// for the work to return and the lock to be released. The loop ends on its
+// own with the work's error ([service.Loop.Err]).
+func Singleton(pool *pgxpool.Pool, cfg Config, work Work) *service.Loop {
+	name := cfg.Name
+	if name == "" {
+		name = "leader"
+	}
+	return service.NewLoop(name, func(ctx context.Context) error { return RunConfig(ctx, pool, cfg, work) })
 }

@@ -195,3 +195,61 @@ func TestZeroKeyRefused(t *testing.T) {
 		t.Fatal("Run with a zero key succeeded")
 	}
 }
+
+// TestSingletonHandsOverOnStop: two singletons of one role; the one that
+// leads runs the work; stopping it resigns (its work is cancelled with
+// ErrResigned, the lock released when Stop returns) and the other takes
+// over. A singleton stopped before Start never campaigns. (The work's
+// context is derived from the loop's, so its cause is the loop's
+// cancellation or ErrResigned, whichever the work sees first.)
+func TestSingletonHandsOverOnStop(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.NewDB(t)
+	causes := make(chan error, 2)
+	work := func(ctx context.Context) error {
+		<-ctx.Done()
+		causes <- context.Cause(ctx)
+		return nil
+	}
+	chA, chB := make(chan bool, 8), make(chan bool, 8)
+	a := leader.Singleton(pool, fastConfig(t, "a", chA), work)
+	b := leader.Singleton(pool, fastConfig(t, "b", chB), work)
+	ctx := context.Background()
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(t, chA, true)
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-causes:
+		if !errors.Is(c, leader.ErrResigned) && !errors.Is(c, context.Canceled) {
+			t.Fatalf("a's work cancelled with %v, want a resignation", c)
+		}
+	default:
+		t.Fatal("Stop returned before a's work did")
+	}
+	waitChange(t, chA, false)
+	waitChange(t, chB, true)
+	if err := b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Err(); err != nil {
+		t.Fatalf("a ended with %v", err)
+	}
+
+	never := leader.Singleton(pool, fastConfig(t, "never", make(chan bool, 1)), func(context.Context) error {
+		t.Error("a singleton stopped before Start ran its work")
+		return nil
+	})
+	if err := never.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := never.Start(ctx); err == nil {
+		t.Fatal("Start after Stop succeeded")
+	}
+}

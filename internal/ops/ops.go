@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sort"
@@ -17,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/internal/service"
 )
 
 // Check reports whether one dependency is reachable and healthy; a nil
@@ -36,6 +39,10 @@ type Server struct {
 
 	front func(http.Handler) http.Handler
 
+	addr    string
+	state   service.State
+	stopped chan struct{} // closed when the first Stop returned
+
 	mu     sync.Mutex
 	checks map[string]Check
 	srv    *http.Server
@@ -43,7 +50,7 @@ type Server struct {
 }
 
 // New returns a server with Go runtime and process collectors registered.
-func New(logger zerolog.Logger) *Server {
+func New(logger zerolog.Logger, addr string) *Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s := &Server{
@@ -52,6 +59,8 @@ func New(logger zerolog.Logger) *Server {
 		logger:       logger.With().Str("service", "ops").Logger(),
 		checkTimeout: 3 * time.Second,
 		checks:       map[string]Check{},
+		addr:         addr,
+		stopped:      make(chan struct{}),
 	}
 	s.Mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	s.Mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -138,10 +147,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// Start listens on addr and serves in the background; it returns once the
-// listener is open (so a port conflict is reported at once).
-func (s *Server) Start(addr string) error {
-	ln, err := net.Listen("tcp", addr)
+// Start listens on the server's address and serves in the background; it
+// returns once the listener is open (so a port conflict is reported at
+// once). A second Start, or one after Stop, fails (the lifecycle of
+// internal/service).
+func (s *Server) Start(ctx context.Context) error {
+	return s.state.TryStart(func() error { return s.listen(ctx) })
+}
+
+func (s *Server) listen(ctx context.Context) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", s.addr)
 	if err != nil {
 		return err
 	}
@@ -163,6 +179,9 @@ func (s *Server) Start(addr string) error {
 	return nil
 }
 
+// ListenAddr is the address Start listens on, as given to New.
+func (s *Server) ListenAddr() string { return s.addr }
+
 // Addr returns the listening address, or "" before Start.
 func (s *Server) Addr() string {
 	s.mu.Lock()
@@ -173,14 +192,29 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Stop shuts the server down gracefully within ctx. Safe before Start and twice.
+// Stop shuts the server down gracefully within ctx (in-flight requests
+// finish; when ctx is done first they are cut off). Safe before Start and
+// twice.
 func (s *Server) Stop(ctx context.Context) error {
+	if !s.state.MarkStopped() {
+		return nil
+	}
 	s.mu.Lock()
 	srv := s.srv
 	s.srv = nil
 	s.mu.Unlock()
-	if srv == nil {
-		return nil
+	if srv == nil { // a second Stop: wait for the first
+		select {
+		case <-s.stopped:
+			return nil
+		case <-ctx.Done():
+			return service.ErrStopDeadline
+		}
 	}
-	return srv.Shutdown(ctx)
+	defer close(s.stopped)
+	if err := srv.Shutdown(ctx); err != nil {
+		_ = srv.Close() // hard stop: cut the requests still in flight
+		return fmt.Errorf("ops: %w: %w", service.ErrStopDeadline, err)
+	}
+	return nil
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/artifactstore/artifactstore/internal/service"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -27,7 +29,7 @@ func get(t *testing.T, url string) (int, string) {
 
 func TestEndpoints(t *testing.T) {
 	t.Parallel()
-	s := New(zerolog.New(zerolog.NewTestWriter(t)))
+	s := New(zerolog.New(zerolog.NewTestWriter(t)), "127.0.0.1:0")
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "artifactstore_test_total", Help: "test"})
 	s.Registry.MustRegister(c)
 	c.Add(3)
@@ -39,7 +41,7 @@ func TestEndpoints(t *testing.T) {
 		}
 		return errors.New("connection refused")
 	})
-	if err := s.Start("127.0.0.1:0"); err != nil {
+	if err := s.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Stop(context.Background()) })
@@ -75,13 +77,19 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
+// TestStopBeforeStartAndTwice: Stop before Start is safe and makes Start
+// fail (a service runs once); Stop twice is safe.
 func TestStopBeforeStartAndTwice(t *testing.T) {
 	t.Parallel()
-	s := New(zerolog.Nop())
-	if err := s.Stop(context.Background()); err != nil {
+	early := New(zerolog.Nop(), "127.0.0.1:0")
+	if err := early.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Start("127.0.0.1:0"); err != nil {
+	if err := early.Start(t.Context()); !errors.Is(err, service.ErrStopped) {
+		t.Fatalf("Start after Stop = %v, want service.ErrStopped", err)
+	}
+	s := New(zerolog.Nop(), "127.0.0.1:0")
+	if err := s.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Stop(context.Background()); err != nil {
@@ -97,7 +105,7 @@ func TestStopBeforeStartAndTwice(t *testing.T) {
 // the rest on to the mux.
 func TestFrontSeesRequestsBeforeTheMux(t *testing.T) {
 	t.Parallel()
-	s := New(zerolog.New(zerolog.NewTestWriter(t)))
+	s := New(zerolog.New(zerolog.NewTestWriter(t)), "127.0.0.1:0")
 	s.Front(func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasPrefix(r.URL.Path, "/front/") {
@@ -108,7 +116,7 @@ func TestFrontSeesRequestsBeforeTheMux(t *testing.T) {
 			next.ServeHTTP(w, r)
 		})
 	})
-	if err := s.Start("127.0.0.1:0"); err != nil {
+	if err := s.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Stop(context.Background()) })
