@@ -20,11 +20,13 @@ import (
 
 // ackCutter is a TCP proxy in front of a NATS server that closes the
 // client connection carrying the first JetStream ack (a write with a
-// $JS.ACK. subject) before forwarding it: the ack is lost with its
-// connection, as when the server restarts while an ack is on its way.
+// $JS.ACK. subject, or another marker) before forwarding it: the ack is
+// lost with its connection, as when the server restarts while an ack is on
+// its way.
 type ackCutter struct {
 	ln     net.Listener
 	target string
+	marker []byte
 	cut    atomic.Bool
 	done   chan struct{} // closed once an ack was cut
 
@@ -34,6 +36,13 @@ type ackCutter struct {
 
 func startAckCutter(t *testing.T, serverURL string) *ackCutter {
 	t.Helper()
+	return startCutter(t, serverURL, "$JS.ACK.")
+}
+
+// startCutter is startAckCutter cutting at the first write that contains
+// marker.
+func startCutter(t *testing.T, serverURL, marker string) *ackCutter {
+	t.Helper()
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +51,7 @@ func startAckCutter(t *testing.T, serverURL string) *ackCutter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &ackCutter{ln: ln, target: u.Host, done: make(chan struct{})}
+	p := &ackCutter{ln: ln, target: u.Host, marker: []byte(marker), done: make(chan struct{})}
 	go p.accept()
 	t.Cleanup(func() {
 		_ = ln.Close()
@@ -80,7 +89,8 @@ func (p *ackCutter) accept() {
 	}
 }
 
-// forward copies client to server, cutting both at the first ack.
+// forward copies client to server, cutting both at the first write with
+// the marker.
 func (p *ackCutter) forward(client, server net.Conn) {
 	defer client.Close()
 	defer server.Close()
@@ -88,7 +98,7 @@ func (p *ackCutter) forward(client, server net.Conn) {
 	for {
 		n, err := client.Read(buf)
 		if n > 0 {
-			if bytes.Contains(buf[:n], []byte("$JS.ACK.")) && p.cut.CompareAndSwap(false, true) {
+			if bytes.Contains(buf[:n], p.marker) && p.cut.CompareAndSwap(false, true) {
 				close(p.done)
 				return
 			}
@@ -155,5 +165,74 @@ func TestAckLostWithItsConnectionIsSentAgain(t *testing.T) {
 	}
 	if info := e.consumerInfo(t, e.top.IngestConsumer); info.NumAckPending != 0 || info.NumRedelivered != 0 {
 		t.Fatalf("consumer after the ack: %d pending, %d redelivered", info.NumAckPending, info.NumRedelivered)
+	}
+}
+
+// TestReplyLostWithItsConnectionIsSentAgain loses a handler's reply with
+// its connection (the write that carries it never reaches the server, as
+// when the server dies while it is on its way) and lets the connection
+// come back before the ack: the reply must not be taken as sent, or the
+// ack, sent again on the new connection, removes a command whose producer
+// never hears of it. Reply waits until the server has the reply, so the
+// handler fails, the command is redelivered, and the reply sent again.
+func TestReplyLostWithItsConnectionIsSentAgain(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	req, err := bus.NewRequester(e.nc, e.js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = req.Close() })
+	p := startCutter(t, e.ns.URL(), req.ReplySubject("c1"))
+	nc, err := nats.Connect(p.url(), nats.Name(t.Name()), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	c, err := bus.NewConsumer(js, e.top.CommandsStream, e.top.IngestConsumer, func(ctx context.Context, m bus.Message) error {
+		calls.Add(1)
+		return bus.Reply(nc, m.ReplyTo, []byte("done"), "")
+	}, bus.ConsumerOptions{Logger: e.log, DeadLetterSubjectPrefix: e.top.DeadLetterSubjectPrefix(), FetchWait: 500 * time.Millisecond,
+		Backoff: func(uint64) time.Duration { return 0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), hang)
+		defer cancel()
+		if err := c.Stop(ctx); err != nil && !errors.Is(err, bus.ErrStopDeadline) {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(t.Context(), hang)
+	defer cancel()
+	pend, err := req.Send(ctx, e.top.Subject(bus.CmdIngest), "c1", []byte("hello"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	receive(t, p.done, "no reply was sent")
+	// Acked: every reply the handler sent reached the server before the
+	// ack, and the server passed it on to the requester's connection.
+	eventually(t, "command acked after its reply was lost", func() bool {
+		return e.streamMsgs(t, e.top.CommandsStream) == 0
+	})
+	if err := e.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	m, err := pend.Wait(ctx)
+	if err != nil {
+		t.Fatalf("the command was acked, its reply never came (handler ran %d times): %v", calls.Load(), err)
+	}
+	if string(m.Data) != "done" || calls.Load() < 2 {
+		t.Fatalf("reply %q after %d runs of the handler; want \"done\" from a second run", m.Data, calls.Load())
 	}
 }

@@ -159,9 +159,10 @@ func (t Topology) Roles() []Role {
 				Grant{api + ".CONSUMER.MSG.NEXT." + obj + ".*", "pull a staged object's chunks"},
 				Grant{o + ".M.*", "mark a staged object deleted after the ingest committed"},
 				Grant{api + ".STREAM.PURGE." + obj, "remove a committed or abandoned staged object's chunks"},
+				Grant{api + ".STREAM.MSG.GET." + obj, "ask the bucket's leader for a staged object a replica's direct get did not find (a cluster)"},
 			), stagingScan...)...),
 			Subscribe: workerSub(t.IngestConsumer),
-			Rare:      []string{rareWorker, api + ".DIRECT.GET." + obj + "." + o + ".C.*"},
+			Rare:      []string{rareWorker, api + ".DIRECT.GET." + obj + "." + o + ".C.*", api + ".STREAM.MSG.GET." + obj},
 		},
 		{
 			Name:      RoleVerifier,

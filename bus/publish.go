@@ -94,8 +94,19 @@ func PublishCommand(ctx context.Context, js jetstream.JetStream, subject, comman
 	return ack, nil
 }
 
-// Reply answers a command on its reply subject with a core NATS publish.
-// It does nothing when the command asked for no reply (replyTo is empty).
+// replyFlushTimeout bounds the wait for the server to confirm it has a
+// reply; it only stops a hung connection (a reply whose flush fails is
+// sent again by the command's redelivery).
+const replyFlushTimeout = AttemptTimeout
+
+// Reply answers a command on its reply subject with a core NATS publish,
+// and returns once the server has it (a flush): a reply still in the
+// client's buffers, or on its way to a server that dies, is lost with the
+// connection, and the command's ack, sent again on the next connection,
+// would then remove a command whose producer never heard of it. So a
+// handler that returns Reply's error leaves its command to be redelivered
+// and answered again. It does nothing when the command asked for no reply
+// (replyTo is empty).
 func Reply(nc *nats.Conn, replyTo string, body []byte, contentType string) error {
 	if replyTo == "" {
 		return nil
@@ -107,6 +118,9 @@ func Reply(nc *nats.Conn, replyTo string, body []byte, contentType string) error
 	}
 	if err := nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("bus: reply on %s: %w", replyTo, err)
+	}
+	if err := nc.FlushTimeout(replyFlushTimeout); err != nil {
+		return fmt.Errorf("bus: reply on %s not confirmed by the server (the command is answered again on its redelivery): %w", replyTo, err)
 	}
 	return nil
 }

@@ -394,6 +394,11 @@ func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
 	} else {
 		info, err := ing.staging.GetInfo(ctx, c.Staged)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			// A replica behind its leader answered the direct get (a
+			// cluster): only the leader can say the object is missing.
+			info, err = staging.LeaderInfo(ctx, ing.cfg.NATS, ing.cfg.Topology.StagingBucket, c.Staged)
+		}
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
 			return ing.reject(ctx, d, commands.Rejectf(commands.CodeStagedMissing,
 				"staged object %q is not in bucket %s (expired after %s, deleted, or never put); stage the blob again and send a new command",
 				c.Staged, ing.cfg.Topology.StagingBucket, ing.cfg.Topology.StagingTTL))
@@ -632,13 +637,17 @@ const stagedDeleteTimeout = 2 * time.Minute
 // committed; a failure leaves it to the staging janitor. A delete cut
 // short by a lost connection is made again on the new one (deleting twice
 // is harmless) rather than waited out: its answer never comes, and the
-// command's reply and ack wait behind it.
+// command's reply and ack wait behind it. So is one unanswered within
+// bus.AttemptTimeout: on a cluster the node leading the bucket's stream
+// may go away while this connection stays up.
 func (ing *Ingester) deleteStaged(ctx context.Context, staged string) {
 	dctx, cancel := context.WithTimeout(ctx, stagedDeleteTimeout)
 	defer cancel()
-	err := bus.RetryAcrossReconnects(dctx, ing.cfg.JetStream.Conn(), func(ctx context.Context) error {
-		return ing.staging.Delete(ctx, staged)
-	})
+	err := bus.RetryTransient(dctx, stagedDeleteTimeout, func(ctx context.Context) error {
+		return bus.RetryAcrossReconnects(ctx, ing.cfg.JetStream.Conn(), func(ctx context.Context) error {
+			return ing.staging.Delete(ctx, staged)
+		})
+	}, nil)
 	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
 		ing.log.Warn().Err(err).Str("staged", staged).Msg("delete of the staged object failed; the staging janitor removes it")
 	}

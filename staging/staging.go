@@ -24,7 +24,10 @@
 // buffers without bound when the reader is slower than the server).
 package staging
 
-import "fmt"
+import (
+	"encoding/base64"
+	"fmt"
+)
 
 // ChunkSize is the size of one chunk (the object store's default); it
 // also sizes an unfinished upload from its chunk count.
@@ -35,3 +38,8 @@ func streamName(bucket string) string { return "OBJ_" + bucket }
 
 // chunkSubject is the subject of the chunks of the upload nuid.
 func chunkSubject(bucket, nuid string) string { return fmt.Sprintf("$O.%s.C.%s", bucket, nuid) }
+
+// metaSubject is the subject of the info of the object name.
+func metaSubject(bucket, name string) string {
+	return fmt.Sprintf("$O.%s.M.%s", bucket, base64.URLEncoding.EncodeToString([]byte(name)))
+}

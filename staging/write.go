@@ -44,6 +44,22 @@ type Writer struct {
 	// inject, in tests, fails the publish of chunk i of an attempt when
 	// it returns an error.
 	inject func(attempt, chunk int) error
+	// publish publishes one chunk asynchronously: publishChunk, or a
+	// test's wrapper of it.
+	publish func(m *nats.Msg) (jetstream.PubAckFuture, error)
+}
+
+// errChunkOrder reports chunks stored in another order than sent: the
+// object would read back scrambled, so the attempt starts again.
+var errChunkOrder = errors.New("chunks stored out of order")
+
+// publishChunk publishes a chunk without the client's own repeat of a
+// publish answered "no responders" (a stream leader being elected): a
+// chunk repeated after its successors were stored would land after them.
+// A chunk that fails fails its attempt, which starts again under a fresh
+// chunk subject.
+func (s *Writer) publishChunk(m *nats.Msg) (jetstream.PubAckFuture, error) {
+	return s.js.PublishMsgAsync(m, jetstream.WithRetryAttempts(0))
 }
 
 // NewWriter returns a writer into bucket over nc; onRetry, when not nil,
@@ -55,7 +71,9 @@ func NewWriter(nc *nats.Conn, bucket string, onRetry func(name string, attempt i
 	if err != nil {
 		return nil, fmt.Errorf("staging: JetStream context: %w", err)
 	}
-	return &Writer{js: js, bucket: bucket, onRetry: onRetry}, nil
+	w := &Writer{js: js, bucket: bucket, onRetry: onRetry}
+	w.publish = w.publishChunk
+	return w, nil
 }
 
 // Stage uploads body under name. prefix holds bytes already read from body
@@ -78,7 +96,7 @@ func (s *Writer) Stage(ctx context.Context, name, description string, prefix []b
 		if err == nil {
 			return info, nil
 		}
-		if !bus.Transient(err) || ctx.Err() != nil || attempt == stageAttempts {
+		if (!bus.Transient(err) && !errors.Is(err, errChunkOrder)) || ctx.Err() != nil || attempt == stageAttempts {
 			return nil, fmt.Errorf("staging: stage %s in %s (attempt %d of %d): %w", name, s.bucket, attempt, stageAttempts, err)
 		}
 		if !rewindable {
@@ -122,6 +140,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 	bufs := make([][]byte, window)
 	var inflight []sent
 	var acked int64
+	var lastSeq uint64
 	published := false
 	defer func() {
 		if err != nil && published {
@@ -138,7 +157,13 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 		t := time.NewTimer(stageAckTimeout + time.Second) // the future times out first
 		defer t.Stop()
 		select {
-		case <-head.f.Ok():
+		case ack := <-head.f.Ok():
+			// The stream must hold the chunks in the order they were
+			// sent, which is the order a reader reads them in.
+			if ack.Sequence <= lastSeq {
+				return fmt.Errorf("%w: a chunk at sequence %d after one at %d", errChunkOrder, ack.Sequence, lastSeq)
+			}
+			lastSeq = ack.Sequence
 			acked += int64(head.n)
 			if progress != nil {
 				progress(acked)
@@ -178,7 +203,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 			}
 			m := nats.NewMsg(chunkSubj)
 			m.Data = buf[:n]
-			f, err := s.js.PublishMsgAsync(m)
+			f, err := s.publish(m)
 			if err != nil {
 				return nil, err
 			}
@@ -206,7 +231,7 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description str
 	if err != nil {
 		return nil, fmt.Errorf("encode the object info: %w", err)
 	}
-	meta := nats.NewMsg(fmt.Sprintf("$O.%s.M.%s", s.bucket, base64.URLEncoding.EncodeToString([]byte(name))))
+	meta := nats.NewMsg(metaSubject(s.bucket, name))
 	meta.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
 	meta.Data = data
 	mctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/artifactstore/artifactstore/bus"
@@ -134,5 +135,79 @@ func TestTransientErrors(t *testing.T) {
 	}
 	if bus.Transient(errors.New("permission denied")) || bus.Transient(&jetstream.APIError{Code: 400, ErrorCode: 10059}) {
 		t.Fatal("a refusal is not a passing failure")
+	}
+}
+
+// heldFuture is the future of a chunk whose publish a test holds back:
+// it settles with the future of the publish made later.
+type heldFuture struct {
+	msg *nats.Msg
+	ok  chan *jetstream.PubAck
+	err chan error
+}
+
+func (h *heldFuture) Ok() <-chan *jetstream.PubAck { return h.ok }
+func (h *heldFuture) Err() <-chan error            { return h.err }
+func (h *heldFuture) Msg() *nats.Msg               { return h.msg }
+
+func (h *heldFuture) follow(f jetstream.PubAckFuture) {
+	select {
+	case a := <-f.Ok():
+		h.ok <- a
+	case err := <-f.Err():
+		h.err <- err
+	}
+}
+
+// TestStagingChunksOutOfOrderStartAgain stores the first chunk of an
+// upload after the second (as the client's own repeat of a chunk
+// answered "no responders" during a leader election did): the writer
+// notices from the acks' sequences and uploads again, so that the object
+// reads back as staged, not with its chunks swapped.
+func TestStagingChunksOutOfOrderStartAgain(t *testing.T) {
+	t.Parallel()
+	w, js, top := newTestWriter(t)
+	var held *heldFuture
+	reordered := false
+	w.publish = func(m *nats.Msg) (jetstream.PubAckFuture, error) {
+		if !reordered && held == nil {
+			held = &heldFuture{msg: m, ok: make(chan *jetstream.PubAck, 1), err: make(chan error, 1)}
+			return held, nil
+		}
+		f, err := w.publishChunk(m)
+		if held != nil && !reordered {
+			reordered = true
+			first, ferr := w.publishChunk(held.msg)
+			if ferr != nil {
+				return nil, ferr
+			}
+			go held.follow(first)
+		}
+		return f, err
+	}
+	var retried []error
+	w.onRetry = func(name string, attempt int, err error, wait time.Duration) { retried = append(retried, err) }
+	blob := make([]byte, 3*ChunkSize+5)
+	if _, err := rand.Read(blob); err != nil {
+		t.Fatal(err)
+	}
+	info, err := w.Stage(t.Context(), "o", "", nil, bytes.NewReader(blob), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(t.Context(), js, top.StagingBucket, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, blob) {
+		t.Fatalf("the staged object reads back as other bytes (%d of %d), after %d retries", len(got), len(blob), len(retried))
+	}
+	if len(retried) != 1 || !errors.Is(retried[0], errChunkOrder) {
+		t.Fatalf("retries %v; want one, for the chunks out of order", retried)
 	}
 }

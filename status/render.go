@@ -66,7 +66,11 @@ func Render(w io.Writer, r Report) error {
 			if !b.Healthy {
 				state = "UNHEALTHY: " + b.Detail
 			}
-			fmt.Fprintf(tw, "  %s\t%s (%.1f%%)\t%s\t%s\t\n", b.ID, humanBytes(int64(b.FreeBytes)), b.FreePct, humanBytes(int64(b.UsedBytes)), state)
+			free, used := fmt.Sprintf("%s (%.1f%%)", humanBytes(int64(b.FreeBytes)), b.FreePct), humanBytes(int64(b.UsedBytes))
+			if b.FreeBytes+b.UsedBytes == 0 {
+				free, used = "unknown", "unknown" // an object store reports no capacity
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t\n", b.ID, free, used, state)
 		}
 		fmt.Fprintln(tw)
 	}

@@ -187,3 +187,31 @@ artifactstore_projector_stopped{reason="beyond_head"} 1
 		t.Fatal(err)
 	}
 }
+
+// TestRenderUnknownCapacity shows a backend that reports no capacity (an
+// object store) as unknown, not as 0 B free, beside one that does.
+func TestRenderUnknownCapacity(t *testing.T) {
+	r := Report{Backends: []Backend{
+		{ID: "s3", Healthy: true, Detail: "ok"},
+		{ID: "local", Healthy: true, FreeBytes: 3 << 30, UsedBytes: 1 << 30, FreePct: 75},
+	}}
+	var out bytes.Buffer
+	if err := Render(&out, r); err != nil {
+		t.Fatal(err)
+	}
+	var s3Line, localLine string
+	for l := range strings.Lines(out.String()) {
+		switch f := strings.Fields(l); {
+		case len(f) > 0 && f[0] == "s3":
+			s3Line = l
+		case len(f) > 0 && f[0] == "local":
+			localLine = l
+		}
+	}
+	if strings.Fields(s3Line)[1] != "unknown" || strings.Contains(s3Line, "0 B") {
+		t.Errorf("an object store's capacity renders as %q, want unknown", s3Line)
+	}
+	if !strings.Contains(localLine, "75.0%") {
+		t.Errorf("a local backend's capacity renders as %q", localLine)
+	}
+}

@@ -96,8 +96,10 @@ func TestRunKeepsServingWhenTheLogIsForged(t *testing.T) {
 	for _, f := range []string{"a", "b", "c"} {
 		put(f)
 	}
-	head := logHead(t, pool)
-	note := waitCheckpoint(t, pool, head)
+	// The signer may sign a later head than the one read here (a scrub
+	// pass appends verifications): wait for the relay up to the sequence
+	// actually signed, or no checkpoint falls among the streamed events.
+	note, signed := waitCheckpoint(t, pool, logHead(t, pool))
 	cpFile := filepath.Join(t.TempDir(), "checkpoint.txt")
 	if err := os.WriteFile(cpFile, []byte(note), 0o644); err != nil {
 		t.Fatal(err)
@@ -105,12 +107,13 @@ func TestRunKeepsServingWhenTheLogIsForged(t *testing.T) {
 	if out := cli(0, "checkpoint", "verify", "--checkpoint-public-key", pub, cpFile); !strings.Contains(out, "the log agrees with all 1 checkpoints") {
 		t.Fatalf("checkpoint verify:\n%s", out)
 	}
-	waitRelay(t, pool, head)
+	waitRelay(t, pool, signed)
 	if out := cli(0, "checkpoint", "verify", "--checkpoint-public-key", pub, "--events-stream"); !strings.Contains(out, "events stream intact: events 1..") {
 		t.Fatalf("checkpoint verify --events-stream:\n%s", out)
 	}
 
 	// 2. A forged row far beyond the head.
+	head := logHead(t, pool)
 	payload, sum, err := events.NewCodec().EncodePayload(events.PackageCreatedV1{Name: "forged", RetentionClass: "permanent-record"})
 	if err != nil {
 		t.Fatal(err)
@@ -215,27 +218,27 @@ func rewriteNewest(t *testing.T, pool *pgxpool.Pool, n int64) {
 	superuser(t, pool, `UPDATE event_log_head SET last_chain_digest = $1`, prev[:])
 }
 
-// waitCheckpoint waits (60 s at most: only a hung signer takes that long)
-// for a checkpoint at seq in the table and returns its note.
-func waitCheckpoint(t *testing.T, pool *pgxpool.Pool, seq int64) string {
+// waitCheckpoint waits (hang at most: only a hung signer takes that long)
+// for a checkpoint at seq or later in the table and returns its note
+// and the sequence it signs.
+func waitCheckpoint(t *testing.T, pool *pgxpool.Pool, seq int64) (note string, signed int64) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(hang)
 	for time.Now().Before(deadline) {
-		var note string
-		err := pool.QueryRow(context.Background(), `SELECT note FROM event_checkpoints WHERE sequence >= $1 ORDER BY sequence LIMIT 1`, seq).Scan(&note)
+		err := pool.QueryRow(context.Background(), `SELECT note, sequence FROM event_checkpoints WHERE sequence >= $1 ORDER BY sequence LIMIT 1`, seq).Scan(&note, &signed)
 		if err == nil {
-			return note
+			return note, signed
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("no checkpoint at sequence %d within 60s", seq)
-	return ""
+	t.Fatalf("no checkpoint at sequence %d or later within %s", seq, hang)
+	return "", 0
 }
 
-// waitRelay waits (60 s at most) until the relay has published seq.
+// waitRelay waits (hang at most) until the relay has published seq.
 func waitRelay(t *testing.T, pool *pgxpool.Pool, seq int64) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(hang)
 	for time.Now().Before(deadline) {
 		var cp int64
 		err := pool.QueryRow(context.Background(), `SELECT sequence FROM relay_checkpoints WHERE relay = 'events'`).Scan(&cp)
@@ -244,7 +247,7 @@ func waitRelay(t *testing.T, pool *pgxpool.Pool, seq int64) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("the relay did not publish sequence %d within 60s", seq)
+	t.Fatalf("the relay did not publish sequence %d within %s", seq, hang)
 }
 
 func httpAddr(t *testing.T, logFile string) string {

@@ -169,7 +169,9 @@ func parseFileURL(raw string) (dir, id string, err error) {
 	return dir, id, nil
 }
 
-func (g *Globals) openS3(ctx context.Context, logger zerolog.Logger, raw string) (*s3.Backend, error) {
+// s3Backend opens the S3 backend of an s3:// URL of --storage, with the
+// credentials of the --s3-* flags when they are given.
+func (g *Globals) s3Backend(ctx context.Context, raw string) (*s3.Backend, error) {
 	cfg, err := s3.ParseURL(raw)
 	if err != nil {
 		return nil, fmt.Errorf("--storage: %w", err)
@@ -180,7 +182,11 @@ func (g *Globals) openS3(ctx context.Context, logger zerolog.Logger, raw string)
 	case g.S3AccessKeyID != "" || g.S3SecretAccessKey != "":
 		return nil, errors.New("--s3-access-key-id and --s3-secret-access-key go together; give both, or neither to use the AWS SDK's standard places")
 	}
-	b, err := s3.Open(ctx, cfg)
+	return s3.Open(ctx, cfg)
+}
+
+func (g *Globals) openS3(ctx context.Context, logger zerolog.Logger, raw string) (*s3.Backend, error) {
+	b, err := g.s3Backend(ctx, raw)
 	if err != nil {
 		return nil, err
 	}

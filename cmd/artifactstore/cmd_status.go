@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"strings"
 	"syscall"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/artifactstore/artifactstore/projector"
 	"github.com/artifactstore/artifactstore/status"
 	"github.com/artifactstore/artifactstore/storage"
+	"github.com/artifactstore/artifactstore/storage/local"
 	"github.com/artifactstore/artifactstore/verifier"
 )
 
@@ -54,7 +57,9 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	src.DeadLetterWindow, src.StagedMaxAge = c.Window, c.StagedMaxAge
 	src.MinFreeBytes, src.MinFreePercent = uint64(minFree), c.MinFreePct
 	src.Handled = ingest.HandledCommands(pool)
-	src.Backends = localSpace(g.objectsDir())
+	if src.Backends, err = g.backendSpace(ctx); err != nil {
+		return err
+	}
 	nctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	nc, js, err := g.natsConn(nctx, bus.RoleStatus, lg.Level(zerolog.WarnLevel))
@@ -87,16 +92,69 @@ func (c statusCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 // so scripts and probes can act on it.
 var errUnhealthy = errors.New("the pipeline needs attention (see above)")
 
-// localSpace reports the space of the local backend's file system under
-// dir, without opening the backend (status only reads).
-func localSpace(dir string) func(context.Context) map[string]storage.Health {
+// backendSpace reports the health and space of the backends --storage
+// names (else of the local backend under --data-dir), as status sees them
+// without opening a local backend (status only reads): a file system's
+// space for a local directory, the store's own health check for S3.
+func (g *Globals) backendSpace(ctx context.Context) (func(context.Context) map[string]storage.Health, error) {
+	if len(g.Storage) == 0 {
+		return localSpace(local.DefaultID, g.objectsDir(), "is --data-dir the data directory of the ingesters?"), nil
+	}
+	var checks []func(context.Context) map[string]storage.Health
+	ids := map[string]bool{}
+	for _, raw := range g.Storage {
+		raw = strings.TrimSpace(raw)
+		var (
+			id    string
+			check func(context.Context) map[string]storage.Health
+		)
+		switch scheme, _, _ := strings.Cut(raw, ":"); scheme {
+		case "file":
+			dir, fid, err := parseFileURL(raw)
+			if err != nil {
+				return nil, err
+			}
+			id, check = fid, localSpace(fid, dir, "is --storage the storage of the ingesters?")
+		case "s3":
+			b, err := g.s3Backend(ctx, raw)
+			if err != nil {
+				return nil, err
+			}
+			id = b.ID()
+			check = func(ctx context.Context) map[string]storage.Health {
+				hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				return map[string]storage.Health{b.ID(): b.Health(hctx)}
+			}
+		default:
+			return nil, fmt.Errorf("--storage %q: unknown kind of storage %q; use file:///path or s3://bucket/prefix", raw, scheme)
+		}
+		if ids[id] {
+			return nil, fmt.Errorf("two storage backends have the id %q; give one another id with ?id=name in its --storage URL", id)
+		}
+		ids[id] = true
+		checks = append(checks, check)
+	}
+	return func(ctx context.Context) map[string]storage.Health {
+		all := map[string]storage.Health{}
+		for _, c := range checks {
+			maps.Copy(all, c(ctx))
+		}
+		return all
+	}, nil
+}
+
+// localSpace reports the space of the file system under dir as backend
+// id's, without opening the backend; hint says what to check when dir is
+// not there.
+func localSpace(id, dir, hint string) func(context.Context) map[string]storage.Health {
 	return func(context.Context) map[string]storage.Health {
 		var st syscall.Statfs_t
 		if err := syscall.Statfs(dir, &st); err != nil {
-			return map[string]storage.Health{"local": {Detail: fmt.Sprintf("statfs %s: %v (is --data-dir the data directory of the ingesters?)", dir, err)}}
+			return map[string]storage.Health{id: {Detail: fmt.Sprintf("statfs %s: %v (%s)", dir, err, hint)}}
 		}
 		bs := uint64(st.Bsize)
-		return map[string]storage.Health{"local": {Healthy: true, Detail: "ok",
+		return map[string]storage.Health{id: {Healthy: true, Detail: "ok",
 			FreeBytes: uint64(st.Bavail) * bs, UsedBytes: (uint64(st.Blocks) - uint64(st.Bfree)) * bs}}
 	}
 }

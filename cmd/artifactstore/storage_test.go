@@ -240,3 +240,51 @@ func TestRunOnS3(t *testing.T) {
 		t.Fatalf("run exited with %v", err)
 	}
 }
+
+// TestStatusBackendSpace: status reports the backends --storage names,
+// each under its id (S3 through the store's health check, a directory
+// through its file system), and the local backend under --data-dir only
+// when --storage names none.
+func TestStatusBackendSpace(t *testing.T) {
+	t.Parallel()
+	srv := s3test.Start(t)
+	bucket := srv.Bucket(t)
+	s3URL := fmt.Sprintf("s3://%s/objects?endpoint=%s&region=%s&path_style=true", bucket, srv.Endpoint, s3test.Region)
+	dir := t.TempDir()
+	g := &Globals{DataDir: filepath.Join(dir, "absent")}
+	g.Storage = []string{s3URL, "file://" + dir + "?id=cold"}
+	g.S3AccessKeyID, g.S3SecretAccessKey = s3test.AccessKey, s3test.SecretKey
+	space, err := g.backendSpace(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := space(t.Context())
+	if len(got) != 2 || !got["s3"].Healthy || got["s3"].FreeBytes != 0 || !got["cold"].Healthy || got["cold"].FreeBytes == 0 {
+		t.Fatalf("backend space with --storage s3 and file: %+v", got)
+	}
+
+	missing := *g
+	missing.Storage = []string{fmt.Sprintf("s3://nobucket-%s/objects?endpoint=%s&region=%s&path_style=true", bucket, srv.Endpoint, s3test.Region)}
+	space, err = missing.backendSpace(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := space(t.Context())["s3"]; h.Healthy {
+		t.Fatalf("a bucket that does not exist is healthy: %+v", h)
+	}
+
+	twice := *g
+	twice.Storage = []string{"file://" + dir, "file://" + dir + "/b"}
+	if _, err := twice.backendSpace(t.Context()); err == nil || !strings.Contains(err.Error(), "?id=") {
+		t.Fatalf("two backends with one id: %v", err)
+	}
+
+	local := &Globals{DataDir: filepath.Join(dir, "absent")}
+	space, err = local.backendSpace(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, ok := space(t.Context())["local"]; !ok || h.Healthy || !strings.Contains(h.Detail, "--data-dir") {
+		t.Fatalf("no --storage and no data directory: %+v", space(t.Context()))
+	}
+}
