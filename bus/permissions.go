@@ -132,6 +132,7 @@ func (t Topology) Roles() []Role {
 			Publish: append([]Grant{
 				{t.Subject(CmdIngest), "send ingest commands"},
 				{t.Subject(CmdSeal), "send seal commands"},
+				{t.Subject(CmdIngestBatch), "send batches of small files"},
 				{api + ".CONSUMER.INFO." + cs + "." + t.IngestConsumer, "warn when no ingester is pulling"},
 			},
 				Grant{api + ".STREAM.INFO." + obj, "open the staging bucket's stream"},

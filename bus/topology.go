@@ -25,6 +25,10 @@ const (
 	// consumer (filter <root>.cmd.ingest.>) with CmdIngest, because a
 	// consumer has one filter subject on NATS servers before 2.10.
 	CmdSeal = "cmd.ingest.seal"
+	// CmdIngestBatch stores several small inline files, each with its own
+	// command id, in one message (commands.IngestBatch). It shares the
+	// ingest consumer like CmdSeal.
+	CmdIngestBatch = "cmd.ingest.batch"
 	// CmdRetention holds, releases or changes the retention of a package.
 	CmdRetention = "cmd.retention"
 	// CmdVerify asks for an object to be re-read and re-digested.
@@ -381,6 +385,13 @@ func (t Topology) Validate() error {
 // commandOverhead is what a command's envelope (headers, CBOR fields other
 // than the blob) may take beside the inline blob.
 const commandOverhead = 64 << 10
+
+// CommandLimit returns the largest command body a producer should send on
+// a connection whose server allows maxPayload bytes per message, under
+// the stream's MaxMsgSize, leaving room for the headers.
+func CommandLimit(t Topology, maxPayload int64) int {
+	return int(max(min(maxPayload, int64(t.MaxMsgSize))-commandOverhead, 0))
+}
 
 // InlineLimit returns the largest blob that may ride inline in an ingest
 // command on a connection whose server allows maxPayload bytes per message

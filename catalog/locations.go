@@ -114,6 +114,36 @@ func (c *Catalog) Location(ctx context.Context, addr digest.Address, backendID s
 	return l, digest32(&l.SHA256, s256, "storage_locations.digest_sha256")
 }
 
+// LocationStates returns the state of the location of each of addrs on
+// one backend that has one (no entry: none), in one round trip.
+func (c *Catalog) LocationStates(ctx context.Context, addrs []digest.Address, backendID string) (map[digest.Address]LocationState, error) {
+	strs := make([]string, len(addrs))
+	byStr := make(map[string]digest.Address, len(addrs))
+	for i, a := range addrs {
+		strs[i] = a.String()
+		byStr[strs[i]] = a
+	}
+	rows, err := c.db.Query(ctx, `SELECT content_address, state FROM storage_locations
+		WHERE content_address = ANY($1) AND backend_id = $2`, strs, backendID)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: read the locations of %d objects on %q: %w", len(addrs), backendID, err)
+	}
+	defer rows.Close()
+	out := map[digest.Address]LocationState{}
+	for rows.Next() {
+		var a string
+		var state LocationState
+		if err := rows.Scan(&a, &state); err != nil {
+			return nil, fmt.Errorf("catalog: read the locations of %d objects on %q: %w", len(addrs), backendID, err)
+		}
+		out[byStr[a]] = state
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("catalog: read the locations of %d objects on %q: %w", len(addrs), backendID, err)
+	}
+	return out, nil
+}
+
 // Locations returns every location of addr (by its primary address), in
 // backend order: Address, Backend, State, Size, StoredAt, LastVerifiedAt,
 // VerificationCount, RepairedAt and RepairCount. None is an empty list,

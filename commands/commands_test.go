@@ -3,6 +3,7 @@ package commands
 import (
 	"bytes"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -288,7 +289,7 @@ func TestReplyRoundTrip(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, err := DecodeReply(codec, b, isJSON)
-		if err != nil || out != in {
+		if err != nil || !reflect.DeepEqual(out, in) {
 			t.Fatalf("json=%v: %+v %v", isJSON, out, err)
 		}
 		var e *Error

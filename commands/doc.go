@@ -77,6 +77,17 @@
 // a seal no file can be added to the package, except the very same object
 // at a path that already holds it (which changes nothing).
 //
+// Ingest batch (version 1), on the batch subject (bus.CmdIngestBatch,
+// "artifacts.cmd.ingest.batch"): several small files in one message,
+// {"v":1,"command_id":"<batch id>","files":[<Ingest>, ...]}, each file a
+// complete inline Ingest command with its own command id (1 to
+// MaxBatchFiles files, at most MaxBatchBytes in all). The ingester stores
+// them with one grouped commit; each file gets its own events, its own
+// reply and its own rejection (a bad file rejects that file only), and is
+// exactly-once by its own command id. The batch's command_id is its
+// Nats-Msg-Id and the id of its reply, whose status is "batch" and whose
+// "files" holds the reply of each file in order. See [IngestBatch].
+//
 // # Replies
 //
 // When a command carries the Artifactstore-Reply-To header (package

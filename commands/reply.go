@@ -37,6 +37,11 @@ const (
 	// CodeUnavailable, CodeInsufficientStorage, CodeInternal; Reason names
 	// the cause. Sending the command again later may succeed.
 	StatusFailed = "failed"
+	// StatusBatch: the answer to an ingest batch (IngestBatch); Files
+	// holds one reply per file of the batch, in the batch's order, each
+	// with its own status. A batch refused whole (it does not decode) is
+	// answered StatusRejected with no Files instead.
+	StatusBatch = "batch"
 )
 
 // Codes of a failed command (StatusFailed), shared by every command family
@@ -99,10 +104,14 @@ type Reply struct {
 	// of its rejection event); wait for a projection to reach it to read
 	// the outcome back.
 	Sequence int64 `cbor:"sequence,omitempty" json:"sequence,omitempty"`
+	// Files is set with StatusBatch: the reply of each file of the batch,
+	// in order.
+	Files []Reply `cbor:"files,omitempty" json:"files,omitempty"`
 }
 
 // Err returns the rejection or failure as an *Error, or nil when the
-// command succeeded.
+// command succeeded. A batch reply (StatusBatch) has no error of its own:
+// each of its Files has its Err.
 func (r Reply) Err() error {
 	switch r.Status {
 	case StatusRejected:

@@ -194,6 +194,134 @@ func (l *Log) prepare(batches []Batch) ([]preparedBatch, error) {
 const eventColumns = `sequence, event_id, occurred_at, event_type, payload_version,
 	subject_kind, subject_id, actor, command_id, payload, payload_digest, chain_digest, chain_version`
 
+// queueLockHead queues on b the lock of the log head row, scanning the
+// head into seq and chain.
+func queueLockHead(b *pgx.Batch, seq *int64, chain *[]byte) {
+	b.Queue(`SELECT last_sequence, last_chain_digest FROM event_log_head FOR UPDATE`).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(seq, chain); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("%w: event_log_head has no row", ErrNotMigrated)
+			}
+			return fmt.Errorf("lock log head: %w", err)
+		}
+		return nil
+	})
+}
+
+// HeadLock is the log head locked in a caller's transaction by a batch of
+// its own (QueueLockHead), so that the lock costs no round trip of its
+// own: once that batch ran, QueueAppend queues appends under it.
+type HeadLock struct {
+	seq   int64
+	chain []byte
+}
+
+// QueueLockHead queues on b the lock of the log head (every other appender
+// waits from then until the caller's transaction ends) and returns the
+// head it reads once b ran. Statements queued on b after it run under the
+// lock, each with a snapshot taken after the lock was granted (READ
+// COMMITTED), so a look-up of command ids among them sees every command
+// committed before. Use it in the transaction's first batch, with the
+// reads the caller decides on; the transaction must be READ COMMITTED.
+func (l *Log) QueueLockHead(b *pgx.Batch) *HeadLock {
+	h := &HeadLock{}
+	queueLockHead(b, &h.seq, &h.chain)
+	return h
+}
+
+// QueueAppend prepares batches and queues their appends on b, to be sent
+// in the same transaction after the batch that locked h ran: the inserts
+// of the events and of their command ids, and the notification. The
+// results (sequences, chain digests) are known at once, before b is sent;
+// they hold only if b commits. Unlike AppendTx it does not look the
+// command ids up: the caller must have found none of them in the log with
+// a look-up queued after the lock (QueueLockHead) and must give each once;
+// a command id in the log makes b fail on the commands table's key,
+// appending nothing. Further calls on the same HeadLock append after it.
+func (l *Log) QueueAppend(b *pgx.Batch, h *HeadLock, batches ...Batch) ([]Result, error) {
+	prepared, err := l.prepare(batches)
+	if err != nil {
+		return nil, err
+	}
+	prev, err := digest32(h.chain, "event_log_head.last_chain_digest")
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, pb := range prepared {
+		if pb.commandID == "" {
+			continue
+		}
+		if seen[pb.commandID] {
+			return nil, fmt.Errorf("%w: command %q is given twice", ErrInvalidBatch, pb.commandID)
+		}
+		seen[pb.commandID] = true
+	}
+	at := l.now().UTC().Truncate(time.Microsecond)
+	results := make([]Result, len(prepared))
+	var (
+		cols    insertColumns
+		cmdCols commandColumns
+		seq     = h.seq
+	)
+	for i, pb := range prepared {
+		results[i].CommandID = pb.commandID
+		if results[i].Events, seq, prev, err = chainEvents(pb, seq, prev, at, &cols); err != nil {
+			return nil, err
+		}
+		if pb.commandID != "" {
+			cmdCols.add(pb.commandID, results[i].Events[0].Sequence, seq)
+		}
+	}
+	queueInserts(b, &cols, &cmdCols, at, seq)
+	h.seq, h.chain = seq, prev[:]
+	return results, nil
+}
+
+// chainEvents makes the events of pb, numbered after seq and chained
+// after prev, and adds them to cols; it returns them with the new last
+// sequence and chain digest.
+func chainEvents(pb preparedBatch, seq int64, prev [32]byte, at time.Time, cols *insertColumns) ([]Event, int64, [32]byte, error) {
+	evs := make([]Event, len(pb.events))
+	for j, pe := range pb.events {
+		seq++
+		id, err := uuid.NewV7()
+		if err != nil {
+			return nil, seq, prev, fmt.Errorf("event id: %w", err)
+		}
+		e := Event{
+			Sequence: seq, EventID: id, OccurredAt: at, Type: pe.typ, PayloadVersion: pe.version,
+			SubjectKind: pe.draft.SubjectKind, SubjectID: pe.draft.SubjectID, Actor: pe.draft.Actor,
+			CommandID: pb.commandID, Payload: pe.payload, PayloadDigest: pe.digest, ChainVersion: CurrentChain,
+		}
+		e.ChainDigest = ChainDigestV2(prev, e)
+		prev = e.ChainDigest
+		evs[j] = e
+		cols.add(e)
+	}
+	return evs, seq, prev, nil
+}
+
+// queueInserts queues on b the inserts of the events in cols and the
+// command ids in cmdCols, and the notification of the new last sequence.
+// The insert trigger of the events table checks that the rows follow the
+// head and moves the head to the last one.
+func queueInserts(b *pgx.Batch, cols *insertColumns, cmdCols *commandColumns, at time.Time, last int64) {
+	b.Queue(`INSERT INTO events (`+eventColumns+`)
+		SELECT s, i, $3, t, v, sk, sid, a, c, p, pd, cd, $13
+		FROM unnest($1::bigint[], $2::uuid[], $4::text[], $5::smallint[], $6::text[], $7::text[],
+		            $8::text[], $9::text[], $10::bytea[], $11::bytea[], $12::bytea[])
+		     AS u(s, i, t, v, sk, sid, a, c, p, pd, cd)`,
+		cols.seq, cols.id, at, cols.typ, cols.version, cols.subjectKind, cols.subjectID,
+		cols.actor, cols.commandID, cols.payload, cols.payloadDigest, cols.chainDigest, int16(CurrentChain))
+	if len(cmdCols.id) > 0 {
+		b.Queue(`INSERT INTO commands (command_id, first_sequence, last_sequence, appended_at)
+			SELECT c, f, l, $4 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(c, f, l)`,
+			cmdCols.id, cmdCols.first, cmdCols.last, at)
+	}
+	b.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, strconv.FormatInt(last, 10))
+}
+
 func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedBatch) ([]Result, error) {
 	var ids []string
 	for _, b := range batches {
@@ -212,15 +340,7 @@ func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedB
 		seen      = map[string]bool{}
 	)
 	qb := &pgx.Batch{}
-	qb.Queue(`SELECT last_sequence, last_chain_digest FROM event_log_head FOR UPDATE`).QueryRow(func(row pgx.Row) error {
-		if err := row.Scan(&lastSeq, &lastChain); err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("%w: event_log_head has no row", ErrNotMigrated)
-			}
-			return fmt.Errorf("lock log head: %w", err)
-		}
-		return nil
-	})
+	queueLockHead(qb, &lastSeq, &lastChain)
 	if len(ids) > 0 {
 		qb.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
@@ -267,23 +387,11 @@ func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedB
 			}
 			firstInCall[b.commandID] = i
 		}
-		evs := make([]Event, len(b.events))
-		for j, pe := range b.events {
-			seq++
-			id, err := uuid.NewV7()
-			if err != nil {
-				return nil, fmt.Errorf("event id: %w", err)
-			}
-			e := Event{
-				Sequence: seq, EventID: id, OccurredAt: at, Type: pe.typ, PayloadVersion: pe.version,
-				SubjectKind: pe.draft.SubjectKind, SubjectID: pe.draft.SubjectID, Actor: pe.draft.Actor,
-				CommandID: b.commandID, Payload: pe.payload, PayloadDigest: pe.digest, ChainVersion: CurrentChain,
-			}
-			e.ChainDigest = ChainDigestV2(prev, e)
-			prev = e.ChainDigest
-			evs[j] = e
-			cols.add(e)
+		evs, last, chain, err := chainEvents(b, seq, prev, at, &cols)
+		if err != nil {
+			return nil, err
 		}
+		seq, prev = last, chain
 		results[i].Events = evs
 		if b.commandID != "" {
 			cmdCols.add(b.commandID, evs[0].Sequence, seq)
@@ -311,19 +419,7 @@ func (l *Log) appendPrepared(ctx context.Context, tx pgx.Tx, batches []preparedB
 		})
 	}
 	if seq > lastSeq {
-		wb.Queue(`INSERT INTO events (`+eventColumns+`)
-			SELECT s, i, $3, t, v, sk, sid, a, c, p, pd, cd, $13
-			FROM unnest($1::bigint[], $2::uuid[], $4::text[], $5::smallint[], $6::text[], $7::text[],
-			            $8::text[], $9::text[], $10::bytea[], $11::bytea[], $12::bytea[])
-			     AS u(s, i, t, v, sk, sid, a, c, p, pd, cd)`,
-			cols.seq, cols.id, at, cols.typ, cols.version, cols.subjectKind, cols.subjectID,
-			cols.actor, cols.commandID, cols.payload, cols.payloadDigest, cols.chainDigest, int16(CurrentChain))
-		if len(cmdCols.id) > 0 {
-			wb.Queue(`INSERT INTO commands (command_id, first_sequence, last_sequence, appended_at)
-				SELECT c, f, l, $4 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(c, f, l)`,
-				cmdCols.id, cmdCols.first, cmdCols.last, at)
-		}
-		wb.Queue(`SELECT pg_notify($1, $2)`, NotifyChannel, strconv.FormatInt(seq, 10))
+		queueInserts(wb, &cols, &cmdCols, at, seq)
 	}
 	if wb.Len() > 0 {
 		if err := tx.SendBatch(ctx, wb).Close(); err != nil {

@@ -253,6 +253,40 @@ func TestAppendTxRollbackLeavesNoHole(t *testing.T) {
 	}
 }
 
+// TestQueueAppendRefusesAKnownCommandID: QueueAppend does not look
+// command ids up (its caller did, under the lock); one already in the log
+// fails the whole batch on the commands table's key, appending nothing.
+func TestQueueAppendRefusesAKnownCommandID(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	log, pool := newLog(t)
+	if _, err := log.Append(ctx, events.Batch{CommandID: "known", Events: []events.Draft{pkgCreated("a")}}); err != nil {
+		t.Fatal(err)
+	}
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		b := &pgx.Batch{}
+		head := log.QueueLockHead(b)
+		if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		b = &pgx.Batch{}
+		if _, err := log.QueueAppend(b, head, events.Batch{CommandID: "new", Events: []events.Draft{pkgCreated("b")}},
+			events.Batch{CommandID: "known", Events: []events.Draft{pkgCreated("c")}}); err != nil {
+			return err
+		}
+		return tx.SendBatch(ctx, b).Close()
+	})
+	if err == nil {
+		t.Fatal("a known command id was appended again")
+	}
+	if head, _ := log.Head(ctx); head != 1 {
+		t.Fatalf("head %d after the refused batch, want 1", head)
+	}
+	if rep, err := log.Audit(ctx, events.AuditOptions{}); err != nil || !rep.OK() {
+		t.Fatalf("Audit = %+v, %v", rep, err)
+	}
+}
+
 func TestAppendTxUnderRepeatableReadConflicts(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
@@ -367,7 +401,7 @@ func logAppender(log *events.Log, pool *pgxpool.Pool) appender {
 			return seqs(res), err
 		},
 		appendCommit: func(ctx context.Context, i int) ([]int64, error) {
-			switch i % 3 {
+			switch i % 4 {
 			case 0: // group commit of several commands
 				res, err := log.Append(ctx,
 					events.Batch{CommandID: fmt.Sprintf("g%d-a", i), Events: []events.Draft{pkgCreated(fmt.Sprintf("g%d-a", i))}},
@@ -384,6 +418,25 @@ func logAppender(log *events.Log, pool *pgxpool.Pool) appender {
 					out = seqs(res)
 					_, err = tx.Exec(ctx, `SELECT count(*) FROM projector_checkpoints`)
 					return err
+				})
+				return out, err
+			case 2: // the head locked in the first batch, the append queued with the commit's
+				var out []int64
+				err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+					b := &pgx.Batch{}
+					head := log.QueueLockHead(b)
+					if err := tx.SendBatch(ctx, b).Close(); err != nil {
+						return err
+					}
+					b = &pgx.Batch{}
+					res, err := log.QueueAppend(b, head,
+						events.Batch{CommandID: fmt.Sprintf("q%d-a", i), Events: []events.Draft{pkgCreated(fmt.Sprintf("q%d-a", i))}},
+						events.Batch{CommandID: fmt.Sprintf("q%d-b", i), Events: []events.Draft{pkgCreated(fmt.Sprintf("q%d-b", i)), pkgCreated(fmt.Sprintf("q%d-c", i))}})
+					if err != nil {
+						return err
+					}
+					out = seqs(res)
+					return tx.SendBatch(ctx, b).Close()
 				})
 				return out, err
 			default:

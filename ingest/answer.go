@@ -23,6 +23,11 @@ import (
 // the staged blob, if any, is deleted (a producer that sends the command
 // again stages it again).
 func (ing *Ingester) answer(ctx context.Context, m bus.Message, code, reason string) error {
+	if m.Subject == ing.cfg.Topology.Subject(bus.CmdIngestBatch) {
+		if done, err := ing.answerBatch(ctx, m, code, reason); done {
+			return err
+		}
+	}
 	d := ing.peek(m)
 	rep := commands.Reply{V: commands.Version, CommandID: d.id, Status: commands.StatusFailed,
 		Code: code, Reason: reason, Package: d.pkg, Path: d.path}
@@ -53,9 +58,16 @@ func (ing *Ingester) answer(ctx context.Context, m bus.Message, code, reason str
 // answered under its fallback id.
 func (ing *Ingester) peek(m bus.Message) *delivery {
 	d := newDelivery(m)
-	if m.Subject == ing.cfg.Topology.Subject(bus.CmdSeal) {
+	switch m.Subject {
+	case ing.cfg.Topology.Subject(bus.CmdSeal):
 		_, _, _ = decode(d, ing.dec.DecodeSeal, sealNames)
-	} else {
+	case ing.cfg.Topology.Subject(bus.CmdIngestBatch):
+		id, _, _ := ing.dec.DecodeIngestBatch(m.Data, d.json)
+		d.id = id
+		if commands.ValidateCommandID(d.id) != nil || d.disagrees() {
+			d.id = fallbackID(m)
+		}
+	default:
 		_, _, _ = decode(d, ing.dec.DecodeIngest, ingestNames)
 	}
 	return d

@@ -16,38 +16,60 @@ import (
 // by the log, so one transaction per command would cap throughput at one
 // commit latency per command.
 type committer struct {
-	ing  *Ingester
-	jobs chan *job
+	ing *Ingester
+	// jobs carries the jobs of one command: one, or the files of a batch,
+	// which enter the same group.
+	jobs chan []*job
 	done chan struct{}
 }
 
 func newCommitter(ing *Ingester) *committer {
-	return &committer{ing: ing, jobs: make(chan *job), done: make(chan struct{})}
+	return &committer{ing: ing, jobs: make(chan []*job), done: make(chan struct{})}
 }
 
 // submit hands j to the committer and waits for its outcome. The commit
 // itself is not cancelled by ctx (a decision half-taken is worse than a
 // late one); only the wait is.
 func (c *committer) submit(ctx context.Context, j *job) outcome {
-	j.done = make(chan outcome, 1)
-	j.submitted = time.Now()
-	select {
-	case c.jobs <- j:
-	case <-ctx.Done():
-		return outcome{err: context.Cause(ctx)}
+	return c.submitAll(ctx, []*job{j})[0]
+}
+
+// submitAll hands jobs to the committer together, so that they are
+// committed in one group (a batch is never split across groups), and
+// waits for their outcomes, in order.
+func (c *committer) submitAll(ctx context.Context, jobs []*job) []outcome {
+	outs := make([]outcome, len(jobs))
+	now := time.Now()
+	for _, j := range jobs {
+		j.done = make(chan outcome, 1)
+		j.submitted = now
+	}
+	fail := func(err error) []outcome {
+		for i := range outs {
+			outs[i] = outcome{err: err}
+		}
+		return outs
 	}
 	select {
-	case o := <-j.done:
-		return o
+	case c.jobs <- jobs:
 	case <-ctx.Done():
-		return outcome{err: context.Cause(ctx)}
+		return fail(context.Cause(ctx))
 	}
+	for i, j := range jobs {
+		select {
+		case outs[i] = <-j.done:
+		case <-ctx.Done():
+			return fail(context.Cause(ctx))
+		}
+	}
+	return outs
 }
 
 // run commits groups until stop is closed and no job is waiting.
 //
 // A group is the first waiting job and every job that arrives until that
-// first job has waited CommitWindow. Under load, jobs queue while a commit
+// first job has waited CommitWindow, up to MaxCommitBatch jobs (the jobs
+// of one batch stay together, so a group may end a batch beyond it). Under load, jobs queue while a commit
 // runs, so the next group is taken at once, without waiting the window
 // again: the window only gathers companions for a job that would otherwise
 // commit alone.
@@ -57,19 +79,18 @@ func (c *committer) run(stop <-chan struct{}) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
-		var first *job
+		var group []*job
 		select {
-		case first = <-c.jobs:
+		case group = <-c.jobs:
 		case <-stop:
 			return
 		}
-		group := []*job{first}
-		timer.Reset(max(time.Until(first.submitted.Add(cfg.CommitWindow)), 0))
+		timer.Reset(max(time.Until(group[0].submitted.Add(cfg.CommitWindow)), 0))
 	gather:
 		for len(group) < cfg.MaxCommitBatch {
 			select {
-			case j := <-c.jobs:
-				group = append(group, j)
+			case js := <-c.jobs:
+				group = append(group, js...)
 			case <-timer.C:
 				break gather
 			}
@@ -79,8 +100,8 @@ func (c *committer) run(stop <-chan struct{}) {
 	drain:
 		for len(group) < cfg.MaxCommitBatch {
 			select {
-			case j := <-c.jobs:
-				group = append(group, j)
+			case js := <-c.jobs:
+				group = append(group, js...)
 			default:
 				break drain
 			}
@@ -123,11 +144,12 @@ func (c *committer) commit(group []*job) {
 }
 
 // commitGroup decides and commits every job of group in one transaction,
-// in four round trips whatever the group's size: read (BEGIN, the
-// package-state lock and, under it, every read the decisions need),
-// decide (in memory), append (two round trips of the log) and write (the
-// state writes and COMMIT). The lock is held from the read to the commit,
-// so each round trip saved is throughput for every ingester.
+// in two round trips whatever the group's size: read (BEGIN, the
+// package-state lock, the log head's lock and, under them, every read the
+// decisions need), decide (in memory), then append and write together
+// (the events, the state writes and COMMIT). The locks are held from the
+// read to the commit, so each round trip saved is throughput for every
+// ingester.
 func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, error) {
 	ing := c.ing
 	var g *groupPlan
@@ -142,10 +164,7 @@ func (c *committer) commitGroup(ctx context.Context, group []*job) ([]outcome, e
 		if err != nil {
 			return err
 		}
-		if err := c.append(ctx, tx, g); err != nil {
-			return err
-		}
-		return write(ctx, tx, g, keep, now)
+		return c.appendAndWrite(ctx, tx, r.head, g, keep, now)
 	})
 	if err != nil {
 		return nil, err
@@ -158,6 +177,7 @@ type groupRead struct {
 	known   map[string]bool // command ids already in the log
 	state   *state
 	objects map[pkgstate.ObjectKey]pkgstate.ObjectState // the stored objects' gc rows, locked
+	head    *events.HeadLock                            // the log head, locked
 }
 
 // read sends BEGIN, the lock and every read of the group in one batch.
@@ -173,6 +193,11 @@ func (c *committer) read(ctx context.Context, tx *groupTx, group []*job, now tim
 	b := &pgx.Batch{}
 	queueBegin(b)
 	pkgstate.QueueLock(b)
+	// The log head's lock rides in this batch too, instead of a round
+	// trip of the append: the package-state lock is taken first, as every
+	// appender that takes both does, and the command ids are looked up
+	// under both.
+	r.head = c.ing.cfg.Log.QueueLockHead(b)
 	b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var id string
@@ -244,40 +269,31 @@ func decideGroup(r *groupRead, group []*job) *groupPlan {
 	return g
 }
 
-// append appends the group's events and notes their sequences.
-func (c *committer) append(ctx context.Context, tx *groupTx, g *groupPlan) error {
-	if len(g.batches) == 0 {
-		return nil
-	}
-	results, err := c.ing.cfg.Log.AppendTx(ctx, tx, g.batches...)
-	if err != nil {
-		return err
-	}
-	for i, k := range g.batchOf {
-		if k < 0 {
-			continue
-		}
-		if results[k].Duplicate {
-			// Committed by another appender after our lookup: impossible
-			// under the lock; refuse to guess.
-			return fmt.Errorf("command %s was appended concurrently despite the package-state lock", g.batches[k].CommandID)
-		}
-		evs := results[k].Events
-		g.firstSeq[i], g.lastSeq[i] = evs[0].Sequence, evs[len(evs)-1].Sequence
-	}
-	return nil
-}
-
-// write sends the state writes of the group (and makes the gc rows of
-// keep live) with the COMMIT.
-func write(ctx context.Context, tx *groupTx, g *groupPlan, keep []pkgstate.Sized, now time.Time) error {
+// appendAndWrite queues the group's events under the log head locked by
+// the read, notes their sequences, and sends them with the state writes of
+// the group (making the gc rows of keep live) and the COMMIT, in one
+// round trip.
+func (c *committer) appendAndWrite(ctx context.Context, tx *groupTx, head *events.HeadLock, g *groupPlan, keep []pkgstate.Sized, now time.Time) error {
 	b := &pgx.Batch{}
+	if len(g.batches) > 0 {
+		results, err := c.ing.cfg.Log.QueueAppend(b, head, g.batches...)
+		if err != nil {
+			return err
+		}
+		for i, k := range g.batchOf {
+			if k < 0 {
+				continue
+			}
+			evs := results[k].Events
+			g.firstSeq[i], g.lastSeq[i] = evs[0].Sequence, evs[len(evs)-1].Sequence
+		}
+	}
 	if err := queueWrites(b, g.ds, g.firstSeq, keep, now); err != nil {
 		return err
 	}
 	queueCommit(b)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("write the package state and commit: %w", err)
+		return fmt.Errorf("append the events, write the package state and commit: %w", err)
 	}
 	return nil
 }

@@ -239,6 +239,8 @@ type Ingester struct {
 	config  *configCache
 	commit  *committer
 	staging jetstream.ObjectStore
+	// slots bounds the files of batches stored at once, across batches.
+	slots chan struct{}
 	// locations reads the projected state of stored copies (condition).
 	locations locationReader
 
@@ -260,6 +262,7 @@ func New(cfg Config) (*Ingester, error) {
 		dec:    commands.NewDecoder(cfg.Codec),
 		config: newConfigCache(cfg.ConfigMaxAge, cfg.Now),
 		stop:   make(chan struct{}),
+		slots:  make(chan struct{}, cfg.Concurrency),
 
 		locations: catalog.New(cfg.Pool),
 	}
@@ -345,10 +348,12 @@ func (ing *Ingester) handle(ctx context.Context, m bus.Message) error {
 		return ing.handleIngest(ctx, d)
 	case t.Subject(bus.CmdSeal):
 		return ing.handleSeal(ctx, d)
+	case t.Subject(bus.CmdIngestBatch):
+		return ing.handleBatch(ctx, d)
 	default:
 		d.id = fallbackID(m)
 		return ing.reject(ctx, d, commands.Rejectf(commands.CodeMalformed,
-			"subject %s is not a command this ingester handles; publish on %s or %s", m.Subject, t.Subject(bus.CmdIngest), t.Subject(bus.CmdSeal)))
+			"subject %s is not a command this ingester handles; publish on %s, %s or %s", m.Subject, t.Subject(bus.CmdIngest), t.Subject(bus.CmdIngestBatch), t.Subject(bus.CmdSeal)))
 	}
 }
 
@@ -386,17 +391,7 @@ func (ing *Ingester) handleIngest(ctx context.Context, d *delivery) error {
 		return ing.reject(ctx, d, rej)
 	}
 
-	hints := dataplane.IngestHints{
-		Primary: ing.cfg.Primary, BackendID: ing.cfg.BackendID,
-		Expect: append([]digest.Address(nil), c.Expect...), ExpectSize: storage.NoSizeClaim,
-		Condition: ing.condition,
-	}
-	if ing.cfg.MaxBlobSize > 0 {
-		hints.MaxSize = ing.cfg.MaxBlobSize
-	}
-	if c.ExpectSize != nil {
-		hints.ExpectSize = *c.ExpectSize
-	}
+	hints := ing.hints(c)
 	var (
 		r         io.Reader
 		stagedSHA digest.Address
@@ -524,6 +519,22 @@ func (ing *Ingester) ingestUpload(ctx context.Context, c commands.Ingest, hints 
 	}
 }
 
+// hints are the data plane's hints for the blob of c.
+func (ing *Ingester) hints(c commands.Ingest) dataplane.IngestHints {
+	h := dataplane.IngestHints{
+		Primary: ing.cfg.Primary, BackendID: ing.cfg.BackendID,
+		Expect: append([]digest.Address(nil), c.Expect...), ExpectSize: storage.NoSizeClaim,
+		Condition: ing.condition,
+	}
+	if ing.cfg.MaxBlobSize > 0 {
+		h.MaxSize = ing.cfg.MaxBlobSize
+	}
+	if c.ExpectSize != nil {
+		h.ExpectSize = *c.ExpectSize
+	}
+	return h
+}
+
 func tooLarge(size, limit int64) *commands.Error {
 	return commands.Rejectf(commands.CodeTooLarge, "blob of %d bytes is larger than this ingester's limit of %d bytes; split it or ask the operator to raise --max-blob-size", size, limit)
 }
@@ -607,10 +618,29 @@ func (ing *Ingester) replyIfDone(ctx context.Context, d *delivery) (bool, error)
 // returns what the commit would refuse. The commit decides again under the
 // lock.
 func (ing *Ingester) precheck(ctx context.Context, id string, c commands.Ingest) (known bool, rej *commands.Error, err error) {
+	kn, rejs, err := ing.precheckMany(ctx, []string{id}, []commands.Ingest{c})
+	if err != nil {
+		return false, nil, err
+	}
+	return kn[id], rejs[0], nil
+}
+
+// precheckMany is precheck for several ingests (ids[i] is the command id
+// of cs[i]) in one round trip: the command ids already in the log, and
+// what the commit would refuse of each.
+func (ing *Ingester) precheckMany(ctx context.Context, ids []string, cs []commands.Ingest) (known map[string]bool, rejs []*commands.Error, err error) {
+	known = map[string]bool{}
 	b := &pgx.Batch{}
-	b.Queue(`SELECT EXISTS (SELECT 1 FROM commands WHERE command_id = $1)`, id).QueryRow(func(row pgx.Row) error {
-		if err := row.Scan(&known); err != nil {
-			return fmt.Errorf("look up command id: %w", err)
+	b.Queue(`SELECT command_id FROM commands WHERE command_id = ANY($1)`, ids).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return fmt.Errorf("look up command ids: %w", err)
+			}
+			known[id] = true
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("look up command ids: %w", err)
 		}
 		return nil
 	})
@@ -619,17 +649,25 @@ func (ing *Ingester) precheck(ctx context.Context, id string, c commands.Ingest)
 	if cfg == nil {
 		loadCfg = ing.config.queueLoad(b)
 	}
-	st := queueState(b, ing.cfg.Now(), []*job{{kind: jobIngest, commandID: id, pkg: c.Package, path: c.Path}})
+	jobs := make([]*job, len(cs))
+	for i, c := range cs {
+		jobs[i] = &job{kind: jobIngest, commandID: ids[i], pkg: c.Package, path: c.Path}
+	}
+	st := queueState(b, ing.cfg.Now(), jobs)
 	if err := ing.cfg.Pool.SendBatch(ctx, b).Close(); err != nil {
-		return false, nil, err
+		return nil, nil, err
 	}
 	if loadCfg != nil {
 		if cfg, err = loadCfg(); err != nil {
-			return false, nil, err
+			return nil, nil, err
 		}
 	}
 	st.cfg = cfg
-	return known, st.precheck(c), nil
+	rejs = make([]*commands.Error, len(cs))
+	for i, c := range cs {
+		rejs[i] = st.precheck(c)
+	}
+	return known, rejs, nil
 }
 
 // reject commits the rejection event of d, replies, and returns the

@@ -43,18 +43,53 @@ func (ing *Ingester) condition(ctx context.Context, backendID string, addr diges
 	case err != nil:
 		return storage.Condition{}, fmt.Errorf("%w: %w", errRecords, err)
 	}
-	switch loc.State {
+	return withLocation(c, loc.State), nil
+}
+
+// withLocation adds to c what the projected state of the location says.
+func withLocation(c storage.Condition, state catalog.LocationState) storage.Condition {
+	switch state {
 	case catalog.LocationCorrupt:
 		c.Recorded, c.Damage, c.Detail = true, storage.DamageCorrupt, "a verification recorded the stored copy corrupt"
 	case catalog.LocationMissing:
 		c.Recorded, c.Damage, c.Detail = true, storage.DamageMissing, "a verification recorded the stored copy missing"
 	}
-	return c, nil
+	return c
+}
+
+// conditions is condition for several objects on one backend, read in two
+// round trips whatever their number (a batch's files): the returned
+// function answers for those objects from what was read, and asks
+// condition for any other.
+func (ing *Ingester) conditions(ctx context.Context, backendID string, addrs []digest.Address) (func(context.Context, string, digest.Address) (storage.Condition, error), error) {
+	keys := make([]pkgstate.ObjectKey, len(addrs))
+	for i, a := range addrs {
+		keys[i] = pkgstate.ObjectKey{Address: a.String(), Backend: backendID}
+	}
+	gc, err := pkgstate.ObjectStatesOf(ctx, ing.cfg.Pool, keys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errRecords, err)
+	}
+	locs, err := ing.locations.LocationStates(ctx, addrs, backendID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errRecords, err)
+	}
+	known := make(map[digest.Address]storage.Condition, len(addrs))
+	for i, a := range addrs {
+		known[a] = withLocation(storage.Condition{Recorded: gc[keys[i]] == pkgstate.ObjectLive}, locs[a])
+	}
+	return func(ctx context.Context, b string, a digest.Address) (storage.Condition, error) {
+		if c, ok := known[a]; ok && b == backendID {
+			return c, nil
+		}
+		return ing.condition(ctx, b, a)
+	}, nil
 }
 
 // locationReader is what condition reads of the projection.
 type locationReader interface {
 	Location(ctx context.Context, addr digest.Address, backendID string) (catalog.Location, error)
+	LocationStates(ctx context.Context, addrs []digest.Address, backendID string) (map[digest.Address]catalog.LocationState, error)
 }
 
 var _ locationReader = (*catalog.Catalog)(nil)

@@ -46,6 +46,34 @@ func ObjectStateOf(ctx context.Context, q Querier, k ObjectKey) (state ObjectSta
 	return ObjectState(*s), true, nil
 }
 
+// ObjectStatesOf is ObjectStateOf for several rows in one round trip:
+// each key's state (no entry: no row).
+func ObjectStatesOf(ctx context.Context, q Querier, keys []ObjectKey) (map[ObjectKey]ObjectState, error) {
+	addrs, backends := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		addrs[i], backends[i] = k.Address, k.Backend
+	}
+	rows, err := q.Query(ctx, `SELECT g.content_address, g.backend_id, g.state FROM gc_objects g
+		JOIN unnest($1::text[], $2::text[]) AS u(a, b) ON g.content_address = u.a AND g.backend_id = u.b`, addrs, backends)
+	if err != nil {
+		return nil, fmt.Errorf("read the gc rows of %d objects: %w", len(keys), err)
+	}
+	defer rows.Close()
+	out := map[ObjectKey]ObjectState{}
+	for rows.Next() {
+		var k ObjectKey
+		var state string
+		if err := rows.Scan(&k.Address, &k.Backend, &state); err != nil {
+			return nil, fmt.Errorf("read the gc rows of %d objects: %w", len(keys), err)
+		}
+		out[k] = ObjectState(state)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read the gc rows of %d objects: %w", len(keys), err)
+	}
+	return out, nil
+}
+
 // QueueLockObjects queues on b, after the lock, the read of the rows of
 // keys FOR UPDATE (in key order, so that lockers never deadlock); once the
 // batch ran, into holds each row's state (no entry: no row).

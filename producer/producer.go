@@ -46,6 +46,9 @@ type Config struct {
 	Producer string
 	// JSON sends JSON commands instead of CBOR.
 	JSON bool
+	// BatchFiles caps the files PutBatch packs into one batch command.
+	// Default 128; at most commands.MaxBatchFiles.
+	BatchFiles int
 	// OnRetry, when set, hears about every staging upload restarted after
 	// a passing failure (429 too many requests, a timeout, a connection
 	// reset), e.g. to tell the user why a put takes longer.
@@ -69,6 +72,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.Codec == nil {
 		cfg.Codec = events.NewCodec()
+	}
+	if cfg.BatchFiles <= 0 || cfg.BatchFiles > commands.MaxBatchFiles {
+		cfg.BatchFiles = min(128, commands.MaxBatchFiles)
 	}
 	limit := min(commands.MaxInline, bus.InlineLimit(cfg.Topology, cfg.NATS.MaxPayload()))
 	if cfg.InlineMax <= 0 || cfg.InlineMax > limit {
@@ -132,6 +138,10 @@ type Pending struct {
 	p *bus.Pending
 	// early is a reply that came while the blob was being staged.
 	early *nats.Msg
+	// batch is the shared reply of the batch this file went in (PutBatch),
+	// index the file's place in it; nil for a command of its own.
+	batch *batchWaiter
+	index int
 }
 
 // Put sends one file: inline when it is at most InlineMax bytes, else
@@ -255,6 +265,9 @@ func (c *Client) send(ctx context.Context, cmdSubject, id string, cmd any, stage
 // Wait waits for the reply until ctx is done. A rejection is a reply (see
 // Reply.Err), not an error; an error means no reply could be read.
 func (p *Pending) Wait(ctx context.Context) (commands.Reply, error) {
+	if p.batch != nil {
+		return p.batch.file(ctx, p.index, p.CommandID)
+	}
 	m := p.early
 	if m == nil {
 		var err error

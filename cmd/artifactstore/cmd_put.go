@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -26,7 +27,9 @@ import (
 	"github.com/artifactstore/artifactstore/producer"
 )
 
-// putCmd stores files: one ingest command per file, waits for every reply.
+// putCmd stores files, waits for every reply: small files packed into
+// batch commands (one grouped commit per batch), each larger one in an
+// ingest command of its own (staged).
 type putCmd struct {
 	Package     string            `short:"p" help:"Package to add the files to. Default: a new package named put/<UTC time>-<random>."`
 	Class       string            `short:"c" help:"Retention class of a new package (default on the server: raw-evidence): transient, raw-evidence, summary-evidence, release-evidence, permanent-record."`
@@ -126,14 +129,30 @@ func (c putCmd) Run(ctx context.Context, g *Globals, s *ioStreams) error {
 	pendings := make([]*producer.Pending, len(files))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, c.Concurrency)
+	var small []int // files that go in batches
 	for i, f := range files {
 		results[i].file = f
+		if f.size <= int64(client.InlineMax()) {
+			small = append(small, i)
+			continue
+		}
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
 			pendings[i], results[i].err = c.send(wctx, client, pkg, f, bar)
+		}()
+	}
+	for len(small) > 0 {
+		chunk := small[:min(len(small), putBatchFiles)]
+		small = small[len(chunk):]
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			c.sendBatch(wctx, client, pkg, files, chunk, pendings, results)
 		}()
 	}
 	wg.Wait()
@@ -191,6 +210,45 @@ func (c putCmd) send(ctx context.Context, client *producer.Client, pkg string, f
 		Package: pkg, Path: f.path, Class: c.Class, Metadata: c.Meta, MediaType: c.MediaType,
 		Body: fh, Size: f.size, Progress: progress,
 	})
+}
+
+// putBatchFiles is how many small files one goroutine of put reads and
+// hands to the producer at once; the producer packs them into batch
+// commands under the message size limit.
+const putBatchFiles = 128
+
+// sendBatch reads the small files at idx and sends them packed into batch
+// commands, noting each file's pending reply, or its error.
+func (c putCmd) sendBatch(ctx context.Context, client *producer.Client, pkg string, files []putFile, idx []int, pendings []*producer.Pending, results []putResult) {
+	puts := make([]producer.Put, 0, len(idx))
+	at := make([]int, 0, len(idx))
+	for _, i := range idx {
+		f := files[i]
+		data, err := os.ReadFile(f.local)
+		if err != nil {
+			results[i].err = err
+			continue
+		}
+		if int64(len(data)) > int64(client.InlineMax()) {
+			// Grew since it was listed: send it on its own.
+			pendings[i], results[i].err = c.send(ctx, client, pkg, f, nil)
+			continue
+		}
+		puts = append(puts, producer.Put{Package: pkg, Path: f.path, Class: c.Class, Metadata: c.Meta, MediaType: c.MediaType,
+			Body: bytes.NewReader(data), Size: int64(len(data))})
+		at = append(at, i)
+	}
+	if len(puts) == 0 {
+		return
+	}
+	ps, err := client.PutBatch(ctx, puts)
+	for k, i := range at {
+		if err != nil {
+			results[i].err = err
+			continue
+		}
+		pendings[i] = ps[k]
+	}
 }
 
 // report prints one line per file and fails when any file was not stored.

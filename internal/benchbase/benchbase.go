@@ -21,6 +21,32 @@ import (
 // of small objects on this filesystem.
 func RawDurableWrites(b *testing.B, dir string, size, writers int) {
 	b.Helper()
+	b.ResetTimer()
+	elapsed := rawWrites(b, dir, b.N, size, writers)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+}
+
+// RawDurableFiles is RawDurableWrites of a whole set: each operation
+// writes files bare durable files of size bytes with writers goroutines
+// (the floor of storing a directory of that many files). It reports
+// "files/s".
+func RawDurableFiles(b *testing.B, dir string, files, size, writers int) {
+	b.Helper()
+	var elapsed time.Duration
+	b.ResetTimer()
+	for range b.N {
+		elapsed += rawWrites(b, dir, files, size, writers)
+	}
+	b.ReportMetric(float64(b.N*files)/elapsed.Seconds(), "files/s")
+}
+
+// rawWrites writes count files as RawDurableWrites describes, in a fresh
+// directory below dir, and returns how long the writes took (the set-up
+// not included).
+func rawWrites(b *testing.B, dir string, count, size, writers int) time.Duration {
+	b.Helper()
+	b.StopTimer()
+	defer b.StartTimer()
 	// A fresh directory per run: the testing package calls a benchmark
 	// several times with growing b.N.
 	dir, err := os.MkdirTemp(dir, "run-")
@@ -47,12 +73,12 @@ func RawDurableWrites(b *testing.B, dir string, size, writers int) {
 	var seq, next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, writers)
-	b.ResetTimer()
+	b.StartTimer()
 	start := time.Now()
 	for range writers {
 		wg.Go(func() {
 			buf := make([]byte, size)
-			for next.Add(1) <= int64(b.N) {
+			for next.Add(1) <= int64(count) {
 				n := seq.Add(1)
 				binary.LittleEndian.PutUint64(buf, uint64(n))
 				if err := durableWrite(tmp, shards[n%256], n, buf); err != nil {
@@ -69,7 +95,7 @@ func RawDurableWrites(b *testing.B, dir string, size, writers int) {
 	for err := range errs {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	return elapsed
 }
 
 func durableWrite(tmpDir string, shard *os.File, n int64, buf []byte) error {

@@ -45,3 +45,7 @@ func TestRawDurableWritesWritesEveryFile(t *testing.T) {
 		t.Fatalf("%d files in shards (last run alone made %d), %d left in tmp", files, res.N, temps)
 	}
 }
+
+func BenchmarkRawDurableFiles10000x1KiB8Writers(b *testing.B) {
+	RawDurableFiles(b, b.TempDir(), 10000, 1<<10, 8)
+}

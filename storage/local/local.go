@@ -94,6 +94,8 @@ type Backend struct {
 	// in the role kind. Tests replace it to see which fsyncs happen and to
 	// make one named fsync fail.
 	fsync func(kind syncKind, name string, f *os.File) error
+	// dirSyncs shares the fsyncs of a directory between concurrent puts.
+	dirSyncs *dirSyncer
 }
 
 // syncKind names the role of one fsync call site, so that a test can make
@@ -143,12 +145,13 @@ func Open(root string, opts ...Option) (*Backend, error) {
 		return nil, fmt.Errorf("local: open root %s: %w", abs, err)
 	}
 	b := &Backend{
-		id:     DefaultID,
-		path:   abs,
-		root:   r,
-		now:    time.Now,
-		fsync:  syncOS,
-		putter: storage.NewPutter(),
+		id:       DefaultID,
+		path:     abs,
+		root:     r,
+		now:      time.Now,
+		fsync:    syncOS,
+		dirSyncs: newDirSyncer(),
+		putter:   storage.NewPutter(),
 	}
 	for _, o := range opts {
 		o(b)
@@ -671,17 +674,21 @@ func (b *Backend) mkdirs(dir string) ([]string, error) {
 	return created, nil
 }
 
-// syncDir fsyncs the directory dir under the root, in the role kind.
+// syncDir fsyncs the directory dir under the root, in the role kind, or
+// shares an fsync of it that starts after this call with concurrent
+// callers (see dirSyncer).
 func (b *Backend) syncDir(kind syncKind, dir string) error {
-	d, err := b.root.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s for fsync: %w", dir, err)
-	}
-	defer d.Close()
-	if err := b.fsync(kind, dir, d); err != nil {
-		return fmt.Errorf("fsync directory %s: %w; the write is not durable, check the disk", dir, err)
-	}
-	return nil
+	return b.dirSyncs.sync(dirKey{kind, dir}, func() error {
+		d, err := b.root.Open(dir)
+		if err != nil {
+			return fmt.Errorf("open directory %s for fsync: %w", dir, err)
+		}
+		defer d.Close()
+		if err := b.fsync(kind, dir, d); err != nil {
+			return fmt.Errorf("fsync directory %s: %w; the write is not durable, check the disk", dir, err)
+		}
+		return nil
+	})
 }
 
 // Get implements storage.Backend.
