@@ -143,6 +143,7 @@ type Requester struct {
 	nc     *nats.Conn
 	sub    *nats.Subscription
 	prefix string
+	denied *deniedWatch
 
 	mu      sync.Mutex
 	closed  bool
@@ -180,6 +181,7 @@ func NewRequester(nc *nats.Conn, js jetstream.JetStream) (*Requester, error) {
 		return nil, fmt.Errorf("bus: flush reply subscription: %w", err)
 	}
 	r.sub = sub
+	r.denied = watchDenied(nc)
 	prev := nc.ReconnectHandler()
 	nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
@@ -270,7 +272,9 @@ type Pending struct {
 // reply subject and returns without waiting for the reply. A publish that
 // fails for a passing reason ([Transient]: the server shedding load, a
 // connection being reset) is repeated with backoff for up to
-// [ClientRetryBudget]; the command id makes a repeat a duplicate.
+// [ClientRetryBudget]; the command id makes a repeat a duplicate. A
+// publish the server refuses for want of a grant on subject fails at once
+// with a *[PublishDeniedError].
 func (r *Requester) Send(ctx context.Context, subject, commandID string, body []byte, contentType string) (*Pending, error) {
 	if err := ValidateCommandID(commandID); err != nil {
 		return nil, err
@@ -290,11 +294,19 @@ func (r *Requester) Send(ctx context.Context, subject, commandID string, body []
 	r.mu.Unlock()
 
 	var ack *jetstream.PubAck
-	err := RetryTransient(ctx, ClientRetryBudget, func(ctx context.Context) error {
+	pctx, done := r.denied.publishing(ctx, subject)
+	err := RetryTransient(pctx, ClientRetryBudget, func(ctx context.Context) error {
 		var err error
 		ack, err = PublishCommand(ctx, r.js, subject, commandID, body, contentType, r.ReplySubject(commandID))
+		if denied := deniedCause(pctx); denied != nil {
+			return fmt.Errorf("bus: publish command %s: %w", commandID, denied)
+		}
 		return err
 	}, nil)
+	if denied := deniedCause(pctx); denied != nil && err != nil && !errors.As(err, new(*PublishDeniedError)) {
+		err = fmt.Errorf("bus: publish command %s: %w", commandID, denied)
+	}
+	done()
 	if err != nil {
 		r.forget(commandID, pc)
 		return nil, err

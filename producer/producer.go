@@ -257,6 +257,9 @@ func (c *Client) send(ctx context.Context, cmdSubject, id string, cmd any, stage
 	}
 	bp, err := c.req.Send(ctx, c.cfg.Topology.Subject(cmdSubject), id, body, ct)
 	if err != nil {
+		if denied := (*bus.PublishDeniedError)(nil); errors.As(err, &denied) {
+			return nil, fmt.Errorf("producer: %w; `put` and `seal` connect as the %s role, whose grants include it", err, bus.RoleProducer)
+		}
 		return nil, err
 	}
 	return &Pending{CommandID: id, Staged: staged, Duplicate: bp.PubAck != nil && bp.PubAck.Duplicate, c: c, p: bp}, nil

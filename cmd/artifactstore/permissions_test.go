@@ -117,7 +117,12 @@ func (l serverLog) Tracef(format string, v ...any) { l.u.record(fmt.Sprintf(form
 // every client operation into the returned usage.
 func startSecuredNATS(t *testing.T) (url string, passwords map[string]string, u *usage) {
 	t.Helper()
-	roles := bus.DefaultTopology().Roles()
+	return startSecuredNATSRoles(t, bus.DefaultTopology().Roles())
+}
+
+// startSecuredNATSRoles is startSecuredNATS with the users of roles.
+func startSecuredNATSRoles(t *testing.T, roles []bus.Role) (url string, passwords map[string]string, u *usage) {
+	t.Helper()
 	passwords = map[string]string{}
 	for _, r := range roles {
 		var b [12]byte
