@@ -242,6 +242,7 @@ func (t Topology) Roles() []Role {
 				{api + ".CONSUMER.INFO." + cs + "." + t.IngestConsumer, "ingest backlog"},
 				{api + ".CONSUMER.INFO." + cs + "." + t.RetentionConsumer, "retention backlog"},
 				{api + ".CONSUMER.INFO." + cs + "." + t.VerifyConsumer, "verify backlog"},
+				{api + ".CONSUMER.INFO." + t.EventsStream + "." + t.ReplicateConsumer, "replication backlog (absent without a replicator)"},
 				{api + ".STREAM.INFO." + dl, "count dead letters"},
 				{api + ".CONSUMER.CREATE." + dl + ".*." + t.DeadLetterSubjectPrefix() + ".*.*", "count recent dead letters by kind (ephemeral consumer)"},
 				{api + ".CONSUMER.DELETE." + dl + ".*", "remove that consumer"},

@@ -34,8 +34,8 @@ func NewCollector(src Sources) *Collector {
 	return &Collector{
 		src: src, timeout: 5 * time.Second,
 		up:                  d("status_up", "1 when the last status scrape read PostgreSQL."),
-		consumerPending:     d("consumer_pending_commands", "Commands waiting in a durable consumer, not yet delivered.", "consumer"),
-		consumerAckPending:  d("consumer_ack_pending_commands", "Commands delivered to a worker and not yet acknowledged.", "consumer"),
+		consumerPending:     d("consumer_pending_commands", "Commands (events, for the replicator's consumer) waiting in a durable consumer, not yet delivered.", "consumer"),
+		consumerAckPending:  d("consumer_ack_pending_commands", "Commands (events, for the replicator's consumer) delivered to a worker and not yet acknowledged.", "consumer"),
 		deadLetters:         d("dead_letters", "Commands in the dead-letter stream."),
 		logHead:             d("event_log_head_sequence", "Sequence of the last committed event."),
 		projectorLag:        d("projector_lag_events", "Events committed but not yet projected."),
@@ -75,7 +75,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	g(c.up, 1)
 	for _, cons := range r.Consumers {
-		if cons.Error == "" {
+		if cons.Error == "" && !cons.Absent {
 			g(c.consumerPending, float64(cons.Pending), cons.Name)
 			g(c.consumerAckPending, float64(cons.AckPending), cons.Name)
 		}

@@ -31,11 +31,19 @@ func Render(w io.Writer, r Report) error {
 		fmt.Fprintf(tw, "  NATS unreachable: %s\t\t\t\t\n", r.NATSError)
 	}
 	for _, c := range r.Consumers {
-		if c.Error != "" {
-			fmt.Fprintf(tw, "  %s\t?\t?\t?\t(%s)\n", c.Name, c.Error)
+		name := c.Name
+		if c.Kind == "events" {
+			name += " (events)"
+		}
+		if c.Absent {
+			fmt.Fprintf(tw, "  %s\t-\t-\t-\t(absent: no replicator deployed)\n", name)
 			continue
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t\n", c.Name, c.Pending, c.AckPending, c.Redelivered)
+		if c.Error != "" {
+			fmt.Fprintf(tw, "  %s\t?\t?\t?\t(%s)\n", name, c.Error)
+			continue
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%d\t\n", name, c.Pending, c.AckPending, c.Redelivered)
 	}
 	fmt.Fprintf(tw, "  dead letters\t%d\t\t\t\n", r.DeadLetters)
 	for _, d := range r.RecentDeadLetters {

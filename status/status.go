@@ -22,11 +22,19 @@ import (
 
 // Consumer is the backlog of one durable consumer.
 type Consumer struct {
-	Name        string `json:"name"`
+	Name string `json:"name"`
+	// Stream is the consumer's stream; Kind is "commands" or "events"
+	// (the replicator's consumer of the events stream).
+	Stream      string `json:"stream,omitempty"`
+	Kind        string `json:"kind,omitempty"`
 	Pending     uint64 `json:"pending"`
 	AckPending  int    `json:"ack_pending"`
 	Redelivered int    `json:"redelivered"`
-	Error       string `json:"error,omitempty"`
+	// Absent is set for an events consumer (the replicator's) that does
+	// not exist, or whose stream does not: the role that uses it is not
+	// deployed, which is no problem.
+	Absent bool   `json:"absent,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // Expiry is a package that will expire next.
@@ -100,6 +108,11 @@ type Sources struct {
 	NATSErr        error
 	CommandsStream string
 	Consumers      []string
+	// EventsStream and EventConsumers are the durable consumers of the
+	// events stream (the replicator's); one that is absent, or whose
+	// stream is, is noted, not a problem: no replicator is deployed.
+	EventsStream   string
+	EventConsumers []string
 	DeadLetters    string
 	Projector      string
 	Relay          string
@@ -179,18 +192,24 @@ func Gather(ctx context.Context, src Sources) (Report, error) {
 
 func gatherNATS(ctx context.Context, src Sources, r *Report) {
 	for _, name := range src.Consumers {
-		c := Consumer{Name: name}
-		cons, err := src.JS.Consumer(ctx, src.CommandsStream, name)
-		if err == nil {
-			var info *jetstream.ConsumerInfo
-			info, err = cons.Info(ctx)
-			if err == nil {
-				c.Pending, c.AckPending, c.Redelivered = info.NumPending, info.NumAckPending, info.NumRedelivered
-			}
-		}
+		c, err := consumerBacklog(ctx, src.JS, src.CommandsStream, name)
+		c.Kind = "commands"
 		if err != nil {
 			c.Error = err.Error()
 			r.Problems = append(r.Problems, fmt.Sprintf("consumer %s: %v (has its worker role ever started?)", name, err))
+		}
+		r.Consumers = append(r.Consumers, c)
+	}
+	for _, name := range src.EventConsumers {
+		c, err := consumerBacklog(ctx, src.JS, src.EventsStream, name)
+		c.Kind = "events"
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound):
+			c.Absent = true
+			r.Notes = append(r.Notes, fmt.Sprintf("consumer %s on stream %s: absent (no replicator deployed; `artifactstore topology apply` creates it)", name, src.EventsStream))
+		case err != nil:
+			c.Error = err.Error()
+			r.Problems = append(r.Problems, fmt.Sprintf("consumer %s on stream %s: %v", name, src.EventsStream, err))
 		}
 		r.Consumers = append(r.Consumers, c)
 	}
@@ -211,6 +230,22 @@ func gatherNATS(ctx context.Context, src Sources, r *Report) {
 	if src.StagedMaxAge > 0 && src.Topology.StagingBucket != "" {
 		gatherStaging(ctx, src, r)
 	}
+}
+
+// consumerBacklog reads the backlog of the durable consumer name of
+// stream.
+func consumerBacklog(ctx context.Context, js jetstream.JetStream, stream, name string) (Consumer, error) {
+	c := Consumer{Name: name, Stream: stream}
+	cons, err := js.Consumer(ctx, stream, name)
+	if err != nil {
+		return c, err
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return c, err
+	}
+	c.Pending, c.AckPending, c.Redelivered = info.NumPending, info.NumAckPending, info.NumRedelivered
+	return c, nil
 }
 
 // catalogReader is what status reads of the projections and of the

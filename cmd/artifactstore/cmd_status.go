@@ -167,7 +167,7 @@ func localSpace(id, dir, hint string) func(context.Context) map[string]storage.H
 func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval time.Duration, maxLag int64, role string) status.Sources {
 	top := bus.DefaultTopology()
 	src := status.Sources{
-		Pool: pool, JS: js, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream,
+		Pool: pool, JS: js, CommandsStream: top.CommandsStream, DeadLetters: top.DeadLetterStream, EventsStream: top.EventsStream,
 		Projector: projector.DefaultName, Relay: "events", ScrubInterval: scrubInterval, MaxLag: maxLag,
 		DeadLetterPrefix: top.DeadLetterSubjectPrefix(), Topology: top,
 		LeaderLocks: []status.LeaderLock{
@@ -179,6 +179,9 @@ func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval tim
 		for _, f := range top.Consumers() {
 			src.Consumers = append(src.Consumers, f.Durable)
 		}
+		for _, f := range top.EventConsumers() {
+			src.EventConsumers = append(src.EventConsumers, f.Durable)
+		}
 		return src
 	}
 	r, _ := top.Role(role)
@@ -187,6 +190,8 @@ func statusSources(pool *pgxpool.Pool, js jetstream.JetStream, scrubInterval tim
 		switch {
 		case it.Kind == bus.KindConsumer && it.Stream == top.CommandsStream:
 			src.Consumers = append(src.Consumers, it.Name)
+		case it.Kind == bus.KindConsumer && it.Stream == top.EventsStream:
+			src.EventConsumers = append(src.EventConsumers, it.Name)
 		case it.Kind == bus.KindStream && it.Name == top.DeadLetterStream:
 			src.DeadLetters = top.DeadLetterStream
 		}

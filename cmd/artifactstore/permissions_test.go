@@ -485,18 +485,20 @@ func TestLeastPrivilegeRoles(t *testing.T) {
 			DeadLetters uint64 `json:"dead_letters"`
 			NATSError   string `json:"nats_error"`
 			Consumers   []struct {
-				Name  string `json:"name"`
-				Error string `json:"error"`
+				Name   string `json:"name"`
+				Absent bool   `json:"absent"`
+				Error  string `json:"error"`
 			} `json:"consumers"`
 		}
 		if err := json.Unmarshal([]byte(p.out.String()), &r); err != nil {
 			t.Fatalf("status --json: %v\n%s\n%s", err, p.out.String(), p.errOut.String())
 		}
-		if r.NATSError != "" || len(r.Consumers) != 3 {
+		// The three commands consumers and the replicator's.
+		if r.NATSError != "" || len(r.Consumers) != 4 {
 			t.Fatalf("status: %s", p.out.String())
 		}
 		for _, c := range r.Consumers {
-			if c.Error != "" {
+			if c.Error != "" || c.Absent {
 				t.Fatalf("status of consumer %s: %s", c.Name, c.Error)
 			}
 		}
