@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 )
 
@@ -55,18 +56,9 @@ var ErrAbandoned = errors.New("the staged upload was abandoned")
 // $O.<bucket>.C.<id> that Writer.StageUpload writes and OpenUpload reads.
 func NewUpload() string { return strings.ReplaceAll(uuid.NewString(), "-", "") }
 
-// ValidUpload reports whether id can be an upload id (a subject token).
-func ValidUpload(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return false
-		}
-	}
-	return true
-}
+// ValidUpload reports whether id can be an upload id (a subject token);
+// the rule is the ingest command's, commands.ValidUpload.
+func ValidUpload(id string) bool { return commands.ValidUpload(id) }
 
 // UploadOptions tune an UploadReader.
 type UploadOptions struct {
