@@ -331,16 +331,17 @@ func (c Ingest) Validate() error {
 		if c.Staged == "" {
 			return Rejectf(CodeMalformed, "upload is set without staged; name the staged object in staged and its upload in upload")
 		}
-		if !validUpload(c.Upload) {
+		if !ValidUpload(c.Upload) {
 			return Rejectf(CodeMalformed, "upload %q is not an upload id (1 to 64 letters, digits, - or _)", recordable(c.Upload))
 		}
 	}
 	return validateShort("staged", c.Staged)
 }
 
-// validUpload reports whether id can be the token of a chunk subject
-// (staging.ValidUpload says the same).
-func validUpload(id string) bool {
+// ValidUpload reports whether id can be an upload id: the token of the
+// staging chunk subject $O.<bucket>.C.<id> (1 to 64 letters, digits, - or
+// _). The staging package checks ids with it too.
+func ValidUpload(id string) bool {
 	if id == "" || len(id) > 64 {
 		return false
 	}

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/artifactstore/artifactstore/bus"
+	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
 )
 
@@ -55,18 +57,9 @@ var ErrAbandoned = errors.New("the staged upload was abandoned")
 // $O.<bucket>.C.<id> that Writer.StageUpload writes and OpenUpload reads.
 func NewUpload() string { return strings.ReplaceAll(uuid.NewString(), "-", "") }
 
-// ValidUpload reports whether id can be an upload id (a subject token).
-func ValidUpload(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return false
-		}
-	}
-	return true
-}
+// ValidUpload reports whether id can be an upload id (a subject token);
+// the rule is the ingest command's, commands.ValidUpload.
+func ValidUpload(id string) bool { return commands.ValidUpload(id) }
 
 // UploadOptions tune an UploadReader.
 type UploadOptions struct {
@@ -89,8 +82,14 @@ type UploadOptions struct {
 type UploadReader struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
-	it     jetstream.MessagesContext
-	stop   chan struct{}
+	js     jetstream.JetStream
+	stream string
+	filter string
+	it     jetstream.MessagesContext // nil after a lost connection, until reopened
+	// lastSeq is the stream sequence of the last chunk read: a consumer
+	// reopened after a lost connection starts after it.
+	lastSeq uint64
+	stop    chan struct{}
 
 	attempt  int   // the attempt being read; 0 before the first chunk
 	next     int   // the next chunk index expected
@@ -115,22 +114,36 @@ func OpenUpload(ctx context.Context, js jetstream.JetStream, bucket, id string, 
 	if !ValidUpload(id) {
 		return nil, fmt.Errorf("staging: %q is not an upload id", id)
 	}
-	cons, err := js.OrderedConsumer(ctx, streamName(bucket), jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{chunkSubject(bucket, id)},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: open upload %s: %w", ErrRead, id, err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxBytes(stagedBufferBytes))
-	if err != nil {
-		return nil, fmt.Errorf("%w: open upload %s: %w", ErrRead, id, err)
-	}
 	rctx, cancel := context.WithCancelCause(ctx)
-	r := &UploadReader{ctx: rctx, cancel: cancel, it: it, stop: make(chan struct{})}
+	r := &UploadReader{ctx: rctx, cancel: cancel, js: js, stream: streamName(bucket),
+		filter: chunkSubject(bucket, id), stop: make(chan struct{})}
+	if err := r.open(rctx); err != nil {
+		cancel(nil)
+		return nil, fmt.Errorf("%w: open upload %s: %w", ErrRead, id, err)
+	}
 	if o.Idle != nil {
 		go r.watch(o.Idle)
 	}
 	return r, nil
+}
+
+// open starts an ordered consumer of the upload's chunks after the last
+// one read (from the first when none was).
+func (r *UploadReader) open(ctx context.Context) error {
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{r.filter}}
+	if r.lastSeq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.lastSeq+1
+	}
+	cons, err := r.js.OrderedConsumer(ctx, r.stream, cfg)
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages(jetstream.PullMaxBytes(stagedBufferBytes))
+	if err != nil {
+		return err
+	}
+	r.it = it
+	return nil
 }
 
 // watch applies the progress rule.
@@ -165,7 +178,9 @@ func (r *UploadReader) Close() error {
 	default:
 		close(r.stop)
 	}
-	r.it.Stop()
+	if r.it != nil {
+		r.it.Stop()
+	}
 	r.cancel(nil)
 	return nil
 }
@@ -176,7 +191,27 @@ func (r *UploadReader) nextMsg() (*nats.Msg, error) {
 		return m, nil
 	}
 	r.waiting.Store(true)
-	msg, err := r.it.Next(jetstream.NextContext(r.ctx))
+	// The ordered consumer lives on the server the connection is on: a
+	// connection lost (a server restarted) ends it, and it is opened
+	// again after the last chunk read once the connection is back.
+	var msg jetstream.Msg
+	err := bus.RetryAcrossReconnects(r.ctx, r.js.Conn(), func(ctx context.Context) error {
+		if r.it == nil {
+			if err := r.open(ctx); err != nil {
+				return err
+			}
+		}
+		m, err := r.it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if errors.Is(context.Cause(ctx), bus.ErrConnectionLost) {
+				r.it.Stop()
+				r.it = nil
+			}
+			return err
+		}
+		msg = m
+		return nil
+	})
 	r.waiting.Store(false)
 	if err != nil {
 		if errors.Is(context.Cause(r.ctx), errStalled) {
@@ -188,6 +223,9 @@ func (r *UploadReader) nextMsg() (*nats.Msg, error) {
 		return nil, fmt.Errorf("%w: %w", ErrRead, err)
 	}
 	r.received.Add(1)
+	if md, err := msg.Metadata(); err == nil {
+		r.lastSeq = md.Sequence.Stream
+	}
 	return &nats.Msg{Subject: msg.Subject(), Header: msg.Headers(), Data: msg.Data()}, nil
 }
 
