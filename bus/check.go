@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -206,9 +207,13 @@ func (c Change) String() string {
 // only use the topology check it with [CheckTopology] instead. A change
 // the server cannot apply in place (e.g. a stream's retention or storage)
 // fails with the server's reason.
-func ApplyTopology(ctx context.Context, js jetstream.JetStream, t Topology) ([]Change, error) {
+func ApplyTopology(ctx context.Context, js jetstream.JetStream, t Topology, opts ...ApplyOption) ([]Change, error) {
 	if err := t.Validate(); err != nil {
 		return nil, err
+	}
+	var o applyOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
 	var changes []Change
 	for _, it := range t.Items() {
@@ -216,6 +221,46 @@ func ApplyTopology(ctx context.Context, js jetstream.JetStream, t Topology) ([]C
 		if err != nil {
 			return changes, err
 		}
+		if err := applyItem(ctx, js, it, t.Replicas, o.placementWait); err != nil {
+			return changes, err
+		}
+		changes = append(changes, Change{Item: it, Created: !found, Drift: drift})
+	}
+	return changes, nil
+}
+
+// ErrNoPlacement is wrapped by the error of [ApplyTopology] when the NATS
+// cluster cannot place an item's replicas: fewer JetStream servers are
+// online than the topology's replica count, or the cluster is still
+// forming (its meta leader has not yet heard from every server).
+var ErrNoPlacement = errors.New("the NATS cluster cannot place the replicas")
+
+// jsClusterNoPeers is JetStream's error code for "no suitable peers for
+// placement" (JSClusterNoPeersErrF).
+const jsClusterNoPeers jetstream.ErrorCode = 10005
+
+// ApplyOption changes how [ApplyTopology] applies a topology.
+type ApplyOption func(*applyOptions)
+
+type applyOptions struct {
+	placementWait time.Duration
+}
+
+// WaitForPlacement makes [ApplyTopology] retry an item the cluster cannot
+// place yet for up to d (a cluster that has just started places replicas
+// only once its meta leader has heard from every server), before it fails
+// with [ErrNoPlacement].
+func WaitForPlacement(d time.Duration) ApplyOption {
+	return func(o *applyOptions) { o.placementWait = d }
+}
+
+// applyItem creates or updates one item, retrying for up to wait while the
+// cluster cannot place its replicas.
+func applyItem(ctx context.Context, js jetstream.JetStream, it Item, nReplicas int, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	pause := 100 * time.Millisecond
+	for {
+		var err error
 		switch it.Kind {
 		case KindStream:
 			_, err = js.CreateOrUpdateStream(ctx, it.stream)
@@ -224,12 +269,25 @@ func ApplyTopology(ctx context.Context, js jetstream.JetStream, t Topology) ([]C
 		case KindObjectStore:
 			_, err = js.CreateOrUpdateObjectStore(ctx, it.bucket)
 		}
-		if err != nil {
-			return changes, fmt.Errorf("bus: create or update %s: %w", it, err)
+		var apiErr *jetstream.APIError
+		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != jsClusterNoPeers {
+			if err != nil {
+				return fmt.Errorf("bus: create or update %s: %w", it, err)
+			}
+			return nil
 		}
-		changes = append(changes, Change{Item: it, Created: !found, Drift: drift})
+		if !time.Now().Before(deadline) {
+			return fmt.Errorf("bus: create or update %s: %w: %d replicas need %d JetStream servers online in the cluster; "+
+				"start the missing servers (or wait until the cluster has formed) and run again, or lower --nats-replicas (%v)",
+				it, ErrNoPlacement, replicas(nReplicas), replicas(nReplicas), err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bus: create or update %s: %w (%v)", it, ctx.Err(), err)
+		case <-time.After(min(pause, time.Until(deadline))):
+		}
+		pause = min(2*pause, 2*time.Second)
 	}
-	return changes, nil
 }
 
 // EnsureTopology is [ApplyTopology] without the report: it creates or

@@ -201,3 +201,32 @@ func TestRolesCanCheckWhatTheyNeed(t *testing.T) {
 		}
 	}
 }
+
+// A topology with more replicas than the cluster has servers fails with
+// ErrNoPlacement and says what to do, not that the user lacks permissions.
+func TestApplyTopologyMoreReplicasThanServers(t *testing.T) {
+	t.Parallel()
+	c := natstest.StartCluster(t, 3)
+	js, err := jetstream.New(c.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
+	top.Replicas = 5
+	changes, err := bus.ApplyTopology(t.Context(), js, top)
+	if !errors.Is(err, bus.ErrNoPlacement) {
+		t.Fatalf("apply with 5 replicas on 3 servers: %v, want ErrNoPlacement", err)
+	}
+	if len(changes) != 0 {
+		t.Errorf("changes reported for a topology that could not be placed: %v", changes)
+	}
+	for _, want := range []string{"5 JetStream servers", "--nats-replicas", top.CommandsStream} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the error does not say %q: %v", want, err)
+		}
+	}
+	top.Replicas = 3
+	if _, err := bus.ApplyTopology(t.Context(), js, top, bus.WaitForPlacement(time.Minute)); err != nil {
+		t.Fatalf("apply with 3 replicas on 3 servers: %v", err)
+	}
+}

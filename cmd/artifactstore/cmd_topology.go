@@ -38,9 +38,12 @@ func (c topologyApplyCmd) Run(ctx context.Context, g *Globals, s *ioStreams) err
 		return err
 	}
 	defer nc.Close()
-	changes, err := bus.ApplyTopology(ctx, js, top)
+	changes, err := bus.ApplyTopology(ctx, js, top, bus.WaitForPlacement(placementWait))
 	for _, ch := range changes {
 		fmt.Fprintln(s.out, ch)
+	}
+	if errors.Is(err, bus.ErrNoPlacement) {
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("%w (does this NATS user have the admin role's permissions? see 'artifactstore topology permissions')", err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
@@ -130,9 +131,14 @@ func prepareTopology(ctx context.Context, js jetstream.JetStream, role string, f
 	return top, nil
 }
 
+// placementWait is how long applying the topology waits for a NATS
+// cluster that cannot place the replicas yet: one that has just started
+// places them only once its meta leader has heard from every server.
+const placementWait = 30 * time.Second
+
 // applyTopology creates or updates every item of top and logs what it did.
 func applyTopology(ctx context.Context, js jetstream.JetStream, top bus.Topology, lg zerolog.Logger) error {
-	changes, err := bus.ApplyTopology(ctx, js, top)
+	changes, err := bus.ApplyTopology(ctx, js, top, bus.WaitForPlacement(placementWait))
 	if err != nil {
 		return err
 	}

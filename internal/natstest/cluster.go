@@ -1,6 +1,7 @@
 package natstest
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // clusterTimeout bounds how long a test waits for a cluster to elect its
@@ -253,6 +255,44 @@ func (c *Cluster) readiness() string {
 		if h := s.Healthz(nil); h.Status != "ok" {
 			return fmt.Sprintf("node %s: %s %s", s.Name(), h.Status, h.Error)
 		}
+	}
+	// The meta leader places a stream only on peers whose statistics it
+	// has heard (STATSZ), which may come after the peer joined the meta
+	// group: without this a test's first stream can fail with "no
+	// suitable peers for placement, peer offline".
+	return c.placementProbe(leader, len(running))
+}
+
+// placementProbeStream is the throwaway stream that proves the meta
+// leader can place a stream on every running node.
+const placementProbeStream = "NATSTEST_PLACEMENT_PROBE"
+
+// placementProbe creates and deletes a memory stream with one replica per
+// running node, through the meta leader, and says why it could not, or ""
+// when it could.
+func (c *Cluster) placementProbe(leader *server.Server, replicas int) string {
+	nc, err := nats.Connect(leader.ClientURL(), nats.Name("natstest placement probe"))
+	if err != nil {
+		return fmt.Sprintf("placement probe: connect to %s: %v", leader.Name(), err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Sprintf("placement probe: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // only bounds one probe; WaitReady retries
+	defer cancel()
+	cfg := jetstream.StreamConfig{
+		Name:     placementProbeStream,
+		Subjects: []string{"natstest.placement.probe"},
+		Storage:  jetstream.MemoryStorage,
+		Replicas: replicas,
+	}
+	if _, err := js.CreateStream(ctx, cfg); err != nil {
+		return fmt.Sprintf("placement probe: a stream with %d replicas: %v", replicas, err)
+	}
+	if err := js.DeleteStream(ctx, placementProbeStream); err != nil {
+		return fmt.Sprintf("placement probe: delete its stream: %v", err)
 	}
 	return ""
 }
