@@ -1,9 +1,12 @@
 package pkgstate
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -53,8 +56,9 @@ func ObjectStatesOf(ctx context.Context, q Querier, keys []ObjectKey) (map[Objec
 	for i, k := range keys {
 		addrs[i], backends[i] = k.Address, k.Backend
 	}
-	rows, err := q.Query(ctx, `SELECT g.content_address, g.backend_id, g.state FROM gc_objects g
-		JOIN unnest($1::text[], $2::text[]) AS u(a, b) ON g.content_address = u.a AND g.backend_id = u.b`, addrs, backends)
+	rows, err := q.Query(ctx, `SELECT u.a, u.b, g.state FROM unnest($1::text[], $2::text[]) AS u(a, b)
+		CROSS JOIN LATERAL (`+byKeySQL(`SELECT state FROM gc_objects WHERE content_address = u.a AND backend_id = u.b`)+`) g`,
+		addrs, backends)
 	if err != nil {
 		return nil, fmt.Errorf("read the gc rows of %d objects: %w", len(keys), err)
 	}
@@ -75,16 +79,22 @@ func ObjectStatesOf(ctx context.Context, q Querier, keys []ObjectKey) (map[Objec
 }
 
 // QueueLockObjects queues on b, after the lock, the read of the rows of
-// keys FOR UPDATE (in key order, so that lockers never deadlock); once the
-// batch ran, into holds each row's state (no entry: no row).
+// keys FOR UPDATE (in key order, so that lockers never deadlock: the keys
+// are sorted here, and each row is locked by its own lookup as the keys
+// are walked in array order); once the batch ran, into holds each row's
+// state (no entry: no row).
 func QueueLockObjects(b *pgx.Batch, keys []ObjectKey, into map[ObjectKey]ObjectState) {
+	keys = slices.Clone(keys)
+	slices.SortFunc(keys, func(x, y ObjectKey) int {
+		return cmp.Or(strings.Compare(x.Address, y.Address), strings.Compare(x.Backend, y.Backend))
+	})
 	addrs, backends := make([]string, len(keys)), make([]string, len(keys))
 	for i, k := range keys {
 		addrs[i], backends[i] = k.Address, k.Backend
 	}
-	b.Queue(`SELECT g.content_address, g.backend_id, g.state FROM gc_objects g
-		JOIN unnest($1::text[], $2::text[]) AS u(a, b) ON g.content_address = u.a AND g.backend_id = u.b
-		ORDER BY g.content_address, g.backend_id FOR UPDATE OF g`, addrs, backends).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT u.a, u.b, g.state FROM unnest($1::text[], $2::text[]) AS u(a, b)
+		CROSS JOIN LATERAL (SELECT state FROM gc_objects WHERE content_address = u.a AND backend_id = u.b FOR UPDATE) g`,
+		addrs, backends).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var k ObjectKey
 			var state string

@@ -64,8 +64,9 @@ func QueueFiles(b *pgx.Batch, keys []FileKey, into map[FileKey]string) {
 	for i, k := range keys {
 		pkgs[i], paths[i] = k.Package, k.Path
 	}
-	b.Queue(`SELECT f.package, f.path, f.content_address FROM ingest_files f
-		JOIN unnest($1::text[], $2::text[]) AS u(p, pa) ON f.package = u.p AND f.path = u.pa`, pkgs, paths).Query(func(rows pgx.Rows) error {
+	b.Queue(`SELECT u.p, u.pa, f.content_address FROM unnest($1::text[], $2::text[]) AS u(p, pa)
+		CROSS JOIN LATERAL (`+byKeySQL(`SELECT content_address FROM ingest_files WHERE package = u.p AND path = u.pa`)+`) f`,
+		pkgs, paths).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var k FileKey
 			var addr string

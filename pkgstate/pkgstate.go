@@ -78,3 +78,14 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) err
 		return fn(tx)
 	})
 }
+
+// byKeySQL makes the lookup of one row by its primary key (a statement
+// whose WHERE names the columns of an outer unnest) the inner side of a
+// LATERAL join over many keys: each key is one index lookup, whatever
+// the planner believes of the table. A plain join with unnest lets a
+// cached generic plan, made while the table was empty or small (a fresh
+// database, before autovacuum analyzed it), hash the keys and scan the
+// whole table on every execution; that scan grew with the table and made
+// each ingest's pre-check slower than the one before. OFFSET 0 keeps the
+// planner from flattening the subquery back into such a join.
+func byKeySQL(lookup string) string { return lookup + ` OFFSET 0` }
