@@ -3,8 +3,10 @@ package ingest_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -252,23 +254,30 @@ func TestRePutFindsUnrecordedDamage(t *testing.T) {
 // missing copy.
 func TestRePutRestoresMissingObject(t *testing.T) {
 	t.Parallel()
-	r := newRepairEnv(t)
-	p := randomBytes(t, 3*blaketree.GroupSize+1)
-	a := digest.MustParse(r.putFile("ci/run-1", "gone.bin", p).Address)
-	for _, f := range []string{r.file(a), r.file(a) + ".bao"} {
-		if err := os.Remove(f); err != nil {
-			t.Fatal(err)
-		}
+	// An inline blob (its records are read with its pre-check) and a
+	// staged one (read by the data plane after the write).
+	for _, size := range []int{4 << 10, 3*blaketree.GroupSize + 1} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			t.Parallel()
+			r := newRepairEnv(t)
+			p := randomBytes(t, size)
+			a := digest.MustParse(r.putFile("ci/run-1", "gone.bin", p).Address)
+			for _, f := range []string{r.file(a), r.file(a) + ".bao"} {
+				if err := os.Remove(f); err != nil && (f == r.file(a) || !errors.Is(err, fs.ErrNotExist)) {
+					t.Fatal(err)
+				}
+			}
+			rep := r.putFile("ci/run-2", "gone.bin", p)
+			if rep.Status != commands.StatusRepaired || rep.Repaired != "missing" {
+				t.Fatalf("re-put of a lost object: %+v; want repaired (missing)", rep)
+			}
+			r.project()
+			if st, n := r.location(a); st != "ok" || n != 1 {
+				t.Fatalf("location: %s with %d repairs, want ok with 1", st, n)
+			}
+			r.requireServed(a, p)
+		})
 	}
-	rep := r.putFile("ci/run-2", "gone.bin", p)
-	if rep.Status != commands.StatusRepaired || rep.Repaired != "missing" {
-		t.Fatalf("re-put of a lost object: %+v; want repaired (missing)", rep)
-	}
-	r.project()
-	if st, n := r.location(a); st != "ok" || n != 1 {
-		t.Fatalf("location: %s with %d repairs, want ok with 1", st, n)
-	}
-	r.requireServed(a, p)
 }
 
 // TestDedupOfIntactObjectRewritesNothing: a re-put of intact content is a
