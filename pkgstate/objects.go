@@ -56,9 +56,11 @@ func ObjectStatesOf(ctx context.Context, q Querier, keys []ObjectKey) (map[Objec
 	for i, k := range keys {
 		addrs[i], backends[i] = k.Address, k.Backend
 	}
-	rows, err := q.Query(ctx, `SELECT u.a, u.b, g.state FROM unnest($1::text[], $2::text[]) AS u(a, b)
-		CROSS JOIN LATERAL (`+byKeySQL(`SELECT state FROM gc_objects WHERE content_address = u.a AND backend_id = u.b`)+`) g`,
+	sql, args := byKeys(`SELECT content_address, backend_id, state FROM gc_objects WHERE content_address = $1 AND backend_id = $2`,
+		`SELECT u.a, u.b, g.state FROM unnest($1::text[], $2::text[]) AS u(a, b)
+		CROSS JOIN LATERAL (SELECT state FROM gc_objects WHERE content_address = u.a AND backend_id = u.b OFFSET 0) g`,
 		addrs, backends)
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read the gc rows of %d objects: %w", len(keys), err)
 	}
@@ -92,9 +94,11 @@ func QueueLockObjects(b *pgx.Batch, keys []ObjectKey, into map[ObjectKey]ObjectS
 	for i, k := range keys {
 		addrs[i], backends[i] = k.Address, k.Backend
 	}
-	b.Queue(`SELECT u.a, u.b, g.state FROM unnest($1::text[], $2::text[]) AS u(a, b)
+	sql, args := byKeys(`SELECT content_address, backend_id, state FROM gc_objects WHERE content_address = $1 AND backend_id = $2 FOR UPDATE`,
+		`SELECT u.a, u.b, g.state FROM unnest($1::text[], $2::text[]) AS u(a, b)
 		CROSS JOIN LATERAL (SELECT state FROM gc_objects WHERE content_address = u.a AND backend_id = u.b FOR UPDATE) g`,
-		addrs, backends).Query(func(rows pgx.Rows) error {
+		addrs, backends)
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var k ObjectKey
 			var state string

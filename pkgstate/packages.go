@@ -64,9 +64,11 @@ func QueueFiles(b *pgx.Batch, keys []FileKey, into map[FileKey]string) {
 	for i, k := range keys {
 		pkgs[i], paths[i] = k.Package, k.Path
 	}
-	b.Queue(`SELECT u.p, u.pa, f.content_address FROM unnest($1::text[], $2::text[]) AS u(p, pa)
-		CROSS JOIN LATERAL (`+byKeySQL(`SELECT content_address FROM ingest_files WHERE package = u.p AND path = u.pa`)+`) f`,
-		pkgs, paths).Query(func(rows pgx.Rows) error {
+	sql, args := byKeys(`SELECT package, path, content_address FROM ingest_files WHERE package = $1 AND path = $2`,
+		`SELECT u.p, u.pa, f.content_address FROM unnest($1::text[], $2::text[]) AS u(p, pa)
+		CROSS JOIN LATERAL (SELECT content_address FROM ingest_files WHERE package = u.p AND path = u.pa OFFSET 0) f`,
+		pkgs, paths)
+	b.Queue(sql, args...).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var k FileKey
 			var addr string

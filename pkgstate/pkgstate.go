@@ -79,13 +79,24 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(tx pgx.Tx) error) err
 	})
 }
 
-// byKeySQL makes the lookup of one row by its primary key (a statement
-// whose WHERE names the columns of an outer unnest) the inner side of a
-// LATERAL join over many keys: each key is one index lookup, whatever
-// the planner believes of the table. A plain join with unnest lets a
-// cached generic plan, made while the table was empty or small (a fresh
-// database, before autovacuum analyzed it), hash the keys and scan the
-// whole table on every execution; that scan grew with the table and made
-// each ingest's pre-check slower than the one before. OFFSET 0 keeps the
-// planner from flattening the subquery back into such a join.
-func byKeySQL(lookup string) string { return lookup + ` OFFSET 0` }
+// byKeys picks the statement that reads rows by their two-column keys
+// (a[i], b[i]) and its arguments: one, comparing the key columns with $1
+// and $2, for a single key; many, a lookup per key over unnest($1, $2),
+// for more. many makes each lookup the inner side of a LATERAL join
+// (CROSS JOIN LATERAL (... OFFSET 0), the OFFSET, or a FOR UPDATE, keeping
+// the planner from flattening it): one index lookup per key whatever the planner believes
+// of the table. A plain join with unnest let a connection cache a generic
+// plan made while the table was empty and never analyzed (a fresh
+// database, before autovacuum's first ANALYZE) that hashes the keys and
+// scans the whole table on every later run, each run slower as the table
+// grows. PostgreSQL plans the LATERAL form afresh on each run (its generic
+// plan, sized for ten keys, looks dearer than a custom plan for a few),
+// which a read of several keys can afford; the single key of an ingest's
+// pre-check or of a group of one gets one, whose cached generic plan is
+// the index lookup.
+func byKeys(one, many string, a, b []string) (string, []any) {
+	if len(a) == 1 {
+		return one, []any{a[0], b[0]}
+	}
+	return many, []any{a, b}
+}
