@@ -30,6 +30,10 @@ type Message struct {
 	// ReplyTo is the Artifactstore-Reply-To header; empty when the
 	// producer waits for no reply.
 	ReplyTo string
+	// Reask is the Artifactstore-Reask header: the command id of a
+	// command its Requester sent again because no reply came (see
+	// HeaderReask); empty on the first publish.
+	Reask string
 	// ContentType is the Content-Type header; empty means CBOR.
 	ContentType string
 	// Stream and StreamSequence locate the command in JetStream.
