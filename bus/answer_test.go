@@ -263,3 +263,49 @@ func TestRequesterAsksAgainWhenTheReplyIsLost(t *testing.T) {
 		t.Fatalf("reply %q; %d originals, %d re-asks handled, %d sent", m.Data, originals.Load(), reasks.Load(), r.Reasked())
 	}
 }
+
+// TestReaskOfACommandInFlightIsDropped holds the handling of a command
+// while its requester, hearing nothing, asks again: the consumer
+// acknowledges the re-ask without running the handler a second time (the
+// handling in flight answers on the same reply subject), and the one reply
+// reaches the requester once the handling ends.
+func TestReaskOfACommandInFlightIsDropped(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	worker := e.ns.Connect(t)
+	release := make(chan struct{})
+	var calls, dropped atomic.Int32
+	e.consumer(t, e.top.VerifyConsumer, func(ctx context.Context, m bus.Message) error {
+		calls.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return bus.Reply(worker, m.ReplyTo, []byte("done once"), "text/plain")
+	}, bus.ConsumerOptions{OnReaskDropped: func(m bus.Message) {
+		if m.Reask == "long-one" {
+			dropped.Add(1)
+		}
+	}})
+	r, err := bus.NewRequester(e.nc, e.js, bus.ReaskAfter(20*time.Millisecond, 80*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := r.Send(t.Context(), e.top.Subject(bus.CmdVerify), "long-one", []byte("x"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a re-ask dropped, or handled a second time", func() bool { return dropped.Load() > 0 || calls.Load() > 1 })
+	close(release)
+	ctx, cancel := context.WithTimeout(t.Context(), hang) // hang guard
+	defer cancel()
+	m, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Data) != "done once" || calls.Load() != 1 {
+		t.Fatalf("reply %q; the handler ran %d times, want once (re-asks of it in flight dropped)", m.Data, calls.Load())
+	}
+}

@@ -14,7 +14,3 @@ func SetUploadTicks(c *Config, ticks <-chan time.Time) { c.uploadTicks = ticks }
 // SetLoseReply makes the ingester lose the reply of a command (not send
 // it, as if the node that took it died) when lose returns true.
 func SetLoseReply(c *Config, lose func(commandID string, m bus.Message) bool) { c.loseReply = lose }
-
-// SetReaskDropped makes dropped hear about every re-ask the ingester
-// drops because its command is in flight in the process.
-func SetReaskDropped(c *Config, dropped func(commandID string)) { c.reaskDropped = dropped }

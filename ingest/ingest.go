@@ -172,9 +172,6 @@ type Config struct {
 	// loseReply, in tests, loses the reply of a command (as a JetStream
 	// cluster does when the node that took it dies) when it returns true.
 	loseReply func(commandID string, m bus.Message) bool
-	// reaskDropped, in tests, hears about every re-ask dropped because
-	// its command is in flight here.
-	reaskDropped func(commandID string)
 	// Actor is the actor of events when a command names no producer.
 	// Default "ingest".
 	Actor string
@@ -250,9 +247,6 @@ type Ingester struct {
 	// locations reads the projected state of stored copies (condition).
 	locations locationReader
 
-	// flights are the commands being handled in this process.
-	flights flights
-
 	mu       sync.Mutex
 	consumer *bus.Consumer
 	stop     chan struct{}
@@ -274,7 +268,6 @@ func New(cfg Config) (*Ingester, error) {
 		slots:  make(chan struct{}, cfg.Concurrency),
 
 		locations: catalog.New(cfg.Pool),
-		flights:   flights{m: map[flightKey]int{}},
 	}
 	ing.commit = newCommitter(ing)
 	return ing, nil
@@ -348,60 +341,9 @@ func (ing *Ingester) Stop(ctx context.Context) error {
 	return err
 }
 
-// flightKey names a command being handled: its id and reply subject.
-type flightKey struct{ id, replyTo string }
-
-// flights counts the commands being handled in this process, by command
-// id and reply subject.
-type flights struct {
-	mu sync.Mutex
-	m  map[flightKey]int
-}
-
-// add records a handling of command id for replyTo and returns the
-// function that ends it.
-func (f *flights) add(id, replyTo string) func() {
-	k := flightKey{id, replyTo}
-	f.mu.Lock()
-	f.m[k]++
-	f.mu.Unlock()
-	return func() {
-		f.mu.Lock()
-		if f.m[k]--; f.m[k] <= 0 {
-			delete(f.m, k)
-		}
-		f.mu.Unlock()
-	}
-}
-
-// has reports whether command id is being handled for replyTo.
-func (f *flights) has(id, replyTo string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.m[flightKey{id, replyTo}] > 0
-}
-
 // handle is the consume loop's handler: it dispatches on the subject.
 func (ing *Ingester) handle(ctx context.Context, m bus.Message) error {
 	defer func(start time.Time) { ing.cfg.Metrics.handled(time.Since(start)) }(time.Now())
-	// A re-ask of a command this process is handling for the same reply
-	// subject needs no work: the handling in flight answers it (or, when
-	// it fails, its redelivery does). Acknowledging the copy keeps a long
-	// staged ingest from being read and stored a second time.
-	id := m.CommandID
-	if m.Reask != "" {
-		id = m.Reask
-		if ing.flights.has(id, m.ReplyTo) {
-			ing.log.Debug().Str("command_id", id).Msg("re-ask of a command in flight here; its handling answers it")
-			if ing.cfg.reaskDropped != nil {
-				ing.cfg.reaskDropped(id)
-			}
-			return nil
-		}
-	}
-	if id != "" {
-		defer ing.flights.add(id, m.ReplyTo)()
-	}
 	t := ing.cfg.Topology
 	d := newDelivery(m)
 	switch m.Subject {

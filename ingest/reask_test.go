@@ -93,7 +93,7 @@ func TestReaskOfAnUploadInFlightIsDropped(t *testing.T) {
 	e.startIngester(func(c *ingest.Config) {
 		c.DataPlane = dp
 		ingest.SetUploadTicks(c, ticks)
-		ingest.SetReaskDropped(c, func(string) { dropped.Add(1) })
+		c.Consumer.OnReaskDropped = func(bus.Message) { dropped.Add(1) }
 	})
 	client := e.quickReaskClient()
 	const id = "inflight-1"
