@@ -87,7 +87,10 @@ func ValidateCommandID(id string) error {
 // commandID, so that the server drops a second publish of the same command
 // inside the stream's duplicate window (the PubAck then says Duplicate).
 // contentType and replyTo are optional headers; the worker answers on
-// replyTo with a core NATS publish.
+// replyTo with a core NATS publish. It cannot see a publish the server
+// refuses for want of a grant (the server answers it with an asynchronous
+// error only, and the publish waits out ctx): a program publishes through
+// a [Publisher] or a [Requester], which fail at once.
 func PublishCommand(ctx context.Context, js jetstream.JetStream, subject, commandID string, body []byte, contentType, replyTo string) (*jetstream.PubAck, error) {
 	if err := ValidateCommandID(commandID); err != nil {
 		return nil, err
@@ -167,7 +170,7 @@ type Requester struct {
 	nc     *nats.Conn
 	sub    *nats.Subscription
 	prefix string
-	denied *deniedWatch
+	denied *DeniedWatch
 	opts   requesterOptions
 	// wake tells the re-ask loop that a deadline moved; stop ends it.
 	wake chan struct{}
@@ -239,7 +242,7 @@ func NewRequester(nc *nats.Conn, js jetstream.JetStream, opts ...RequesterOption
 		return nil, fmt.Errorf("bus: flush reply subscription: %w", err)
 	}
 	r.sub = sub
-	r.denied = watchDenied(nc)
+	r.denied = WatchDenied(nc)
 	prev := nc.ReconnectHandler()
 	nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
@@ -425,16 +428,16 @@ func (r *Requester) Send(ctx context.Context, subject, commandID string, body []
 	r.mu.Unlock()
 
 	var ack *jetstream.PubAck
-	pctx, done := r.denied.publishing(ctx, subject)
+	pctx, done := r.denied.Publishing(ctx, subject)
 	err := RetryTransient(pctx, ClientRetryBudget, func(ctx context.Context) error {
 		var err error
 		ack, err = PublishCommand(ctx, r.js, subject, commandID, body, contentType, r.ReplySubject(commandID))
-		if denied := deniedCause(pctx); denied != nil {
+		if denied := DeniedCause(pctx); denied != nil {
 			return fmt.Errorf("bus: publish command %s: %w", commandID, denied)
 		}
 		return err
 	}, nil)
-	if denied := deniedCause(pctx); denied != nil && err != nil && !errors.As(err, new(*PublishDeniedError)) {
+	if denied := DeniedCause(pctx); denied != nil && err != nil && !errors.As(err, new(*PublishDeniedError)) {
 		err = fmt.Errorf("bus: publish command %s: %w", commandID, denied)
 	}
 	done()
