@@ -237,6 +237,9 @@ func (c *Client) putStaged(ctx context.Context, cmd commands.Ingest, p Put, pref
 		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
 			return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
 		}
+		if denied := (*bus.PublishDeniedError)(nil); errors.As(err, &denied) {
+			return nil, fmt.Errorf("producer: %s: %w; `put` connects as the %s role, whose grants include it", p.Path, err, bus.RoleProducer)
+		}
 		return nil, fmt.Errorf("%s: %w", p.Path, err)
 	}
 	return pend, nil
