@@ -39,6 +39,9 @@ func TestPublisherFailsAtOnceWhenDenied(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), hang) // hang guard only
 	defer cancel()
 	_, err = pub.PublishCommand(ctx, verify, "denied-1", []byte("x"), "", "")
+	if ctx.Err() != nil {
+		t.Fatalf("the publish waited out its hang guard (%v) instead of failing on the refusal", err)
+	}
 	var denied *bus.PublishDeniedError
 	if !errors.As(err, &denied) || denied.Subject != verify || !errors.Is(err, nats.ErrPermissionViolation) ||
 		!strings.Contains(err.Error(), "publish grant on "+verify) || !strings.Contains(err.Error(), "artifactstore topology permissions") {

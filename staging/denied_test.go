@@ -56,6 +56,9 @@ func TestStagingFailsAtOnceWhenDenied(t *testing.T) {
 			} else {
 				_, err = w.Stage(ctx, "big", "p:big", nil, blob, nil)
 			}
+			if ctx.Err() != nil {
+				t.Fatalf("the publish waited out its hang guard (%v) instead of failing on the refusal", err)
+			}
 			var denied *bus.PublishDeniedError
 			if !errors.As(err, &denied) || !errors.Is(err, nats.ErrPermissionViolation) || retries != 0 ||
 				!strings.Contains(err.Error(), "publish grant on "+tc.deny) || !strings.Contains(err.Error(), "artifactstore topology permissions") {

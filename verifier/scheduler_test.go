@@ -230,6 +230,9 @@ func TestSchedulerFailsAtOnceWhenDenied(t *testing.T) {
 		Interval: 24 * time.Hour, Subject: subject, Logger: &l,
 	})
 	n, err := s.RunOnce(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("the publish waited out its hang guard (%v) instead of failing on the refusal", err)
+	}
 	var denied *bus.PublishDeniedError
 	if !errors.As(err, &denied) || n != 0 || !strings.Contains(err.Error(), "publish grant on "+subject) {
 		t.Fatalf("pass without the grant on %s: %d queued, %v", subject, n, err)
