@@ -198,7 +198,8 @@ func TestRequesterAsksAgainAfterReconnect(t *testing.T) {
 		}
 		return bus.Reply(worker, m.ReplyTo, []byte("recorded outcome"), "text/plain")
 	}, bus.ConsumerOptions{})
-	r, err := bus.NewRequester(e.nc, e.js)
+	// No periodic re-ask: only the reconnect's.
+	r, err := bus.NewRequester(e.nc, e.js, bus.ReaskAfter(0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,5 +218,94 @@ func TestRequesterAsksAgainAfterReconnect(t *testing.T) {
 	}
 	if string(m.Data) != "recorded outcome" || r.Reasked() != 1 {
 		t.Fatalf("reply %q after %d re-asks", m.Data, r.Reasked())
+	}
+}
+
+// TestRequesterAsksAgainWhenTheReplyIsLost loses the worker's first reply
+// while the requester's connection stays up (as a JetStream cluster does
+// when the worker's node dies right after the worker replied): the
+// requester must ask again after its quiet interval, without Nats-Msg-Id
+// and naming the command in Artifactstore-Reask, and get the recorded
+// outcome. The interval is short, but the outcome does not depend on it:
+// the wait has a minutes-long hang guard only.
+func TestRequesterAsksAgainWhenTheReplyIsLost(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	worker := e.ns.Connect(t)
+	var originals, reasks atomic.Int32
+	e.consumer(t, e.top.VerifyConsumer, func(ctx context.Context, m bus.Message) error {
+		if m.Reask == "" {
+			originals.Add(1)
+			return nil // handled, but its reply is lost on the way
+		}
+		if m.Reask != "lost-on-the-way" || m.CommandID != "" {
+			return bus.Reject(errors.New("re-ask without its header, or with a Nats-Msg-Id"), "bad_reask")
+		}
+		reasks.Add(1)
+		return bus.Reply(worker, m.ReplyTo, []byte("recorded outcome"), "text/plain")
+	}, bus.ConsumerOptions{})
+	r, err := bus.NewRequester(e.nc, e.js, bus.ReaskAfter(20*time.Millisecond, 80*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := r.Send(t.Context(), e.top.Subject(bus.CmdVerify), "lost-on-the-way", []byte("x"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), hang) // hang guard
+	defer cancel()
+	m, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatalf("no reply though the requester's connection never dropped: %v", err)
+	}
+	if string(m.Data) != "recorded outcome" || originals.Load() != 1 || reasks.Load() < 1 || r.Reasked() < 1 {
+		t.Fatalf("reply %q; %d originals, %d re-asks handled, %d sent", m.Data, originals.Load(), reasks.Load(), r.Reasked())
+	}
+}
+
+// TestReaskOfACommandInFlightIsDropped holds the handling of a command
+// while its requester, hearing nothing, asks again: the consumer
+// acknowledges the re-ask without running the handler a second time (the
+// handling in flight answers on the same reply subject), and the one reply
+// reaches the requester once the handling ends.
+func TestReaskOfACommandInFlightIsDropped(t *testing.T) {
+	t.Parallel()
+	e := setup(t, nil)
+	worker := e.ns.Connect(t)
+	release := make(chan struct{})
+	var calls, dropped atomic.Int32
+	e.consumer(t, e.top.VerifyConsumer, func(ctx context.Context, m bus.Message) error {
+		calls.Add(1)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return bus.Reply(worker, m.ReplyTo, []byte("done once"), "text/plain")
+	}, bus.ConsumerOptions{OnReaskDropped: func(m bus.Message) {
+		if m.Reask == "long-one" {
+			dropped.Add(1)
+		}
+	}})
+	r, err := bus.NewRequester(e.nc, e.js, bus.ReaskAfter(20*time.Millisecond, 80*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := r.Send(t.Context(), e.top.Subject(bus.CmdVerify), "long-one", []byte("x"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a re-ask dropped, or handled a second time", func() bool { return dropped.Load() > 0 || calls.Load() > 1 })
+	close(release)
+	ctx, cancel := context.WithTimeout(t.Context(), hang) // hang guard
+	defer cancel()
+	m, err := p.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(m.Data) != "done once" || calls.Load() != 1 {
+		t.Fatalf("reply %q; the handler ran %d times, want once (re-asks of it in flight dropped)", m.Data, calls.Load())
 	}
 }

@@ -30,6 +30,10 @@ type Message struct {
 	// ReplyTo is the Artifactstore-Reply-To header; empty when the
 	// producer waits for no reply.
 	ReplyTo string
+	// Reask is the Artifactstore-Reask header: the command id of a
+	// command its Requester sent again because no reply came (see
+	// HeaderReask); empty on the first publish.
+	Reask string
 	// ContentType is the Content-Type header; empty means CBOR.
 	ContentType string
 	// Stream and StreamSequence locate the command in JetStream.
@@ -128,6 +132,10 @@ type ConsumerOptions struct {
 	// NoAdvisories turns off the subscription to the server's
 	// max-deliveries advisories of this consumer (see [Consumer.Start]).
 	NoAdvisories bool
+	// OnReaskDropped, when set, hears about every re-ask (see
+	// [HeaderReask]) acknowledged without running the handler because this
+	// consumer is handling its command for the same reply subject.
+	OnReaskDropped func(m Message)
 }
 
 func (o ConsumerOptions) withDefaults() ConsumerOptions {
@@ -224,6 +232,9 @@ type Consumer struct {
 	hardCtx    context.Context
 	hardCancel context.CancelFunc
 	handlers   sync.WaitGroup
+	// flights counts the commands being handled, by command id and reply
+	// subject.
+	flights flights
 	// advisoryWork counts advisories being handled.
 	advisoryWork sync.WaitGroup
 	done         chan struct{} // closed when the fetch loop and every handler ended
@@ -477,6 +488,28 @@ func (c *Consumer) handle(msg jetstream.Msg) {
 		return
 	}
 
+	// A re-ask of a command being handled here for the same reply subject
+	// needs no work: the handling in flight answers it (or, when it
+	// fails, its redelivery or the consume loop's answer does; both reply
+	// on the same subject). Acknowledging the copy keeps a long handling,
+	// a 1 GiB staged ingest or a verify, from being done a second time
+	// while the first still runs.
+	id := m.CommandID
+	if m.Reask != "" {
+		id = m.Reask
+		if c.flights.has(id, m.ReplyTo) {
+			log.Debug().Str("reask", id).Msg("re-ask of a command being handled here; its handling answers it")
+			if c.opts.OnReaskDropped != nil {
+				c.opts.OnReaskDropped(m)
+			}
+			c.settle(m, nil, log)
+			return
+		}
+	}
+	if id != "" {
+		defer c.flights.add(id, m.ReplyTo)()
+	}
+
 	hctx, cancel := context.WithCancel(c.hardCtx)
 	stopProgress := c.keepInProgress(msg, log)
 	err = c.call(hctx, m)
@@ -691,4 +724,40 @@ func (c *Consumer) deadLetter(m Message, kind, code, reason string, log zerolog.
 	if err := m.msg.TermWithReason(code + ": " + reason); err != nil {
 		log.Error().Err(err).Msg("term failed after dead-lettering; a redelivery will be dead-lettered again as a duplicate")
 	}
+}
+
+// flightKey names a command being handled: its id and reply subject.
+type flightKey struct{ id, replyTo string }
+
+// flights counts the commands being handled by a consumer, by command id
+// and reply subject.
+type flights struct {
+	mu sync.Mutex
+	m  map[flightKey]int
+}
+
+// add records a handling of command id for replyTo and returns the
+// function that ends it.
+func (f *flights) add(id, replyTo string) func() {
+	k := flightKey{id, replyTo}
+	f.mu.Lock()
+	if f.m == nil {
+		f.m = map[flightKey]int{}
+	}
+	f.m[k]++
+	f.mu.Unlock()
+	return func() {
+		f.mu.Lock()
+		if f.m[k]--; f.m[k] <= 0 {
+			delete(f.m, k)
+		}
+		f.mu.Unlock()
+	}
+}
+
+// has reports whether command id is being handled for replyTo.
+func (f *flights) has(id, replyTo string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.m[flightKey{id, replyTo}] > 0
 }

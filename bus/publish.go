@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,6 +24,22 @@ const (
 	// HeaderContentType is the body's media type: application/cbor
 	// (default when absent) or application/json.
 	HeaderContentType = "Content-Type"
+	// HeaderReask marks a command a [Requester] sends again because its
+	// reply did not come (after a reconnect, or after a quiet interval);
+	// it carries the command id. Such a copy has no Nats-Msg-Id, so that
+	// JetStream stores it; a worker already handling the command id with
+	// the same reply subject may drop it (the handling in flight answers),
+	// and one that finds the command id handled answers with the recorded
+	// outcome.
+	HeaderReask = "Artifactstore-Reask"
+)
+
+// Default schedule of a [Requester]'s re-asks of a command whose reply
+// does not come: after DefaultReaskAfter without a reply, then after
+// intervals doubling up to DefaultReaskMax.
+const (
+	DefaultReaskAfter = time.Minute
+	DefaultReaskMax   = 10 * time.Minute
 )
 
 // Headers a dead letter carries besides the original command's headers.
@@ -70,7 +87,10 @@ func ValidateCommandID(id string) error {
 // commandID, so that the server drops a second publish of the same command
 // inside the stream's duplicate window (the PubAck then says Duplicate).
 // contentType and replyTo are optional headers; the worker answers on
-// replyTo with a core NATS publish.
+// replyTo with a core NATS publish. It cannot see a publish the server
+// refuses for want of a grant (the server answers it with an asynchronous
+// error only, and the publish waits out ctx): a program publishes through
+// a [Publisher] or a [Requester], which fail at once.
 func PublishCommand(ctx context.Context, js jetstream.JetStream, subject, commandID string, body []byte, contentType, replyTo string) (*jetstream.PubAck, error) {
 	if err := ValidateCommandID(commandID); err != nil {
 		return nil, err
@@ -132,23 +152,34 @@ func Reply(nc *nats.Conn, replyTo string, body []byte, contentType string) error
 // concurrent use.
 //
 // Replies are core NATS messages: one sent while the requester's
-// connection is being re-established is lost. So after every reconnect
-// the requester sends each command still waiting for its reply once more,
-// without Nats-Msg-Id (JetStream would drop it as a duplicate): the worker
-// finds the command id already handled and answers with the recorded
-// outcome, or handles it if it never was (every effect is idempotent by
-// command id).
+// connection is being re-established is lost, and so, on a JetStream
+// cluster, is one lost between the worker's node and the requester's
+// (the worker's node dies right after the worker published it) while the
+// requester's own connection stays up. So the requester sends a command
+// still waiting for its reply once more after every reconnect, and after
+// a quiet interval without a reply (DefaultReaskAfter, doubling up to
+// DefaultReaskMax; see [ReaskAfter] and [Pending.Progressing]). A re-ask
+// carries no Nats-Msg-Id (JetStream would drop it as a duplicate) and
+// names the command in [HeaderReask]: the worker finds the command id
+// already handled and answers with the recorded outcome, drops the copy
+// when it is handling that command id for the same reply subject (that
+// handling answers), or handles it if it never was (every effect is
+// idempotent by command id).
 type Requester struct {
 	js     jetstream.JetStream
 	nc     *nats.Conn
 	sub    *nats.Subscription
 	prefix string
-	denied *deniedWatch
+	denied *DeniedWatch
+	opts   requesterOptions
+	// wake tells the re-ask loop that a deadline moved; stop ends it.
+	wake chan struct{}
+	stop chan struct{}
 
 	mu      sync.Mutex
 	closed  bool
 	pending map[string]*pendingCmd
-	// reasked counts the commands sent again after reconnects.
+	// reasked counts the commands sent again.
 	reasked int
 }
 
@@ -158,12 +189,42 @@ type pendingCmd struct {
 	subject     string
 	body        []byte
 	contentType string
+	// sent is set once the first publish succeeded; due is when the
+	// command is asked again without a reply, interval the quiet time
+	// before the next re-ask after that.
+	sent     bool
+	due      time.Time
+	interval time.Duration
+}
+
+type requesterOptions struct {
+	reaskAfter, reaskMax time.Duration
+}
+
+// RequesterOption tunes a [Requester].
+type RequesterOption func(*requesterOptions)
+
+// ReaskAfter sets the schedule of the re-asks of a command whose reply
+// does not come: first after first without a reply, then after intervals
+// doubling up to limit (defaults DefaultReaskAfter and DefaultReaskMax).
+// first <= 0 turns the periodic re-ask off (the re-ask after a reconnect
+// stays).
+func ReaskAfter(first, limit time.Duration) RequesterOption {
+	return func(o *requesterOptions) { o.reaskAfter, o.reaskMax = first, limit }
 }
 
 // NewRequester subscribes to a fresh inbox prefix on nc; js must publish
 // through the same connection's server. Close it when done.
-func NewRequester(nc *nats.Conn, js jetstream.JetStream) (*Requester, error) {
-	r := &Requester{js: js, nc: nc, prefix: nc.NewInbox(), pending: make(map[string]*pendingCmd)}
+func NewRequester(nc *nats.Conn, js jetstream.JetStream, opts ...RequesterOption) (*Requester, error) {
+	o := requesterOptions{reaskAfter: DefaultReaskAfter, reaskMax: DefaultReaskMax}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.reaskMax < o.reaskAfter {
+		o.reaskMax = o.reaskAfter
+	}
+	r := &Requester{js: js, nc: nc, prefix: nc.NewInbox(), pending: make(map[string]*pendingCmd), opts: o,
+		wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	sub, err := nc.Subscribe(r.prefix+".*", r.route)
 	if err != nil {
 		return nil, fmt.Errorf("bus: subscribe to reply inbox: %w", err)
@@ -181,7 +242,7 @@ func NewRequester(nc *nats.Conn, js jetstream.JetStream) (*Requester, error) {
 		return nil, fmt.Errorf("bus: flush reply subscription: %w", err)
 	}
 	r.sub = sub
-	r.denied = watchDenied(nc)
+	r.denied = WatchDenied(nc)
 	prev := nc.ReconnectHandler()
 	nc.SetReconnectHandler(func(c *nats.Conn) {
 		if prev != nil {
@@ -189,6 +250,9 @@ func NewRequester(nc *nats.Conn, js jetstream.JetStream) (*Requester, error) {
 		}
 		go r.reask()
 	})
+	if o.reaskAfter > 0 {
+		go r.reaskLoop()
+	}
 	return r, nil
 }
 
@@ -206,20 +270,80 @@ func (r *Requester) route(m *nats.Msg) {
 }
 
 // reask sends every command still waiting for its reply once more (see
-// [Requester]).
+// [Requester]), after a reconnect.
 func (r *Requester) reask() {
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
 		return
 	}
+	now := time.Now()
 	ids := make([]string, 0, len(r.pending))
 	cmds := make([]*pendingCmd, 0, len(r.pending))
 	for id, p := range r.pending {
 		ids = append(ids, id)
 		cmds = append(cmds, p)
+		if p.sent {
+			p.due = now.Add(p.interval)
+		}
 	}
 	r.mu.Unlock()
+	r.resend(ids, cmds)
+}
+
+// reaskLoop sends again every command that has had no reply for its
+// quiet interval, and doubles the interval (see [ReaskAfter]).
+func (r *Requester) reaskLoop() {
+	t := time.NewTimer(r.opts.reaskAfter)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.wake:
+		case <-t.C:
+		}
+		now := time.Now()
+		ids, cmds, next := r.takeDue(now)
+		if len(ids) > 0 {
+			go r.resend(ids, cmds)
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(next.Sub(now))
+	}
+}
+
+// takeDue returns the commands whose re-ask is due at now, with their
+// ids, doubling their intervals (up to the limit), and when the next
+// re-ask is due.
+func (r *Requester) takeDue(now time.Time) (ids []string, cmds []*pendingCmd, next time.Time) {
+	next = now.Add(r.opts.reaskMax)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, p := range r.pending {
+		if !p.sent {
+			continue
+		}
+		if !now.Before(p.due) {
+			ids = append(ids, id)
+			cmds = append(cmds, p)
+			p.interval = min(2*p.interval, r.opts.reaskMax)
+			p.due = now.Add(p.interval)
+		}
+		if p.due.Before(next) {
+			next = p.due
+		}
+	}
+	return ids, cmds, next
+}
+
+// resend publishes each of cmds (command ids ids) once more as a re-ask.
+func (r *Requester) resend(ids []string, cmds []*pendingCmd) {
 	ctx, cancel := context.WithTimeout(context.Background(), ClientRetryBudget)
 	defer cancel()
 	for i, p := range cmds {
@@ -229,12 +353,13 @@ func (r *Requester) reask() {
 			msg.Header.Set(HeaderContentType, p.contentType)
 		}
 		msg.Header.Set(HeaderReplyTo, r.ReplySubject(ids[i]))
+		msg.Header.Set(HeaderReask, ids[i])
 		err := RetryTransient(ctx, ClientRetryBudget, func(ctx context.Context) error {
 			_, err := r.js.PublishMsg(ctx, msg)
 			return err
 		}, nil)
 		if err != nil {
-			return // the wait reports the missing reply
+			return // the next re-ask, or the wait, reports the missing reply
 		}
 		r.mu.Lock()
 		r.reasked++
@@ -242,7 +367,16 @@ func (r *Requester) reask() {
 	}
 }
 
-// Reasked is how many commands were sent again after reconnects.
+// poke wakes the re-ask loop to look at the deadlines again.
+func (r *Requester) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Reasked is how many commands were sent again (after reconnects and
+// quiet intervals).
 func (r *Requester) Reasked() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -294,16 +428,16 @@ func (r *Requester) Send(ctx context.Context, subject, commandID string, body []
 	r.mu.Unlock()
 
 	var ack *jetstream.PubAck
-	pctx, done := r.denied.publishing(ctx, subject)
+	pctx, done := r.denied.Publishing(ctx, subject)
 	err := RetryTransient(pctx, ClientRetryBudget, func(ctx context.Context) error {
 		var err error
 		ack, err = PublishCommand(ctx, r.js, subject, commandID, body, contentType, r.ReplySubject(commandID))
-		if denied := deniedCause(pctx); denied != nil {
+		if denied := DeniedCause(pctx); denied != nil {
 			return fmt.Errorf("bus: publish command %s: %w", commandID, denied)
 		}
 		return err
 	}, nil)
-	if denied := deniedCause(pctx); denied != nil && err != nil && !errors.As(err, new(*PublishDeniedError)) {
+	if denied := DeniedCause(pctx); denied != nil && err != nil && !errors.As(err, new(*PublishDeniedError)) {
 		err = fmt.Errorf("bus: publish command %s: %w", commandID, denied)
 	}
 	done()
@@ -311,6 +445,11 @@ func (r *Requester) Send(ctx context.Context, subject, commandID string, body []
 		r.forget(commandID, pc)
 		return nil, err
 	}
+	r.mu.Lock()
+	pc.sent, pc.interval = true, r.opts.reaskAfter
+	pc.due = time.Now().Add(pc.interval)
+	r.mu.Unlock()
+	r.poke()
 	return &Pending{CommandID: commandID, PubAck: ack, r: r, p: pc, ch: ch}, nil
 }
 
@@ -326,6 +465,21 @@ func (p *Pending) Wait(ctx context.Context) (*nats.Msg, error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("bus: no reply to command %s yet (is a worker running for it?): %w", p.CommandID, context.Cause(ctx))
 	}
+}
+
+// Progressing tells the requester that the command is making progress
+// (e.g. its staged upload is being acknowledged chunk after chunk), so
+// that no reply is expected yet: its next re-ask waits a whole quiet
+// interval from now.
+func (p *Pending) Progressing() { p.progressAt(time.Now()) }
+
+func (p *Pending) progressAt(now time.Time) {
+	r := p.r
+	r.mu.Lock()
+	if r.pending[p.CommandID] == p.p && p.p.sent {
+		p.p.due = now.Add(p.p.interval)
+	}
+	r.mu.Unlock()
 }
 
 // Cancel stops waiting for the reply; a reply arriving later is dropped.
@@ -360,6 +514,7 @@ func (r *Requester) Close() error {
 	r.closed = true
 	pending := r.pending
 	r.pending = nil
+	close(r.stop)
 	r.mu.Unlock()
 	for _, p := range pending {
 		close(p.ch)

@@ -240,17 +240,21 @@ func clusterProducer(t *testing.T, e *env, nc *nats.Conn) *producer.Client {
 	return cl
 }
 
-func clusterIngester(t *testing.T, e *env, nc *nats.Conn) {
+func clusterIngester(t *testing.T, e *env, nc *nats.Conn, mods ...func(*ingest.Config)) {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ing, err := ingest.New(ingest.Config{
+	cfg := ingest.Config{
 		Pool: e.pool, Log: e.log, Codec: e.codec, DataPlane: e.dataPlane(), NATS: nc, JetStream: js, Topology: e.topo,
 		Concurrency: 8,
 		Logger:      zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-	})
+	}
+	for _, mod := range mods {
+		mod(&cfg)
+	}
+	ing, err := ingest.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,4 +301,77 @@ func checkOneFilePerCommand(t *testing.T, e *env) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestClusterReplyLostBetweenNodesIsAskedAgain runs a producer on one node
+// of a 3-node cluster with R3 and the ingester on another, and loses the
+// ingester's first reply to each put (as when the ingester's node dies
+// right after the ingester published it, before the route carried it):
+// the producer's connection never drops, so only its periodic re-ask,
+// crossing the routes, brings each answer, recorded once in the log. The
+// re-ask interval is short; the outcome does not depend on it.
+func TestClusterReplyLostBetweenNodesIsAskedAgain(t *testing.T) {
+	t.Parallel()
+	c := natstest.StartCluster(t, 3)
+	pool, dbURL := pgtest.NewDB(t)
+	codec := events.NewCodec()
+	e := &env{t: t, pool: pool, dbURL: dbURL, codec: codec, log: events.NewLog(pool, codec), root: t.TempDir()}
+	e.nc = c.Connect(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.js = js
+	e.topo = bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
+	e.topo.Replicas = 3
+	ctx, cancel := context.WithTimeout(t.Context(), hangGuard)
+	defer cancel()
+	if err := bus.EnsureTopology(ctx, js, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	var lost sync.Map // command id -> a reply was lost
+	var losses atomic.Int32
+	clusterIngester(t, e, c.ConnectTo(t, 1), func(cfg *ingest.Config) {
+		ingest.SetLoseReply(cfg, func(id string, m bus.Message) bool {
+			if _, again := lost.LoadOrStore(id, true); again {
+				return false
+			}
+			losses.Add(1)
+			return true
+		})
+	})
+	pnc := c.ConnectTo(t, 0)
+	pjs, err := jetstream.New(pnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := producer.New(t.Context(), producer.Config{NATS: pnc, JetStream: pjs, Topology: e.topo, Codec: e.codec, Producer: "cluster-test",
+		ReaskAfter: 50 * time.Millisecond, ReaskMax: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cl.Close() })
+	r := &rig{e: e}
+	// A staged (streamed) put and an inline one.
+	var all []sent
+	for i := range 2 {
+		s, err := sendWith(cl, fmt.Sprintf("lost/f%d", i), blobFor(t, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := answer(s)
+		if err != nil {
+			t.Fatalf("command %s: no answer though the producer's connection never dropped: %v", s.id, err)
+		}
+		r.checkStored(s, rep)
+		all = append(all, s)
+	}
+	if !all[0].p.Staged || all[1].p.Staged || losses.Load() != 2 {
+		t.Fatalf("staged %v %v, %d replies lost; want a staged and an inline put, each reply lost once", all[0].p.Staged, all[1].p.Staged, losses.Load())
+	}
+	e.waitSettled()
+	if total := e.checkOneSetPerCommand(); total != len(all) {
+		t.Fatalf("%d commands in the log, want %d", total, len(all))
+	}
+	checkOneFilePerCommand(t, e)
 }

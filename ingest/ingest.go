@@ -169,6 +169,9 @@ type Config struct {
 	UploadIdle time.Duration
 	// uploadTicks, in tests, replaces the ticker of UploadIdle.
 	uploadTicks <-chan time.Time
+	// loseReply, in tests, loses the reply of a command (as a JetStream
+	// cluster does when the node that took it dies) when it returns true.
+	loseReply func(commandID string, m bus.Message) bool
 	// Actor is the actor of events when a command names no producer.
 	// Default "ingest".
 	Actor string
@@ -697,7 +700,9 @@ func (ing *Ingester) finish(ctx context.Context, d *delivery, out outcome) error
 	case d.staged != "":
 		ing.deleteStaged(ctx, d.staged)
 	}
-	if err := bus.Reply(ing.cfg.NATS, d.msg.ReplyTo, body, d.contentType()); err != nil {
+	if ing.cfg.loseReply != nil && ing.cfg.loseReply(d.id, d.msg) {
+		ing.log.Warn().Str("command_id", d.id).Msg("test: reply lost")
+	} else if err := bus.Reply(ing.cfg.NATS, d.msg.ReplyTo, body, d.contentType()); err != nil {
 		// The outcome is committed: a redelivery finds it in the log and
 		// answers it again, once NATS takes messages.
 		return ing.transient(ctx, bus.DependencyNATS, "reply", err)

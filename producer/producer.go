@@ -53,6 +53,11 @@ type Config struct {
 	// a passing failure (429 too many requests, a timeout, a connection
 	// reset), e.g. to tell the user why a put takes longer.
 	OnRetry func(name string, attempt int, err error, wait time.Duration)
+	// ReaskAfter and ReaskMax are the schedule of the re-asks of a command
+	// whose reply does not come (see bus.ReaskAfter). Default
+	// bus.DefaultReaskAfter and bus.DefaultReaskMax; a negative ReaskAfter
+	// turns them off.
+	ReaskAfter, ReaskMax time.Duration
 }
 
 // Client sends commands and waits for replies. Safe for concurrent use.
@@ -84,7 +89,13 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	req, err := bus.NewRequester(cfg.NATS, cfg.JetStream)
+	if cfg.ReaskAfter == 0 {
+		cfg.ReaskAfter = bus.DefaultReaskAfter
+	}
+	if cfg.ReaskMax <= 0 {
+		cfg.ReaskMax = bus.DefaultReaskMax
+	}
+	req, err := bus.NewRequester(cfg.NATS, cfg.JetStream, bus.ReaskAfter(cfg.ReaskAfter, cfg.ReaskMax))
 	if err != nil {
 		return nil, err
 	}
@@ -207,7 +218,15 @@ func (c *Client) putStaged(ctx context.Context, cmd commands.Ingest, p Put, pref
 			cancel(staging.ErrReaderDone)
 		}
 	}()
-	_, err = c.stage.StageUpload(uctx, cmd.Staged, p.Package+":"+p.Path, cmd.Upload, prefix, p.Body, p.Progress)
+	// While the staging bucket acknowledges chunks, the ingester is
+	// reading them and no reply is due: no re-ask.
+	progress := func(sent int64) {
+		pend.p.Progressing()
+		if p.Progress != nil {
+			p.Progress(sent)
+		}
+	}
+	_, err = c.stage.StageUpload(uctx, cmd.Staged, p.Package+":"+p.Path, cmd.Upload, prefix, p.Body, progress)
 	cancel(nil)
 	<-watched
 	if pend.early != nil {
@@ -217,6 +236,9 @@ func (c *Client) putStaged(ctx context.Context, cmd commands.Ingest, p Put, pref
 		pend.Cancel()
 		if errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrNoStreamResponse) {
 			return nil, fmt.Errorf("%w (does the staging bucket %s exist? `artifactstore topology apply` creates it)", err, c.cfg.Topology.StagingBucket)
+		}
+		if denied := (*bus.PublishDeniedError)(nil); errors.As(err, &denied) {
+			return nil, fmt.Errorf("producer: %s: %w; `put` connects as the %s role, whose grants include it", p.Path, err, bus.RoleProducer)
 		}
 		return nil, fmt.Errorf("%s: %w", p.Path, err)
 	}

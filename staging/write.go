@@ -44,6 +44,9 @@ var ErrNotRewindable = errors.New("the body cannot be read again (not an io.Seek
 type Writer struct {
 	js     jetstream.JetStream // with an async publish timeout
 	bucket string
+	// denied cancels the publishes the server refuses for want of a
+	// grant: their acknowledgements never come.
+	denied *bus.DeniedWatch
 	// onRetry hears about every restarted upload.
 	onRetry func(name string, attempt int, err error, wait time.Duration)
 	// inject, in tests, fails the publish of chunk i of an attempt when
@@ -76,7 +79,7 @@ func NewWriter(nc *nats.Conn, bucket string, onRetry func(name string, attempt i
 	if err != nil {
 		return nil, fmt.Errorf("staging: JetStream context: %w", err)
 	}
-	w := &Writer{js: js, bucket: bucket, onRetry: onRetry}
+	w := &Writer{js: js, bucket: bucket, onRetry: onRetry, denied: bus.WatchDenied(nc)}
 	w.publish = w.publishChunk
 	return w, nil
 }
@@ -103,7 +106,8 @@ func (s *Writer) StageUpload(ctx context.Context, name, description, upload stri
 		return nil, fmt.Errorf("staging: %q is not an upload id (use NewUpload)", upload)
 	}
 	info, err := s.stage(ctx, name, description, upload, prefix, body, progress)
-	if err != nil && !errors.Is(context.Cause(ctx), ErrReaderDone) {
+	if err != nil && !errors.Is(context.Cause(ctx), ErrReaderDone) && !errors.As(err, new(*bus.PublishDeniedError)) {
+		// (A marker on a subject the server refuses would be refused too.)
 		s.abort(upload, err)
 	}
 	return info, err
@@ -166,6 +170,11 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description, up
 		id = NewUpload()
 	}
 	chunkSubj := chunkSubject(s.bucket, id)
+	// A chunk the server refuses is never acknowledged: the refusal
+	// (an asynchronous error) ends the attempt at once, and the upload
+	// with it (it is no passing failure).
+	ctx, done := s.denied.Publishing(ctx, chunkSubj)
+	defer done()
 	type sent struct {
 		f   jetstream.PubAckFuture
 		n   int
@@ -182,6 +191,12 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description, up
 	var lastSeq uint64
 	published := false
 	defer func() {
+		if denied := bus.DeniedCause(ctx); denied != nil {
+			// Nothing was stored on the subject: no chunk to wait for
+			// or purge.
+			err = denied.WithGrant(chunkSubject(s.bucket, "*"))
+			return
+		}
 		if err != nil && published {
 			// Chunks still in flight would land after the purge.
 			for _, f := range inflight {
@@ -312,7 +327,12 @@ func (s *Writer) attempt(ctx context.Context, attempt int, name, description, up
 	meta.Data = data
 	mctx, cancel := context.WithTimeout(ctx, bus.AttemptTimeout)
 	defer cancel()
+	mctx, mdone := s.denied.Publishing(mctx, meta.Subject)
+	defer mdone()
 	if _, err := s.js.PublishMsg(mctx, meta); err != nil && !streamed {
+		if denied := bus.DeniedCause(mctx); denied != nil {
+			return nil, denied.WithGrant(fmt.Sprintf("$O.%s.M.*", s.bucket))
+		}
 		// A streaming reader needs no info: its chunks are complete, and
 		// it may have stored them already. Chunks without an info are the
 		// staging janitor's.

@@ -85,7 +85,7 @@ func (c SchedulerConfig) withDefaults() SchedulerConfig {
 type Scheduler struct {
 	pool   *pgxpool.Pool // scrub_queue
 	due    dueFinder
-	js     jetstream.JetStream
+	pub    *bus.Publisher // fails at once when the user may not publish
 	codec  *events.Codec
 	cfg    SchedulerConfig
 	logger zerolog.Logger
@@ -102,7 +102,7 @@ var _ dueFinder = (*catalog.Catalog)(nil)
 // in pool's database and publishes on js.
 func NewScheduler(pool *pgxpool.Pool, js jetstream.JetStream, codec *events.Codec, cfg SchedulerConfig) *Scheduler {
 	cfg = cfg.withDefaults()
-	return &Scheduler{pool: pool, due: catalog.New(pool), js: js, codec: codec, cfg: cfg,
+	return &Scheduler{pool: pool, due: catalog.New(pool), pub: bus.NewPublisher(js), codec: codec, cfg: cfg,
 		logger: cfg.Logger.With().Str("service", "scrub-scheduler").Logger()}
 }
 
@@ -186,7 +186,7 @@ func (s *Scheduler) publish(ctx context.Context, d catalog.Due, now time.Time) (
 	if err != nil {
 		return "", err
 	}
-	if _, err := bus.PublishCommand(ctx, s.js, s.cfg.Subject, id, body, "", ""); err != nil {
+	if _, err := s.pub.PublishCommand(ctx, s.cfg.Subject, id, body, "", ""); err != nil {
 		return "", fmt.Errorf("scrub: %w", err)
 	}
 	return id, nil

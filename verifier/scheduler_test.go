@@ -2,6 +2,8 @@ package verifier_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
 	"github.com/artifactstore/artifactstore/digest"
+	"github.com/artifactstore/artifactstore/internal/natstest"
 	"github.com/artifactstore/artifactstore/verifier"
 )
 
@@ -195,4 +198,46 @@ func addrs(rs []commands.Verify) []string {
 		out = append(out, r.Address.String())
 	}
 	return out
+}
+
+// TestSchedulerFailsAtOnceWhenDenied runs a scrub pass as a user without
+// the publish grant on the verify subject: the server refuses the publish
+// with an asynchronous error only, and the pass must fail on it at once,
+// naming the subject and the grant, instead of waiting for a PubAck that
+// never comes (the context's deadline is only a hang guard); nothing is
+// recorded as queued.
+func TestSchedulerFailsAtOnceWhenDenied(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.topo = bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
+	subject := e.topo.Subject(bus.CmdVerify)
+	srv := natstest.StartDenying(t, subject)
+	ajs, err := jetstream.New(srv.Connect(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), hang) // hang guard only
+	defer cancel()
+	if err := bus.EnsureTopology(ctx, ajs, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	if e.js, err = jetstream.New(srv.ConnectAs(t, natstest.UserDenied)); err != nil {
+		t.Fatal(err)
+	}
+	e.store(randomBytes(t, 100))
+	l := e.logger
+	s := verifier.NewScheduler(e.pool, e.js, e.codec, verifier.SchedulerConfig{
+		Interval: 24 * time.Hour, Subject: subject, Logger: &l,
+	})
+	n, err := s.RunOnce(ctx)
+	if ctx.Err() != nil {
+		t.Fatalf("the publish waited out its hang guard (%v) instead of failing on the refusal", err)
+	}
+	var denied *bus.PublishDeniedError
+	if !errors.As(err, &denied) || n != 0 || !strings.Contains(err.Error(), "publish grant on "+subject) {
+		t.Fatalf("pass without the grant on %s: %d queued, %v", subject, n, err)
+	}
+	if got := queued(t, e); len(got) != 0 {
+		t.Fatalf("queued %v though nothing was published", addrs(got))
+	}
 }

@@ -25,7 +25,8 @@ func withoutPublish(t *testing.T, r bus.Role, name, subject string) bus.Role {
 }
 
 // TestPutDeniedPublishFailsAtOnce runs put as producers that lack the
-// publish grant on a command subject: the server refuses the publish with
+// publish grant on a command subject, or on the staging bucket's chunks
+// (the command is sent, the upload refused): the server refuses the publish with
 // an asynchronous error only, and put must fail on it at once, naming the
 // subject and where the grants are listed, instead of waiting out its
 // retries and --timeout for a PubAck that never comes.
@@ -35,9 +36,11 @@ func TestPutDeniedPublishFailsAtOnce(t *testing.T) {
 	roles := topo.Roles()
 	producerRole, _ := topo.Role(bus.RoleProducer)
 	batch, file := topo.Subject(bus.CmdIngestBatch), topo.Subject(bus.CmdIngest)
+	chunks := "$O." + topo.StagingBucket + ".C.*"
 	roles = append(roles,
 		withoutPublish(t, producerRole, "nobatch", batch),
-		withoutPublish(t, producerRole, "nofile", file))
+		withoutPublish(t, producerRole, "nofile", file),
+		withoutPublish(t, producerRole, "nochunks", chunks))
 	url, pw, u := startSecuredNATSRoles(t, roles)
 	dataDir := t.TempDir()
 	as := func(role string, args ...string) []string {
@@ -57,8 +60,9 @@ func TestPutDeniedPublishFailsAtOnce(t *testing.T) {
 	for _, tc := range []struct {
 		user, file, subject string
 	}{
-		{"nobatch", small, batch}, // a small file goes in a batch command
-		{"nofile", large, file},   // a large one is staged, its command sent alone
+		{"nobatch", small, batch},   // a small file goes in a batch command
+		{"nofile", large, file},     // a large one is staged, its command sent alone
+		{"nochunks", large, chunks}, // its chunks refused: the staging upload fails at once
 	} {
 		t.Run(tc.user, func(t *testing.T) {
 			// The default --timeout (30 min) and the retry budget (2 min)
@@ -72,7 +76,8 @@ func TestPutDeniedPublishFailsAtOnce(t *testing.T) {
 			}
 		})
 	}
-	if v := strings.Join(u.takeViolations(), "\n"); !strings.Contains(v, batch) || !strings.Contains(v, file) {
+	if v := strings.Join(u.takeViolations(), "\n"); !strings.Contains(v, batch) || !strings.Contains(v, file) ||
+		!strings.Contains(v, "$O."+topo.StagingBucket+".C.") {
 		t.Fatalf("the server's refusals were not seen: %s", v)
 	}
 }

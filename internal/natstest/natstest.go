@@ -44,6 +44,37 @@ type Server struct {
 	storeDir string
 	port     int
 	tune     func(*server.Options)
+	// users are the passwords of the users of a server started by
+	// StartDenying, by name.
+	users map[string]string
+}
+
+// Users of a server started by [StartDenying].
+const (
+	// UserAdmin may do anything; [Server.Connect] connects as it.
+	UserAdmin = "admin"
+	// UserDenied may do anything but publish on the denied subjects.
+	UserDenied = "denied"
+)
+
+// StartDenying starts an embedded server (see [StartEmbedded]) with two
+// users: [UserAdmin], allowed everything, and [UserDenied], allowed
+// everything but publishing on the subjects in deny (patterns allowed).
+// Connect connects as the admin, [Server.ConnectAs] as either.
+func StartDenying(t testing.TB, deny ...string) *Server {
+	t.Helper()
+	users := map[string]string{UserAdmin: "admin-pw", UserDenied: "denied-pw"}
+	s := &Server{storeDir: t.TempDir(), port: -1, users: users, tune: func(o *server.Options) {
+		o.Users = []*server.User{
+			{Username: UserAdmin, Password: users[UserAdmin]},
+			{Username: UserDenied, Password: users[UserDenied], Permissions: &server.Permissions{
+				Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
+			}},
+		}
+	}}
+	s.start(t)
+	t.Cleanup(func() { s.shutdown() })
+	return s
 }
 
 // Start returns a NATS server with JetStream for the test. Without
@@ -95,11 +126,22 @@ func (s *Server) URL() string {
 // reconnects forever, so that it survives [Server.Restart].
 func (s *Server) Connect(t testing.TB) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.URL(),
+	return s.ConnectAs(t, UserAdmin)
+}
+
+// ConnectAs is [Server.Connect] as user, on a server started by
+// [StartDenying] (elsewhere it is Connect).
+func (s *Server) ConnectAs(t testing.TB, user string) *nats.Conn {
+	t.Helper()
+	opts := []nats.Option{
 		nats.Name(t.Name()),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(50*time.Millisecond),
-	)
+		nats.ReconnectWait(50 * time.Millisecond),
+	}
+	if pw, ok := s.users[user]; ok {
+		opts = append(opts, nats.UserInfo(user, pw))
+	}
+	nc, err := nats.Connect(s.URL(), opts...)
 	if err != nil {
 		t.Fatalf("natstest: connect to %s: %v", s.URL(), err)
 	}
