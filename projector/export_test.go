@@ -34,3 +34,9 @@ func SetHook(p *Projector, hook func(BatchPoint) error) *Projector {
 	p.hook = hook
 	return p
 }
+
+// LookupByKeySQL is the statements that read the live file and location
+// rows of a batch's keys.
+func LookupByKeySQL() map[string]string {
+	return map[string]string{"files": liveTables.filesByKeySQL(), "locations": liveTables.locationsByKeySQL()}
+}

@@ -276,8 +276,7 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *memo) (*state, 
 		for _, fk := range fks {
 			ps, paths = append(ps, fk.Package), append(paths, fk.Path)
 		}
-		files, err := queryRows(ctx, tx, scanFile, `SELECT `+prefixed("f.", fileCols)+` FROM `+t.files+` f
-			JOIN unnest($1::text[], $2::text[]) AS k(p, pa) ON f.package = k.p AND f.path = k.pa`, ps, paths)
+		files, err := queryRows(ctx, tx, scanFile, t.filesByKeySQL(), ps, paths)
 		if err != nil {
 			return nil, fmt.Errorf("load files: %w", err)
 		}
@@ -290,8 +289,7 @@ func load(ctx context.Context, tx pgx.Tx, t tables, k keys, idx *memo) (*state, 
 		for _, lk := range lks {
 			as, bs = append(as, lk.Address), append(bs, lk.Backend)
 		}
-		locs, err := queryRows(ctx, tx, scanLoc, `SELECT `+prefixed("l.", locCols)+` FROM `+t.locations+` l
-			JOIN unnest($1::text[], $2::text[]) AS k(a, b) ON l.content_address = k.a AND l.backend_id = k.b`, as, bs)
+		locs, err := queryRows(ctx, tx, scanLoc, t.locationsByKeySQL(), as, bs)
 		if err != nil {
 			return nil, fmt.Errorf("load locations: %w", err)
 		}
@@ -404,6 +402,25 @@ func loadReapable(ctx context.Context, tx pgx.Tx, t tables, k keys, s *state, id
 		}
 	}
 	return nil
+}
+
+// filesByKeySQL reads the file rows of the keys ($1[i], $2[i]) =
+// (package, path), and locationsByKeySQL the location rows of the keys
+// (content_address, backend_id): one index lookup per key, the inner side
+// of a LATERAL join (OFFSET 0 keeps the planner from flattening it). A
+// plain join with unnest let a connection cache a generic plan made while
+// the tables were empty and never analyzed (a fresh database) that hashes
+// the keys and scans the whole table on every later batch (see pkgstate's
+// byKeys).
+func (t tables) filesByKeySQL() string {
+	return `SELECT ` + prefixed("f.", fileCols) + ` FROM unnest($1::text[], $2::text[]) AS k(p, pa)
+		CROSS JOIN LATERAL (SELECT * FROM ` + t.files + ` WHERE package = k.p AND path = k.pa OFFSET 0) f`
+}
+
+// locationsByKeySQL: see [tables.filesByKeySQL].
+func (t tables) locationsByKeySQL() string {
+	return `SELECT ` + prefixed("l.", locCols) + ` FROM unnest($1::text[], $2::text[]) AS k(a, b)
+		CROSS JOIN LATERAL (SELECT * FROM ` + t.locations + ` WHERE content_address = k.a AND backend_id = k.b OFFSET 0) l`
 }
 
 func prefixed(p, cols string) string {
