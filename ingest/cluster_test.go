@@ -45,23 +45,8 @@ func TestClusterNodeLostMidIngest(t *testing.T) {
 	start := time.Now()
 	c := natstest.StartCluster(t, 3)
 	clusterUp := time.Now()
-	pool, dbURL := pgtest.NewDB(t)
-	codec := events.NewCodec()
-	e := &env{t: t, pool: pool, dbURL: dbURL, codec: codec, log: events.NewLog(pool, codec), root: t.TempDir()}
-	e.nc = c.Connect(t)
-	js, err := jetstream.New(e.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.js = js
-	e.topo = bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
-	e.topo.Replicas = 3
-	ctx, cancel := context.WithTimeout(t.Context(), hangGuard)
-	defer cancel()
-	if err := bus.EnsureTopology(ctx, js, e.topo); err != nil {
-		t.Fatal(err)
-	}
-	victim := commandsLeader(t, c, js, e.topo)
+	e := newClusterEnv(t, c)
+	victim := commandsLeader(t, c, e.js, e.topo)
 	other := (victim + 1) % c.Size()
 
 	// One producer and one ingester on the node that goes away, one of
@@ -313,22 +298,7 @@ func checkOneFilePerCommand(t *testing.T, e *env) {
 func TestClusterReplyLostBetweenNodesIsAskedAgain(t *testing.T) {
 	t.Parallel()
 	c := natstest.StartCluster(t, 3)
-	pool, dbURL := pgtest.NewDB(t)
-	codec := events.NewCodec()
-	e := &env{t: t, pool: pool, dbURL: dbURL, codec: codec, log: events.NewLog(pool, codec), root: t.TempDir()}
-	e.nc = c.Connect(t)
-	js, err := jetstream.New(e.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.js = js
-	e.topo = bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
-	e.topo.Replicas = 3
-	ctx, cancel := context.WithTimeout(t.Context(), hangGuard)
-	defer cancel()
-	if err := bus.EnsureTopology(ctx, js, e.topo); err != nil {
-		t.Fatal(err)
-	}
+	e := newClusterEnv(t, c)
 	var lost sync.Map // command id -> a reply was lost
 	var losses atomic.Int32
 	clusterIngester(t, e, c.ConnectTo(t, 1), func(cfg *ingest.Config) {
@@ -374,4 +344,28 @@ func TestClusterReplyLostBetweenNodesIsAskedAgain(t *testing.T) {
 		t.Fatalf("%d commands in the log, want %d", total, len(all))
 	}
 	checkOneFilePerCommand(t, e)
+}
+
+// newClusterEnv is an env on cluster c (a client connection that fails
+// over between its nodes) with its own database and the topology applied
+// with three replicas.
+func newClusterEnv(t *testing.T, c *natstest.Cluster) *env {
+	t.Helper()
+	pool, dbURL := pgtest.NewDB(t)
+	codec := events.NewCodec()
+	e := &env{t: t, pool: pool, dbURL: dbURL, codec: codec, log: events.NewLog(pool, codec), root: t.TempDir()}
+	e.nc = c.Connect(t)
+	js, err := jetstream.New(e.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.js = js
+	e.topo = bus.DefaultTopology().WithPrefix(natstest.Prefix(t))
+	e.topo.Replicas = 3
+	ctx, cancel := context.WithTimeout(t.Context(), hangGuard)
+	defer cancel()
+	if err := bus.EnsureTopology(ctx, js, e.topo); err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
