@@ -71,22 +71,10 @@ func TestLookupsByKeyUseTheIndexWhateverTheStats(t *testing.T) {
 	}
 	for _, s := range stmts {
 		params, args := argsOf(s)
-		exec(`PREPARE lookup(` + params + `) AS ` + s.sql)
-		exec(`SET plan_cache_mode = force_generic_plan`)
-		rows, err := conn.Query(ctx, `EXPLAIN EXECUTE lookup(`+args+`)`, pgx.QueryExecModeSimpleProtocol)
-		if err != nil {
-			t.Fatalf("%s: explain: %v", s.name, err)
-		}
-		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			t.Fatalf("%s: explain: %v", s.name, err)
-		}
-		plan := strings.Join(lines, "\n")
+		plan := pgtest.GenericPlan(t, pool, params, s.sql, args)
 		if strings.Contains(plan, "Seq Scan") || !strings.Contains(plan, "Index Scan") {
 			t.Errorf("%s: the generic plan on empty tables does not look the keys up in the index:\n%s", s.name, plan)
 		}
-		exec(`RESET plan_cache_mode`)
-		exec(`DEALLOCATE lookup`)
 	}
 
 	// With rows in the tables (not analyzed yet), a single key is still
