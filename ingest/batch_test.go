@@ -1,13 +1,20 @@
 package ingest_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+
+	"github.com/rs/zerolog"
 
 	"github.com/artifactstore/artifactstore/bus"
 	"github.com/artifactstore/artifactstore/commands"
+	"github.com/artifactstore/artifactstore/ingest"
 	"github.com/artifactstore/artifactstore/producer"
 )
 
@@ -126,4 +133,71 @@ func TestMalformedBatchIsRejectedWhole(t *testing.T) {
 	if got := types(e.eventsOf("bb-1")); !slices.Equal(got, []string{"ingest.rejected"}) {
 		t.Fatalf("events %v", got)
 	}
+}
+
+// TestBatchSettingAPathTwiceKeepsTheLater: a batch (committed in one
+// group) that gives one path of an open package twice, with other bytes
+// the second time, replaces it within the group: the path names the
+// later file, from the later file's event on. The group writes its files
+// in one statement, which cannot change a row twice; the group must still
+// commit whole, not fail and fall back to one commit per file.
+func TestBatchSettingAPathTwiceKeepsTheLater(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	logs := &lockedBuffer{}
+	e.startIngester(func(c *ingest.Config) {
+		c.Logger = zerolog.New(io.MultiWriter(logs, zerolog.NewTestWriter(t))).Level(zerolog.WarnLevel)
+	})
+	b := commands.IngestBatch{V: 1, CommandID: "batch-twice"}
+	for i, path := range []string{"f", "g", "f"} {
+		b.Files = append(b.Files, commands.Ingest{V: 1, CommandID: fmt.Sprintf("bt-%d", i), Package: "p", Path: path, Inline: []byte(fmt.Sprintf("bytes %d", i))})
+	}
+	body, err := commands.Encode(e.codec, b, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := e.request(bus.CmdIngestBatch, body, "", "")
+	if r.Status != commands.StatusBatch || len(r.Files) != 3 {
+		t.Fatalf("reply %+v", r)
+	}
+	for i, f := range r.Files {
+		if f.Status != commands.StatusStored {
+			t.Fatalf("file %d: %+v", i, f)
+		}
+	}
+	if got := types(e.eventsOf("bt-2")); !slices.Equal(got, []string{"object.stored", "file.added"}) {
+		t.Fatalf("the second file at path f appended %v, want it added in place of the first", got)
+	}
+	if strings.Contains(logs.String(), "group commit failed") {
+		t.Fatalf("the batch's group failed and was committed file by file:\n%s", logs.String())
+	}
+	var addr string
+	var seq int64
+	if err := e.pool.QueryRow(context.Background(), `SELECT content_address, added_seq FROM ingest_files WHERE package = 'p' AND path = 'f'`).Scan(&addr, &seq); err != nil {
+		t.Fatal(err)
+	}
+	if first := e.eventsOf("bt-2")[0].Sequence; addr != r.Files[2].Address || seq != first {
+		t.Fatalf("path f names %s from event %d, want %s from event %d (the later file)", addr, seq, r.Files[2].Address, first)
+	}
+	e.checkOneSetPerCommand()
+	e.waitSettled()
+}
+
+// lockedBuffer is a bytes.Buffer that log lines may be written to from
+// several goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
