@@ -598,7 +598,9 @@ func LockKey(name string) int64 { return leader.ProjectorKey(name) }
 
 // lead projects while this projector leads (until ctx is done). It waits
 // for the log's notifications on a dedicated connection, which it opens
-// again (after ElectInterval) when it fails.
+// again when it fails. It listens before each catch-up that follows a
+// (re)opened connection: an event appended between the catch-up's end
+// and the LISTEN would otherwise wake nobody until PollInterval.
 func (p *Projector) lead(ctx context.Context) error {
 	var conn *pgx.Conn
 	defer func() {
@@ -609,6 +611,16 @@ func (p *Projector) lead(ctx context.Context) error {
 		}
 	}()
 	for {
+		if conn == nil {
+			c, err := p.listen(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				p.lg.Warn().Err(err).Msg("cannot listen for new events; catching up without, retrying after ElectInterval")
+			}
+			conn = c
+		}
 		n, err := p.CatchUp(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -623,16 +635,10 @@ func (p *Projector) lead(ctx context.Context) error {
 			p.lg.Debug().Int("events", n).Msg("applied")
 		}
 		if conn == nil {
-			if conn, err = p.listen(ctx); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				p.lg.Warn().Err(err).Msg("cannot listen for new events; retrying")
-				if sleep(ctx, p.cfg.ElectInterval) != nil {
-					return nil
-				}
-				continue
+			if sleep(ctx, p.cfg.ElectInterval) != nil {
+				return nil
 			}
+			continue
 		}
 		waitCtx, cancel := context.WithTimeout(ctx, p.cfg.PollInterval)
 		_, werr := conn.WaitForNotification(waitCtx)
